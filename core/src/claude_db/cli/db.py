@@ -1,0 +1,237 @@
+"""``claude-db``: work with the current session's database."""
+
+from __future__ import annotations
+
+import csv
+import json
+import sys
+from typing import Any
+
+import typer
+
+from claude_db.app import get_app
+from claude_db.cli.common import DatabaseOption, JsonOption, SessionOption, fail, note, print_json, run
+from claude_db.database import Target, export_to, import_from, resolve
+from claude_db.engine import QueryResult
+from claude_db.errors import ConfirmationRequiredError, ExitCode, NotRunningError, UsageError
+from claude_db.lifecycle import database_env
+
+HELP = """Work with the current session's database.
+
+The session is --session NAME, else $CLAUDE_SESSION, else the .env that
+claude-session start wrote in this directory, else $DATABASE_URL.
+"""
+
+
+def create_app() -> typer.Typer:
+    app = typer.Typer(help=HELP, no_args_is_help=True, add_completion=False,
+                      context_settings={"help_option_names": ["-h", "--help"]})
+    app.command()(status)
+    app.command()(info)
+    app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})(shell)
+    app.command()(query)
+    app.command("import")(import_)
+    app.command("export")(export)
+    app.command()(reset)
+    app.command()(plugins)
+    loaded = get_app().plugins
+    for error in loaded.errors:
+        note(f"warning: {error}")
+    loaded.hook.register_commands(app=app)
+    return app
+
+
+def main() -> None:
+    run(create_app, "claude-db")
+
+
+def _target(session: str | None) -> Target:
+    return resolve(get_app(), session)
+
+
+def status(session: str | None = SessionOption, database: str | None = DatabaseOption,
+           as_json: bool = JsonOption) -> None:
+    """Check that the database answers an authenticated query."""
+    target = _target(session)
+    target.require_running()
+    endpoint = target.endpoint(database)
+    try:
+        version = target.engine.check_ready(endpoint, timeout=5)
+    except Exception as exc:
+        raise NotRunningError(
+            f"{target.engine.name} at {endpoint.host}:{endpoint.port} does not answer: "
+            f"{str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__}"
+        ) from None
+    if as_json:
+        print_json({"session": target.name, "engine": target.engine.name, "ready": True,
+                    "version": version, "host": endpoint.host, "port": endpoint.port,
+                    "database": endpoint.database})
+    else:
+        print(f"ready: {target.engine.name} {version} at {endpoint.host}:{endpoint.port}, "
+              f"database {endpoint.database} (session {target.name})")
+
+
+def info(session: str | None = SessionOption, database: str | None = DatabaseOption,
+         show_password: bool = typer.Option(False, "--show-password", help="Print the password."),
+         as_json: bool = JsonOption) -> None:
+    """Show connection details (the password is masked unless --show-password)."""
+    target = _target(session)
+    engine = target.engine
+    here = target.endpoint(database)
+    inside = here
+    if target.runtime is not None and target.session is not None:
+        inside = target.runtime.session_endpoint(target.session, engine).with_database(database)
+    env = database_env(engine, inside)
+    if inside != here:  # e.g. a session container: the URL from this host differs
+        env["HOST_DATABASE_URL"] = engine.url(here)
+    if not show_password and here.password:
+        env = {k: v.replace(here.password, "****") for k, v in env.items()}
+    details: dict[str, Any] = {"session": target.name, "engine": engine.name}
+    if target.session is not None:
+        details |= {"runtime": target.session.runtime, "workdir": target.session.workdir}
+        if target.runtime is not None:
+            details["status"] = target.runtime.status(target.session)
+    details |= env
+    if as_json:
+        print_json(details)
+        return
+    width = max(len(k) for k in details)
+    for key, value in details.items():
+        print(f"{key.ljust(width)}  {value}")
+
+
+def shell(ctx: typer.Context, session: str | None = SessionOption,
+          database: str | None = DatabaseOption) -> None:
+    """Open the engine's interactive client (psql, mysql, mongosh...)."""
+    open_shell(session, database, list(ctx.args))
+
+
+def open_shell(session: str | None, database: str | None, extra: list[str],
+               engine_name: str | None = None) -> None:
+    """Run the session engine's interactive client; extra arguments are passed on."""
+    target = _target(session)
+    if engine_name and target.engine.name != engine_name:
+        raise UsageError(f"session {target.name!r} uses {target.engine.name}, not {engine_name}; "
+                         "use claude-db shell")
+    target.require_running()
+    tools = target.tools(database)
+    argv = target.engine.shell_argv(tools.endpoint) + extra
+    code = tools.run_interactive(argv, env=target.engine.native_env(tools.endpoint))
+    raise typer.Exit(code)
+
+
+def query(text: str = typer.Argument(..., help="SQL (or the engine's query language)."),
+          session: str | None = SessionOption, database: str | None = DatabaseOption,
+          as_json: bool = typer.Option(False, "--json", help="Rows as a JSON array of objects."),
+          as_csv: bool = typer.Option(False, "--csv", help="Rows as CSV with a header.")) -> None:
+    """Run one query and print its result."""
+    if as_json and as_csv:
+        raise UsageError("--json and --csv exclude each other")
+    target = _target(session)
+    target.require_running()
+    result = target.engine.query(target.endpoint(database), text)
+    if as_json:
+        print_json(_as_json(result))
+    elif as_csv:
+        writer = csv.writer(sys.stdout, lineterminator="\n")
+        writer.writerow(result.columns)
+        writer.writerows(result.rows)
+    else:
+        _print_table(result)
+
+
+def _as_json(result: QueryResult) -> Any:
+    if result.documents is not None:
+        return result.documents
+    return [dict(zip(result.columns, row, strict=False)) for row in result.rows]
+
+
+def _print_table(result: QueryResult) -> None:
+    if result.documents is not None:
+        print(json.dumps(result.documents, indent=2, default=str))
+        return
+    if not result.columns:
+        print(result.status)
+        return
+    cells = [[_cell(v) for v in row] for row in result.rows]
+    if sys.stdout.isatty():
+        from rich.console import Console
+        from rich.table import Table
+
+        table = Table(*result.columns, show_lines=False)
+        for row in cells:
+            table.add_row(*row)
+        Console().print(table)
+    else:
+        widths = [max([len(c), *(len(r[i]) for r in cells)]) for i, c in enumerate(result.columns)]
+        print(" | ".join(c.ljust(w) for c, w in zip(result.columns, widths, strict=True)).rstrip())
+        print("-+-".join("-" * w for w in widths))
+        for row in cells:
+            print(" | ".join(v.ljust(w) for v, w in zip(row, widths, strict=True)).rstrip())
+    count = len(cells)
+    note(f"({count} row{'s' if count != 1 else ''})")
+
+
+def _cell(value: Any) -> str:
+    return "" if value is None else str(value)
+
+
+def import_(source: str = typer.Argument(..., metavar="FILE|-", help="Dump to apply (.sql, .sql.gz, - for stdin)."),
+            session: str | None = SessionOption, database: str | None = DatabaseOption) -> None:
+    """Apply a dump or SQL script: stops at the first error, applies all or nothing."""
+    target = _target(session)
+    import_from(target, source, database)
+    note(f"imported {source if source != '-' else 'stdin'} into {target.name}")
+
+
+def export(destination: str = typer.Argument(..., metavar="FILE|-", help="Where to write (.gz compresses, - for stdout)."),
+           session: str | None = SessionOption, database: str | None = DatabaseOption) -> None:
+    """Dump the database to a file (written to a temporary file, then renamed)."""
+    target = _target(session)
+    written = export_to(target, destination, database)
+    if destination != "-":
+        note(f"exported {target.name} to {destination} ({written:,} bytes before compression)")
+
+
+def reset(session: str | None = SessionOption, database: str | None = DatabaseOption,
+          yes: bool = typer.Option(False, "--yes", "-y", help="Do not ask for confirmation.")) -> None:
+    """Drop the database with everything in it and create it again, empty."""
+    target = _target(session)
+    target.require_running()
+    endpoint = target.endpoint(database)
+    confirm(f"Destroy all data in {endpoint.database} of session {target.name}?", yes)
+    target.engine.reset(endpoint)
+    note(f"reset {endpoint.database} of session {target.name}")
+
+
+def confirm(question: str, yes: bool) -> None:
+    """Ask on a terminal; without one, refuse unless --yes was given."""
+    if yes:
+        return
+    if not sys.stdin.isatty():
+        raise ConfirmationRequiredError(f"{question.rstrip('?')}: no terminal to confirm; pass --yes")
+    if not typer.confirm(question, default=False):
+        fail("cancelled", ExitCode.CONFIRMATION_NEEDED)
+
+
+def plugins(as_json: bool = JsonOption) -> None:
+    """List plugins, their distributions, hooks, engines, runtimes and load errors."""
+    loaded = get_app().plugins
+    infos = loaded.describe()
+    engines = {name: loaded.engines.owner(name) for name in loaded.engines.names()}
+    runtimes = {name: loaded.runtimes.owner(name) for name in loaded.runtimes.names()}
+    errors = [str(e) for e in loaded.errors]
+    if as_json:
+        print_json({
+            "plugins": [{"name": i.name, "distribution": i.distribution, "version": i.version,
+                         "hooks": list(i.hooks)} for i in infos],
+            "engines": engines, "runtimes": runtimes, "errors": errors,
+        })
+        return
+    for i in infos:
+        dist = f"{i.distribution} {i.version}" if i.distribution else "-"
+        print(f"{i.name}  ({dist})  hooks: {', '.join(i.hooks)}")
+    print(f"engines: {', '.join(f'{k} ({v})' for k, v in engines.items()) or 'none'}")
+    print(f"runtimes: {', '.join(f'{k} ({v})' for k, v in runtimes.items())}")
+    for error in errors:
+        print(f"error: {error}", file=sys.stderr)

@@ -1,0 +1,188 @@
+"""``claude-session``: the session lifecycle."""
+
+from __future__ import annotations
+
+import shlex
+from pathlib import Path
+
+import typer
+
+from claude_db.app import get_app
+from claude_db.cli.common import JsonOption, note, print_json, run
+from claude_db.envfile import MARKER
+from claude_db.errors import ExitCode, UsageError
+from claude_db.lifecycle import (
+    delete_session,
+    ensure_running,
+    parts,
+    session_env,
+    start_session,
+    stop_session,
+)
+from claude_db.session import Session, name_from_directory
+
+HELP = """Start, list, attach, stop and delete sessions, each with its own database."""
+
+
+def create_app() -> typer.Typer:
+    app = typer.Typer(help=HELP, no_args_is_help=True, add_completion=False,
+                      context_settings={"help_option_names": ["-h", "--help"]})
+    for command in (start, list_, env, attach, stop, delete):
+        name = command.__name__.rstrip("_")
+        app.command(name)(command)
+    for error in get_app().plugins.errors:
+        note(f"warning: {error}")
+    return app
+
+
+def main() -> None:
+    run(create_app, "claude-session")
+
+
+def start(
+    name: str | None = typer.Argument(None, help="Session name (default: from the work directory)."),
+    db: str | None = typer.Option(None, "--db", help="Engine (default: $CLAUDE_DB_ENGINE or postgres)."),
+    runtime: str | None = typer.Option(None, "--runtime", help="docker, local or auto (default: $CLAUDE_DB_RUNTIME or auto)."),
+    workdir: Path = typer.Option(Path("."), "--workdir", "-w", help="Work directory (.env goes here)."),
+    image: str | None = typer.Option(None, "--db-image", help="Database image (docker; default: $CLAUDE_DB_IMAGE)."),
+    session_image: str | None = typer.Option(None, "--image", help="Session container image (docker; default: $CLAUDE_SESSION_IMAGE)."),
+    publish: bool = typer.Option(False, "--publish", help="Docker: publish the database on 127.0.0.1."),
+    as_json: bool = JsonOption,
+) -> None:
+    """Start a session with its own database, ready, and DATABASE_URL in .env."""
+    app = get_app()
+    session_name = name or name_from_directory(workdir)
+    session, notes = start_session(
+        app, session_name, engine_name=db, runtime_name=runtime, workdir=workdir,
+        image=image, session_image=session_image, publish=publish,
+    )
+    for line in notes:
+        note(line)
+    if as_json:
+        print_json(_describe(session, with_env=True))
+    else:
+        what = f"{session.engine} on the {session.runtime} runtime" if session.has_database else "no database"
+        print(f"session {session.name} started ({what})")
+
+
+def list_(as_json: bool = JsonOption) -> None:
+    """List sessions and whether their databases run."""
+    sessions = [_describe(s) for s in get_app().store.all()]
+    if as_json:
+        print_json(sessions)
+        return
+    if not sessions:
+        note("no sessions")
+        return
+    rows = [(s["name"], s["engine"] or "-", s["runtime"] or "-", s["status"], s["workdir"]) for s in sessions]
+    header = ("NAME", "ENGINE", "RUNTIME", "STATUS", "WORKDIR")
+    widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
+    for row in [header, *rows]:
+        print("  ".join(str(v).ljust(w) for v, w in zip(row, widths, strict=True)).rstrip())
+
+
+def env(
+    name: str | None = typer.Argument(None, help="Session name (default: the current session)."),
+    format: str = typer.Option("env", "--format", "-f", help="env (KEY=value), json, or shell (export lines)."),
+) -> None:
+    """Print a session's environment (eval "$(claude-session env -f shell)")."""
+    app = get_app()
+    values = session_env(app, _load(name))
+    if format == "json":
+        print_json(values)
+    elif format == "shell":
+        for key, value in values.items():
+            print(f"export {key}={shlex.quote(value)}")
+    elif format == "env":
+        for key, value in values.items():
+            print(f"{key}={_dotenv_quote(value)}")
+    else:
+        raise UsageError(f"unknown format {format!r} (use env, json or shell)")
+
+
+def attach(
+    name: str | None = typer.Argument(None, help="Session name (default: the current session)."),
+    no_shell: bool = typer.Option(False, "--no-shell", help="Only make sure everything runs."),
+) -> None:
+    """Restart whatever stopped, wait until ready, then open a shell in the session."""
+    app = get_app()
+    session = _load(name)
+    ensure_running(app, session)
+    if no_shell:
+        note(f"session {session.name} is ready")
+        return
+    runtime = parts(app, session)[1] if session.has_database else None
+    values = session_env(app, session)
+    if runtime is not None:
+        raise typer.Exit(runtime.enter_shell(session, values))
+    from claude_db.processes import run_shell
+
+    raise typer.Exit(run_shell(session.workdir, values))
+
+
+def stop(name: str | None = typer.Argument(None, help="Session name (default: the current session).")) -> None:
+    """Stop a session's database; its data is kept."""
+    session = stop_session(get_app(), _name(name))
+    note(f"session {session.name} stopped")
+
+
+def delete(
+    name: str | None = typer.Argument(None, help="Session name (default: the current session)."),
+    yes: bool = typer.Option(False, "--yes", "-y", help="Do not ask for confirmation."),
+    keep_data: bool = typer.Option(False, "--keep-data", help="Keep the database's data."),
+) -> None:
+    """Delete a session: its database, containers, network and (unless --keep-data) data."""
+    from claude_db.cli.db import confirm
+
+    app = get_app()
+    session_name = _name(name)
+    app.store.load(session_name)  # fail on an unknown name before asking
+    what = "and keep its data" if keep_data else "and destroy its data"
+    confirm(f"Delete session {session_name} {what}?", yes)
+    _, notes = delete_session(app, session_name, keep_data=keep_data)
+    for line in notes:
+        note(line)
+    note(f"session {session_name} deleted")
+
+
+def _name(name: str | None) -> str:
+    if name:
+        return name
+    import os
+
+    from claude_db.envfile import read_env
+
+    current = os.environ.get(MARKER) or read_env(Path.cwd()).get(MARKER)
+    if not current:
+        raise UsageError("which session? pass its name (see claude-session list)")
+    return current
+
+
+def _load(name: str | None) -> Session:
+    return get_app().store.load(_name(name))
+
+
+def _describe(session: Session, with_env: bool = False) -> dict[str, object]:
+    app = get_app()
+    status = "no database"
+    if session.has_database:
+        try:
+            status = parts(app, session)[1].status(session)
+        except Exception as exc:  # an engine or runtime plugin that is gone
+            status = f"unknown ({exc})"
+    data: dict[str, object] = {
+        "name": session.name, "engine": session.engine, "runtime": session.runtime,
+        "status": status, "workdir": session.workdir, "created_at": session.created_at,
+    }
+    if with_env:
+        data["env"] = session_env(app, session)
+    return data
+
+
+def _dotenv_quote(value: str) -> str:
+    if value and all(c.isalnum() or c in "-_.:/@%+=," for c in value):
+        return value
+    return "'" + value.replace("'", "'\\''") + "'"
+
+
+__all__ = ["ExitCode", "create_app", "main"]

@@ -1,0 +1,165 @@
+"""What ``claude-db`` works on: the resolved session's database, and its operations."""
+
+from __future__ import annotations
+
+import contextlib
+import gzip
+import os
+import sys
+import tempfile
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO
+
+from claude_db.app import App
+from claude_db.engine import Credentials, Endpoint, Engine, Tools
+from claude_db.envfile import MARKER, read_env
+from claude_db.errors import ClaudeDbError, NotRunningError, SessionNotFoundError, UsageError
+from claude_db.processes import HostTools
+from claude_db.runtime import Runtime
+from claude_db.session import Session
+from claude_db.urls import parse_url
+
+CHUNK = 1 << 20
+GZIP_MAGIC = b"\x1f\x8b"
+GZIP_LEVEL = 6  # gzip(1)'s default: Python's 9 is several times slower for little gain
+
+
+@dataclass
+class Target:
+    """A session's database as claude-db reaches it (``runtime`` is None for a bare URL)."""
+
+    name: str
+    engine: Engine
+    runtime: Runtime | None
+    session: Session | None
+    url_endpoint: Endpoint | None = None
+
+    def endpoint(self, database: str | None = None) -> Endpoint:
+        if self.runtime is None or self.session is None:
+            assert self.url_endpoint is not None
+            return self.url_endpoint.with_database(database)
+        return self.runtime.endpoint(self.session, self.engine).with_database(database)
+
+    def tools(self, database: str | None = None) -> Tools:
+        if self.runtime is None or self.session is None:
+            return HostTools(self.endpoint(database))
+        tools = self.runtime.tools(self.session, self.engine)
+        tools.endpoint = tools.endpoint.with_database(database)
+        return tools
+
+    def require_running(self) -> None:
+        if self.runtime is None or self.session is None:
+            return  # a bare URL: the connection attempt itself reports a down server
+        status = self.runtime.status(self.session)
+        if status != "running":
+            raise NotRunningError(
+                f"the database of session {self.name!r} is {status}; "
+                f"start it with: claude-session attach {self.name} --no-shell"
+            )
+
+
+def resolve(app: App, session_name: str | None) -> Target:
+    """``--session``, else ``CLAUDE_SESSION``, else the ``.env`` marker here, else ``DATABASE_URL``."""
+    name = session_name or os.environ.get(MARKER) or read_env(Path.cwd()).get(MARKER)
+    if name and app.store.exists(name):
+        session = app.store.load(name)
+        if not session.has_database:
+            raise UsageError(f"session {name!r} has no database (it started with CLAUDE_DB_ENABLED=false)")
+        from claude_db.lifecycle import parts
+
+        engine, runtime = parts(app, session)
+        return Target(name, engine, runtime, session)
+    url = os.environ.get("DATABASE_URL")
+    if url and not session_name:
+        return _target_from_url(app, url, name or "DATABASE_URL")
+    if name:
+        raise SessionNotFoundError(f"no session named {name!r} (see claude-session list)")
+    raise SessionNotFoundError(
+        "no session here: pass --session NAME, set CLAUDE_SESSION, run where "
+        "claude-session start wrote .env, or set DATABASE_URL"
+    )
+
+
+def _target_from_url(app: App, url: str, label: str) -> Target:
+    scheme = url.split("://", 1)[0] if "://" in url else ""
+    engine = app.plugins.engine_for_scheme(scheme)
+    _, host, port, user, password, database = parse_url(url, engine.default_port)
+    endpoint = Endpoint(host, port, Credentials(user, password, database or engine.default_database))
+    return Target(label, engine, None, None, url_endpoint=endpoint)
+
+
+# -- dumps --------------------------------------------------------------------------------
+
+
+def export_to(target: Target, destination: str, database: str | None) -> int:
+    """Write a dump to ``destination`` (``-`` = stdout); ``.gz`` compresses. Returns bytes."""
+    target.require_running()
+    chunks = target.engine.dump(target.tools(database))
+    if destination == "-":
+        return _copy(chunks, sys.stdout.buffer)
+    path = Path(destination)
+    if path.is_dir():
+        raise UsageError(f"{destination} is a directory")
+    if not path.parent.is_dir():
+        raise UsageError(f"directory {path.parent} does not exist")
+    # a temporary file beside the target, renamed at the end: never a partial dump
+    fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".partial")
+    try:
+        with os.fdopen(fd, "wb") as raw:
+            if path.suffix == ".gz":
+                with gzip.GzipFile(fileobj=raw, mode="wb", compresslevel=GZIP_LEVEL) as out:
+                    written = _copy(chunks, out)
+            else:
+                written = _copy(chunks, raw)
+            raw.flush()
+            os.fsync(raw.fileno())
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp_name, 0o666 & ~umask)  # mkstemp's 0600 would surprise: a dump like any file
+        os.replace(tmp_name, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp_name)
+        raise
+    return written
+
+
+def import_from(target: Target, source: str, database: str | None) -> None:
+    """Apply a dump from ``source`` (``-`` = stdin; gzip detected), all or nothing."""
+    if source != "-":
+        path = Path(source)
+        if not path.is_file():
+            raise UsageError(f"no such file: {source}")
+    target.require_running()
+    try:
+        with _open_source(source) as stream:
+            target.engine.restore(target.tools(database), iter(lambda: stream.read(CHUNK), b""))
+    except (OSError, EOFError) as exc:  # unreadable or corrupt input (e.g. a truncated .gz)
+        raise ClaudeDbError(f"cannot read {source}, nothing was applied: {exc}") from None
+
+
+@contextlib.contextmanager
+def _open_source(source: str) -> Iterator[IO[bytes]]:
+    if source == "-":
+        raw: IO[bytes] = sys.stdin.buffer
+        head = raw.peek(2)[:2] if hasattr(raw, "peek") else b""
+        yield gzip.GzipFile(fileobj=raw) if head == GZIP_MAGIC else raw
+        return
+    with open(source, "rb") as raw_file:
+        compressed = source.endswith(".gz") or raw_file.read(2) == GZIP_MAGIC
+        raw_file.seek(0)
+        if compressed:
+            with gzip.GzipFile(fileobj=raw_file) as unzipped:
+                yield unzipped
+        else:
+            yield raw_file
+
+
+def _copy(chunks: Iterator[bytes], out: IO[bytes]) -> int:
+    written = 0
+    for chunk in chunks:
+        out.write(chunk)
+        written += len(chunk)
+    return written

@@ -1,0 +1,197 @@
+"""The Engine base class: everything claude-db knows about one kind of database."""
+
+from __future__ import annotations
+
+import subprocess
+from abc import ABC, abstractmethod
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import IO, Any, ClassVar
+
+from claude_db.urls import build_url
+
+
+@dataclass(frozen=True)
+class Credentials:
+    user: str
+    password: str
+    database: str
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    """Where a client connects: address plus credentials and the database to use."""
+
+    host: str
+    port: int
+    credentials: Credentials
+
+    @property
+    def user(self) -> str:
+        return self.credentials.user
+
+    @property
+    def password(self) -> str:
+        return self.credentials.password
+
+    @property
+    def database(self) -> str:
+        return self.credentials.database
+
+    def with_database(self, database: str | None) -> Endpoint:
+        if not database:
+            return self
+        return replace(self, credentials=replace(self.credentials, database=database))
+
+
+@dataclass
+class QueryResult:
+    """Rows of a one-off query, engine-neutral: the CLI renders it as a table, JSON or CSV."""
+
+    columns: list[str] = field(default_factory=list)
+    rows: list[Sequence[Any]] = field(default_factory=list)
+    status: str = ""  # what the server said, e.g. "INSERT 0 1"
+    documents: list[Any] | None = None  # document engines: the raw JSON result
+
+
+class Tools(ABC):
+    """Runs an engine's native client tools (psql, pg_dump, ...) where they belong.
+
+    A runtime provides it: host binaries for the local runtime, ``docker exec`` inside
+    the database container for the docker runtime. ``endpoint`` is the database as
+    seen from where the tools run.
+    """
+
+    endpoint: Endpoint
+
+    @abstractmethod
+    def popen(
+        self,
+        argv: Sequence[str],
+        *,
+        env: Mapping[str, str],
+        stdin: int | IO[Any] | None = None,
+        stdout: int | IO[Any] | None = None,
+        stderr: int | IO[Any] | None = None,
+    ) -> subprocess.Popen[bytes]:
+        """Start ``argv`` (a tool name and its arguments) with extra ``env`` variables."""
+
+    @abstractmethod
+    def run_interactive(self, argv: Sequence[str], *, env: Mapping[str, str]) -> int:
+        """Run ``argv`` attached to the user's terminal; return its exit status."""
+
+    @abstractmethod
+    def has(self, tool: str) -> bool:
+        """Whether ``tool`` can be run here."""
+
+
+class LocalServer(ABC):
+    """How an engine runs as local server processes from host binaries (the local runtime)."""
+
+    #: OS users (in order of preference) to run the server as when claude-db runs as root.
+    service_users: ClassVar[tuple[str, ...]] = ("nobody",)
+    #: signal that asks the server for a fast, clean shutdown
+    stop_signal: ClassVar[int] = 15
+
+    @abstractmethod
+    def version(self) -> str:
+        """The server version of the binaries found, e.g. ``15.18`` (also a cache key)."""
+
+    @abstractmethod
+    def bindir(self) -> Path:
+        """Directory of the server and client binaries."""
+
+    @abstractmethod
+    def init_template(self, datadir: Path, credentials: Credentials, run_as: RunAs) -> None:
+        """Initialise an empty data directory holding ``credentials``' user and database.
+
+        The result is cached per (version, user, database) and copied for every session;
+        the per-session password is set by :meth:`set_password` after the first start.
+        """
+
+    @abstractmethod
+    def server_argv(self, datadir: Path, port: int, socket_dir: Path) -> list[str]:
+        """Command line of the server: 127.0.0.1:``port`` and a unix socket in ``socket_dir``."""
+
+    @abstractmethod
+    def set_password(self, socket_dir: Path, port: int, credentials: Credentials) -> None:
+        """Set the session's password through the unix socket (called once, after first start)."""
+
+
+@dataclass(frozen=True)
+class RunAs:
+    """The OS identity local servers run as (an unprivileged user when we are root)."""
+
+    uid: int
+    gid: int
+    name: str
+
+
+class Engine(ABC):
+    """A kind of database. Subclass, set the class attributes, implement the methods.
+
+    Registered through the ``register_engines`` hook; ``name`` is what ``--db`` takes.
+    """
+
+    name: ClassVar[str]
+    #: URL schemes that identify this engine in a DATABASE_URL; the first one is used to build URLs
+    url_schemes: ClassVar[tuple[str, ...]]
+    default_image: ClassVar[str]
+    default_port: ClassVar[int]
+    default_user: ClassVar[str]
+    default_database: ClassVar[str] = "appdb"
+    #: the data directory inside the official image (mounted as a named volume)
+    container_data_dir: ClassVar[str]
+    #: name of the interactive client (``claude-db shell`` runs it)
+    shell_name: ClassVar[str]
+
+    # -- connection contract --------------------------------------------------------------
+
+    def url(self, endpoint: Endpoint) -> str:
+        return build_url(self.url_schemes[0], endpoint)
+
+    def native_env(self, endpoint: Endpoint) -> dict[str, str]:
+        """Variables the engine's own tools read (``PGHOST``...), so they need no arguments."""
+        return {}
+
+    @abstractmethod
+    def container_env(self, credentials: Credentials) -> dict[str, str]:
+        """Environment for the official image that makes it create ``credentials``."""
+
+    @abstractmethod
+    def check_ready(self, endpoint: Endpoint, timeout: float) -> str:
+        """Run an authenticated query against ``endpoint``; return the server version.
+
+        Raise any exception while it is not ready: the readiness loop retries.
+        """
+
+    def local_server(self) -> LocalServer | None:
+        """How to run as local processes, or ``None`` if this engine cannot."""
+        return None
+
+    def local_unavailable_reason(self) -> str:
+        """One line saying why :meth:`local_server` is ``None`` and what to do instead."""
+        return f"the {self.name} engine cannot run on the local runtime; use --runtime docker"
+
+    # -- operations ---------------------------------------------------------------------
+
+    @abstractmethod
+    def query(self, endpoint: Endpoint, text: str) -> QueryResult:
+        """Run one query or command and return its result."""
+
+    @abstractmethod
+    def dump(self, tools: Tools) -> Iterator[bytes]:
+        """Yield a dump of ``tools.endpoint``'s database; raise if the dump fails."""
+
+    @abstractmethod
+    def restore(self, tools: Tools, chunks: Iterable[bytes]) -> None:
+        """Apply a dump: stop at the first error and leave nothing of it applied."""
+
+    @abstractmethod
+    def reset(self, endpoint: Endpoint) -> None:
+        """Drop the database with everything in it and create it again, empty."""
+
+    @abstractmethod
+    def shell_argv(self, endpoint: Endpoint) -> list[str]:
+        """Command line of the interactive client for ``endpoint`` (run through Tools)."""

@@ -1,0 +1,157 @@
+"""The session lifecycle: start, stop, attach, delete, and a session's environment."""
+
+from __future__ import annotations
+
+import secrets
+from pathlib import Path
+
+from claude_db.app import App
+from claude_db.engine import Credentials, Endpoint, Engine
+from claude_db.envfile import MARKER, remove_env, write_env
+from claude_db.errors import ClaudeDbError
+from claude_db.readiness import wait_until_ready
+from claude_db.runtime import Runtime
+from claude_db.session import Session, validate_name
+
+
+def start_session(
+    app: App,
+    name: str,
+    *,
+    engine_name: str | None = None,
+    runtime_name: str | None = None,
+    workdir: Path,
+    image: str | None = None,
+    session_image: str | None = None,
+    publish: bool = False,
+    write_dotenv: bool = True,
+) -> tuple[Session, list[str]]:
+    """Create a session and its database, wait until it answers; return it and notes."""
+    validate_name(name)
+    settings = app.settings
+    notes: list[str] = []
+    if not workdir.is_dir():
+        raise ClaudeDbError(f"work directory {workdir} does not exist")
+    session = Session(name=name, workdir=str(workdir.resolve()), engine=None, runtime=None)
+    engine: Engine | None = None
+    runtime: Runtime | None = None
+    if settings.enabled:
+        engine = app.plugins.engine(engine_name or settings.engine)
+        runtime, note = app.choose_runtime(runtime_name or settings.runtime)
+        notes += [note] if note else []
+        session.engine, session.runtime = engine.name, runtime.name
+        session.credentials = Credentials(
+            user=settings.user or engine.default_user,
+            password=settings.password or secrets.token_urlsafe(18),
+            database=settings.database or engine.default_database,
+        )
+        session.image = image or settings.image or engine.default_image
+        session.session_image = session_image or settings.session_image
+        session.publish = publish
+    else:
+        notes.append("CLAUDE_DB_ENABLED is false: the session has no database")
+
+    store = app.store
+    store.reserve(name)
+    try:
+        with store.lock(name):
+            if engine is not None and runtime is not None:
+                runtime.create(session, engine)
+                store.save(session)
+                wait_until_ready(
+                    engine,
+                    runtime.endpoint(session, engine),
+                    timeout=settings.ready_timeout,
+                    failure=lambda: runtime.failure_details(session),
+                    what=f"the {engine.name} database of session {name!r}",
+                )
+            store.save(session)
+            if write_dotenv:
+                notes += write_env(workdir, session_env(app, session, for_dotenv=True))
+    except BaseException:
+        # nothing may leak: undo whatever part of the session was made
+        if engine is not None and runtime is not None:
+            try:
+                runtime.delete(session, engine, keep_data=False)
+            except Exception as exc:  # report the first error, not the cleanup's
+                notes.append(f"cleanup failed: {exc}")
+        store.release(name)
+        raise
+    app.plugins.hook.session_started(session=session)
+    return session, notes
+
+
+def stop_session(app: App, name: str) -> Session:
+    store = app.store
+    with store.lock(name):
+        session = store.load(name)
+        if session.has_database:
+            engine, runtime = parts(app, session)
+            runtime.stop(session, engine)
+            store.save(session)
+    app.plugins.hook.session_stopped(session=session)
+    return session
+
+
+def ensure_running(app: App, session: Session) -> None:
+    """Start whatever of the session stopped and wait until its database answers."""
+    if not session.has_database:
+        return
+    engine, runtime = parts(app, session)
+    with app.store.lock(session.name):
+        runtime.start(session, engine)
+        app.store.save(session)
+    wait_until_ready(
+        engine,
+        runtime.endpoint(session, engine),
+        timeout=app.settings.ready_timeout,
+        failure=lambda: runtime.failure_details(session),
+        what=f"the {engine.name} database of session {session.name!r}",
+    )
+
+
+def delete_session(app: App, name: str, *, keep_data: bool = False) -> tuple[Session, list[str]]:
+    store = app.store
+    notes: list[str] = []
+    with store.lock(name):
+        session = store.load(name)
+        if session.has_database:
+            engine, runtime = parts(app, session)
+            runtime.delete(session, engine, keep_data=keep_data)
+            if kept := session.runtime_state.get("kept_data"):
+                notes.append(f"kept the data of {name!r} in {kept}")
+        keys = [*session_env(app, session, for_dotenv=True)]
+        if remove_env(Path(session.workdir), keys, name):
+            notes.append(f"removed the session's variables from {Path(session.workdir) / '.env'}")
+        store.release(name)
+    app.plugins.hook.session_deleted(session=session)
+    return session, notes
+
+
+def parts(app: App, session: Session) -> tuple[Engine, Runtime]:
+    assert session.engine is not None and session.runtime is not None
+    return app.plugins.engine(session.engine), app.runtime(session.runtime)
+
+
+def session_env(app: App, session: Session, *, for_dotenv: bool = False) -> dict[str, str]:
+    """Everything a session's programs need: DATABASE_URL, components, native variables."""
+    env: dict[str, str] = {}
+    for extra in app.plugins.hook.session_env(session=session):
+        env.update(extra or {})
+    if session.has_database:
+        engine, runtime = parts(app, session)
+        env.update(database_env(engine, runtime.session_endpoint(session, engine)))
+    env[MARKER] = session.name
+    return env
+
+
+def database_env(engine: Engine, endpoint: Endpoint) -> dict[str, str]:
+    return {
+        "DATABASE_URL": engine.url(endpoint),
+        "DB_HOST": endpoint.host,
+        "DB_PORT": str(endpoint.port),
+        "DB_USER": endpoint.user,
+        "DB_PASSWORD": endpoint.password,
+        "DB_NAME": endpoint.database,
+        **engine.native_env(endpoint),
+    }

@@ -1,0 +1,232 @@
+"""Plugin discovery and the typed registries of engines and runtimes.
+
+Entry points of the group ``claude_db`` are loaded one by one: a plugin that
+fails to import, misspells a hook, or registers a name twice is reported and
+skipped (``CLAUDE_DB_STRICT_PLUGINS=1`` makes that fatal, for plugin authors).
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from importlib.metadata import EntryPoint, entry_points
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
+
+import pluggy
+
+from claude_db import hookspecs
+from claude_db.errors import PluginError, UnknownEngineError, UsageError
+
+if TYPE_CHECKING:
+    from claude_db.engine import Engine
+    from claude_db.runtime import Runtime
+    from claude_db.settings import Settings
+
+ENTRY_POINT_GROUP = "claude_db"
+#: core's own plugins, registered through the same hooks as everybody else's
+DEFAULT_PLUGINS = ("claude_db.runtimes",)
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class PluginInfo:
+    name: str
+    distribution: str | None
+    version: str | None
+    hooks: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class LoadError:
+    plugin: str
+    distribution: str | None
+    message: str
+
+    def __str__(self) -> str:
+        where = f" (distribution {self.distribution})" if self.distribution else ""
+        return f"plugin {self.plugin!r}{where} skipped: {self.message}"
+
+
+class Registry(Generic[T]):
+    """Classes keyed by their ``name`` attribute, remembering which plugin gave each."""
+
+    def __init__(self, kind: str) -> None:
+        self.kind = kind
+        self._classes: dict[str, type[T]] = {}
+        self._owners: dict[str, str] = {}
+
+    def add(self, cls: type[T], owner: str) -> None:
+        name = getattr(cls, "name", None)
+        if not isinstance(name, str) or not name:
+            raise PluginError(f"{self.kind} class {cls.__qualname__} has no 'name' attribute")
+        if name in self._classes:
+            raise PluginError(
+                f"{self.kind} {name!r} is registered twice: by {self._owners[name]!r} and {owner!r}"
+            )
+        self._classes[name] = cls
+        self._owners[name] = owner
+
+    def get(self, name: str) -> type[T]:
+        return self._classes[name]
+
+    def owner(self, name: str) -> str:
+        return self._owners[name]
+
+    def names(self) -> list[str]:
+        return sorted(self._classes)
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._classes
+
+    def items(self) -> Iterable[tuple[str, type[T]]]:
+        return sorted(self._classes.items())
+
+
+@dataclass
+class Plugins:
+    """The loaded plugins: a pluggy manager plus the registries filled through its hooks."""
+
+    pm: pluggy.PluginManager
+    engines: Registry[Engine]
+    runtimes: Registry[Runtime]
+    errors: list[LoadError] = field(default_factory=list)
+    distributions: dict[str, tuple[str | None, str | None]] = field(default_factory=dict)
+
+    @property
+    def hook(self) -> Any:
+        return self.pm.hook
+
+    def engine(self, name: str) -> Engine:
+        if name not in self.engines:
+            installed = ", ".join(self.engines.names()) or "none"
+            raise UnknownEngineError(
+                f"unknown engine {name!r} (installed: {installed}); "
+                f"to add it: pip install claude-db-{name}"
+            )
+        return self.engines.get(name)()
+
+    def runtime_class(self, name: str) -> type[Runtime]:
+        if name not in self.runtimes:
+            raise UsageError(
+                f"unknown runtime {name!r} (available: auto, {', '.join(self.runtimes.names())})"
+            )
+        return self.runtimes.get(name)
+
+    def engine_for_scheme(self, scheme: str) -> Engine:
+        for _, cls in self.engines.items():
+            if scheme in cls.url_schemes:
+                return cls()
+        raise UnknownEngineError(f"no installed engine understands {scheme}:// URLs")
+
+    def describe(self) -> list[PluginInfo]:
+        infos = []
+        for name, plugin in self.pm.list_name_plugin():
+            if plugin is None:
+                continue
+            hooks = tuple(sorted(h.name for h in self.pm.get_hookcallers(plugin) or []))
+            dist, version = self.distributions.get(name, (None, None))
+            infos.append(PluginInfo(name, dist, version, hooks))
+        return sorted(infos, key=lambda info: info.name)
+
+
+def create_plugin_manager() -> pluggy.PluginManager:
+    pm = pluggy.PluginManager(ENTRY_POINT_GROUP)
+    pm.add_hookspecs(hookspecs)
+    return pm
+
+
+def load_plugins(settings: Settings, *, entry_points_only: bool = True) -> Plugins:
+    """Register core's plugins and every selected entry point, then fill the registries."""
+    from claude_db.engine import Engine
+    from claude_db.runtime import Runtime
+
+    plugins = Plugins(create_plugin_manager(), Registry[Engine]("engine"), Registry[Runtime]("runtime"))
+    for module_name in DEFAULT_PLUGINS:
+        plugins.pm.register(importlib.import_module(module_name), name=module_name)
+        plugins.distributions[module_name] = ("claude-db", _version("claude-db"))
+    if entry_points_only:
+        for ep in entry_points(group=ENTRY_POINT_GROUP):
+            if _selected(ep.name, settings):
+                _load_entry_point(plugins, ep, settings.strict_plugins)
+    fill_registries(plugins, settings.strict_plugins)
+    return plugins
+
+
+def _selected(name: str, settings: Settings) -> bool:
+    if settings.load_plugins is not None and name not in settings.load_plugins:
+        return False
+    return name not in settings.disable_plugins
+
+
+def _load_entry_point(plugins: Plugins, ep: EntryPoint, strict: bool) -> None:
+    dist = ep.dist.name if ep.dist else None
+    version = ep.dist.version if ep.dist else None
+    try:
+        module = ep.load()
+        if plugins.pm.has_plugin(ep.name):
+            raise PluginError(f"a plugin named {ep.name!r} is already loaded")
+        plugins.pm.register(module, name=ep.name)
+    except Exception as exc:
+        _report(plugins, LoadError(ep.name, dist, _describe(exc)), strict, exc)
+        return
+    try:
+        plugins.pm.check_pending()  # a misspelled hook name surfaces here
+    except pluggy.PluginValidationError as exc:
+        plugins.pm.unregister(name=ep.name)
+        _report(plugins, LoadError(ep.name, dist, _describe(exc)), strict, exc)
+        return
+    plugins.distributions[ep.name] = (dist, version)
+
+
+def register_plugin(plugins: Plugins, plugin: object, name: str, strict: bool = True) -> None:
+    """Register an in-process plugin object (tests, embedding) and add what it registers."""
+    plugins.pm.register(plugin, name=name)
+    plugins.pm.check_pending()
+    _call_register_hook(plugins, name, strict)
+
+
+def fill_registries(plugins: Plugins, strict: bool) -> None:
+    for name, plugin in plugins.pm.list_name_plugin():
+        if plugin is not None:
+            _call_register_hook(plugins, name, strict)
+
+
+def _call_register_hook(plugins: Plugins, plugin_name: str, strict: bool) -> None:
+    # Called per plugin (not through the hook relay) so every class is attributed to its
+    # plugin and one plugin's failure cannot take the others down.
+    for hook_name, registry in (
+        ("register_runtimes", plugins.runtimes),
+        ("register_engines", plugins.engines),
+    ):
+        caller = getattr(plugins.pm.hook, hook_name)
+        for impl in caller.get_hookimpls():
+            if impl.plugin_name != plugin_name:
+                continue
+            register: Callable[[type[Any]], None] = lambda cls, r=registry: r.add(cls, plugin_name)  # noqa: E731
+            try:
+                impl.function(register=register)
+            except Exception as exc:
+                dist = plugins.distributions.get(plugin_name, (None, None))[0]
+                _report(plugins, LoadError(plugin_name, dist, _describe(exc)), strict, exc)
+
+
+def _report(plugins: Plugins, error: LoadError, strict: bool, exc: BaseException) -> None:
+    if strict:
+        raise PluginError(f"{error} (CLAUDE_DB_STRICT_PLUGINS is set)") from exc
+    plugins.errors.append(error)
+
+
+def _describe(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0]}" if text else type(exc).__name__
+
+
+def _version(dist: str) -> str | None:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version(dist)
+    except PackageNotFoundError:
+        return None

@@ -1,0 +1,116 @@
+"""The one place that spawns processes: client tools, servers, shells."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import IO, Any
+
+from claude_db.engine import Endpoint, RunAs, Tools
+from claude_db.errors import ClaudeDbError, ToolMissingError
+
+
+def child_env(extra: Mapping[str, str]) -> dict[str, str]:
+    env = dict(os.environ)
+    env.update(extra)
+    return env
+
+
+def run_checked(
+    argv: Sequence[str],
+    *,
+    what: str,
+    env: Mapping[str, str] | None = None,
+    run_as: RunAs | None = None,
+    cwd: Path | None = None,
+) -> str:
+    """Run a short command to completion; raise with its last output lines if it fails."""
+    proc = subprocess.run(
+        list(argv),
+        env=child_env(env or {}),
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        cwd=cwd,
+        **_identity(run_as),
+    )
+    if proc.returncode != 0:
+        tail = " | ".join((proc.stderr or proc.stdout).strip().splitlines()[-3:])
+        raise ClaudeDbError(f"{what} failed (exit {proc.returncode}): {tail}")
+    return proc.stdout
+
+
+def spawn_daemon(argv: Sequence[str], *, log: Path, run_as: RunAs | None, cwd: Path) -> int:
+    """Start a long-running server detached from this process; return its pid.
+
+    The child gets its own session so it outlives the CLI and ignores our
+    terminal's signals; its output goes to ``log``.
+    """
+    with open(log, "ab") as out:
+        proc = subprocess.Popen(
+            list(argv),
+            stdin=subprocess.DEVNULL,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            cwd=cwd,
+            start_new_session=True,
+            close_fds=True,
+            **_identity(run_as),
+        )
+    return proc.pid
+
+
+def _identity(run_as: RunAs | None) -> dict[str, Any]:
+    if run_as is None or run_as.uid == os.geteuid():
+        return {}
+    return {"user": run_as.uid, "group": run_as.gid, "extra_groups": []}
+
+
+def run_shell(workdir: str, env: Mapping[str, str]) -> int:
+    """An interactive shell in ``workdir`` with the session's environment."""
+    shell = os.environ.get("SHELL") or shutil.which("bash") or "/bin/sh"
+    return subprocess.call([shell], cwd=workdir, env=child_env(env))
+
+
+class HostTools(Tools):
+    """Client tools from this machine: a given bin directory, else ``PATH``."""
+
+    def __init__(self, endpoint: Endpoint, bindir: Path | None = None) -> None:
+        self.endpoint = endpoint
+        self.bindir = bindir
+
+    def _resolve(self, tool: str) -> str:
+        if self.bindir is not None and (self.bindir / tool).exists():
+            return str(self.bindir / tool)
+        found = shutil.which(tool)
+        if found is None:
+            raise ToolMissingError(f"{tool} is not installed here (needed for this command)")
+        return found
+
+    def has(self, tool: str) -> bool:
+        try:
+            self._resolve(tool)
+        except ToolMissingError:
+            return False
+        return True
+
+    def popen(
+        self,
+        argv: Sequence[str],
+        *,
+        env: Mapping[str, str],
+        stdin: int | IO[Any] | None = None,
+        stdout: int | IO[Any] | None = None,
+        stderr: int | IO[Any] | None = None,
+    ) -> subprocess.Popen[bytes]:
+        command = [self._resolve(argv[0]), *argv[1:]]
+        return subprocess.Popen(
+            command, env=child_env(env), stdin=stdin, stdout=stdout, stderr=stderr
+        )
+
+    def run_interactive(self, argv: Sequence[str], *, env: Mapping[str, str]) -> int:
+        command = [self._resolve(argv[0]), *argv[1:]]
+        return subprocess.call(command, env=child_env(env))

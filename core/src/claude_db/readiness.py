@@ -1,0 +1,65 @@
+"""The one readiness loop: poll an authenticated query until it answers or time runs out."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import TypeVar
+
+from claude_db.engine import Endpoint, Engine
+from claude_db.errors import NotReadyError, NotRunningError
+
+T = TypeVar("T")
+
+POLL_INTERVAL = 0.02  # seconds; a failed connect costs little, waiting costs the user
+
+
+def wait_until_ready(
+    engine: Engine,
+    endpoint: Endpoint,
+    *,
+    timeout: float,
+    failure: Callable[[], str | None] = lambda: None,
+    what: str = "database",
+) -> str:
+    """Return the server version once ``engine.check_ready`` succeeds over ``endpoint``."""
+    attempt_timeout = max(1.0, min(5.0, timeout))
+    return poll_until(
+        lambda: engine.check_ready(endpoint, timeout=attempt_timeout),
+        timeout=timeout,
+        failure=failure,
+        what=what,
+    )
+
+
+def poll_until(
+    probe: Callable[[], T],
+    *,
+    timeout: float,
+    failure: Callable[[], str | None] = lambda: None,
+    what: str = "database",
+) -> T:
+    """Call ``probe`` until it returns instead of raising; return what it returned.
+
+    ``failure`` is asked between attempts; when it returns a reason (the process
+    exited, the container died), waiting stops at once with that reason.
+    """
+    deadline = time.monotonic() + timeout
+    last_error: BaseException | None = None
+    while True:
+        try:
+            return probe()
+        except Exception as exc:  # any failure means "not yet"
+            last_error = exc
+        reason = failure()
+        if reason:
+            raise NotRunningError(f"{what} failed to start: {reason}")
+        if time.monotonic() >= deadline:
+            detail = _one_line(last_error)
+            raise NotReadyError(f"{what} not ready after {timeout:.0f}s: {detail}")
+        time.sleep(POLL_INTERVAL)
+
+
+def _one_line(exc: BaseException | None) -> str:
+    text = str(exc or "no answer").strip().splitlines()
+    return text[0] if text else type(exc).__name__

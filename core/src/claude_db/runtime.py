@@ -1,0 +1,78 @@
+"""The Runtime base class: where a session's database runs (docker, local, or a plugin's)."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from typing import TYPE_CHECKING, ClassVar, Literal
+
+if TYPE_CHECKING:
+    from claude_db.engine import Endpoint, Engine, Tools
+    from claude_db.session import Session
+    from claude_db.settings import Settings
+
+Status = Literal["running", "stopped", "missing"]
+
+
+class Runtime(ABC):
+    """Creates, starts, stops and deletes a session's database server.
+
+    Registered through the ``register_runtimes`` hook; ``name`` is what ``--runtime`` takes.
+    A runtime records what it needs to find its resources again in
+    ``session.runtime_state`` (saved with the session).
+    """
+
+    name: ClassVar[str]
+    #: ``--runtime auto`` tries runtimes by descending priority and takes the first available
+    auto_priority: ClassVar[int] = 0
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+
+    def available(self) -> bool:
+        """Whether this runtime can be used on this machine right now (cheap check)."""
+        return True
+
+    def unavailable_reason(self) -> str:
+        return f"the {self.name} runtime is not available here"
+
+    @abstractmethod
+    def create(self, session: Session, engine: Engine) -> None:
+        """Make the session's resources and start its database (readiness is checked by core)."""
+
+    @abstractmethod
+    def start(self, session: Session, engine: Engine) -> None:
+        """Start whatever of the session stopped; a no-op when all runs."""
+
+    @abstractmethod
+    def stop(self, session: Session, engine: Engine) -> None:
+        """Stop the session's database, keeping its data."""
+
+    @abstractmethod
+    def delete(self, session: Session, engine: Engine, *, keep_data: bool) -> None:
+        """Remove every resource of the session (the data too, unless ``keep_data``)."""
+
+    @abstractmethod
+    def status(self, session: Session) -> Status:
+        """Whether the session's database server is running."""
+
+    @abstractmethod
+    def endpoint(self, session: Session, engine: Engine) -> Endpoint:
+        """The database as reached from where claude-db runs (this host)."""
+
+    def session_endpoint(self, session: Session, engine: Engine) -> Endpoint:
+        """The database as reached by the session's programs (what ``DATABASE_URL`` says)."""
+        return self.endpoint(session, engine)
+
+    @abstractmethod
+    def tools(self, session: Session, engine: Engine) -> Tools:
+        """Where the engine's client tools run for this session."""
+
+    def failure_details(self, session: Session) -> str | None:
+        """If the server is known to have died, a short reason (e.g. its last log lines)."""
+        return None
+
+    def enter_shell(self, session: Session, env: dict[str, str]) -> int:
+        """Open an interactive shell for ``attach`` (in the session container, if any)."""
+        from claude_db.processes import run_shell
+
+        return run_shell(session.workdir, env)

@@ -1,0 +1,281 @@
+"""The local runtime: database servers as local processes from host binaries.
+
+Per session: ``<state>/sessions/<name>/server/`` holds the data directory (a copy
+of a cached, initialised template), the server log and usually the unix socket.
+The server listens on 127.0.0.1 only, on a port chosen at creation and kept
+across restarts. As root, servers run as an unprivileged user.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import os
+import pwd
+import shutil
+import signal
+import socket
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from claude_db.engine import Credentials, Endpoint, Engine, LocalServer, RunAs, Tools
+from claude_db.errors import ClaudeDbError, NotRunningError, UsageError
+from claude_db.processes import HostTools, run_checked, spawn_daemon
+from claude_db.readiness import poll_until
+from claude_db.runtime import Runtime, Status
+from claude_db.session import Session, SessionStore
+
+SOCKET_PATH_MAX = 100  # sun_path is 108 bytes; leave room for the socket's own file name
+LOG_TAIL_LINES = 5
+
+
+class LocalRuntime(Runtime):
+    name = "local"
+    auto_priority = 0
+
+    @property
+    def store(self) -> SessionStore:
+        return SessionStore(self.settings.state_dir)
+
+    # -- lifecycle ------------------------------------------------------------------------
+
+    def create(self, session: Session, engine: Engine) -> None:
+        assert session.credentials is not None
+        server = _local_server(engine)
+        run_as = service_identity(server)
+        server_dir = self.store.directory(session.name) / "server"
+        server_dir.mkdir(mode=0o700)
+        _chown(server_dir, run_as)
+        template = self._template(engine.name, server, session.credentials, run_as)
+        datadir = server_dir / "data"
+        # cp -a keeps ownership and modes (the server insists on a 0700 data directory)
+        run_checked(["cp", "-a", "--reflink=auto", str(template), str(datadir)], what="copy cluster")
+        socket_dir = _socket_dir(server_dir)
+        socket_dir.mkdir(mode=0o700, exist_ok=True)
+        _chown(socket_dir, run_as)
+        session.runtime_state = {
+            "port": free_port(),
+            "bindir": str(server.bindir()),
+            "version": server.version(),
+            "datadir": str(datadir),
+            "socket_dir": str(socket_dir),
+            "log": str(server_dir / "server.log"),
+            "run_as": run_as.name,
+        }
+        self._spawn(session, server, run_as)
+        port, sockets = session.runtime_state["port"], Path(session.runtime_state["socket_dir"])
+        poll_until(
+            lambda: server.set_password(sockets, port, session.credentials),  # type: ignore[arg-type]
+            timeout=self.settings.ready_timeout,
+            failure=lambda: self.failure_details(session),
+            what=f"{engine.name} server",
+        )
+
+    def start(self, session: Session, engine: Engine) -> None:
+        if self.status(session) == "running":
+            return
+        state = session.runtime_state
+        if not Path(state["datadir"]).is_dir():
+            raise NotRunningError(f"the data directory of session {session.name!r} is gone")
+        if not port_is_free(state["port"]):
+            raise ClaudeDbError(
+                f"port {state['port']} of session {session.name!r} is taken by another process"
+            )
+        Path(state["socket_dir"]).mkdir(mode=0o700, exist_ok=True)
+        server = _local_server(engine)
+        run_as = _identity_named(state["run_as"])
+        _chown(Path(state["socket_dir"]), run_as)
+        self._spawn(session, server, run_as)
+
+    def stop(self, session: Session, engine: Engine) -> None:
+        pid = session.runtime_state.get("pid")
+        if not pid or not self._alive(session):
+            return
+        server = _local_server(engine, require_binaries=False)
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, server.stop_signal if server else signal.SIGTERM)
+        if not _wait_for_exit(pid, timeout=30):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+            _wait_for_exit(pid, timeout=10)
+
+    def delete(self, session: Session, engine: Engine, *, keep_data: bool) -> None:
+        self.stop(session, engine)
+        state = session.runtime_state
+        socket_dir = state.get("socket_dir")
+        if socket_dir and not socket_dir.startswith(str(self.store.directory(session.name))):
+            shutil.rmtree(socket_dir, ignore_errors=True)
+        if keep_data and state.get("datadir"):
+            kept = self.settings.state_dir / "kept" / f"{session.name}-{int(time.time())}"
+            kept.parent.mkdir(parents=True, exist_ok=True)
+            shutil.move(state["datadir"], kept)
+            state["kept_data"] = str(kept)
+
+    def status(self, session: Session) -> Status:
+        if not session.runtime_state.get("datadir"):
+            return "missing"
+        if not Path(session.runtime_state["datadir"]).is_dir():
+            return "missing"
+        return "running" if self._alive(session) else "stopped"
+
+    def failure_details(self, session: Session) -> str | None:
+        if self._alive(session):
+            return None
+        return f"server exited; last log lines: {log_tail(Path(session.runtime_state['log']))}"
+
+    # -- access ---------------------------------------------------------------------------
+
+    def endpoint(self, session: Session, engine: Engine) -> Endpoint:
+        assert session.credentials is not None
+        return Endpoint("127.0.0.1", session.runtime_state["port"], session.credentials)
+
+    def tools(self, session: Session, engine: Engine) -> Tools:
+        # the server's own bin directory: client tools always match the server's version
+        return HostTools(self.endpoint(session, engine), Path(session.runtime_state["bindir"]))
+
+    # -- internals ------------------------------------------------------------------------
+
+    def _spawn(self, session: Session, server: LocalServer, run_as: RunAs) -> None:
+        state = session.runtime_state
+        datadir = Path(state["datadir"])
+        argv = server.server_argv(datadir, state["port"], Path(state["socket_dir"]))
+        state["pid"] = spawn_daemon(argv, log=Path(state["log"]), run_as=run_as, cwd=datadir)
+        self.store.save(session)  # the pid must survive us, whatever happens next
+
+    def _alive(self, session: Session) -> bool:
+        pid = session.runtime_state.get("pid")
+        return bool(pid) and _is_our_server(pid, session.runtime_state["datadir"])
+
+    def _template(
+        self, engine_name: str, server: LocalServer, credentials: Credentials, run_as: RunAs
+    ) -> Path:
+        """An initialised data directory, built once per (binaries, user, database) and cached."""
+        key = hashlib.sha256(
+            f"{server.bindir()}|{credentials.user}|{credentials.database}|{run_as.name}".encode()
+        ).hexdigest()[:12]
+        root = self.settings.state_dir / "templates"
+        template = root / f"{engine_name}-{server.version()}-{key}"
+        if template.is_dir():
+            return template
+        root.mkdir(parents=True, exist_ok=True)
+        os.chmod(root, 0o711)
+        with _file_lock(root / ".lock"):
+            if template.is_dir():  # another process built it while we waited
+                return template
+            building = root / f".{template.name}.{os.getpid()}"
+            shutil.rmtree(building, ignore_errors=True)
+            building.mkdir(mode=0o700)
+            _chown(building, run_as)
+            try:
+                server.init_template(building / "data", credentials, run_as)
+                os.rename(building / "data", template)
+            finally:
+                shutil.rmtree(building, ignore_errors=True)
+        return template
+
+
+def _local_server(engine: Engine, require_binaries: bool = True) -> LocalServer:
+    server = engine.local_server()
+    if server is None:
+        raise UsageError(engine.local_unavailable_reason())
+    if require_binaries:
+        server.bindir()  # raises a clear error when no binaries are found
+    return server
+
+
+def service_identity(server: LocalServer) -> RunAs:
+    """Who runs the server: ourselves, or an unprivileged service user when we are root."""
+    if os.geteuid() != 0:
+        entry = pwd.getpwuid(os.geteuid())
+        return RunAs(entry.pw_uid, entry.pw_gid, entry.pw_name)
+    for name in (*server.service_users, "nobody"):
+        with contextlib.suppress(KeyError):
+            return _identity_named(name)
+    raise ClaudeDbError("running as root, but no unprivileged user exists to run the server")
+
+
+def _identity_named(name: str) -> RunAs:
+    entry = pwd.getpwnam(name)
+    return RunAs(entry.pw_uid, entry.pw_gid, entry.pw_name)
+
+
+def _chown(path: Path, run_as: RunAs) -> None:
+    if os.geteuid() == 0:
+        os.chown(path, run_as.uid, run_as.gid)
+
+
+def _socket_dir(server_dir: Path) -> Path:
+    preferred = server_dir / "run"
+    if len(str(preferred)) + 20 <= SOCKET_PATH_MAX:
+        return preferred
+    digest = hashlib.sha256(str(server_dir).encode()).hexdigest()[:12]
+    return Path("/tmp") / f"claude-db-{digest}"
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def port_is_free(port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        # like the servers themselves: a just-closed connection (TIME_WAIT) does not block it
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+        return True
+
+
+def _is_our_server(pid: int, datadir: str) -> bool:
+    """Whether ``pid`` is alive (not a zombie) and is the server of ``datadir``."""
+    with contextlib.suppress(ChildProcessError):
+        os.waitpid(pid, os.WNOHANG)  # reap it if it is our child that exited
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+    except (FileNotFoundError, ProcessLookupError):
+        return False
+    state = stat.rsplit(")", 1)[1].split()[0]
+    return state not in ("Z", "X") and datadir in cmdline
+
+
+def _wait_for_exit(pid: int, timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with contextlib.suppress(ChildProcessError):
+            os.waitpid(pid, os.WNOHANG)
+        try:
+            stat = Path(f"/proc/{pid}/stat").read_text()
+        except FileNotFoundError:
+            return True
+        if stat.rsplit(")", 1)[1].split()[0] in ("Z", "X"):
+            return True
+        time.sleep(0.02)
+    return False
+
+
+def log_tail(path: Path, lines: int = LOG_TAIL_LINES) -> str:
+    try:
+        text = path.read_text(errors="replace").strip().splitlines()
+    except FileNotFoundError:
+        return "(no log)"
+    return " | ".join(text[-lines:]) or "(empty log)"
+
+
+@contextlib.contextmanager
+def _file_lock(path: Path) -> Iterator[None]:
+    with open(path, "w") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        yield
+
+
+def state_summary(session: Session) -> dict[str, Any]:
+    keys = ("port", "datadir", "socket_dir", "log", "pid", "run_as", "version")
+    return {key: session.runtime_state.get(key) for key in keys}

@@ -1,0 +1,79 @@
+"""Settings from the environment (the seed's CLAUDE_DB_* variables and ours)."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from claude_db.errors import UsageError
+
+_FALSE = {"0", "false", "no", "off"}
+_TRUE = {"1", "true", "yes", "on"}
+
+
+def _flag(name: str, default: bool) -> bool:
+    raw = os.environ.get(name, "").strip().lower()
+    if not raw:
+        return default
+    if raw in _FALSE:
+        return False
+    if raw in _TRUE:
+        return True
+    raise UsageError(f"{name}={raw!r} is not a boolean (use true or false)")
+
+
+def _names(name: str) -> frozenset[str] | None:
+    raw = os.environ.get(name)
+    if raw is None:
+        return None
+    return frozenset(part.strip() for part in raw.split(",") if part.strip())
+
+
+def default_state_dir() -> Path:
+    """Where sessions live. As root, a system directory the unprivileged server user can reach."""
+    if os.geteuid() == 0:
+        return Path("/var/lib/claude-db")
+    from platformdirs import user_state_dir
+
+    return Path(user_state_dir("claude-db"))
+
+
+@dataclass(frozen=True)
+class Settings:
+    enabled: bool
+    engine: str
+    runtime: str
+    image: str | None
+    session_image: str | None
+    user: str | None
+    password: str | None
+    database: str | None
+    state_dir: Path
+    ready_timeout: float
+    strict_plugins: bool
+    load_plugins: frozenset[str] | None
+    disable_plugins: frozenset[str]
+
+    @classmethod
+    def from_env(cls) -> Settings:
+        env = os.environ.get
+        try:
+            timeout = float(env("CLAUDE_DB_READY_TIMEOUT", "60"))
+        except ValueError:
+            raise UsageError("CLAUDE_DB_READY_TIMEOUT must be a number of seconds") from None
+        return cls(
+            enabled=_flag("CLAUDE_DB_ENABLED", True),
+            engine=env("CLAUDE_DB_ENGINE") or "postgres",
+            runtime=env("CLAUDE_DB_RUNTIME") or "auto",
+            image=env("CLAUDE_DB_IMAGE") or None,
+            session_image=env("CLAUDE_SESSION_IMAGE") or None,
+            user=env("CLAUDE_DB_USER") or None,
+            password=env("CLAUDE_DB_PASSWORD") or None,
+            database=env("CLAUDE_DB_NAME") or None,
+            state_dir=Path(env("CLAUDE_DB_STATE_DIR") or default_state_dir()),
+            ready_timeout=timeout,
+            strict_plugins=_flag("CLAUDE_DB_STRICT_PLUGINS", False),
+            load_plugins=_names("CLAUDE_DB_LOAD_PLUGINS"),
+            disable_plugins=_names("CLAUDE_DB_DISABLE_PLUGINS") or frozenset(),
+        )

@@ -1,0 +1,132 @@
+"""Running PostgreSQL as local processes: binaries, a cached cluster, the server command."""
+
+from __future__ import annotations
+
+import functools
+import glob
+import os
+import re
+import shutil
+import signal
+import subprocess
+from pathlib import Path
+
+from claude_db import Credentials, LocalServer, RunAs
+from claude_db.errors import ClaudeDbError
+from claude_db.processes import run_checked
+
+# A session's database is throwaway: trade crash-durability for speed.
+THROWAWAY_SETTINGS = {
+    "fsync": "off",
+    "synchronous_commit": "off",
+    "full_page_writes": "off",
+    "shared_buffers": "32MB",
+    "max_connections": "50",
+    "log_min_messages": "warning",
+}
+
+
+class PostgresLocalServer(LocalServer):
+    service_users = ("postgres",)
+    stop_signal = signal.SIGINT  # "fast" shutdown: roll back clients, then exit cleanly
+
+    def bindir(self) -> Path:
+        return find_bindir()
+
+    def version(self) -> str:
+        return server_version(self.bindir())
+
+    def init_template(self, datadir: Path, credentials: Credentials, run_as: RunAs) -> None:
+        bindir = self.bindir()
+        run_checked(
+            [
+                str(bindir / "initdb"), "-D", str(datadir), "-U", credentials.user,
+                "--auth-local=trust",  # the socket lives in a 0700 directory of the server user
+                "--auth-host=scram-sha-256", "--encoding=UTF8", "--locale=C.UTF-8", "--no-sync",
+            ],
+            what="initdb",
+            run_as=run_as,
+            cwd=datadir.parent,
+            env={"LC_ALL": "C.UTF-8"},
+        )
+        with open(datadir / "postgresql.conf", "a") as conf:
+            conf.write("\n# claude-db: a throwaway development server\n")
+            for key, value in THROWAWAY_SETTINGS.items():
+                conf.write(f"{key} = '{value}'\n")
+        if credentials.database not in ("postgres", "template1"):
+            # single-user mode: create the database without starting a server
+            proc = subprocess.run(
+                [str(bindir / "postgres"), "--single", "-D", str(datadir), "-j", "postgres"],
+                input=f'CREATE DATABASE "{credentials.database.replace(chr(34), chr(34) * 2)}";\n',
+                capture_output=True, text=True, cwd=datadir.parent,
+                **({"user": run_as.uid, "group": run_as.gid, "extra_groups": []}
+                   if os.geteuid() == 0 else {}),
+            )
+            if proc.returncode != 0 or "ERROR" in proc.stderr:
+                raise ClaudeDbError(f"creating database {credentials.database!r} failed: "
+                                    f"{proc.stderr.strip().splitlines()[-1:]}")
+
+    def server_argv(self, datadir: Path, port: int, socket_dir: Path) -> list[str]:
+        return [
+            str(self.bindir() / "postgres"), "-D", str(datadir), "-p", str(port),
+            "-c", "listen_addresses=127.0.0.1", "-c", f"unix_socket_directories={socket_dir}",
+        ]
+
+    def set_password(self, socket_dir: Path, port: int, credentials: Credentials) -> None:
+        import psycopg
+        from psycopg import sql
+
+        with psycopg.connect(
+            host=str(socket_dir), port=port, user=credentials.user, dbname=credentials.database,
+            connect_timeout=2, autocommit=True,
+        ) as conn:
+            conn.execute(
+                sql.SQL("ALTER ROLE {} PASSWORD {}").format(
+                    sql.Identifier(credentials.user), sql.Literal(credentials.password)
+                )
+            )
+
+
+@functools.cache
+def find_bindir() -> Path:
+    """PostgreSQL's bin directory: pg_config/PATH, Debian's layout, or the pgserver wheel."""
+    candidates: list[Path] = []
+    if override := os.environ.get("CLAUDE_DB_POSTGRES_BINDIR"):
+        candidates.append(Path(override))
+    if pg_config := shutil.which("pg_config"):
+        out = subprocess.run([pg_config, "--bindir"], capture_output=True, text=True)
+        if out.returncode == 0:
+            candidates.append(Path(out.stdout.strip()))
+    if postgres := shutil.which("postgres"):
+        candidates.append(Path(postgres).resolve().parent)
+    debian = sorted(
+        glob.glob("/usr/lib/postgresql/*/bin"),
+        key=lambda p: [int(x) for x in re.findall(r"\d+", p)],
+        reverse=True,
+    )
+    candidates.extend(Path(p) for p in debian)
+    candidates.extend(_wheel_bindirs())
+    for bindir in candidates:
+        if (bindir / "postgres").is_file() and (bindir / "initdb").is_file():
+            return bindir
+    raise ClaudeDbError(
+        "no PostgreSQL server binaries found (looked at pg_config, PATH, /usr/lib/postgresql/*/bin "
+        "and the pgserver wheel); install postgresql or `pip install pgserver`, "
+        "or set CLAUDE_DB_POSTGRES_BINDIR"
+    )
+
+
+def _wheel_bindirs() -> list[Path]:
+    from importlib.util import find_spec
+
+    spec = find_spec("pgserver")
+    if spec is None or not spec.submodule_search_locations:
+        return []
+    return [Path(loc) / "pginstall" / "bin" for loc in spec.submodule_search_locations]
+
+
+@functools.cache
+def server_version(bindir: Path) -> str:
+    out = run_checked([str(bindir / "postgres"), "--version"], what="postgres --version")
+    match = re.search(r"(\d+(?:\.\d+)?)", out)
+    return match.group(1) if match else out.strip()
