@@ -1,0 +1,96 @@
+"""Shared fixtures: every test gets its own claude-db state and runs the real, installed CLIs."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+BIN = Path(sys.executable).parent
+OUR_VARIABLES = ("CLAUDE_", "DATABASE_URL", "DB_", "PG", "MYSQL_", "MONGO", "DOCKER_HOST")
+
+
+@dataclass
+class Result:
+    code: int
+    stdout: str
+    stderr: str
+
+    def __str__(self) -> str:
+        return f"exit {self.code}\n--- stdout\n{self.stdout}\n--- stderr\n{self.stderr}"
+
+
+Cli = Callable[..., Result]
+
+
+@pytest.fixture(scope="session")
+def state_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("state")
+    os.chmod(root, 0o711)  # the unprivileged server user must reach its data directory
+    for parent in root.parents:  # pytest's base temp dir is 0700 for root
+        if str(parent).startswith("/tmp/") and parent.stat().st_uid == os.geteuid():
+            os.chmod(parent, parent.stat().st_mode | 0o111)
+    return root
+
+
+@pytest.fixture(autouse=True)
+def isolated_env(monkeypatch: pytest.MonkeyPatch, state_root: Path) -> Iterator[None]:
+    """No test sees the developer's sessions, settings or plugins' variables."""
+    for key in list(os.environ):
+        if key.startswith(OUR_VARIABLES):
+            monkeypatch.delenv(key)
+    monkeypatch.setenv("CLAUDE_DB_STATE_DIR", str(state_root))
+    monkeypatch.setenv("CLAUDE_DB_RUNTIME", "local")
+    from claude_db.app import reset_app
+
+    reset_app()
+    yield
+    reset_app()
+
+
+@pytest.fixture
+def workdir(tmp_path: Path) -> Path:
+    path = tmp_path / "work"
+    path.mkdir()
+    return path
+
+
+@pytest.fixture
+def cli(workdir: Path) -> Cli:
+    """Run ``claude-db``/``claude-session`` as a user does: a real process, in ``workdir``."""
+
+    def run(
+        *argv: str,
+        cwd: Path | None = None,
+        env: dict[str, str] | None = None,
+        input: bytes | str | None = None,
+        timeout: float = 180,
+    ) -> Result:
+        program = shutil.which(argv[0], path=str(BIN)) or argv[0]
+        proc = subprocess.run(
+            [program, *argv[1:]],
+            cwd=cwd or workdir,
+            env={**os.environ, **(env or {})},
+            input=input.encode() if isinstance(input, str) else input,
+            capture_output=True,
+            timeout=timeout,
+            stdin=None if input is not None else subprocess.DEVNULL,
+        )
+        return Result(proc.returncode, proc.stdout.decode(), proc.stderr.decode())
+
+    return run
+
+
+def assert_one_line_error(result: Result, code: int) -> None:
+    """A user error: the documented exit code, exactly one line on stderr, no traceback."""
+    assert result.code == code, result
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1, result
+    assert lines[0].startswith("error: "), result
+    assert "Traceback" not in result.stderr + result.stdout, result
