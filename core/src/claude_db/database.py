@@ -61,12 +61,14 @@ class Target:
 
 
 def resolve(app: App, session_name: str | None) -> Target:
-    """``--session``, else ``CLAUDE_SESSION``, else the ``.env`` marker here, else ``DATABASE_URL``."""
+    """The session: ``--session``, ``CLAUDE_SESSION``, ``.env`` here, else ``DATABASE_URL``."""
     name = session_name or os.environ.get(MARKER) or read_env(Path.cwd()).get(MARKER)
     if name and app.store.exists(name):
         session = app.store.load(name)
         if not session.has_database:
-            raise UsageError(f"session {name!r} has no database (it started with CLAUDE_DB_ENABLED=false)")
+            raise UsageError(
+                f"session {name!r} has no database (it started with CLAUDE_DB_ENABLED=false)"
+            )
         from claude_db.lifecycle import parts
 
         engine, runtime = parts(app, session)
@@ -86,7 +88,9 @@ def _target_from_url(app: App, url: str, label: str) -> Target:
     scheme = url.split("://", 1)[0] if "://" in url else ""
     engine = app.plugins.engine_for_scheme(scheme)
     _, host, port, user, password, database = parse_url(url, engine.default_port)
-    endpoint = Endpoint(host, port, Credentials(user, password, database or engine.default_database))
+    endpoint = Endpoint(
+        host, port, Credentials(user, password, database or engine.default_database)
+    )
     return Target(label, engine, None, None, url_endpoint=endpoint)
 
 
@@ -141,7 +145,7 @@ def import_from(target: Target, source: str, database: str | None) -> None:
 
 
 @contextlib.contextmanager
-def _open_source(source: str) -> Iterator[IO[bytes]]:
+def _open_source(source: str) -> Iterator[IO[bytes] | gzip.GzipFile]:
     if source == "-":
         raw: IO[bytes] = sys.stdin.buffer
         head = raw.peek(2)[:2] if hasattr(raw, "peek") else b""
@@ -157,7 +161,7 @@ def _open_source(source: str) -> Iterator[IO[bytes]]:
             yield raw_file
 
 
-def _copy(chunks: Iterator[bytes], out: IO[bytes]) -> int:
+def _copy(chunks: Iterator[bytes], out: IO[bytes] | gzip.GzipFile) -> int:
     written = 0
     for chunk in chunks:
         out.write(chunk)

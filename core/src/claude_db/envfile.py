@@ -53,6 +53,7 @@ def _exclude_from_git(workdir: Path) -> str | None:
 
     Never edits the user's ``.gitignore``. Returns the file changed, or None.
     """
+
     def git(*args: str) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
             ["git", "-C", str(workdir), *args], capture_output=True, text=True, check=False
@@ -80,6 +81,8 @@ def _exclude_from_git(workdir: Path) -> str | None:
 def _toplevel(workdir: Path) -> Path:
     out = subprocess.run(
         ["git", "-C", str(workdir), "rev-parse", "--show-toplevel"],
-        capture_output=True, text=True, check=False,
+        capture_output=True,
+        text=True,
+        check=False,
     )
     return Path(out.stdout.strip() or workdir)

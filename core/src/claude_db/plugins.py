@@ -7,8 +7,9 @@ skipped (``CLAUDE_DB_STRICT_PLUGINS=1`` makes that fatal, for plugin authors).
 
 from __future__ import annotations
 
+import functools
 import importlib
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from importlib.metadata import EntryPoint, entry_points
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
@@ -142,7 +143,9 @@ def load_plugins(settings: Settings, *, entry_points_only: bool = True) -> Plugi
     from claude_db.engine import Engine
     from claude_db.runtime import Runtime
 
-    plugins = Plugins(create_plugin_manager(), Registry[Engine]("engine"), Registry[Runtime]("runtime"))
+    plugins = Plugins(
+        create_plugin_manager(), Registry[Engine]("engine"), Registry[Runtime]("runtime")
+    )
     for module_name in DEFAULT_PLUGINS:
         plugins.pm.register(importlib.import_module(module_name), name=module_name)
         plugins.distributions[module_name] = ("claude-db", _version("claude-db"))
@@ -204,12 +207,15 @@ def _call_register_hook(plugins: Plugins, plugin_name: str, strict: bool) -> Non
         for impl in caller.get_hookimpls():
             if impl.plugin_name != plugin_name:
                 continue
-            register: Callable[[type[Any]], None] = lambda cls, r=registry: r.add(cls, plugin_name)  # noqa: E731
             try:
-                impl.function(register=register)
+                impl.function(register=functools.partial(_add, registry, owner=plugin_name))
             except Exception as exc:
                 dist = plugins.distributions.get(plugin_name, (None, None))[0]
                 _report(plugins, LoadError(plugin_name, dist, _describe(exc)), strict, exc)
+
+
+def _add(registry: Registry[Any], cls: type[Any], *, owner: str) -> None:
+    registry.add(cls, owner)
 
 
 def _report(plugins: Plugins, error: LoadError, strict: bool, exc: BaseException) -> None:

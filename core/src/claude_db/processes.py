@@ -26,12 +26,14 @@ def run_checked(
     env: Mapping[str, str] | None = None,
     run_as: RunAs | None = None,
     cwd: Path | None = None,
+    input: str | None = None,
 ) -> str:
     """Run a short command to completion; raise with its last output lines if it fails."""
-    proc = subprocess.run(
+    proc: subprocess.CompletedProcess[str] = subprocess.run(
         list(argv),
         env=child_env(env or {}),
-        stdin=subprocess.DEVNULL,
+        input=input,
+        stdin=subprocess.DEVNULL if input is None else None,
         capture_output=True,
         text=True,
         cwd=cwd,
@@ -40,7 +42,7 @@ def run_checked(
     if proc.returncode != 0:
         tail = " | ".join((proc.stderr or proc.stdout).strip().splitlines()[-3:])
         raise ClaudeDbError(f"{what} failed (exit {proc.returncode}): {tail}")
-    return proc.stdout
+    return proc.stdout + proc.stderr
 
 
 def spawn_daemon(argv: Sequence[str], *, log: Path, run_as: RunAs | None, cwd: Path) -> int:

@@ -109,7 +109,9 @@ class SessionStore:
         try:
             data = json.loads(self._file(name).read_text())
         except FileNotFoundError:
-            raise SessionNotFoundError(f"no session named {name!r} (see claude-session list)") from None
+            raise SessionNotFoundError(
+                f"no session named {name!r} (see claude-session list)"
+            ) from None
         return Session.from_json(data)
 
     def all(self) -> list[Session]:

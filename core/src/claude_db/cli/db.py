@@ -10,7 +10,15 @@ from typing import Any
 import typer
 
 from claude_db.app import get_app
-from claude_db.cli.common import DatabaseOption, JsonOption, SessionOption, fail, note, print_json, run
+from claude_db.cli.common import (
+    DatabaseOption,
+    JsonOption,
+    SessionOption,
+    fail,
+    note,
+    print_json,
+    run,
+)
 from claude_db.database import Target, export_to, import_from, resolve
 from claude_db.engine import QueryResult
 from claude_db.errors import ConfirmationRequiredError, ExitCode, NotRunningError, UsageError
@@ -24,8 +32,12 @@ claude-session start wrote in this directory, else $DATABASE_URL.
 
 
 def create_app() -> typer.Typer:
-    app = typer.Typer(help=HELP, no_args_is_help=True, add_completion=False,
-                      context_settings={"help_option_names": ["-h", "--help"]})
+    app = typer.Typer(
+        help=HELP,
+        no_args_is_help=True,
+        add_completion=False,
+        context_settings={"help_option_names": ["-h", "--help"]},
+    )
     app.command()(status)
     app.command()(info)
     app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})(shell)
@@ -49,8 +61,11 @@ def _target(session: str | None) -> Target:
     return resolve(get_app(), session)
 
 
-def status(session: str | None = SessionOption, database: str | None = DatabaseOption,
-           as_json: bool = JsonOption) -> None:
+def status(
+    session: str | None = SessionOption,
+    database: str | None = DatabaseOption,
+    as_json: bool = JsonOption,
+) -> None:
     """Check that the database answers an authenticated query."""
     target = _target(session)
     target.require_running()
@@ -63,17 +78,30 @@ def status(session: str | None = SessionOption, database: str | None = DatabaseO
             f"{str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__}"
         ) from None
     if as_json:
-        print_json({"session": target.name, "engine": target.engine.name, "ready": True,
-                    "version": version, "host": endpoint.host, "port": endpoint.port,
-                    "database": endpoint.database})
+        print_json(
+            {
+                "session": target.name,
+                "engine": target.engine.name,
+                "ready": True,
+                "version": version,
+                "host": endpoint.host,
+                "port": endpoint.port,
+                "database": endpoint.database,
+            }
+        )
     else:
-        print(f"ready: {target.engine.name} {version} at {endpoint.host}:{endpoint.port}, "
-              f"database {endpoint.database} (session {target.name})")
+        print(
+            f"ready: {target.engine.name} {version} at {endpoint.host}:{endpoint.port}, "
+            f"database {endpoint.database} (session {target.name})"
+        )
 
 
-def info(session: str | None = SessionOption, database: str | None = DatabaseOption,
-         show_password: bool = typer.Option(False, "--show-password", help="Print the password."),
-         as_json: bool = JsonOption) -> None:
+def info(
+    session: str | None = SessionOption,
+    database: str | None = DatabaseOption,
+    show_password: bool = typer.Option(False, "--show-password", help="Print the password."),
+    as_json: bool = JsonOption,
+) -> None:
     """Show connection details (the password is masked unless --show-password)."""
     target = _target(session)
     engine = target.engine
@@ -100,19 +128,23 @@ def info(session: str | None = SessionOption, database: str | None = DatabaseOpt
         print(f"{key.ljust(width)}  {value}")
 
 
-def shell(ctx: typer.Context, session: str | None = SessionOption,
-          database: str | None = DatabaseOption) -> None:
+def shell(
+    ctx: typer.Context, session: str | None = SessionOption, database: str | None = DatabaseOption
+) -> None:
     """Open the engine's interactive client (psql, mysql, mongosh...)."""
     open_shell(session, database, list(ctx.args))
 
 
-def open_shell(session: str | None, database: str | None, extra: list[str],
-               engine_name: str | None = None) -> None:
+def open_shell(
+    session: str | None, database: str | None, extra: list[str], engine_name: str | None = None
+) -> None:
     """Run the session engine's interactive client; extra arguments are passed on."""
     target = _target(session)
     if engine_name and target.engine.name != engine_name:
-        raise UsageError(f"session {target.name!r} uses {target.engine.name}, not {engine_name}; "
-                         "use claude-db shell")
+        raise UsageError(
+            f"session {target.name!r} uses {target.engine.name}, not {engine_name}; "
+            "use claude-db shell"
+        )
     target.require_running()
     tools = target.tools(database)
     argv = target.engine.shell_argv(tools.endpoint) + extra
@@ -120,10 +152,13 @@ def open_shell(session: str | None, database: str | None, extra: list[str],
     raise typer.Exit(code)
 
 
-def query(text: str = typer.Argument(..., help="SQL (or the engine's query language)."),
-          session: str | None = SessionOption, database: str | None = DatabaseOption,
-          as_json: bool = typer.Option(False, "--json", help="Rows as a JSON array of objects."),
-          as_csv: bool = typer.Option(False, "--csv", help="Rows as CSV with a header.")) -> None:
+def query(
+    text: str = typer.Argument(..., help="SQL (or the engine's query language)."),
+    session: str | None = SessionOption,
+    database: str | None = DatabaseOption,
+    as_json: bool = typer.Option(False, "--json", help="Rows as a JSON array of objects."),
+    as_csv: bool = typer.Option(False, "--csv", help="Rows as CSV with a header."),
+) -> None:
     """Run one query and print its result."""
     if as_json and as_csv:
         raise UsageError("--json and --csv exclude each other")
@@ -176,16 +211,26 @@ def _cell(value: Any) -> str:
     return "" if value is None else str(value)
 
 
-def import_(source: str = typer.Argument(..., metavar="FILE|-", help="Dump to apply (.sql, .sql.gz, - for stdin)."),
-            session: str | None = SessionOption, database: str | None = DatabaseOption) -> None:
+def import_(
+    source: str = typer.Argument(
+        ..., metavar="FILE|-", help="Dump to apply (.sql, .sql.gz, - for stdin)."
+    ),
+    session: str | None = SessionOption,
+    database: str | None = DatabaseOption,
+) -> None:
     """Apply a dump or SQL script: stops at the first error, applies all or nothing."""
     target = _target(session)
     import_from(target, source, database)
     note(f"imported {source if source != '-' else 'stdin'} into {target.name}")
 
 
-def export(destination: str = typer.Argument(..., metavar="FILE|-", help="Where to write (.gz compresses, - for stdout)."),
-           session: str | None = SessionOption, database: str | None = DatabaseOption) -> None:
+def export(
+    destination: str = typer.Argument(
+        ..., metavar="FILE|-", help="Where to write (.gz compresses, - for stdout)."
+    ),
+    session: str | None = SessionOption,
+    database: str | None = DatabaseOption,
+) -> None:
     """Dump the database to a file (written to a temporary file, then renamed)."""
     target = _target(session)
     written = export_to(target, destination, database)
@@ -193,8 +238,11 @@ def export(destination: str = typer.Argument(..., metavar="FILE|-", help="Where 
         note(f"exported {target.name} to {destination} ({written:,} bytes before compression)")
 
 
-def reset(session: str | None = SessionOption, database: str | None = DatabaseOption,
-          yes: bool = typer.Option(False, "--yes", "-y", help="Do not ask for confirmation.")) -> None:
+def reset(
+    session: str | None = SessionOption,
+    database: str | None = DatabaseOption,
+    yes: bool = typer.Option(False, "--yes", "-y", help="Do not ask for confirmation."),
+) -> None:
     """Drop the database with everything in it and create it again, empty."""
     target = _target(session)
     target.require_running()
@@ -209,7 +257,9 @@ def confirm(question: str, yes: bool) -> None:
     if yes:
         return
     if not sys.stdin.isatty():
-        raise ConfirmationRequiredError(f"{question.rstrip('?')}: no terminal to confirm; pass --yes")
+        raise ConfirmationRequiredError(
+            f"{question.rstrip('?')}: no terminal to confirm; pass --yes"
+        )
     if not typer.confirm(question, default=False):
         fail("cancelled", ExitCode.CONFIRMATION_NEEDED)
 
@@ -222,11 +272,22 @@ def plugins(as_json: bool = JsonOption) -> None:
     runtimes = {name: loaded.runtimes.owner(name) for name in loaded.runtimes.names()}
     errors = [str(e) for e in loaded.errors]
     if as_json:
-        print_json({
-            "plugins": [{"name": i.name, "distribution": i.distribution, "version": i.version,
-                         "hooks": list(i.hooks)} for i in infos],
-            "engines": engines, "runtimes": runtimes, "errors": errors,
-        })
+        print_json(
+            {
+                "plugins": [
+                    {
+                        "name": i.name,
+                        "distribution": i.distribution,
+                        "version": i.version,
+                        "hooks": list(i.hooks),
+                    }
+                    for i in infos
+                ],
+                "engines": engines,
+                "runtimes": runtimes,
+                "errors": errors,
+            }
+        )
         return
     for i in infos:
         dist = f"{i.distribution} {i.version}" if i.distribution else "-"

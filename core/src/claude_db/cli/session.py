@@ -25,8 +25,12 @@ HELP = """Start, list, attach, stop and delete sessions, each with its own datab
 
 
 def create_app() -> typer.Typer:
-    app = typer.Typer(help=HELP, no_args_is_help=True, add_completion=False,
-                      context_settings={"help_option_names": ["-h", "--help"]})
+    app = typer.Typer(
+        help=HELP,
+        no_args_is_help=True,
+        add_completion=False,
+        context_settings={"help_option_names": ["-h", "--help"]},
+    )
     for command in (start, list_, env, attach, stop, delete):
         name = command.__name__.rstrip("_")
         app.command(name)(command)
@@ -40,28 +44,52 @@ def main() -> None:
 
 
 def start(
-    name: str | None = typer.Argument(None, help="Session name (default: from the work directory)."),
-    db: str | None = typer.Option(None, "--db", help="Engine (default: $CLAUDE_DB_ENGINE or postgres)."),
-    runtime: str | None = typer.Option(None, "--runtime", help="docker, local or auto (default: $CLAUDE_DB_RUNTIME or auto)."),
-    workdir: Path = typer.Option(Path("."), "--workdir", "-w", help="Work directory (.env goes here)."),
-    image: str | None = typer.Option(None, "--db-image", help="Database image (docker; default: $CLAUDE_DB_IMAGE)."),
-    session_image: str | None = typer.Option(None, "--image", help="Session container image (docker; default: $CLAUDE_SESSION_IMAGE)."),
-    publish: bool = typer.Option(False, "--publish", help="Docker: publish the database on 127.0.0.1."),
+    name: str | None = typer.Argument(
+        None, help="Session name (default: from the work directory)."
+    ),
+    db: str | None = typer.Option(
+        None, "--db", help="Engine (default: $CLAUDE_DB_ENGINE or postgres)."
+    ),
+    runtime: str | None = typer.Option(
+        None, "--runtime", help="docker, local or auto (default: $CLAUDE_DB_RUNTIME or auto)."
+    ),
+    workdir: Path = typer.Option(
+        Path("."), "--workdir", "-w", help="Work directory (.env goes here)."
+    ),
+    image: str | None = typer.Option(
+        None, "--db-image", help="Database image (docker; default: $CLAUDE_DB_IMAGE)."
+    ),
+    session_image: str | None = typer.Option(
+        None, "--image", help="Session container image (docker; default: $CLAUDE_SESSION_IMAGE)."
+    ),
+    publish: bool = typer.Option(
+        False, "--publish", help="Docker: publish the database on 127.0.0.1."
+    ),
     as_json: bool = JsonOption,
 ) -> None:
     """Start a session with its own database, ready, and DATABASE_URL in .env."""
     app = get_app()
     session_name = name or name_from_directory(workdir)
     session, notes = start_session(
-        app, session_name, engine_name=db, runtime_name=runtime, workdir=workdir,
-        image=image, session_image=session_image, publish=publish,
+        app,
+        session_name,
+        engine_name=db,
+        runtime_name=runtime,
+        workdir=workdir,
+        image=image,
+        session_image=session_image,
+        publish=publish,
     )
     for line in notes:
         note(line)
     if as_json:
         print_json(_describe(session, with_env=True))
     else:
-        what = f"{session.engine} on the {session.runtime} runtime" if session.has_database else "no database"
+        what = (
+            f"{session.engine} on the {session.runtime} runtime"
+            if session.has_database
+            else "no database"
+        )
         print(f"session {session.name} started ({what})")
 
 
@@ -74,7 +102,10 @@ def list_(as_json: bool = JsonOption) -> None:
     if not sessions:
         note("no sessions")
         return
-    rows = [(s["name"], s["engine"] or "-", s["runtime"] or "-", s["status"], s["workdir"]) for s in sessions]
+    rows = [
+        (s["name"], s["engine"] or "-", s["runtime"] or "-", s["status"], s["workdir"])
+        for s in sessions
+    ]
     header = ("NAME", "ENGINE", "RUNTIME", "STATUS", "WORKDIR")
     widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
     for row in [header, *rows]:
@@ -83,7 +114,9 @@ def list_(as_json: bool = JsonOption) -> None:
 
 def env(
     name: str | None = typer.Argument(None, help="Session name (default: the current session)."),
-    format: str = typer.Option("env", "--format", "-f", help="env (KEY=value), json, or shell (export lines)."),
+    format: str = typer.Option(
+        "env", "--format", "-f", help="env (KEY=value), json, or shell (export lines)."
+    ),
 ) -> None:
     """Print a session's environment (eval "$(claude-session env -f shell)")."""
     app = get_app()
@@ -120,7 +153,9 @@ def attach(
     raise typer.Exit(run_shell(session.workdir, values))
 
 
-def stop(name: str | None = typer.Argument(None, help="Session name (default: the current session).")) -> None:
+def stop(
+    name: str | None = typer.Argument(None, help="Session name (default: the current session)."),
+) -> None:
     """Stop a session's database; its data is kept."""
     session = stop_session(get_app(), _name(name))
     note(f"session {session.name} stopped")
@@ -171,8 +206,12 @@ def _describe(session: Session, with_env: bool = False) -> dict[str, object]:
         except Exception as exc:  # an engine or runtime plugin that is gone
             status = f"unknown ({exc})"
     data: dict[str, object] = {
-        "name": session.name, "engine": session.engine, "runtime": session.runtime,
-        "status": status, "workdir": session.workdir, "created_at": session.created_at,
+        "name": session.name,
+        "engine": session.engine,
+        "runtime": session.runtime,
+        "status": status,
+        "workdir": session.workdir,
+        "created_at": session.created_at,
     }
     if with_env:
         data["env"] = session_env(app, session)

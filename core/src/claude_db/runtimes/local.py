@@ -52,7 +52,9 @@ class LocalRuntime(Runtime):
         template = self._template(engine.name, server, session.credentials, run_as)
         datadir = server_dir / "data"
         # cp -a keeps ownership and modes (the server insists on a 0700 data directory)
-        run_checked(["cp", "-a", "--reflink=auto", str(template), str(datadir)], what="copy cluster")
+        run_checked(
+            ["cp", "-a", "--reflink=auto", str(template), str(datadir)], what="copy cluster"
+        )
         socket_dir = _socket_dir(server_dir)
         socket_dir.mkdir(mode=0o700, exist_ok=True)
         _chown(socket_dir, run_as)
@@ -146,8 +148,8 @@ class LocalRuntime(Runtime):
         self.store.save(session)  # the pid must survive us, whatever happens next
 
     def _alive(self, session: Session) -> bool:
-        pid = session.runtime_state.get("pid")
-        return bool(pid) and _is_our_server(pid, session.runtime_state["datadir"])
+        pid: int | None = session.runtime_state.get("pid")
+        return pid is not None and _is_our_server(pid, session.runtime_state["datadir"])
 
     def _template(
         self, engine_name: str, server: LocalServer, credentials: Credentials, run_as: RunAs

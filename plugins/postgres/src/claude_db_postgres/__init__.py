@@ -21,7 +21,9 @@ def register_engines(register: Callable[[type[Engine]], None]) -> None:
 def register_commands(app: typer.Typer) -> None:
     from claude_db.cli.db import open_shell
 
-    @app.command("psql", context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
+    @app.command(
+        "psql", context_settings={"allow_extra_args": True, "ignore_unknown_options": True}
+    )
     def psql(
         ctx: typer.Context,
         session: str | None = typer.Option(None, "--session", "-s", help="Session name."),

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 import tempfile
 from collections.abc import Iterable, Iterator
-from pathlib import Path
 from typing import Any
 
 from claude_db import Credentials, Endpoint, Engine, LocalServer, QueryResult, Tools
@@ -112,7 +112,8 @@ class PostgresEngine(Engine):
 
         name = sql.Identifier(endpoint.database)
         owner = sql.Identifier(endpoint.user)
-        maintenance = endpoint.with_database("postgres" if endpoint.database != "postgres" else "template1")
+        other = "postgres" if endpoint.database != "postgres" else "template1"
+        maintenance = endpoint.with_database(other)
         try:
             with _connect(maintenance, timeout=10) as conn:
                 conn.autocommit = True
@@ -164,8 +165,10 @@ def _psql_error(errors: Any) -> str:
     errors.seek(0)
     lines = errors.read().decode(errors="replace").strip().splitlines()
     for line in lines:
-        if "ERROR:" in line or "FATAL:" in line:
-            location, _, message = line.partition("ERROR:") if "ERROR:" in line else line.partition("FATAL:")
-            where = location.strip().rstrip(":").replace("psql:<stdin>:", "line ").replace("psql:-:", "line ")
-            return f"{where}: {message.strip()}" if where.startswith("line") else message.strip()
+        for marker in ("ERROR:", "FATAL:"):
+            location, found, message = line.partition(marker)
+            if found:
+                line_no = re.search(r"^psql:[^:]*:(\d+):", location.strip())
+                where = f"line {line_no.group(1)}: " if line_no else ""
+                return f"{where}{message.strip()}"
     return lines[-1] if lines else "psql failed"

@@ -40,9 +40,16 @@ class PostgresLocalServer(LocalServer):
         bindir = self.bindir()
         run_checked(
             [
-                str(bindir / "initdb"), "-D", str(datadir), "-U", credentials.user,
+                str(bindir / "initdb"),
+                "-D",
+                str(datadir),
+                "-U",
+                credentials.user,
                 "--auth-local=trust",  # the socket lives in a 0700 directory of the server user
-                "--auth-host=scram-sha-256", "--encoding=UTF8", "--locale=C.UTF-8", "--no-sync",
+                "--auth-host=scram-sha-256",
+                "--encoding=UTF8",
+                "--locale=C.UTF-8",
+                "--no-sync",
             ],
             what="initdb",
             run_as=run_as,
@@ -55,21 +62,29 @@ class PostgresLocalServer(LocalServer):
                 conf.write(f"{key} = '{value}'\n")
         if credentials.database not in ("postgres", "template1"):
             # single-user mode: create the database without starting a server
-            proc = subprocess.run(
+            quoted = '"' + credentials.database.replace('"', '""') + '"'
+            output = run_checked(
                 [str(bindir / "postgres"), "--single", "-D", str(datadir), "-j", "postgres"],
-                input=f'CREATE DATABASE "{credentials.database.replace(chr(34), chr(34) * 2)}";\n',
-                capture_output=True, text=True, cwd=datadir.parent,
-                **({"user": run_as.uid, "group": run_as.gid, "extra_groups": []}
-                   if os.geteuid() == 0 else {}),
+                what=f"creating database {credentials.database!r}",
+                run_as=run_as,
+                cwd=datadir.parent,
+                input=f"CREATE DATABASE {quoted};\n",
             )
-            if proc.returncode != 0 or "ERROR" in proc.stderr:
-                raise ClaudeDbError(f"creating database {credentials.database!r} failed: "
-                                    f"{proc.stderr.strip().splitlines()[-1:]}")
+            if "ERROR:" in output:
+                detail = output.split("ERROR:", 1)[1].strip().splitlines()[0]
+                raise ClaudeDbError(f"creating database {credentials.database!r} failed: {detail}")
 
     def server_argv(self, datadir: Path, port: int, socket_dir: Path) -> list[str]:
         return [
-            str(self.bindir() / "postgres"), "-D", str(datadir), "-p", str(port),
-            "-c", "listen_addresses=127.0.0.1", "-c", f"unix_socket_directories={socket_dir}",
+            str(self.bindir() / "postgres"),
+            "-D",
+            str(datadir),
+            "-p",
+            str(port),
+            "-c",
+            "listen_addresses=127.0.0.1",
+            "-c",
+            f"unix_socket_directories={socket_dir}",
         ]
 
     def set_password(self, socket_dir: Path, port: int, credentials: Credentials) -> None:
@@ -77,8 +92,12 @@ class PostgresLocalServer(LocalServer):
         from psycopg import sql
 
         with psycopg.connect(
-            host=str(socket_dir), port=port, user=credentials.user, dbname=credentials.database,
-            connect_timeout=2, autocommit=True,
+            host=str(socket_dir),
+            port=port,
+            user=credentials.user,
+            dbname=credentials.database,
+            connect_timeout=2,
+            autocommit=True,
         ) as conn:
             conn.execute(
                 sql.SQL("ALTER ROLE {} PASSWORD {}").format(
