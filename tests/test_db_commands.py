@@ -1,0 +1,212 @@
+"""Every ``claude-db`` command against one real local PostgreSQL session."""
+
+from __future__ import annotations
+
+import gzip
+import json
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import psycopg
+import pytest
+
+from claude_db.envfile import read_env
+from claude_db.errors import ExitCode
+from conftest import Cli, assert_one_line_error
+
+CHECKSUM = "select count(*), md5(coalesce(string_agg(t::text, ',' order by id), '')) from t"
+
+
+@pytest.fixture
+def session(cli: Cli, workdir: Path) -> Iterator[dict[str, str]]:
+    result = cli("claude-session", "start", "cmds")
+    assert result.code == 0, result
+    yield read_env(workdir)
+    cli("claude-session", "delete", "cmds", "--yes")
+
+
+def _stable(dump: bytes) -> list[bytes]:
+    """A dump without pg_dump's random per-run \\restrict key lines."""
+    return [
+        line for line in dump.splitlines() if not line.startswith((b"\\restrict", b"\\unrestrict"))
+    ]
+
+
+def _checksum(url: str) -> tuple[object, ...]:
+    with psycopg.connect(url) as conn:
+        row = conn.execute(CHECKSUM).fetchone()
+    assert row is not None
+    return tuple(row)
+
+
+def test_status_and_info(cli: Cli, session: dict[str, str]) -> None:
+    status = cli("claude-db", "status")
+    assert status.code == 0 and status.stdout.startswith("ready: postgres"), status
+    assert json.loads(cli("claude-db", "status", "--json").stdout)["ready"] is True
+    info = cli("claude-db", "info")
+    assert session["DB_PASSWORD"] not in info.stdout and "****" in info.stdout
+    shown = json.loads(cli("claude-db", "info", "--json", "--show-password").stdout)
+    assert shown["DATABASE_URL"] == session["DATABASE_URL"]
+    assert shown["status"] == "running"
+
+
+def test_query_formats(cli: Cli, session: dict[str, str]) -> None:
+    sql = "select 1 as n, 'a,b' as s, null as z union all select 2, 'x', 'y' order by n"
+    table = cli("claude-db", "query", sql)
+    assert table.stdout.splitlines()[0].split("|")[0].strip() == "n"
+    assert "(2 rows)" in table.stderr
+    assert json.loads(cli("claude-db", "query", sql, "--json").stdout) == [
+        {"n": 1, "s": "a,b", "z": None},
+        {"n": 2, "s": "x", "z": "y"},
+    ]
+    assert cli("claude-db", "query", sql, "--csv").stdout == 'n,s,z\n1,"a,b",\n2,x,y\n'
+    assert cli("claude-db", "query", "create table q(x int)").stdout.strip() == "CREATE TABLE"
+    assert cli("claude-db", "query", "select '100%'", "--csv").stdout.splitlines()[1] == "100%"
+    bad = cli("claude-db", "query", "select nosuch")
+    assert_one_line_error(bad, ExitCode.FAILED)
+    assert 'column "nosuch" does not exist' in bad.stderr
+    assert_one_line_error(cli("claude-db", "query", "select 1", "--json", "--csv"), ExitCode.USAGE)
+
+
+def test_psql_and_shell_pass_arguments(cli: Cli, session: dict[str, str]) -> None:
+    psql = cli("claude-db", "psql", "-tAc", "select current_database()")
+    assert psql.code == 0 and psql.stdout.strip() == "appdb", psql
+    shell = cli("claude-db", "shell", "-tAc", "select 6 * 7")
+    assert shell.stdout.strip() == "42"
+    piped = cli("claude-db", "psql", "-tA", input="select 'from stdin';\n")
+    assert piped.stdout.strip() == "from stdin"
+
+
+def test_export_reset_import_round_trips_100k_rows(
+    cli: Cli, session: dict[str, str], workdir: Path
+) -> None:
+    url = session["DATABASE_URL"]
+    with psycopg.connect(url) as conn:
+        conn.execute(
+            "create table t as select g as id, md5(g::text) as h, now() as at,"
+            " jsonb_build_object('k', g) as doc from generate_series(1, 100000) g"
+        )
+        conn.execute("create type mood as enum ('ok', 'meh')")
+        conn.execute("create extension if not exists pgcrypto")
+    before = _checksum(url)
+    for name in ("dump.sql", "dump.sql.gz"):
+        result = cli("claude-db", "export", name)
+        assert result.code == 0, result
+        assert not [p for p in workdir.iterdir() if p.name.endswith(".partial")]
+    with gzip.open(workdir / "dump.sql.gz") as zipped:
+        assert _stable(zipped.read()) == _stable((workdir / "dump.sql").read_bytes())
+
+    assert_one_line_error(cli("claude-db", "reset"), ExitCode.CONFIRMATION_NEEDED)
+    assert _checksum(url) == before  # refused: nothing changed
+    assert cli("claude-db", "reset", "--yes").code == 0
+    with psycopg.connect(url) as conn:  # everything is gone: tables, types, extensions
+        assert conn.execute("select count(*) from pg_class where relname = 't'").fetchone() == (0,)
+        assert conn.execute("select count(*) from pg_type where typname = 'mood'").fetchone() == (
+            0,
+        )
+        assert conn.execute(
+            "select count(*) from pg_extension where extname = 'pgcrypto'"
+        ).fetchone() == (0,)
+
+    result = cli("claude-db", "import", "dump.sql.gz")
+    assert result.code == 0, result
+    assert _checksum(url) == before
+    # and again from stdin, uncompressed, into another database of the same server
+    cli("claude-db", "query", "create database copy")
+    piped = cli(
+        "claude-db", "import", "-", "--database", "copy", input=(workdir / "dump.sql").read_bytes()
+    )
+    assert piped.code == 0, piped
+    assert _checksum(url.rsplit("/", 1)[0] + "/copy") == before
+    streamed = cli("claude-db", "export", "-")
+    assert _stable(streamed.stdout.encode()) == _stable((workdir / "dump.sql").read_bytes())
+
+
+def test_import_is_all_or_nothing(cli: Cli, session: dict[str, str], workdir: Path) -> None:
+    script = workdir / "bad.sql"
+    script.write_text(
+        "create table first(x int);\ninsert into first values (1);\nselect nosuch;\n"
+        "create table never(x int);\n"
+    )
+    result = cli("claude-db", "import", "bad.sql")
+    assert_one_line_error(result, ExitCode.FAILED)
+    assert "line 3" in result.stderr and "nosuch" in result.stderr
+    tables = cli(
+        "claude-db", "query", "select count(*) from pg_tables where schemaname='public'", "--csv"
+    )
+    assert tables.stdout.splitlines()[1] == "0"
+
+
+def test_import_rejects_missing_and_corrupt_files(
+    cli: Cli, session: dict[str, str], workdir: Path
+) -> None:
+    assert_one_line_error(cli("claude-db", "import", "missing.sql"), ExitCode.USAGE)
+    good = gzip.compress(b"create table half(x int);\n" * 1 + b"insert into half values (1);\n")
+    (workdir / "broken.sql.gz").write_bytes(good[: len(good) // 2])
+    assert_one_line_error(cli("claude-db", "import", "broken.sql.gz"), ExitCode.FAILED)
+    result = cli(
+        "claude-db", "query", "select count(*) from pg_tables where tablename='half'", "--csv"
+    )
+    assert result.stdout.splitlines()[1] == "0"
+
+
+def test_export_to_a_missing_directory_writes_nothing(cli: Cli, session: dict[str, str]) -> None:
+    assert_one_line_error(cli("claude-db", "export", "nodir/x.sql"), ExitCode.USAGE)
+
+
+def test_session_resolution(cli: Cli, session: dict[str, str], tmp_path: Path) -> None:
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    # no .env there: nothing resolves
+    assert_one_line_error(cli("claude-db", "status", cwd=elsewhere), ExitCode.NO_SESSION)
+    assert cli("claude-db", "status", "--session", "cmds", cwd=elsewhere).code == 0
+    assert cli("claude-db", "status", cwd=elsewhere, env={"CLAUDE_SESSION": "cmds"}).code == 0
+    # a bare DATABASE_URL (as inside a session container)
+    bare = cli(
+        "claude-db",
+        "query",
+        "select current_user",
+        "--csv",
+        cwd=elsewhere,
+        env={"DATABASE_URL": session["DATABASE_URL"]},
+    )
+    assert bare.stdout.splitlines() == ["current_user", "postgres"], bare
+    down = cli(
+        "claude-db",
+        "status",
+        cwd=elsewhere,
+        env={"DATABASE_URL": "postgresql://u:p@127.0.0.1:1/db"},
+    )
+    assert_one_line_error(down, ExitCode.NOT_RUNNING)
+
+
+def test_multiple_databases(cli: Cli, session: dict[str, str]) -> None:
+    assert cli("claude-db", "query", "CREATE DATABASE myapp_test").code == 0
+    cli("claude-db", "query", "create table only_test(x int)", "--database", "myapp_test")
+    listed = cli(
+        "claude-db",
+        "query",
+        "select tablename from pg_tables where schemaname='public'",
+        "--csv",
+        "--database",
+        "myapp_test",
+    )
+    assert listed.stdout.splitlines() == ["tablename", "only_test"]
+    assert cli("claude-db", "reset", "--yes", "--database", "myapp_test").code == 0
+    after = cli(
+        "claude-db",
+        "query",
+        "select count(*) from pg_tables where schemaname='public'",
+        "--csv",
+        "--database",
+        "myapp_test",
+    )
+    assert after.stdout.splitlines()[1] == "0"
+
+
+def test_plugins_lists_the_builtin_engine(cli: Cli) -> None:
+    data = json.loads(cli("claude-db", "plugins", "--json").stdout)
+    assert data["engines"]["postgres"] == "postgres"
+    assert "local" in data["runtimes"]
+    assert os.environ["CLAUDE_DB_STATE_DIR"]  # the isolated state is in use

@@ -1,0 +1,245 @@
+"""The session lifecycle on the local runtime, against real PostgreSQL servers."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+from pathlib import Path
+
+import psycopg
+import pytest
+
+from claude_db.envfile import read_env
+from claude_db.errors import ExitCode
+from conftest import Cli, assert_one_line_error
+
+
+def _state(cli: Cli, name: str) -> dict[str, object]:
+    sessions = json.loads(cli("claude-session", "list", "--json").stdout)
+    return next(s for s in sessions if s["name"] == name)
+
+
+def _session_file(name: str) -> dict[str, object]:
+    root = Path(os.environ["CLAUDE_DB_STATE_DIR"])
+    data: dict[str, object] = json.loads((root / "sessions" / name / "session.json").read_text())
+    return data
+
+
+def _running(pid: int) -> bool:
+    """Alive and not a zombie (the CLI that spawned it is gone; init reaps it eventually)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except FileNotFoundError:
+        return False
+    return stat.rsplit(")", 1)[1].split()[0] not in ("Z", "X")
+
+
+def _listening(port: int) -> bool:
+    with socket.socket() as sock:
+        return sock.connect_ex(("127.0.0.1", port)) == 0
+
+
+def test_start_gives_a_ready_database_and_a_gitignored_env(cli: Cli, workdir: Path) -> None:
+    subprocess.run(["git", "init", "-q", str(workdir)], check=True)
+    result = cli("claude-session", "start", "alpha")
+    assert result.code == 0, result
+    env = read_env(workdir)
+    assert env["CLAUDE_SESSION"] == "alpha"
+    assert env["DATABASE_URL"].startswith("postgresql://postgres:")
+    assert env["DATABASE_URL"].endswith("/appdb")
+    assert (workdir / ".env").stat().st_mode & 0o777 == 0o600
+    # git does not see .env: excluded through .git/info/exclude, .gitignore untouched
+    status = subprocess.run(
+        ["git", "status", "--porcelain"], cwd=workdir, capture_output=True, text=True
+    )
+    assert ".env" not in status.stdout
+    assert not (workdir / ".gitignore").exists()
+    assert "added .env to" in result.stderr
+    # the plain psql client connects with the URL, as the seed promises
+    psql = subprocess.run(
+        ["psql", env["DATABASE_URL"], "-tAc", "select 40 + 2"], capture_output=True, text=True
+    )
+    assert psql.stdout.strip() == "42", psql.stderr
+    assert cli("claude-session", "delete", "alpha", "--yes").code == 0
+
+
+def test_stop_attach_keeps_data_and_port(cli: Cli, workdir: Path) -> None:
+    assert cli("claude-session", "start", "beta").code == 0
+    port = _session_file("beta")["runtime_state"]["port"]  # type: ignore[index]
+    assert (
+        cli("claude-db", "query", "create table kept(x int); insert into kept values (7)").code == 0
+    )
+    assert cli("claude-session", "stop", "beta").code == 0
+    assert _state(cli, "beta")["status"] == "stopped"
+    assert not _listening(port)
+    assert_one_line_error(cli("claude-db", "query", "select 1"), ExitCode.NOT_RUNNING)
+    assert_one_line_error(cli("claude-db", "status"), ExitCode.NOT_RUNNING)
+    attach = cli("claude-session", "attach", "beta", "--no-shell")
+    assert attach.code == 0, attach
+    assert _session_file("beta")["runtime_state"]["port"] == port  # type: ignore[index]
+    assert cli("claude-db", "query", "select x from kept", "--csv").stdout == "x\n7\n"
+    cli("claude-session", "delete", "beta", "--yes")
+
+
+def test_attach_opens_a_shell_with_the_session_environment(cli: Cli, workdir: Path) -> None:
+    assert cli("claude-session", "start", "gamma").code == 0
+    result = cli(
+        "claude-session",
+        "attach",
+        "gamma",
+        env={"SHELL": "/bin/sh"},
+        input='psql "$DATABASE_URL" -tAc "select current_database()"; echo "$CLAUDE_SESSION"\n',
+    )
+    assert result.code == 0, result
+    assert result.stdout.split() == ["appdb", "gamma"]
+    cli("claude-session", "delete", "gamma", "--yes")
+
+
+def test_delete_leaves_nothing_behind(cli: Cli, workdir: Path) -> None:
+    (workdir / ".env").write_text("MY_OWN=1\n")
+    assert cli("claude-session", "start", "delta").code == 0
+    state = _session_file("delta")["runtime_state"]
+    assert isinstance(state, dict)
+    pid, port = state["pid"], state["port"]
+    assert _running(pid) and _listening(port)
+    assert cli("claude-session", "delete", "delta", "--yes").code == 0
+    assert not _running(pid)
+    assert not _listening(port)
+    assert not Path(state["datadir"]).exists()
+    assert not Path(state["socket_dir"]).exists()
+    root = Path(os.environ["CLAUDE_DB_STATE_DIR"]) / "sessions"
+    assert not (root / "delta").exists()
+    # only our keys were removed from .env, the user's line stays
+    assert (workdir / ".env").read_text().strip() == "MY_OWN=1"
+    assert_one_line_error(cli("claude-session", "delete", "delta", "--yes"), ExitCode.NO_SESSION)
+
+
+def test_delete_keep_data_keeps_the_data_directory(cli: Cli) -> None:
+    assert cli("claude-session", "start", "kept").code == 0
+    result = cli("claude-session", "delete", "kept", "--yes", "--keep-data")
+    assert result.code == 0, result
+    kept = Path(result.stderr.split("kept the data of 'kept' in ", 1)[1].split()[0])
+    assert (kept / "PG_VERSION").exists()
+    subprocess.run(["rm", "-rf", str(kept)], check=True)
+
+
+def test_two_sessions_are_isolated(cli: Cli, tmp_path: Path) -> None:
+    one, two = tmp_path / "one", tmp_path / "two"
+    one.mkdir()
+    two.mkdir()
+    assert cli("claude-session", "start", "one", cwd=one).code == 0
+    assert cli("claude-session", "start", "two", cwd=two).code == 0
+    try:
+        url_one, url_two = read_env(one)["DATABASE_URL"], read_env(two)["DATABASE_URL"]
+        s1, s2 = _session_file("one")["runtime_state"], _session_file("two")["runtime_state"]
+        assert isinstance(s1, dict) and isinstance(s2, dict)
+        assert s1["port"] != s2["port"]
+        assert s1["datadir"] != s2["datadir"]
+        # one's credentials do not open the other
+        password_one = read_env(one)["DB_PASSWORD"]
+        with pytest.raises(psycopg.OperationalError, match="password authentication failed"):
+            psycopg.connect(url_two.replace(read_env(two)["DB_PASSWORD"], password_one))
+        # data written in one is not in the other
+        cli("claude-db", "query", "create table only_here(x int)", cwd=one)
+        result = cli("claude-db", "query", "select * from only_here", cwd=two)
+        assert_one_line_error(result, ExitCode.FAILED)
+        with psycopg.connect(url_one) as conn:
+            assert conn.execute("select count(*) from only_here").fetchone() == (0,)
+    finally:
+        cli("claude-session", "delete", "one", "--yes")
+        cli("claude-session", "delete", "two", "--yes")
+
+
+def test_name_is_derived_from_the_work_directory(cli: Cli, tmp_path: Path) -> None:
+    work = tmp_path / "My Project_2"
+    work.mkdir()
+    result = cli("claude-session", "start", "--json", cwd=work)
+    assert result.code == 0, result
+    data = json.loads(result.stdout)
+    assert data["name"] == "my-project-2"
+    assert data["env"]["DATABASE_URL"].startswith("postgresql://")
+    assert cli("claude-session", "delete", "--yes", cwd=work).code == 0
+
+
+def test_disabled_database_gives_a_session_without_one(cli: Cli, workdir: Path) -> None:
+    result = cli("claude-session", "start", "plain", env={"CLAUDE_DB_ENABLED": "false"})
+    assert result.code == 0, result
+    assert "no database" in result.stdout
+    env = read_env(workdir)
+    assert env == {"CLAUDE_SESSION": "plain"}
+    assert_one_line_error(cli("claude-db", "status"), ExitCode.USAGE)
+    assert cli("claude-session", "delete", "plain", "--yes").code == 0
+
+
+def test_settings_choose_credentials(cli: Cli, workdir: Path) -> None:
+    env = {"CLAUDE_DB_USER": "app", "CLAUDE_DB_PASSWORD": "p@ss:w/rd%", "CLAUDE_DB_NAME": "shop"}
+    assert cli("claude-session", "start", "creds", env=env).code == 0
+    values = read_env(workdir)
+    assert values["DATABASE_URL"].startswith("postgresql://app:p%40ss%3Aw%2Frd%25@127.0.0.1:")
+    assert values["DATABASE_URL"].endswith("/shop")
+    with psycopg.connect(values["DATABASE_URL"]) as conn:
+        row = conn.execute("select current_user, current_database()").fetchone()
+    assert row == ("app", "shop")
+    cli("claude-session", "delete", "creds", "--yes")
+
+
+def test_env_formats(cli: Cli, workdir: Path) -> None:
+    assert cli("claude-session", "start", "fmt").code == 0
+    as_json = json.loads(cli("claude-session", "env", "fmt", "--format", "json").stdout)
+    shell = cli("claude-session", "env", "fmt", "--format", "shell").stdout
+    plain = cli("claude-session", "env").stdout  # current session from .env
+    assert as_json["CLAUDE_SESSION"] == "fmt"
+    evaluated = subprocess.run(
+        ["bash", "-c", f'{shell}\necho "$DATABASE_URL"'], capture_output=True, text=True
+    )
+    assert evaluated.stdout.strip() == as_json["DATABASE_URL"]
+    assert f"DATABASE_URL={as_json['DATABASE_URL']}" in plain.splitlines()
+    assert_one_line_error(cli("claude-session", "env", "fmt", "-f", "yaml"), ExitCode.USAGE)
+    cli("claude-session", "delete", "fmt", "--yes")
+
+
+@pytest.mark.parametrize(
+    ("argv", "code"),
+    [
+        (("claude-session", "start", "Bad Name"), ExitCode.USAGE),
+        (("claude-session", "start", "-leading"), ExitCode.USAGE),
+        (("claude-session", "start", "x" * 49), ExitCode.USAGE),
+        (("claude-session", "start", "ok", "--db", "nosuchdb"), ExitCode.USAGE),
+        (("claude-session", "start", "ok", "--runtime", "nosuch"), ExitCode.USAGE),
+        (("claude-session", "start", "ok", "--workdir", "/does/not/exist"), ExitCode.FAILED),
+        (("claude-session", "stop", "ghost"), ExitCode.NO_SESSION),
+        (("claude-session", "attach", "ghost", "--no-shell"), ExitCode.NO_SESSION),
+        (("claude-session", "start", "--bogus-flag"), ExitCode.USAGE),
+        (("claude-db", "query", "select 1", "--session", "ghost"), ExitCode.NO_SESSION),
+        (("claude-db", "status"), ExitCode.NO_SESSION),
+    ],
+)
+def test_bad_input_is_one_line(cli: Cli, argv: tuple[str, ...], code: int) -> None:
+    assert_one_line_error(cli(*argv), code)
+    root = Path(os.environ["CLAUDE_DB_STATE_DIR"]) / "sessions"
+    assert not (root / "ok").exists()
+
+
+def test_unknown_engine_names_the_distribution(cli: Cli) -> None:
+    result = cli(
+        "claude-session", "start", "x", "--db", "mysql", env={"CLAUDE_DB_DISABLE_PLUGINS": "mysql"}
+    )
+    assert_one_line_error(result, ExitCode.USAGE)
+    assert "pip install claude-db-mysql" in result.stderr
+
+
+def test_a_server_that_cannot_start_reports_its_log(cli: Cli, workdir: Path) -> None:
+    # occupy the port the session will get back on attach, then attach: one clear line
+    assert cli("claude-session", "start", "busy").code == 0
+    port = _session_file("busy")["runtime_state"]["port"]  # type: ignore[index]
+    cli("claude-session", "stop", "busy")
+    with socket.socket() as blocker:
+        blocker.bind(("127.0.0.1", port))
+        blocker.listen()
+        result = cli("claude-session", "attach", "busy", "--no-shell")
+    assert_one_line_error(result, ExitCode.FAILED)
+    assert f"port {port}" in result.stderr
+    assert cli("claude-session", "attach", "busy", "--no-shell").code == 0
+    cli("claude-session", "delete", "busy", "--yes")
