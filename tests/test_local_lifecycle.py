@@ -243,3 +243,17 @@ def test_a_server_that_cannot_start_reports_its_log(cli: Cli, workdir: Path) -> 
     assert f"port {port}" in result.stderr
     assert cli("claude-session", "attach", "busy", "--no-shell").code == 0
     cli("claude-session", "delete", "busy", "--yes")
+
+
+def test_wheel_binaries_run_a_session(cli: Cli, workdir: Path) -> None:
+    """The pgserver wheel's PostgreSQL 16 works as the local runtime's binaries."""
+    from claude_db_postgres.local import _wheel_bindirs
+
+    bindirs = [d for d in _wheel_bindirs() if (d / "postgres").exists()]
+    assert bindirs, "pgserver (a dev dependency) is not installed"
+    env = {"CLAUDE_DB_POSTGRES_BINDIR": str(bindirs[0])}
+    assert cli("claude-session", "start", "wheel", env=env).code == 0
+    status = cli("claude-db", "status")
+    assert status.stdout.startswith("ready: postgres 16"), status
+    assert cli("claude-db", "export", "d.sql").code == 0
+    assert cli("claude-session", "delete", "wheel", "--yes").code == 0
