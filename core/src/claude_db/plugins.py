@@ -78,6 +78,14 @@ class Registry(Generic[T]):
     def names(self) -> list[str]:
         return sorted(self._classes)
 
+    def owned_by(self, owner: str) -> list[str]:
+        return sorted(name for name, who in self._owners.items() if who == owner)
+
+    def remove_owner(self, owner: str) -> None:
+        """Forget every class ``owner`` registered (the plugin is skipped or unregistered)."""
+        for name in self.owned_by(owner):
+            del self._classes[name], self._owners[name]
+
     def __contains__(self, name: object) -> bool:
         return name in self._classes
 
@@ -94,6 +102,8 @@ class Plugins:
     runtimes: Registry[Runtime]
     errors: list[LoadError] = field(default_factory=list)
     distributions: dict[str, tuple[str | None, str | None]] = field(default_factory=dict)
+    #: installed entry points not loaded because of CLAUDE_DB_LOAD_PLUGINS / _DISABLE_PLUGINS
+    not_selected: list[tuple[str, str | None]] = field(default_factory=list)
 
     @property
     def hook(self) -> Any:
@@ -138,8 +148,9 @@ def create_plugin_manager() -> pluggy.PluginManager:
     return pm
 
 
-def load_plugins(settings: Settings, *, entry_points_only: bool = True) -> Plugins:
-    """Register core's plugins and every selected entry point, then fill the registries."""
+def load_plugins(settings: Settings, *, discover: bool = True) -> Plugins:
+    """Register core's plugins and (``discover``) every selected entry point, then fill
+    the registries. ``discover=False`` gives core's built-ins alone (tests)."""
     from claude_db.engine import Engine
     from claude_db.runtime import Runtime
 
@@ -149,18 +160,32 @@ def load_plugins(settings: Settings, *, entry_points_only: bool = True) -> Plugi
     for module_name in DEFAULT_PLUGINS:
         plugins.pm.register(importlib.import_module(module_name), name=module_name)
         plugins.distributions[module_name] = ("claude-db", _version("claude-db"))
-    if entry_points_only:
+    if discover:
         for ep in entry_points(group=ENTRY_POINT_GROUP):
-            if _selected(ep.name, settings):
+            if _selected(ep, settings):
                 _load_entry_point(plugins, ep, settings.strict_plugins)
+            else:
+                plugins.not_selected.append((ep.name, ep.dist.name if ep.dist else None))
     fill_registries(plugins, settings.strict_plugins)
     return plugins
 
 
-def _selected(name: str, settings: Settings) -> bool:
-    if settings.load_plugins is not None and name not in settings.load_plugins:
+def _selected(ep: EntryPoint, settings: Settings) -> bool:
+    """The lists name entry points (``postgres``) or distributions (``claude-db-postgres``)."""
+    names = {ep.name}
+    if ep.dist is not None:
+        names |= {ep.dist.name, _normalise(ep.dist.name)}
+    if settings.load_plugins is not None and not names & _normalised(settings.load_plugins):
         return False
-    return name not in settings.disable_plugins
+    return not names & _normalised(settings.disable_plugins)
+
+
+def _normalise(name: str) -> str:
+    return name.lower().replace("_", "-").replace(".", "-")
+
+
+def _normalised(names: Iterable[str]) -> set[str]:
+    return {*names, *(_normalise(n) for n in names)}
 
 
 def _load_entry_point(plugins: Plugins, ep: EntryPoint, strict: bool) -> None:
@@ -171,7 +196,7 @@ def _load_entry_point(plugins: Plugins, ep: EntryPoint, strict: bool) -> None:
         if plugins.pm.has_plugin(ep.name):
             raise PluginError(f"a plugin named {ep.name!r} is already loaded")
         plugins.pm.register(module, name=ep.name)
-    except Exception as exc:
+    except (Exception, SystemExit) as exc:  # a plugin calling sys.exit() must not end the CLI
         _report(plugins, LoadError(ep.name, dist, _describe(exc)), strict, exc)
         return
     try:
@@ -186,8 +211,21 @@ def _load_entry_point(plugins: Plugins, ep: EntryPoint, strict: bool) -> None:
 def register_plugin(plugins: Plugins, plugin: object, name: str, strict: bool = True) -> None:
     """Register an in-process plugin object (tests, embedding) and add what it registers."""
     plugins.pm.register(plugin, name=name)
-    plugins.pm.check_pending()
+    try:
+        plugins.pm.check_pending()
+    except pluggy.PluginValidationError:
+        plugins.pm.unregister(name=name)
+        raise
     _call_register_hook(plugins, name, strict)
+
+
+def unregister_plugin(plugins: Plugins, name: str) -> None:
+    """Remove a plugin and every engine and runtime it registered."""
+    if plugins.pm.has_plugin(name):
+        plugins.pm.unregister(name=name)
+    plugins.engines.remove_owner(name)
+    plugins.runtimes.remove_owner(name)
+    plugins.distributions.pop(name, None)
 
 
 def fill_registries(plugins: Plugins, strict: bool) -> None:
@@ -198,7 +236,8 @@ def fill_registries(plugins: Plugins, strict: bool) -> None:
 
 def _call_register_hook(plugins: Plugins, plugin_name: str, strict: bool) -> None:
     # Called per plugin (not through the hook relay) so every class is attributed to its
-    # plugin and one plugin's failure cannot take the others down.
+    # plugin and one plugin's failure cannot take the others down. A plugin that fails
+    # here is skipped whole: what it registered and its other hooks are removed.
     for hook_name, registry in (
         ("register_runtimes", plugins.runtimes),
         ("register_engines", plugins.engines),
@@ -211,7 +250,9 @@ def _call_register_hook(plugins: Plugins, plugin_name: str, strict: bool) -> Non
                 impl.function(register=functools.partial(_add, registry, owner=plugin_name))
             except Exception as exc:
                 dist = plugins.distributions.get(plugin_name, (None, None))[0]
+                unregister_plugin(plugins, plugin_name)
                 _report(plugins, LoadError(plugin_name, dist, _describe(exc)), strict, exc)
+                return
 
 
 def _add(registry: Registry[Any], cls: type[Any], *, owner: str) -> None:
