@@ -10,6 +10,8 @@ from claude_db.runtime import Runtime
 
 @hookimpl
 def register_runtimes(register: Callable[[type[Runtime]], None]) -> None:
+    from claude_db.runtimes.docker import DockerRuntime
     from claude_db.runtimes.local import LocalRuntime
 
     register(LocalRuntime)
+    register(DockerRuntime)
