@@ -27,6 +27,8 @@ if TYPE_CHECKING:
 ENTRY_POINT_GROUP = "claude_db"
 #: core's own plugins, registered through the same hooks as everybody else's
 DEFAULT_PLUGINS = ("claude_db.runtimes",)
+#: distributions made with core, loaded before any other (they keep their engine names)
+FIRST_PARTY = ("claude-db", "claude-db-postgres", "claude-db-mysql", "claude-db-mongo")
 
 T = TypeVar("T")
 
@@ -46,8 +48,18 @@ class LoadError:
     message: str
 
     def __str__(self) -> str:
-        where = f" (distribution {self.distribution})" if self.distribution else ""
-        return f"plugin {self.plugin!r}{where} skipped: {self.message}"
+        return f"plugin {self.plugin!r}{self._where} skipped: {self.message}"
+
+    def fatal(self) -> str:
+        """The message when CLAUDE_DB_STRICT_PLUGINS makes the problem fatal."""
+        return (
+            f"plugin {self.plugin!r}{self._where} failed to load: {self.message} "
+            "(CLAUDE_DB_STRICT_PLUGINS is set)"
+        )
+
+    @property
+    def _where(self) -> str:
+        return f" (distribution {self.distribution})" if self.distribution else ""
 
 
 class Registry(Generic[T]):
@@ -161,13 +173,20 @@ def load_plugins(settings: Settings, *, discover: bool = True) -> Plugins:
         plugins.pm.register(importlib.import_module(module_name), name=module_name)
         plugins.distributions[module_name] = ("claude-db", _version("claude-db"))
     if discover:
-        for ep in entry_points(group=ENTRY_POINT_GROUP):
+        for ep in sorted(entry_points(group=ENTRY_POINT_GROUP), key=_load_order):
             if _selected(ep, settings):
                 _load_entry_point(plugins, ep, settings.strict_plugins)
             else:
                 plugins.not_selected.append((ep.name, ep.dist.name if ep.dist else None))
     fill_registries(plugins, settings.strict_plugins)
     return plugins
+
+
+def _load_order(ep: EntryPoint) -> tuple[bool, str, str]:
+    """This project's distributions first, then the others by name: when two plugins claim
+    one engine name, the first keeps it, whatever order the installer left files in."""
+    dist = _normalise(ep.dist.name) if ep.dist else ""
+    return (dist not in FIRST_PARTY, dist, ep.name)
 
 
 def _selected(ep: EntryPoint, settings: Settings) -> bool:
@@ -261,7 +280,7 @@ def _add(registry: Registry[Any], cls: type[Any], *, owner: str) -> None:
 
 def _report(plugins: Plugins, error: LoadError, strict: bool, exc: BaseException) -> None:
     if strict:
-        raise PluginError(f"{error} (CLAUDE_DB_STRICT_PLUGINS is set)") from exc
+        raise PluginError(error.fatal()) from exc
     plugins.errors.append(error)
 
 

@@ -456,6 +456,10 @@ class EngineContract:
         assert info.code == 0, info
         host_url = info.json().get("HOST_DATABASE_URL") or info.json()["DATABASE_URL"]
         elsewhere = contract_session.workdir.parent
+        masked = contract_session.db("info")  # without --show-password: in no form at all
+        assert masked.code == 0, masked
+        for secret in (CONTRACT_PASSWORD, quote(CONTRACT_PASSWORD, safe="")):
+            assert secret not in masked.stdout + masked.stderr, masked
         bare = contract_session.cli.db("status", cwd=elsewhere, env={"DATABASE_URL": host_url})
         assert bare.code == 0, bare
 

@@ -6,6 +6,7 @@ import csv
 import json
 import sys
 from typing import Any
+from urllib.parse import quote
 
 import typer
 
@@ -113,7 +114,8 @@ def info(
     if inside != here:  # e.g. a session container: the URL from this host differs
         env["HOST_DATABASE_URL"] = engine.url(here)
     if not show_password and here.password:
-        env = {k: v.replace(here.password, "****") for k, v in env.items()}
+        encoded = quote(here.password, safe="")  # as it appears in URLs
+        env = {k: v.replace(here.password, "****").replace(encoded, "****") for k, v in env.items()}
     details: dict[str, Any] = {"session": target.name, "engine": engine.name}
     if target.session is not None:
         details |= {"runtime": target.session.runtime, "workdir": target.session.workdir}
@@ -265,34 +267,43 @@ def confirm(question: str, yes: bool) -> None:
 
 
 def plugins(as_json: bool = JsonOption) -> None:
-    """List plugins, their distributions, hooks, engines, runtimes and load errors."""
+    """List plugins: distribution, version, hooks, what each registered, and load errors."""
     loaded = get_app().plugins
-    infos = loaded.describe()
-    engines = {name: loaded.engines.owner(name) for name in loaded.engines.names()}
-    runtimes = {name: loaded.runtimes.owner(name) for name in loaded.runtimes.names()}
-    errors = [str(e) for e in loaded.errors]
+    listed = [
+        {
+            "name": info.name,
+            "distribution": info.distribution,
+            "version": info.version,
+            "hooks": list(info.hooks),
+            "engines": loaded.engines.owned_by(info.name),
+            "runtimes": loaded.runtimes.owned_by(info.name),
+        }
+        for info in loaded.describe()
+    ]
+    errors = [
+        {"plugin": e.plugin, "distribution": e.distribution, "message": e.message}
+        for e in loaded.errors
+    ]
+    not_loaded = [{"plugin": n, "distribution": d} for n, d in loaded.not_selected]
     if as_json:
-        print_json(
-            {
-                "plugins": [
-                    {
-                        "name": i.name,
-                        "distribution": i.distribution,
-                        "version": i.version,
-                        "hooks": list(i.hooks),
-                    }
-                    for i in infos
-                ],
-                "engines": engines,
-                "runtimes": runtimes,
-                "errors": errors,
-            }
-        )
+        print_json({
+            "plugins": listed,
+            "engines": {name: loaded.engines.owner(name) for name in loaded.engines.names()},
+            "runtimes": {name: loaded.runtimes.owner(name) for name in loaded.runtimes.names()},
+            "errors": errors,
+            "not_loaded": not_loaded,
+        })
         return
-    for i in infos:
-        dist = f"{i.distribution} {i.version}" if i.distribution else "-"
-        print(f"{i.name}  ({dist})  hooks: {', '.join(i.hooks)}")
-    print(f"engines: {', '.join(f'{k} ({v})' for k, v in engines.items()) or 'none'}")
-    print(f"runtimes: {', '.join(f'{k} ({v})' for k, v in runtimes.items())}")
-    for error in errors:
-        print(f"error: {error}", file=sys.stderr)
+    for info in loaded.describe():
+        dist = f"{info.distribution or 'no distribution'} {info.version or ''}".strip()
+        print(f"{info.name}  ({dist})")
+        for key, names in (("hooks", list(info.hooks)),
+                           ("engines", loaded.engines.owned_by(info.name)),
+                           ("runtimes", loaded.runtimes.owned_by(info.name))):
+            if names:
+                print(f"  {key}: {', '.join(names)}")
+    for entry in not_loaded:
+        print(f"not loaded: {entry['plugin']} ({entry['distribution']}): "
+              "CLAUDE_DB_LOAD_PLUGINS / CLAUDE_DB_DISABLE_PLUGINS")
+    for error in loaded.errors:
+        print(f"load error: {error}")
