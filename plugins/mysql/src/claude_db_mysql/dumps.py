@@ -1,0 +1,212 @@
+"""Dumps and imports with the native clients (``mysqldump``/``mysql`` or MariaDB's names).
+
+MySQL commits DDL implicitly, so one transaction cannot make an import all-or-nothing.
+Instead an import first dumps every user database (the *snapshot*), then applies the
+file with the ``mysql`` client, which stops at the first error; on any failure every
+database the import created is dropped and the snapshot is replayed, which drops and
+recreates each database as it was. Server-wide objects (users, grants, global
+variables) are not part of the snapshot.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import re
+import subprocess
+import tempfile
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+from typing import IO, Any
+
+from claude_db import Tools
+from claude_db.errors import ClaudeDbError
+from claude_db_mysql.sql import quote_ident
+
+CHUNK = 1 << 20
+#: schemas of the server itself: never dumped, never dropped
+SYSTEM_SCHEMAS = ("mysql", "information_schema", "performance_schema", "sys")
+#: every dump: one consistent InnoDB snapshot, with routines, triggers and events, no
+#: ``CREATE DATABASE``/``USE`` (it restores into any database name)
+DUMP_OPTIONS = (
+    "--single-transaction",
+    "--routines",
+    "--triggers",
+    "--events",
+    "--hex-blob",
+    "--no-tablespaces",  # MySQL 8 wants the PROCESS privilege for tablespaces
+    "--default-character-set=utf8mb4",
+    "--loose-set-gtid-purged=OFF",  # MySQL: no GTID statements; MariaDB skips `loose-` options
+)
+CLIENT_OPTIONS = ("--default-character-set=utf8mb4", "--batch")
+_MYSQL_ERROR = re.compile(r"^ERROR (\d+) \(([0-9A-Z]+)\)(?: at line (\d+))?: (.*)$")
+
+
+class Clients:
+    """The client tools for ``tools.endpoint`` where ``tools`` runs them.
+
+    MariaDB 11 images ship only ``mariadb``/``mariadb-dump`` and the MySQL images only
+    ``mysql``/``mysqldump``: the names are looked up once. The password travels in
+    ``MYSQL_PWD``, never on a command line.
+    """
+
+    def __init__(self, tools: Tools) -> None:
+        self.tools = tools
+        endpoint = tools.endpoint
+        self.database = endpoint.database
+        self.env = {"MYSQL_PWD": endpoint.password}
+        self.connection = [
+            "--protocol=TCP", f"--host={endpoint.host}", f"--port={endpoint.port}",
+            f"--user={endpoint.user}",
+        ]
+
+    @functools.cached_property
+    def client(self) -> str:
+        return self._pick("mariadb", "mysql")
+
+    @functools.cached_property
+    def dumper(self) -> str:
+        return self._pick("mariadb-dump", "mysqldump")
+
+    def _pick(self, *names: str) -> str:
+        for name in names:
+            if self.tools.has(name):
+                return name
+        return names[-1]  # running it reports it missing
+
+    # -- plain commands -------------------------------------------------------------------
+
+    def execute(self, sql: str, *, database: str | None = None) -> list[list[str]]:
+        """Run statements with the client; return the rows of the last result."""
+        argv = [self.client, *self.connection, *CLIENT_OPTIONS, "--skip-column-names",
+                f"--execute={sql}"]
+        if database:
+            argv.append(f"--database={database}")
+        proc = self.tools.popen(argv, env=self.env, stdin=subprocess.DEVNULL,
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        out, err = proc.communicate()
+        if proc.returncode != 0:
+            message = client_error(err.decode(errors="replace"))
+            raise ClaudeDbError(f"{self.client} failed: {message}")
+        return [line.split("\t") for line in out.decode().splitlines()]
+
+    def user_databases(self) -> list[str]:
+        excluded = ", ".join(f"'{name}'" for name in SYSTEM_SCHEMAS)
+        rows = self.execute(
+            "SELECT SCHEMA_NAME FROM information_schema.SCHEMATA "
+            f"WHERE SCHEMA_NAME NOT IN ({excluded})"
+        )
+        return sorted(row[0] for row in rows if row and row[0])
+
+    # -- dumps ----------------------------------------------------------------------------
+
+    def dump(self, databases: list[str] | None = None) -> Iterator[bytes]:
+        """Stream a dump of the endpoint's database, or of ``databases`` with their
+        ``DROP``/``CREATE DATABASE`` statements."""
+        argv = [self.dumper, *self.connection, *DUMP_OPTIONS]
+        argv += ["--add-drop-database", "--databases", *databases] if databases else [self.database]
+        with tempfile.TemporaryFile() as errors:
+            proc = self.tools.popen(argv, env=self.env, stdin=subprocess.DEVNULL,
+                                    stdout=subprocess.PIPE, stderr=errors)
+            assert proc.stdout is not None
+            try:
+                while chunk := proc.stdout.read(CHUNK):
+                    yield chunk
+            finally:
+                proc.stdout.close()
+                code = proc.wait()
+            if code != 0:
+                raise ClaudeDbError(f"{self.dumper} failed: {client_error(_read(errors))}")
+
+    def apply(self, chunks: Iterable[bytes], *, database: str | None) -> str | None:
+        """Feed SQL to the client, which stops at the first error; return that error or None."""
+        argv = [self.client, *self.connection, *CLIENT_OPTIONS]
+        if database:
+            argv.append(f"--database={database}")
+        with tempfile.TemporaryFile() as errors:
+            proc = self.tools.popen(argv, env=self.env, stdin=subprocess.PIPE,
+                                    stdout=subprocess.DEVNULL, stderr=errors)
+            assert proc.stdin is not None
+            try:
+                for chunk in chunks:
+                    proc.stdin.write(chunk)
+                proc.stdin.close()
+            except BrokenPipeError:
+                pass  # the client stopped at an error: its message says which
+            except BaseException:
+                proc.kill()
+                proc.wait()
+                raise
+            if proc.wait() == 0:
+                return None
+            return client_error(_read(errors))
+
+    # -- all-or-nothing imports -----------------------------------------------------------
+
+    def restore(self, chunks: Iterable[bytes]) -> None:
+        before = self.user_databases()
+        fd, name = tempfile.mkstemp(prefix="claude-db-mysql-snapshot-", suffix=".sql")
+        snapshot = Path(name)
+        safe = True  # False while the databases may hold part of the import
+        try:
+            with os.fdopen(fd, "wb") as out:
+                if before:
+                    for chunk in self.dump(before):
+                        out.write(chunk)
+            try:
+                error = self.apply(chunks, database=self.database)
+            except BaseException:
+                safe = False
+                self._roll_back(snapshot, before, reason="interrupted")
+                safe = True
+                raise
+            if error is not None:
+                safe = False
+                self._roll_back(snapshot, before, reason=error)
+                safe = True
+                raise ClaudeDbError(f"import failed, nothing was applied: {error}")
+        finally:
+            if safe or not before:  # else the snapshot is the user's way back: keep it
+                snapshot.unlink(missing_ok=True)
+
+    def _roll_back(self, snapshot: Path, before: list[str], *, reason: str) -> None:
+        """Put every user database back as the snapshot has it (raise if that fails)."""
+        try:
+            created = [db for db in self.user_databases() if db not in before]
+            if created:
+                self.execute("".join(f"DROP DATABASE {quote_ident(db)};" for db in created))
+            if before:
+                with open(snapshot, "rb") as dump:
+                    failure = self.apply(iter(lambda: dump.read(CHUNK), b""), database=None)
+                if failure is not None:
+                    raise ClaudeDbError(failure)
+        except (ClaudeDbError, OSError) as exc:
+            raise ClaudeDbError(
+                f"import failed ({reason}) and putting the databases back failed too ({exc}); "
+                f"they were saved before the import in {snapshot} (mysql < {snapshot} applies it)"
+            ) from None
+
+
+def client_error(stderr: str) -> str:
+    """The client's error as one line: ``line 3: ERROR 1064 (42000): ...``."""
+    lines = [line.strip() for line in stderr.strip().splitlines() if line.strip()]
+    for line in lines:
+        match = _MYSQL_ERROR.match(line)
+        if match:
+            code, state, at, message = match.groups()
+            where = f"line {at}: " if at else ""
+            return f"{where}ERROR {code} ({state}): {message}"
+    meaningful = [line for line in lines if not _is_noise(line)]
+    return meaningful[-1] if meaningful else (lines[-1] if lines else "no error output")
+
+
+def _is_noise(line: str) -> bool:
+    # warnings about `loose-` options one flavour lacks, or MariaDB 11's renamed programs
+    return ("unknown variable 'loose-" in line or "unknown option '--loose-" in line
+            or "Deprecated program name" in line)
+
+
+def _read(errors: IO[Any]) -> str:
+    errors.seek(0)
+    data: bytes = errors.read()
+    return data.decode(errors="replace")

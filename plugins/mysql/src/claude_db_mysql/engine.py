@@ -1,0 +1,191 @@
+"""MySQL and MariaDB: the official images' contract, PyMySQL for queries, the native
+clients for dumps and imports (claude_db_mysql.dumps)."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterable, Iterator
+from typing import Any
+
+from claude_db import Credentials, Endpoint, Engine, LocalServer, QueryResult, Tools
+from claude_db.errors import ClaudeDbError, NotRunningError
+from claude_db_mysql.dumps import Clients
+from claude_db_mysql.local import MariaDBLocalServer
+from claude_db_mysql.sql import quote_ident
+
+#: client errors that mean "no server answers there" (2002 socket, 2003 TCP, 2013 lost
+#: during the handshake)
+CANNOT_CONNECT = (2002, 2003, 2013)
+
+
+class MySQLEngine(Engine):
+    """MySQL (the default image, ``mysql:8.4``) and MariaDB (images and local servers).
+
+    The default user is ``root``, as ``postgres`` is for PostgreSQL: the session's
+    server is its own, and only an account with global privileges can create the
+    extra databases the seed's examples make (and e.g. Prisma's shadow database).
+    ``CLAUDE_DB_USER=app`` gives the official images' other contract instead: a user
+    with every privilege on the session's database only.
+    """
+
+    name = "mysql"
+    url_schemes = ("mysql", "mariadb")
+    default_image = "mysql:8.4"
+    default_port = 3306
+    default_user = "root"
+    container_data_dir = "/var/lib/mysql"
+    shell_name = "mysql"
+
+    def native_env(self, endpoint: Endpoint) -> dict[str, str]:
+        # mysql/mysqldump read MYSQL_HOST, MYSQL_TCP_PORT and MYSQL_PWD; they take the user
+        # from the login name (root in most containers, the default user) and have no
+        # variable for the database: MYSQL_USER/MYSQL_DATABASE are the usual names for those.
+        return {
+            "MYSQL_HOST": endpoint.host,
+            "MYSQL_TCP_PORT": str(endpoint.port),
+            "MYSQL_USER": endpoint.user,
+            "MYSQL_PWD": endpoint.password,
+            "MYSQL_DATABASE": endpoint.database,
+        }
+
+    def container_env(self, credentials: Credentials) -> dict[str, str]:
+        # The official mysql image reads MYSQL_*, the mariadb image MARIADB_* (and MYSQL_*).
+        env = {"MYSQL_DATABASE": credentials.database}
+        # root always gets the session's password: with CLAUDE_DB_USER set, root still
+        # exists (the images insist) and is the way to create more databases
+        env["MYSQL_ROOT_PASSWORD"] = credentials.password
+        if credentials.user != "root":
+            env["MYSQL_USER"] = credentials.user
+            env["MYSQL_PASSWORD"] = credentials.password
+        env |= {"MARIADB_" + key.removeprefix("MYSQL_"): value for key, value in env.items()}
+        return env
+
+    def check_ready(self, endpoint: Endpoint, timeout: float) -> str:
+        # An authenticated query over TCP: `mysqladmin ping` also passes on "access denied"
+        # and against the images' temporary, socket-only init server.
+        with connect(endpoint, timeout=timeout, read_timeout=timeout) as conn, conn.cursor() as cur:
+            cur.execute("SELECT VERSION()")
+            row = cur.fetchone()
+            return str(row[0]) if row else ""
+
+    def local_server(self) -> LocalServer:
+        return MariaDBLocalServer()
+
+    # -- operations -----------------------------------------------------------------------
+
+    def query(self, endpoint: Endpoint, text: str) -> QueryResult:
+        import pymysql
+
+        try:
+            with connect(endpoint, timeout=10, multi_statements=True) as conn, conn.cursor() as cur:
+                cur.execute(text)  # no arguments: PyMySQL leaves '%' alone
+                # several statements (or a CALL): the last result with rows, else the last status
+                result = _result(cur)
+                while cur.nextset():
+                    following = _result(cur)
+                    if following.columns or not result.columns:
+                        result = following
+                return result
+        except pymysql.MySQLError as exc:
+            raise _error("query failed", endpoint, exc) from None
+
+    def dump(self, tools: Tools) -> Iterator[bytes]:
+        return Clients(tools).dump()
+
+    def restore(self, tools: Tools, chunks: Iterable[bytes]) -> None:
+        Clients(tools).restore(chunks)
+
+    def reset(self, endpoint: Endpoint) -> None:
+        import pymysql
+
+        name = endpoint.database
+        try:
+            with connect(endpoint, timeout=10, database=None) as conn, conn.cursor() as cur:
+                cur.execute(
+                    "SELECT DEFAULT_CHARACTER_SET_NAME, DEFAULT_COLLATION_NAME "
+                    "FROM information_schema.SCHEMATA WHERE SCHEMA_NAME = %s", (name,)
+                )
+                found = cur.fetchone()
+                options = f" CHARACTER SET {found[0]} COLLATE {found[1]}" if found else ""
+                # like PostgreSQL's DROP DATABASE ... WITH (FORCE): end the sessions using it,
+                # or DROP waits for their metadata locks
+                cur.execute(
+                    "SELECT ID FROM information_schema.PROCESSLIST "
+                    "WHERE DB = %s AND ID <> CONNECTION_ID()", (name,)
+                )
+                for (thread,) in cur.fetchall():
+                    with contextlib.suppress(pymysql.MySQLError):  # gone, or not ours to end
+                        cur.execute(f"KILL CONNECTION {int(thread)}")
+                cur.execute(f"DROP DATABASE IF EXISTS {quote_ident(name)}")
+                cur.execute(f"CREATE DATABASE {quote_ident(name)}{options}")
+        except pymysql.MySQLError as exc:
+            raise _error("reset failed", endpoint, exc) from None
+
+    def shell_argv(self, endpoint: Endpoint) -> list[str]:
+        # host, port and password come from native_env; the client has no variable for these
+        return ["mysql", f"--user={endpoint.user}", f"--database={endpoint.database}"]
+
+
+_SAME_DATABASE = object()
+
+
+def connect(
+    endpoint: Endpoint,
+    *,
+    timeout: float,
+    database: str | object | None = _SAME_DATABASE,
+    multi_statements: bool = False,
+    read_timeout: float | None = None,
+) -> Any:
+    """A PyMySQL connection over TCP, autocommit on (each statement commits, like mysql)."""
+    import pymysql
+    from pymysql.constants import CLIENT
+
+    seconds = max(1, int(timeout))
+    return pymysql.connect(
+        host=endpoint.host,
+        port=endpoint.port,
+        user=endpoint.user,
+        password=endpoint.password,
+        database=endpoint.database if database is _SAME_DATABASE else database,
+        connect_timeout=seconds,
+        read_timeout=read_timeout,
+        charset="utf8mb4",
+        autocommit=True,
+        client_flag=CLIENT.MULTI_STATEMENTS if multi_statements else 0,
+        program_name="claude-db",
+    )
+
+
+def _result(cursor: Any) -> QueryResult:
+    if cursor.description is None:
+        count = cursor.rowcount
+        return QueryResult(status=f"Query OK, {count} row{'s' if count != 1 else ''} affected")
+    rows = cursor.fetchall()
+    return QueryResult(
+        columns=[column[0] for column in cursor.description],
+        rows=[tuple(_plain(value) for value in row) for row in rows],
+        status=f"{len(rows)} row{'s' if len(rows) != 1 else ''} in set",
+    )
+
+
+def _plain(value: Any) -> Any:
+    """Values as JSON/CSV-friendly Python: basic types kept, text for the rest."""
+    if value is None or isinstance(value, bool | int | float | str):
+        return value
+    if isinstance(value, bytes | bytearray):
+        try:
+            return bytes(value).decode()
+        except UnicodeDecodeError:
+            return "0x" + bytes(value).hex()
+    return str(value)  # Decimal, dates and times: their SQL text ("2024-05-01 12:00:00")
+
+
+def _error(what: str, endpoint: Endpoint, exc: Exception) -> ClaudeDbError:
+    code = exc.args[0] if exc.args and isinstance(exc.args[0], int) else None
+    message = str(exc.args[1] if len(exc.args) > 1 else exc).strip().splitlines()
+    text = message[0] if message else type(exc).__name__
+    if code in CANNOT_CONNECT:
+        where = f"{endpoint.host}:{endpoint.port}"
+        return NotRunningError(f"no MySQL server answers at {where}: {text}")
+    return ClaudeDbError(f"{what}: ERROR {code}: {text}" if code else f"{what}: {text}")
