@@ -102,14 +102,24 @@ def export_to(target: Target, destination: str, database: str | None) -> int:
     target.require_running()
     chunks = target.engine.dump(target.tools(database))
     if destination == "-":
-        return _copy(chunks, sys.stdout.buffer)
+        try:
+            return _copy(chunks, sys.stdout.buffer)
+        except BrokenPipeError:
+            raise
+        except OSError as exc:
+            raise ClaudeDbError(f"cannot write to stdout: {exc.strerror or exc}") from None
     path = Path(destination)
     if path.is_dir():
         raise UsageError(f"{destination} is a directory")
     if not path.parent.is_dir():
         raise UsageError(f"directory {path.parent} does not exist")
     # a temporary file beside the target, renamed at the end: never a partial dump
-    fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".partial")
+    try:
+        fd, tmp_name = tempfile.mkstemp(
+            dir=path.parent, prefix=f".{path.name}.", suffix=".partial"
+        )
+    except OSError as exc:
+        raise ClaudeDbError(f"cannot write {destination}: {exc.strerror or exc}") from None
     try:
         with os.fdopen(fd, "wb") as raw:
             if path.suffix == ".gz":
@@ -123,9 +133,14 @@ def export_to(target: Target, destination: str, database: str | None) -> int:
         os.umask(umask)
         os.chmod(tmp_name, 0o666 & ~umask)  # mkstemp's 0600 would surprise: a dump like any file
         os.replace(tmp_name, path)
-    except BaseException:
+    except BaseException as exc:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp_name)
+        if isinstance(exc, OSError):  # e.g. a full disk: the user's problem, not a crash
+            getattr(chunks, "close", lambda: None)()  # stop the dump tool now
+            raise ClaudeDbError(
+                f"cannot write {destination}, nothing was written: {exc.strerror or exc}"
+            ) from None
         raise
     return written
 

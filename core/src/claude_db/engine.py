@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gzip
 import subprocess
 from abc import ABC, abstractmethod
 from collections.abc import Iterable, Iterator, Mapping, Sequence
@@ -195,3 +196,33 @@ class Engine(ABC):
     @abstractmethod
     def shell_argv(self, endpoint: Endpoint) -> list[str]:
         """Command line of the interactive client for ``endpoint`` (run through Tools)."""
+
+    # -- snapshots ----------------------------------------------------------------------
+    # The defaults keep a compressed dump (dump/restore above) in the snapshot's directory,
+    # so every engine has snapshots; engines with a faster native way override all three.
+    # ``endpoint`` is the database as reached from here, ``tools`` where its tools run.
+
+    def snapshot_save(self, endpoint: Endpoint, tools: Tools, directory: Path) -> None:
+        """Save the database of ``endpoint`` into ``directory`` (made empty by core).
+
+        On failure raise; core removes ``directory``. Anything kept outside it (e.g. a
+        database on the server) must be recorded in it for the two methods below.
+        """
+        with gzip.open(directory / SNAPSHOT_DUMP, "wb", compresslevel=1) as out:
+            for chunk in self.dump(tools):
+                out.write(chunk)
+
+    def snapshot_restore(self, endpoint: Endpoint, tools: Tools, directory: Path) -> None:
+        """Replace the database of ``endpoint`` with the snapshot saved in ``directory``."""
+        self.reset(endpoint)
+        with gzip.open(directory / SNAPSHOT_DUMP, "rb") as dump:
+            self.restore(tools, iter(lambda: dump.read(1 << 20), b""))
+
+    def snapshot_delete(  # noqa: B027 - deliberately empty: a dump needs nothing freed
+        self, endpoint: Endpoint, tools: Tools, directory: Path
+    ) -> None:
+        """Free what the snapshot in ``directory`` holds outside it (core removes the directory)."""
+
+
+#: the default snapshot's file, in the snapshot's directory
+SNAPSHOT_DUMP = "dump.gz"

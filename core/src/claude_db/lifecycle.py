@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import secrets
+import signal
+import threading
+from collections.abc import Iterator
 from pathlib import Path
 
 from claude_db.app import App
@@ -52,9 +56,11 @@ def start_session(
         notes.append("CLAUDE_DB_ENABLED is false: the session has no database")
 
     store = app.store
-    store.reserve(name)
-    try:
-        with store.lock(name):
+    notes += _sweep_orphans(app, docker=runtime is not None and runtime.name == "docker")
+    # locked before the directory exists: gc never takes a session being made for an orphan
+    with store.lock(name):
+        store.reserve(name)
+        try:
             if engine is not None and runtime is not None:
                 runtime.create(session, engine)
                 store.save(session)
@@ -68,17 +74,45 @@ def start_session(
             store.save(session)
             if write_dotenv:
                 notes += write_env(workdir, session_env(app, session, for_dotenv=True))
-    except BaseException:
-        # nothing may leak: undo whatever part of the session was made
-        if engine is not None and runtime is not None:
-            try:
-                runtime.delete(session, engine, keep_data=False)
-            except Exception as exc:  # report the first error, not the cleanup's
-                notes.append(f"cleanup failed: {exc}")
-        store.release(name)
-        raise
+        except BaseException:
+            # nothing may leak: undo whatever part of the session was made, uninterrupted
+            with _signals_held():
+                if engine is not None and runtime is not None:
+                    with contextlib.suppress(Exception):  # the first error is the one to report
+                        runtime.delete(session, engine, keep_data=False)
+                store.release(name)
+            raise
     app.plugins.hook.session_started(session=session)
     return session, notes
+
+
+def _sweep_orphans(app: App, docker: bool) -> list[str]:
+    """The cheap orphan sweep every start runs (see claude_db.gc); never fails a start."""
+    from claude_db.gc import collect_garbage
+
+    try:
+        removed = [o for o in collect_garbage(app, cheap=True, docker=docker) if o.removed]
+    except Exception as exc:
+        return [f"warning: the orphan sweep failed ({exc}); see claude-session gc --dry-run"]
+    if not removed:
+        return []
+    return [f"removed {len(removed)} leftovers of gone sessions (claude-session gc --dry-run "
+            "lists them)"]
+
+
+@contextlib.contextmanager
+def _signals_held() -> Iterator[None]:
+    """Ignore SIGINT/SIGTERM in the block (a second Ctrl-C must not cut a cleanup short)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield  # only the main thread may set handlers (and receives the signals)
+        return
+    # a handler, not SIG_IGN: programs started meanwhile must not inherit deafness
+    previous = {sig: signal.signal(sig, lambda *_: None) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
 
 
 def stop_session(app: App, name: str) -> Session:

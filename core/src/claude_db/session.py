@@ -94,12 +94,14 @@ class SessionStore:
         return path
 
     def release(self, name: str) -> None:
-        """Remove a session's directory and everything in it."""
+        """Remove a session's directory and everything in it (the caller holds its lock)."""
         shutil.rmtree(self.directory(name), ignore_errors=True)
+        # the lock file goes too; whoever waits for it notices and takes a new one (lock())
+        (self.root / f".{name}.lock").unlink(missing_ok=True)
 
     def save(self, session: Session) -> None:
         path = self._file(session.name)
-        tmp = path.with_suffix(".tmp")
+        tmp = path.with_name(f".session.{os.getpid()}.tmp")  # never shared with another writer
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)  # holds a password
         with os.fdopen(fd, "w") as out:
             json.dump(session.to_json(), out, indent=2)
@@ -117,19 +119,30 @@ class SessionStore:
     def all(self) -> list[Session]:
         if not self.root.is_dir():
             return []
-        return [
-            self.load(path.name)
-            for path in sorted(self.root.iterdir())
-            if (path / "session.json").exists()
-        ]
+        sessions = []
+        for path in sorted(self.root.iterdir()):
+            if (path / "session.json").exists():
+                with contextlib.suppress(SessionNotFoundError):  # deleted while we looked
+                    sessions.append(self.load(path.name))
+        return sessions
 
     @contextlib.contextmanager
     def lock(self, name: str) -> Iterator[None]:
         """Serialise commands that change one session (start/stop/attach/delete)."""
         self.root.mkdir(parents=True, exist_ok=True)
-        with open(self.root / f".{name}.lock", "w") as handle:
-            fcntl.flock(handle, fcntl.LOCK_EX)
-            yield
+        path = self.root / f".{name}.lock"
+        while True:
+            with open(path, "a") as handle:
+                fcntl.flock(handle, fcntl.LOCK_EX)
+                # gc removes the lock files of gone sessions while holding them: if ours was
+                # removed while we waited, it locks nothing any more; take the new one
+                try:
+                    same = os.stat(path).st_ino == os.fstat(handle.fileno()).st_ino
+                except FileNotFoundError:
+                    same = False
+                if same:
+                    yield
+                    return
 
 
 def _make_traversable(path: Path) -> None:

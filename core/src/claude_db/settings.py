@@ -54,6 +54,7 @@ class Settings:
     strict_plugins: bool
     load_plugins: frozenset[str] | None
     disable_plugins: frozenset[str]
+    auto_snapshots: int = 5  # automatic snapshots kept per session (0: take none)
 
     @classmethod
     def from_env(cls) -> Settings:
@@ -62,6 +63,9 @@ class Settings:
             timeout = float(env("CLAUDE_DB_READY_TIMEOUT", "60"))
         except ValueError:
             raise UsageError("CLAUDE_DB_READY_TIMEOUT must be a number of seconds") from None
+        raw_snapshots = env("CLAUDE_DB_AUTO_SNAPSHOTS", "5").strip() or "5"
+        if not (raw_snapshots.isascii() and raw_snapshots.isdigit()):
+            raise UsageError("CLAUDE_DB_AUTO_SNAPSHOTS must be a whole number (0: take none)")
         return cls(
             enabled=_flag("CLAUDE_DB_ENABLED", True),
             engine=env("CLAUDE_DB_ENGINE") or "postgres",
@@ -76,4 +80,5 @@ class Settings:
             strict_plugins=_flag("CLAUDE_DB_STRICT_PLUGINS", False),
             load_plugins=_names("CLAUDE_DB_LOAD_PLUGINS"),
             disable_plugins=_names("CLAUDE_DB_DISABLE_PLUGINS") or frozenset(),
+            auto_snapshots=int(raw_snapshots),
         )

@@ -46,6 +46,10 @@ def create_app() -> typer.Typer:
     app.command("import")(import_)
     app.command("export")(export)
     app.command()(reset)
+    from claude_db.cli.snapshot import create_snapshot_app, undo
+
+    app.add_typer(create_snapshot_app(), name="snapshot")
+    app.command()(undo)
     app.command()(plugins)
     loaded = get_app().plugins
     for error in loaded.errors:
@@ -219,9 +223,24 @@ def import_(
     ),
     session: str | None = SessionOption,
     database: str | None = DatabaseOption,
+    replace: bool = typer.Option(
+        False, "--replace", help="Empty the database first (a snapshot is taken: undo works)."
+    ),
+    yes: bool = typer.Option(False, "--yes", "-y", help="With --replace: do not ask."),
 ) -> None:
     """Apply a dump or SQL script: stops at the first error, applies all or nothing."""
     target = _target(session)
+    if replace:
+        from claude_db import snapshots
+
+        snapshots.check_source(source)
+        target.require_running()
+        name = target.endpoint(database).database
+        confirm(f"Replace all data in {name} of session {target.name}?", yes)
+        taken = snapshots.replace_from(get_app(), target, source, database)
+        kept = f" (the previous data is in snapshot {taken.name}: claude-db undo)" if taken else ""
+        note(f"replaced {name} of {target.name} with {source if source != '-' else 'stdin'}{kept}")
+        return
     import_from(target, source, database)
     note(f"imported {source if source != '-' else 'stdin'} into {target.name}")
 
@@ -250,8 +269,12 @@ def reset(
     target.require_running()
     endpoint = target.endpoint(database)
     confirm(f"Destroy all data in {endpoint.database} of session {target.name}?", yes)
+    from claude_db import snapshots
+
+    taken = snapshots.before_destroying(get_app(), target, database, snapshots.RESET)
     target.engine.reset(endpoint)
-    note(f"reset {endpoint.database} of session {target.name}")
+    kept = f" (snapshot {taken.name} taken first: claude-db undo brings it back)" if taken else ""
+    note(f"reset {endpoint.database} of session {target.name}{kept}")
 
 
 def confirm(question: str, yes: bool) -> None:

@@ -31,7 +31,7 @@ def create_app() -> typer.Typer:
         add_completion=False,
         context_settings={"help_option_names": ["-h", "--help"]},
     )
-    for command in (start, list_, env, attach, stop, delete):
+    for command in (start, list_, env, attach, stop, delete, gc):
         name = command.__name__.rstrip("_")
         app.command(name)(command)
     for error in get_app().plugins.errors:
@@ -178,6 +178,30 @@ def delete(
     for line in notes:
         note(line)
     note(f"session {session_name} deleted")
+
+
+def gc(
+    dry_run: bool = typer.Option(False, "--dry-run", "-n", help="Only list what would go."),
+    as_json: bool = JsonOption,
+) -> None:
+    """Remove what no live session owns: servers, directories, containers, networks, volumes."""
+    from claude_db.errors import ClaudeDbError
+    from claude_db.gc import collect_garbage
+
+    found = collect_garbage(get_app(), dry_run=dry_run)
+    if as_json:
+        print_json([orphan.to_json() for orphan in found])
+    else:
+        for orphan in found:
+            done = "removed" if orphan.removed else "failed to remove"
+            done = "would remove" if dry_run else done
+            why = f": {orphan.error}" if orphan.error else ""
+            print(f"{done} {orphan.kind} {orphan.what} ({orphan.detail}){why}")
+        if not found:
+            note("nothing to remove")
+    failed = [o for o in found if o.error]
+    if failed:
+        raise ClaudeDbError(f"{len(failed)} of {len(found)} leftovers could not be removed")
 
 
 def _name(name: str | None) -> str:

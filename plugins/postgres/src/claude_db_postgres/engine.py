@@ -6,10 +6,12 @@ import re
 import subprocess
 import tempfile
 from collections.abc import Iterable, Iterator
+from pathlib import Path
 from typing import Any
 
 from claude_db import Credentials, Endpoint, Engine, LocalServer, QueryResult, Tools
 from claude_db.errors import ClaudeDbError
+from claude_db_postgres import snapshots
 from claude_db_postgres.local import PostgresLocalServer
 
 CHUNK = 1 << 20
@@ -124,6 +126,17 @@ class PostgresEngine(Engine):
 
     def shell_argv(self, endpoint: Endpoint) -> list[str]:
         return ["psql"]
+
+    # -- snapshots: template databases on the server (claude_db_postgres.snapshots) -------
+
+    def snapshot_save(self, endpoint: Endpoint, tools: Tools, directory: Path) -> None:
+        snapshots.save(endpoint, directory)
+
+    def snapshot_restore(self, endpoint: Endpoint, tools: Tools, directory: Path) -> None:
+        snapshots.restore(endpoint, directory)
+
+    def snapshot_delete(self, endpoint: Endpoint, tools: Tools, directory: Path) -> None:
+        snapshots.delete(endpoint, directory)
 
 
 def _connect(endpoint: Endpoint, timeout: float) -> Any:

@@ -1,0 +1,127 @@
+"""``claude-db snapshot save|list|restore|delete`` and ``claude-db undo``."""
+
+from __future__ import annotations
+
+import typer
+
+from claude_db import snapshots
+from claude_db.app import get_app
+from claude_db.cli.common import DatabaseOption, JsonOption, SessionOption, note, print_json
+from claude_db.cli.db import confirm
+from claude_db.database import resolve
+from claude_db.snapshots import Snapshot
+
+HELP = """Save, list, restore and delete snapshots of the session's database.
+
+reset and import --replace take a snapshot first, automatically (the latest
+$CLAUDE_DB_AUTO_SNAPSHOTS are kept, default 5); claude-db undo restores the latest
+snapshot. Restoring first saves the data it replaces, as one more snapshot.
+"""
+
+YesOption = typer.Option(
+    False, "--yes", "-y", help="Needed only when CLAUDE_DB_AUTO_SNAPSHOTS=0 (nothing is kept)."
+)
+
+
+def create_snapshot_app() -> typer.Typer:
+    app = typer.Typer(help=HELP, no_args_is_help=True)
+    app.command("save")(save)
+    app.command("list")(list_)
+    app.command("restore")(restore)
+    app.command("delete")(delete)
+    return app
+
+
+def save(
+    name: str | None = typer.Argument(None, help="Snapshot name (default: the date and time)."),
+    session: str | None = SessionOption,
+    database: str | None = DatabaseOption,
+    as_json: bool = JsonOption,
+) -> None:
+    """Save the database as it is now, under NAME."""
+    app = get_app()
+    target = resolve(app, session)
+    snapshot = snapshots.save(app, target, name, database)
+    if as_json:
+        print_json(snapshot.to_json())
+    else:
+        print(snapshot.name)
+        note(f"saved snapshot {snapshot.describe()} of {target.name}")
+
+
+def list_(session: str | None = SessionOption, as_json: bool = JsonOption) -> None:
+    """List the snapshots, oldest first."""
+    app = get_app()
+    target = resolve(app, session)
+    found = snapshots.list_snapshots(app, target)
+    if as_json:
+        print_json([s.to_json() for s in found])
+        return
+    if not found:
+        note(f"no snapshots of {target.name}")
+        return
+    rows = [(s.name, s.created_at[:19].replace("T", " "), s.database, _kind(s)) for s in found]
+    header = ("NAME", "CREATED (UTC)", "DATABASE", "KIND")
+    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
+    for row in [header, *rows]:
+        print("  ".join(v.ljust(w) for v, w in zip(row, widths, strict=True)).rstrip())
+
+
+def restore(
+    name: str = typer.Argument(..., help="The snapshot to restore."),
+    session: str | None = SessionOption,
+    yes: bool = YesOption,
+    as_json: bool = JsonOption,
+) -> None:
+    """Replace the database with snapshot NAME (the current data is saved first)."""
+    app = get_app()
+    target = resolve(app, session)
+    _confirm_without_safety(app.settings.auto_snapshots, f"Replace the data of {target.name}", yes)
+    restored, safety = snapshots.restore(app, target, name)
+    _report(target.name, restored, safety, as_json)
+
+
+def delete(
+    name: str = typer.Argument(..., help="The snapshot to delete."),
+    session: str | None = SessionOption,
+) -> None:
+    """Delete snapshot NAME."""
+    app = get_app()
+    target = resolve(app, session)
+    snapshot = snapshots.delete(app, target, name)
+    note(f"deleted snapshot {snapshot.name} of {target.name}")
+
+
+def undo(
+    session: str | None = SessionOption,
+    yes: bool = YesOption,
+    as_json: bool = JsonOption,
+) -> None:
+    """Restore the latest snapshot: undoes a reset, an import --replace or a restore."""
+    app = get_app()
+    target = resolve(app, session)
+    _confirm_without_safety(app.settings.auto_snapshots, f"Replace the data of {target.name}", yes)
+    restored, safety = snapshots.undo(app, target)
+    _report(target.name, restored, safety, as_json)
+
+
+def _confirm_without_safety(auto_snapshots: int, question: str, yes: bool) -> None:
+    if auto_snapshots == 0:  # the data being replaced will not be kept
+        confirm(f"{question} without keeping it (CLAUDE_DB_AUTO_SNAPSHOTS=0)?", yes)
+
+
+def _report(name: str, restored: Snapshot, safety: Snapshot | None, as_json: bool) -> None:
+    if as_json:
+        print_json({
+            "restored": restored.to_json(),
+            "saved_before": safety.to_json() if safety else None,
+        })
+        return
+    note(f"restored snapshot {restored.describe()} into {name}")
+    if safety is not None:
+        note(f"the data it replaced is in snapshot {safety.name} "
+             f"(claude-db snapshot restore {safety.name} goes back to it)")
+
+
+def _kind(snapshot: Snapshot) -> str:
+    return f"auto (before {snapshot.reason})" if snapshot.automatic else "manual"

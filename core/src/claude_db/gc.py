@@ -1,0 +1,299 @@
+"""The orphan sweep: remove what no live session owns (``claude-session gc``).
+
+A session is live while ``<state>/sessions/<name>/session.json`` exists. Left behind by
+a killed ``start``, a crash or a failed ``delete`` can be: a session directory without
+``session.json``, a server process whose data directory is under a gone session, half
+made snapshots and template caches, lock files of gone sessions, and Docker containers,
+networks and volumes labelled ``claude-db.session`` whose session is gone.
+
+Everything a session owns is judged while holding that session's lock, taken without
+waiting: a session being started or deleted right now is busy, never an orphan.
+
+The cheap sweep (on every ``start``) reads only the state directory and ``/proc``;
+it looks at Docker only when a live session uses the docker runtime.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import os
+import shutil
+import signal
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from functools import partial
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from claude_db.app import App
+
+#: docker label naming the state directory that made a resource (the docker runtime sets it)
+STATE_LABEL = "claude-db.state"
+SESSION_LABEL = "claude-db.session"
+STOP_WAIT = 5.0  # seconds a stray server gets to exit after SIGTERM before SIGKILL
+SOCKET_PATH_MAX = 100  # as the local runtime: longer server paths put sockets in /tmp
+
+
+@dataclass
+class Orphan:
+    kind: str  # process, directory, lock, container, network, volume
+    what: str  # a pid, a path or a Docker name
+    detail: str
+    removed: bool = False
+    error: str | None = None
+    remove: Callable[[], None] = field(default=lambda: None, repr=False, compare=False)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"kind": self.kind, "what": self.what, "detail": self.detail,
+                "removed": self.removed, "error": self.error}
+
+
+def collect_garbage(
+    app: App, *, dry_run: bool = False, cheap: bool = False, docker: bool = False
+) -> list[Orphan]:
+    """Find orphans and (unless ``dry_run``) remove them; failures are recorded, not raised.
+
+    ``cheap``: look at Docker only if ``docker`` or a live session uses it.
+    """
+    sweeper = _Sweeper(app, dry_run)
+    sweeper.local()
+    if not cheap or docker or sweeper.docker_in_use():
+        sweeper.docker()
+    sweeper.lock_files()  # last: the sweeps above may have freed some
+    return sweeper.found
+
+
+class _Sweeper:
+    def __init__(self, app: App, dry_run: bool) -> None:
+        self.app = app
+        self.dry_run = dry_run
+        self.root = app.store.root
+        self.found: list[Orphan] = []
+
+    def _take(self, orphan: Orphan) -> None:
+        self.found.append(orphan)
+        if self.dry_run:
+            return
+        try:
+            orphan.remove()
+            orphan.removed = True
+        except Exception as exc:  # one stubborn orphan must not stop the sweep
+            orphan.error = str(exc) or type(exc).__name__
+
+    def live_names(self) -> set[str]:
+        if not self.root.is_dir():
+            return set()
+        return {p.name for p in self.root.iterdir() if (p / "session.json").is_file()}
+
+    # -- the state directory and /proc -------------------------------------------------------
+
+    def local(self) -> None:
+        if not self.root.is_dir():
+            return
+        servers = _server_processes(self.root)
+        names = {p.name for p in self.root.iterdir() if not p.name.startswith(".") and p.is_dir()}
+        for name in sorted(names | set(servers)):
+            with _try_lock(self.root / f".{name}.lock") as locked:
+                if not locked:
+                    continue  # being started, deleted or snapshotted right now
+                directory = self.root / name
+                if (directory / "session.json").is_file():
+                    self._partials(directory / "snapshots", f"session {name}")
+                    continue
+                for pid in servers.get(name, []):
+                    self._take(Orphan("process", str(pid), f"server of gone session {name}",
+                                      remove=partial(_stop_process, pid)))
+                if directory.is_dir():
+                    self._take(Orphan("directory", str(directory), f"remains of session {name}",
+                                      remove=partial(_remove_session_dir, directory)))
+        self._templates()
+        self._url_snapshots()
+
+    def lock_files(self) -> None:
+        if not self.root.is_dir():
+            return
+        for path in sorted(self.root.glob(".*.lock")):
+            name = path.name[1:-len(".lock")]
+            if (self.root / name).exists():
+                continue
+            with _try_lock(path) as locked:
+                if locked and not (self.root / name).exists():
+                    self._take(Orphan("lock", str(path), f"lock file of gone session {name}",
+                                      remove=partial(path.unlink, missing_ok=True)))
+
+    def _templates(self) -> None:
+        root = self.app.settings.state_dir / "templates"
+        if not root.is_dir():
+            return
+        with _try_lock(root / ".lock") as locked:
+            if not locked:
+                return  # a template is being built
+            for path in sorted(root.iterdir()):
+                if path.name.startswith(".") and path.is_dir():
+                    self._take(Orphan("directory", str(path), "unfinished server template",
+                                      remove=partial(shutil.rmtree, path)))
+
+    def _url_snapshots(self) -> None:
+        root = self.app.settings.state_dir / "url-snapshots"
+        if root.is_dir():
+            for directory in sorted(root.iterdir()):
+                with _try_lock(directory / ".lock", create=False) as locked:
+                    if locked:
+                        self._partials(directory, "a DATABASE_URL")
+
+    def _partials(self, snapshots: Path, owner: str) -> None:
+        """Snapshots half saved or half deleted by a process that died (the lock is ours)."""
+        if not snapshots.is_dir():
+            return
+        for path in sorted(snapshots.iterdir()):
+            if path.name.startswith(".") and path.is_dir():
+                self._take(Orphan("directory", str(path), f"unfinished snapshot of {owner}",
+                                  remove=partial(shutil.rmtree, path)))
+
+    # -- docker ------------------------------------------------------------------------------
+
+    def docker_in_use(self) -> bool:
+        for name in self.live_names():
+            with contextlib.suppress(Exception):
+                if self.app.store.load(name).runtime == "docker":
+                    return True
+        return False
+
+    def docker(self) -> None:
+        try:
+            runtime = self.app.runtime("docker")
+        except Exception:
+            return  # no docker runtime registered
+        if not runtime.available():
+            return
+        from claude_db.runtimes.docker_client import client
+
+        docker = client()
+        state = str(self.app.settings.state_dir)
+        # only what this state directory made: other users and test runs share the daemon
+        mine = {"label": [SESSION_LABEL, f"{STATE_LABEL}={state}"]}
+        resources: list[tuple[str, Any]] = [  # containers first: they hold the others
+            *(("container", c)
+              for c in docker.containers.list(all=True, sparse=True, filters=mine)),
+            *(("network", n) for n in docker.networks.list(filters=mine)),
+            *(("volume", v) for v in docker.volumes.list(filters=mine)),
+        ]
+        for kind, resource in resources:
+            attrs = resource.attrs
+            name = (attrs.get("Labels") or {}).get(SESSION_LABEL, "")
+            if not name or "/" in name or name.startswith("."):
+                continue
+            shown = attrs.get("Name") or (attrs.get("Names") or [resource.id])[0]
+            with _try_lock(self.root / f".{name}.lock") as locked:
+                if locked and not (self.root / name / "session.json").is_file():
+                    what = f"Docker {kind} of gone session {name}"
+                    self._take(Orphan(kind, shown.lstrip("/"), what,
+                                      remove=partial(_remove_docker, kind, resource)))
+
+
+# -- helpers ---------------------------------------------------------------------------------
+
+
+def _server_processes(sessions_root: Path) -> dict[str, list[int]]:
+    """Processes with an argument under ``<sessions_root>/<name>/`` (servers), by name.
+
+    Server processes are started as session leaders; only those are listed (their
+    children go with them).
+    """
+    prefix = f"{sessions_root}/"
+    found: dict[str, list[int]] = {}
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit():
+            continue
+        pid = int(entry.name)
+        try:
+            args = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        for raw in args:
+            arg = raw.decode(errors="replace").split("=", 1)[-1]
+            if arg.startswith(prefix):
+                name = arg[len(prefix):].split("/", 1)[0]
+                if name and _session_leader(pid):
+                    found.setdefault(name, []).append(pid)
+                break
+    return found
+
+
+def _session_leader(pid: int) -> bool:
+    try:
+        return os.getsid(pid) == pid
+    except ProcessLookupError:
+        return False
+
+
+def _stop_process(pid: int) -> None:
+    """SIGTERM, then SIGKILL to the whole process group (a server and its workers)."""
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + STOP_WAIT
+    while time.monotonic() < deadline and _running(pid):
+        time.sleep(0.05)
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(pid, signal.SIGKILL)
+    while _running(pid):
+        time.sleep(0.02)
+
+
+def _running(pid: int) -> bool:
+    with contextlib.suppress(ChildProcessError):
+        os.waitpid(pid, os.WNOHANG)
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat.rsplit(")", 1)[1].split()[0] not in ("Z", "X")
+
+
+def _remove_session_dir(directory: Path) -> None:
+    server_dir = directory / "server"
+    if len(str(server_dir / "run")) + 20 > SOCKET_PATH_MAX:  # the runtime put its socket in /tmp
+        digest = hashlib.sha256(str(server_dir).encode()).hexdigest()[:12]
+        shutil.rmtree(Path("/tmp") / f"claude-db-{digest}", ignore_errors=True)
+    shutil.rmtree(directory)
+
+
+def _remove_docker(kind: str, resource: Any) -> None:
+    if kind == "container":
+        resource.remove(force=True, v=True)
+    elif kind == "volume":
+        resource.remove(force=True)
+    else:
+        resource.remove()
+
+
+@contextlib.contextmanager
+def _try_lock(path: Path, create: bool = True) -> Iterator[bool]:
+    """Hold ``path``'s lock if it is free right now; yield whether we hold it.
+
+    A missing lock file counts as free when ``create`` is false (nobody locks it).
+    """
+    if not create and not path.exists():
+        yield True
+        return
+    try:
+        handle = open(path, "a")  # noqa: SIM115 - held across the yield
+    except OSError:
+        yield False
+        return
+    with handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            yield False
+            return
+        # the lock file may have been replaced meanwhile (gc removes gone sessions' ones)
+        try:
+            same = os.stat(path).st_ino == os.fstat(handle.fileno()).st_ino
+        except FileNotFoundError:
+            same = False
+        yield same
