@@ -14,6 +14,9 @@ Fixtures (enable them with ``pytest_plugins = ["claude_db.testing"]`` in your ro
     ``register_plugin(obj, name=None)`` adds a plugin object (a module or any object with
     ``@hookimpl`` functions) to ``isolated_plugins`` and fills the registries; it is
     unregistered again when the test ends.
+``claude_app``
+    An application context (:class:`~claude_db.app.App`) over ``isolated_plugins``, to
+    drive core in-process (``claude_db.lifecycle.start_session(claude_app, ...)``).
 ``registered_engine``
     An instance of your engine, registered in ``isolated_plugins``. Define an
     ``engine_class`` fixture returning your :class:`~claude_db.engine.Engine` subclass.
@@ -70,6 +73,7 @@ from urllib.parse import quote, urlsplit
 import pytest
 
 if TYPE_CHECKING:
+    from claude_db.app import App
     from claude_db.engine import Engine
     from claude_db.plugins import Plugins
 
@@ -229,6 +233,16 @@ def register_plugin(isolated_plugins: Plugins) -> Iterator[Callable[..., str]]:
     yield add
     for plugin_name in reversed(names):
         unregister_plugin(isolated_plugins, plugin_name)
+
+
+@pytest.fixture
+def claude_app(isolated_plugins: Plugins) -> App:
+    """An application context over ``isolated_plugins``, for driving core in-process
+    (``claude_db.lifecycle.start_session(claude_app, ...)``)."""
+    from claude_db.app import App
+    from claude_db.settings import Settings
+
+    return App(Settings.from_env(), isolated_plugins)
 
 
 @pytest.fixture
@@ -631,6 +645,7 @@ __all__ = [
     "ContractSession",
     "EngineContract",
     "assert_one_line_error",
+    "claude_app",
     "claude_cli",
     "claude_state_dir",
     "docker_leftovers",
