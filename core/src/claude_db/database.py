@@ -47,6 +47,7 @@ class Target:
             return HostTools(self.endpoint(database))
         tools = self.runtime.tools(self.session, self.engine)
         tools.endpoint = tools.endpoint.with_database(database)
+        tools.client_endpoint = self.endpoint(database)
         return tools
 
     def require_running(self) -> None:

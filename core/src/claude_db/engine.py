@@ -61,10 +61,13 @@ class Tools(ABC):
 
     A runtime provides it: host binaries for the local runtime, ``docker exec`` inside
     the database container for the docker runtime. ``endpoint`` is the database as
-    seen from where the tools run.
+    seen from where the tools run; ``client_endpoint`` the same database as seen from
+    claude-db's own process (for engines that dump or restore through their driver),
+    ``None`` when it is ``endpoint``.
     """
 
     endpoint: Endpoint
+    client_endpoint: Endpoint | None = None
 
     @abstractmethod
     def popen(

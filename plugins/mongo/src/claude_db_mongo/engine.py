@@ -1,0 +1,285 @@
+"""MongoDB: the official image's contract, pymongo for queries, archives for dumps."""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterable, Iterator, Sequence
+from typing import Any
+
+from claude_db import ClaudeDbError, Credentials, Endpoint, Engine, LocalServer, QueryResult, Tools
+from claude_db.errors import NotRunningError, UsageError
+from claude_db.urls import build_url
+from claude_db_mongo.archive import (
+    GZIP_MAGIC,
+    MAGIC,
+    MONGODUMP_MAGIC,
+    ArchiveError,
+    ByteReader,
+    mongodump_databases,
+)
+from claude_db_mongo.client import (
+    AUTH_SOURCE,
+    client_for,
+    connect,
+    server_message,
+    tidy,
+    translated_errors,
+)
+from claude_db_mongo.local import MongoLocalServer, find_mongod
+
+#: databases ``reset`` refuses to drop: the server's own
+SYSTEM_DATABASES = ("admin", "local", "config")
+#: fields of a command reply that say nothing about the command (replica-set bookkeeping)
+REPLY_NOISE = ("$clusterTime", "operationTime", "electionId", "opTime")
+QUERY_EXAMPLE = '{"find": "users", "filter": {"age": {"$gt": 30}}}'
+DUMP_FORMAT_VARIABLE = "CLAUDE_DB_MONGO_DUMP_FORMAT"
+CONNECTION_STRING = """db = connect(process.env.MONGODB_URI)"""
+
+
+class MongoEngine(Engine):
+    name = "mongo"
+    url_schemes = ("mongodb",)
+    default_image = "mongo:8"
+    default_port = 27017
+    default_user = "root"
+    container_data_dir = "/data/db"
+    shell_name = "mongosh"
+    #: seconds to find the server before a command gives up (it is then "not running")
+    connect_timeout = 5.0
+
+    # -- connection contract ----------------------------------------------------------------
+
+    def url(self, endpoint: Endpoint) -> str:
+        # the user lives in the admin database (MONGO_INITDB_ROOT_USERNAME makes a root user)
+        return build_url(self.url_schemes[0], endpoint, query=f"authSource={AUTH_SOURCE}")
+
+    def native_env(self, endpoint: Endpoint) -> dict[str, str]:
+        url = self.url(endpoint)
+        # MONGODB_URI: MongoDB's documentation and most drivers' examples; MONGO_URL: Meteor
+        # and many Node apps
+        return {"MONGODB_URI": url, "MONGO_URL": url}
+
+    def container_env(self, credentials: Credentials) -> dict[str, str]:
+        # The image makes a root user in "admin"; MONGO_INITDB_DATABASE only names the database
+        # its /docker-entrypoint-initdb.d scripts run against. A MongoDB database exists once
+        # something is written to it: there is no empty database to create beforehand.
+        return {
+            "MONGO_INITDB_ROOT_USERNAME": credentials.user,
+            "MONGO_INITDB_ROOT_PASSWORD": credentials.password,
+            "MONGO_INITDB_DATABASE": credentials.database,
+        }
+
+    def check_ready(self, endpoint: Endpoint, timeout: float) -> str:
+        # Authentication happens when the connection is made, so the ping below only
+        # succeeds with the right credentials, over TCP to the address clients use.
+        from pymongo.errors import OperationFailure, PyMongoError
+
+        try:
+            with connect(endpoint, timeout) as client:
+                client[endpoint.database].command("ping")
+                return str(client.server_info().get("version", ""))
+        except OperationFailure as exc:
+            raise ClaudeDbError(server_message(exc)) from None
+        except PyMongoError as exc:
+            raise ClaudeDbError(tidy(exc)) from None
+
+    def local_server(self) -> LocalServer | None:
+        return MongoLocalServer() if find_mongod() is not None else None
+
+    def local_unavailable_reason(self) -> str:
+        return (
+            "no mongod found here (looked at $CLAUDE_DB_MONGO_BINDIR and PATH; MongoDB is not "
+            "packaged by Debian); use --runtime docker for the mongo engine"
+        )
+
+    # -- operations -------------------------------------------------------------------------
+
+    def query(self, endpoint: Endpoint, text: str) -> QueryResult:
+        command = parse_command(text)
+        name = next(iter(command))
+        with (
+            client_for("query", endpoint, self.connect_timeout) as client,
+            client.start_session() as session,
+        ):
+            reply = client[endpoint.database].command(command, session=session)
+            cursor = reply.get("cursor")
+            if isinstance(cursor, dict) and "id" in cursor:
+                documents = _drain(client, endpoint.database, cursor, session)
+                status = f"{name}: {len(documents)} document{'' if len(documents) == 1 else 's'}"
+            else:
+                documents = [{k: v for k, v in reply.items() if k not in REPLY_NOISE}]
+                status = f"{name}: ok"
+        return documents_result(documents, status)
+
+    def dump(self, tools: Tools) -> Iterator[bytes]:
+        if dump_format(tools) == "mongodump":
+            from claude_db_mongo.native_tools import mongodump
+
+            yield from mongodump(tools)
+            return
+        from claude_db_mongo.driver_archive import dump_database
+
+        endpoint = driver_endpoint(tools)
+        with client_for("export", endpoint, self.connect_timeout) as client:
+            yield from dump_database(client, endpoint.database)
+
+    def restore(self, tools: Tools, chunks: Iterable[bytes]) -> None:
+        from claude_db_mongo.staging import PartialImportError, Staging
+
+        reader = ByteReader(chunks)
+        head = reader.peek(len(MAGIC))
+        if head.startswith(MONGODUMP_MAGIC):
+            load = self._mongorestore_loader(tools, reader)
+        elif head == MAGIC:
+            load = self._driver_loader(reader)
+        elif not head:
+            raise ClaudeDbError("import failed, nothing was applied: the input is empty")
+        else:
+            what = "a gzip file that does not end in .gz" if head.startswith(GZIP_MAGIC) else (
+                "not a MongoDB dump")
+            raise ClaudeDbError(
+                f"import failed, nothing was applied: {what} (expected a mongodump --archive "
+                "or a claude-db mongo archive, as claude-db export writes)"
+            )
+        endpoint = driver_endpoint(tools)
+        with connect(endpoint, self.connect_timeout) as client:
+            staging = Staging(client, endpoint.database)
+            try:
+                with translated_errors("", endpoint):
+                    load(tools, staging)
+                    staging.swap_in()
+            except PartialImportError:
+                raise  # says itself what is left where
+            except (ArchiveError, ClaudeDbError) as exc:
+                staging.abandon()
+                error = NotRunningError if isinstance(exc, NotRunningError) else ClaudeDbError
+                raise error(f"import failed, nothing was applied: {exc}") from None
+            except BaseException:
+                staging.abandon()
+                raise
+            with translated_errors("import (removing the replaced collections)", endpoint):
+                staging.finish()
+
+    def reset(self, endpoint: Endpoint) -> None:
+        if endpoint.database in SYSTEM_DATABASES:
+            raise UsageError(f"refusing to reset the server's own database {endpoint.database!r}")
+        with client_for("reset", endpoint, self.connect_timeout) as client:
+            client.drop_database(endpoint.database)
+
+    def shell_argv(self, endpoint: Endpoint) -> list[str]:
+        # The URL (and its password) comes from the environment, never the command line;
+        # --shell stays interactive after connecting. Extra arguments (--eval, files) follow.
+        return ["mongosh", "--nodb", "--shell", "--quiet", "--eval", CONNECTION_STRING]
+
+    # -- internals --------------------------------------------------------------------------
+
+    def _driver_loader(self, reader: ByteReader) -> Any:
+        from claude_db_mongo.driver_archive import load_archive
+
+        return lambda tools, staging: load_archive(reader, staging)
+
+    def _mongorestore_loader(self, tools: Tools, reader: ByteReader) -> Any:
+        if not tools.has("mongorestore"):
+            raise ClaudeDbError(
+                "import failed, nothing was applied: this is a mongodump archive and mongorestore "
+                "is not available here (install MongoDB's database tools)"
+            )
+        try:
+            databases = mongodump_databases(reader)
+        except ArchiveError as exc:
+            raise ClaudeDbError(f"import failed, nothing was applied: {exc}") from None
+        if len(databases) > 1:
+            raise ClaudeDbError(
+                "import failed, nothing was applied: the mongodump archive holds several "
+                f"databases ({', '.join(databases)}); claude-db imports one"
+            )
+
+        def load(tools: Tools, staging: Any) -> None:
+            if not databases:
+                return  # a dump of an empty database
+            from claude_db_mongo.native_tools import mongorestore
+
+            mongorestore(tools, reader.rest(), databases[0], staging.prefix)
+
+        return load
+
+
+def dump_format(tools: Tools) -> str:
+    """``mongodump`` or ``driver``: ``$CLAUDE_DB_MONGO_DUMP_FORMAT``, by default (``auto``)
+    mongodump's archive wherever mongodump runs, else the driver-level archive."""
+    wanted = os.environ.get(DUMP_FORMAT_VARIABLE, "auto").strip().lower() or "auto"
+    if wanted not in ("auto", "mongodump", "driver"):
+        raise UsageError(
+            f"{DUMP_FORMAT_VARIABLE} must be auto, mongodump or driver, not {wanted!r}"
+        )
+    if wanted == "auto":
+        return "mongodump" if tools.has("mongodump") else "driver"
+    if wanted == "mongodump" and not tools.has("mongodump"):
+        raise UsageError(f"{DUMP_FORMAT_VARIABLE}=mongodump, but mongodump is not available here")
+    return wanted
+
+
+def driver_endpoint(tools: Tools) -> Endpoint:
+    """The database as reached by pymongo in this process (tools may run in a container)."""
+    endpoint = getattr(tools, "client_endpoint", None)
+    return endpoint if isinstance(endpoint, Endpoint) else tools.endpoint
+
+
+def parse_command(text: str) -> dict[str, Any]:
+    """A JSON (extended JSON) command document, its command name first."""
+    from bson import json_util
+
+    try:
+        command = json_util.loads(text)
+    except (ValueError, TypeError) as exc:
+        raise UsageError(
+            f"the query must be a JSON command document such as {QUERY_EXAMPLE}: {exc}"
+        ) from None
+    if not isinstance(command, dict) or not command:
+        raise UsageError(
+            f"the query must be a JSON object naming a command, such as {QUERY_EXAMPLE}"
+        )
+    return command
+
+
+def _drain(client: Any, database: str, cursor: dict[str, Any], session: Any) -> list[Any]:
+    """Every document of a command's cursor (getMore until the server closes it)."""
+    documents = list(cursor.get("firstBatch", []))
+    cursor_id = cursor["id"]
+    db_name, _, collection = str(cursor.get("ns", "")).partition(".")
+    db = client[db_name or database]
+    while cursor_id:
+        reply = db.command({"getMore": cursor_id, "collection": collection}, session=session)
+        more = reply["cursor"]
+        batch = more.get("nextBatch", [])
+        documents.extend(batch)
+        cursor_id = more.get("id", 0)
+        if not batch and cursor_id:  # a tailable cursor at its end: it would wait forever
+            db.command({"killCursors": collection, "cursors": [cursor_id]}, session=session)
+            break
+    return documents
+
+
+def documents_result(documents: list[Any], status: str) -> QueryResult:
+    """Documents as relaxed extended JSON (ObjectIds, dates... printable), with columns and
+    rows of their top-level fields for ``--csv``."""
+    from bson import json_util
+
+    plain = json.loads(json_util.dumps(documents, json_options=json_util.RELAXED_JSON_OPTIONS))
+    columns: list[str] = []
+    for document in plain:
+        if isinstance(document, dict):
+            columns += [key for key in document if key not in columns]
+    rows: list[Sequence[Any]] = [
+        tuple(_cell(document.get(column)) if isinstance(document, dict) else None
+              for column in columns)
+        for document in plain
+    ]
+    return QueryResult(columns=columns, rows=rows, status=status, documents=plain)
+
+
+def _cell(value: Any) -> Any:
+    if value is None or isinstance(value, bool | int | float | str):
+        return value
+    return json.dumps(value, ensure_ascii=False)
