@@ -1,0 +1,98 @@
+"""Finding the Docker engine: DOCKER_HOST (unix and tcp), no daemon, and ``--runtime auto``."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from collections.abc import Callable
+
+import pytest
+
+from conftest import Cli, assert_one_line_error
+from docker_support import NOTHING, docker, resources
+
+pytest_plugins = ["docker_fixtures"]
+
+NOBODY = "tcp://127.0.0.1:9"  # the discard port: nothing listens there
+TCP_DAEMON = "tcp://127.0.0.1:2375"  # tests/images/docker-up.sh opens it
+
+
+@pytest.mark.docker
+def test_a_daemon_on_tcp_works(cli: Cli, new_name: Callable[[], str]) -> None:
+    assert docker("info", env={"DOCKER_HOST": TCP_DAEMON}, check=False).returncode == 0, (
+        f"the test daemon does not listen on {TCP_DAEMON} (tests/images/docker-up.sh opens it)"
+    )
+    name = new_name()
+    tcp = {"DOCKER_HOST": TCP_DAEMON}
+    started = cli("claude-session", "start", name, env=tcp)
+    assert started.code == 0 and "docker runtime" in started.stdout, started
+    assert cli("claude-db", "status", env=tcp).code == 0
+    psql = cli("claude-db", "psql", "-XAtc", "SELECT inet_client_addr()", env=tcp)
+    assert psql.stdout == "127.0.0.1\n", psql  # docker exec through the tcp daemon too
+    listed = json.loads(cli("claude-session", "list", "--json", env=tcp).stdout)
+    assert [s["status"] for s in listed if s["name"] == name] == ["running"]
+    assert cli("claude-session", "delete", name, "--yes", env=tcp).code == 0
+    assert resources(name) == NOTHING
+
+
+@pytest.mark.parametrize("host", [NOBODY, "unix:///nonexistent/docker.sock"])
+def test_runtime_docker_without_a_daemon_is_one_line_exit_7(cli: Cli, host: str) -> None:
+    result = cli("claude-session", "start", "nodaemon", "--runtime", "docker",
+                 env={"DOCKER_HOST": host})
+    assert_one_line_error(result, 7)
+    assert f"no Docker engine answers at {host}" in result.stderr
+    listed = json.loads(cli("claude-session", "list", "--json").stdout)
+    assert "nodaemon" not in [s["name"] for s in listed]
+
+
+def test_auto_without_a_daemon_falls_back_to_local_and_says_so(cli: Cli) -> None:
+    result = cli("claude-session", "start", "fallback", "--runtime", "auto",
+                 env={"DOCKER_HOST": NOBODY})
+    assert result.code == 0, result
+    assert "on the local runtime" in result.stdout
+    assert (f"no Docker engine answers at {NOBODY} (connection refused); "
+            "using the local runtime") in result.stderr
+    assert cli("claude-db", "status").code == 0
+    assert cli("claude-session", "delete", "fallback", "--yes").code == 0
+
+
+@pytest.mark.docker
+def test_auto_takes_docker_when_it_answers(cli: Cli, new_name: Callable[[], str]) -> None:
+    name = new_name()
+    result = cli("claude-session", "start", name, env={"CLAUDE_DB_RUNTIME": "auto"})
+    assert result.code == 0 and "docker runtime" in result.stdout, result
+    assert "local" not in result.stderr
+    assert cli("claude-session", "delete", name, "--yes").code == 0
+
+
+@pytest.mark.docker
+def test_a_docker_session_whose_daemon_is_gone(cli: Cli, new_name: Callable[[], str]) -> None:
+    name = new_name()
+    assert cli("claude-session", "start", name).code == 0
+    gone = {"DOCKER_HOST": NOBODY}
+    for command in (("claude-db", "status"), ("claude-db", "query", "SELECT 1"),
+                    ("claude-session", "stop", name), ("claude-session", "attach", name,
+                                                       "--no-shell")):
+        result = cli(*command, env=gone)
+        assert_one_line_error(result, 7)
+        assert NOBODY in result.stderr
+    listed = cli("claude-session", "list", env=gone)
+    assert listed.code == 0 and "unknown" in listed.stdout, listed
+    assert cli("claude-db", "status").code == 0  # untouched by all that
+    assert cli("claude-session", "delete", name, "--yes").code == 0
+
+
+def test_the_cli_does_not_import_the_docker_sdk_to_check_availability() -> None:
+    # ~150 ms of imports: only commands that work on a docker session may pay for them
+    program = (
+        "import sys\n"
+        "from claude_db.app import get_app\n"
+        "runtime = get_app().runtime('docker')\n"
+        "runtime.available()\n"
+        "print(sorted(m for m in ('docker', 'requests') if m in sys.modules))\n"
+    )
+    for host in (NOBODY, "unix:///nonexistent/docker.sock"):
+        out = subprocess.run([sys.executable, "-c", program], capture_output=True, text=True,
+                             env={"DOCKER_HOST": host, "PATH": "/usr/bin:/bin"}, check=True)
+        assert out.stdout.strip() == "[]", out
