@@ -429,6 +429,11 @@ class DockerRuntime(Runtime):
         state = session.runtime_state
         self._inspected.pop(state["db_container"], None)
         attrs = self._inspect(docker, state["db_container"])
+        if attrs is None or attrs["State"]["Status"] in ("exited", "dead"):
+            self._failure_checked = 0.0
+            details = self.failure_details(session)
+            raise NotRunningError(f"the database of session {session.name!r} failed to start: "
+                                  f"{details}")
         state["ip"] = _address(attrs, state["network"]) or state.get("ip")
         if session.publish and attrs is not None:
             bindings = (attrs["NetworkSettings"].get("Ports") or {}).get(
