@@ -24,6 +24,7 @@ from claude_db.plugins import LoadError, Plugins, unregister_plugin
 from claude_db.plugins import register_plugin as register_in
 from claude_db.runtimes.local import LocalRuntime
 from claude_db.session import Session
+from claude_db.testing import ClaudeCli, assert_one_line_error
 from claude_db_postgres import PostgresEngine
 
 pytest_plugins = ["claude_db.testing"]  # its fixtures: isolated_plugins, register_plugin...
@@ -302,3 +303,20 @@ def test_a_failed_start_announces_nothing(
     with pytest.raises(UnknownEngineError):
         start_session(claude_app, "never", engine_name="nosuch", workdir=tmp_path)
     assert observer.events == []
+
+
+# -- the CLI runner ------------------------------------------------------------------------
+
+
+def test_claude_cli_runs_the_installed_cli_isolated(
+    claude_cli: ClaudeCli, claude_state_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # the developer's variables never reach the CLI under test
+    monkeypatch.setenv("DATABASE_URL", "postgresql://someone:secret@db.invalid/theirs")
+    monkeypatch.setenv("CLAUDE_SESSION", "the-developers-session")
+    assert_one_line_error(claude_cli("claude-db", "status"), 3)
+    env = claude_cli.environment()
+    assert env["CLAUDE_DB_STATE_DIR"] == str(claude_state_dir)
+    assert "DATABASE_URL" not in env and "CLAUDE_SESSION" not in env
+    report = claude_cli.ok("claude-db", "plugins", "--json").json()
+    assert report["engines"]["postgres"] == "postgres"  # the installed plugins, discovered
