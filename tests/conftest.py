@@ -12,6 +12,10 @@ from pathlib import Path
 
 import pytest
 
+# claude_db.testing's fixtures (isolated_plugins, register_plugin, claude_cli...) for every
+# test, with pytest's assertion rewriting for the engine contract suite it holds
+pytest_plugins = ["claude_db.testing"]
+
 BIN = Path(sys.executable).parent
 OUR_VARIABLES = ("CLAUDE_", "DATABASE_URL", "DB_", "PG", "MYSQL_", "MONGO", "DOCKER_HOST")
 

@@ -1,8 +1,9 @@
 """Every hook, in-process, through claude_db.testing's isolated plugin manager.
 
-No installed plugin is loaded here: each test registers the plugin objects it needs
-(``register_plugin``), and they are unregistered when it ends. The lifecycle hooks run
-around real sessions (real PostgreSQL servers on the local runtime).
+No installed plugin is loaded here (claude_db.testing's fixtures, enabled in conftest.py):
+each test registers the plugin objects it needs (``register_plugin``), and they are
+unregistered when it ends. The lifecycle hooks run around real sessions (real PostgreSQL
+servers on the local runtime).
 """
 
 from __future__ import annotations
@@ -26,8 +27,6 @@ from claude_db.runtimes.local import LocalRuntime
 from claude_db.session import Session
 from claude_db.testing import ClaudeCli, assert_one_line_error
 from claude_db_postgres import PostgresEngine
-
-pytest_plugins = ["claude_db.testing"]  # its fixtures: isolated_plugins, register_plugin...
 
 Register = Callable[..., str]
 
