@@ -243,6 +243,39 @@ def test_hook_register_commands(
     assert "Say hello" in runner.invoke(app, ["--help"]).output
 
 
+def test_a_failing_register_commands_is_skipped_whole(
+    claude_app: App, registered_engine: Engine, register_plugin: Register,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    class Failing:
+        @hookimpl
+        def register_commands(self, app: typer.Typer) -> None:
+            @app.command("half")
+            def half() -> None:
+                """Added before the failure."""
+
+            raise RuntimeError("commands failed")
+
+        @hookimpl
+        def register_runtimes(self, register: Callable[[type[Runtime]], None]) -> None:
+            register(WrappedLocal)
+
+    register_plugin(Failing(), name="failing")
+    assert "wrapped-local" in claude_app.plugins.runtimes
+    import claude_db.cli.db as db_cli
+
+    monkeypatch.setattr(db_cli, "get_app", lambda: claude_app)
+    runner = CliRunner()
+    result = runner.invoke(db_cli.create_app(), ["--help"])
+    assert result.exit_code == 0, result.output
+    assert "half" not in result.output and "query" in result.output
+    assert [(e.plugin, e.message) for e in claude_app.plugins.errors] == [
+        ("failing", "RuntimeError: commands failed")
+    ]
+    assert "wrapped-local" not in claude_app.plugins.runtimes  # skipped whole
+    assert not claude_app.plugins.pm.has_plugin("failing")
+
+
 # -- session_env ---------------------------------------------------------------------------
 
 

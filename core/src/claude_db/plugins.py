@@ -20,6 +20,8 @@ from claude_db import hookspecs
 from claude_db.errors import PluginError, UnknownEngineError, UsageError
 
 if TYPE_CHECKING:
+    import typer
+
     from claude_db.engine import Engine
     from claude_db.runtime import Runtime
     from claude_db.settings import Settings
@@ -245,6 +247,20 @@ def unregister_plugin(plugins: Plugins, name: str) -> None:
     plugins.engines.remove_owner(name)
     plugins.runtimes.remove_owner(name)
     plugins.distributions.pop(name, None)
+
+
+def add_commands(plugins: Plugins, app: typer.Typer, strict: bool) -> None:
+    """Call each plugin's ``register_commands``: one that raises is reported and skipped
+    whole (the commands it added are taken out again), so ``--help`` keeps working."""
+    for impl in plugins.pm.hook.register_commands.get_hookimpls():
+        commands, groups = list(app.registered_commands), list(app.registered_groups)
+        try:
+            impl.function(app=app)
+        except Exception as exc:
+            app.registered_commands[:], app.registered_groups[:] = commands, groups
+            dist = plugins.distributions.get(impl.plugin_name, (None, None))[0]
+            unregister_plugin(plugins, impl.plugin_name)
+            _report(plugins, LoadError(impl.plugin_name, dist, _describe(exc)), strict, exc)
 
 
 def fill_registries(plugins: Plugins, strict: bool) -> None:

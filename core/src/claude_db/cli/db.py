@@ -24,6 +24,7 @@ from claude_db.database import Target, export_to, import_from, resolve
 from claude_db.engine import QueryResult
 from claude_db.errors import ConfirmationRequiredError, ExitCode, NotRunningError, UsageError
 from claude_db.lifecycle import database_env
+from claude_db.plugins import add_commands
 
 HELP = """Work with the current session's database.
 
@@ -51,10 +52,10 @@ def create_app() -> typer.Typer:
     app.add_typer(create_snapshot_app(), name="snapshot")
     app.command()(undo)
     app.command()(plugins)
-    loaded = get_app().plugins
-    for error in loaded.errors:
+    context = get_app()
+    add_commands(context.plugins, app, context.settings.strict_plugins)
+    for error in context.plugins.errors:
         note(f"warning: {error}")
-    loaded.hook.register_commands(app=app)
     return app
 
 
