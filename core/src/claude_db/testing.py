@@ -4,8 +4,9 @@ Everything here drives real things: the installed ``claude-db``/``claude-session
 subprocesses, real servers, real plugin discovery. Nothing auto-loads the plugins
 installed next to yours unless you ask for it.
 
-Fixtures (enable them with ``pytest_plugins = ["claude_db.testing"]`` in your root
-``conftest.py``, or import the ones you use into a test module):
+Fixtures: enable them with ``pytest_plugins = ["claude_db.testing"]`` in your root
+``conftest.py`` (as this project's tests/conftest.py does; it also makes pytest rewrite the
+contract suite's assertions into readable diffs):
 
 ``isolated_plugins``
     A :class:`~claude_db.plugins.Plugins` holding only core's built-in runtimes: no
@@ -52,7 +53,17 @@ document store) overrides :attr:`EngineContract.seed_queries`, :attr:`probe_quer
 
 To run the suite against CLIs installed elsewhere (e.g. a fresh virtual environment
 where your distribution was ``pip install``-ed), override the class-scoped
-``contract_bin_dir`` fixture in your subclass.
+``contract_bin_dir`` fixture in your subclass::
+
+    class TestInstalledContract(EngineContract):
+        engine_name = "example"
+
+        @pytest.fixture(scope="class")
+        @classmethod
+        def contract_bin_dir(cls, my_venv_bin: Path) -> Path:
+            return my_venv_bin
+
+docs/writing-an-engine.md has the whole story: hooks, contracts, loading rules.
 """
 
 from __future__ import annotations
