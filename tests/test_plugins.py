@@ -21,10 +21,11 @@ from claude_db.app import App
 from claude_db.engine import Credentials
 from claude_db.errors import PluginError, UnknownEngineError, UsageError
 from claude_db.lifecycle import delete_session, session_env, start_session, stop_session
-from claude_db.plugins import LoadError, Plugins, unregister_plugin
+from claude_db.plugins import LoadError, Plugins, load_plugins, unregister_plugin
 from claude_db.plugins import register_plugin as register_in
 from claude_db.runtimes.local import LocalRuntime
 from claude_db.session import Session
+from claude_db.settings import Settings
 from claude_db.testing import ClaudeCli, assert_one_line_error
 from claude_db_postgres import PostgresEngine
 
@@ -107,6 +108,35 @@ def test_register_plugin_fixture_unregisters(
     unregister_plugin(isolated_plugins, name)
     assert "postgres" not in isolated_plugins.engines
     assert not isolated_plugins.pm.has_plugin("temporary")
+
+
+@pytest.mark.parametrize(
+    ("variable", "value"),
+    [
+        ("CLAUDE_DB_LOAD_PLUGINS", "postgres"),  # entry-point name
+        ("CLAUDE_DB_LOAD_PLUGINS", " claude-db-postgres , "),  # distribution name, spaces
+        ("CLAUDE_DB_LOAD_PLUGINS", "Claude_DB_Postgres"),  # as pip normalises names
+    ],
+)
+def test_allow_list_names_entry_points_or_distributions(
+    monkeypatch: pytest.MonkeyPatch, variable: str, value: str
+) -> None:
+    monkeypatch.setenv(variable, value)
+    loaded = load_plugins(Settings.from_env())
+    assert loaded.engines.names() == ["postgres"]
+    assert loaded.errors == []
+    assert ("postgres", "claude-db-postgres") not in loaded.not_selected
+
+
+def test_deny_list_and_empty_allow_list(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("CLAUDE_DB_DISABLE_PLUGINS", "claude-db-postgres")
+    assert "postgres" not in load_plugins(Settings.from_env()).engines
+    monkeypatch.delenv("CLAUDE_DB_DISABLE_PLUGINS")
+    monkeypatch.setenv("CLAUDE_DB_LOAD_PLUGINS", "")
+    nothing = load_plugins(Settings.from_env())
+    assert nothing.engines.names() == []
+    assert [i.name for i in nothing.describe()] == ["claude_db.runtimes"]  # always there
+    assert ("postgres", "claude-db-postgres") in nothing.not_selected
 
 
 # -- register_engines ----------------------------------------------------------------------

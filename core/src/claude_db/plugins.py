@@ -193,7 +193,7 @@ def _load_order(ep: EntryPoint) -> tuple[bool, str, str]:
 
 def _selected(ep: EntryPoint, settings: Settings) -> bool:
     """The lists name entry points (``postgres``) or distributions (``claude-db-postgres``)."""
-    names = {ep.name}
+    names = {ep.name, _normalise(ep.name)}
     if ep.dist is not None:
         names |= {ep.dist.name, _normalise(ep.dist.name)}
     if settings.load_plugins is not None and not names & _normalised(settings.load_plugins):
