@@ -218,7 +218,8 @@ class _PullProgress:
             self.layers[layer] = (total, total)
         current = sum(c for c, _ in self.layers.values())
         total = sum(t for _, t in self.layers.values())
-        sys.stderr.write(f"\rpulling {self.image}: {current / 1e6:.1f}/{total / 1e6:.1f} MB ")
+        done = f": {current / 1e6:.1f}/{total / 1e6:.1f} MB" if total else " ..."
+        sys.stderr.write(f"\rpulling {self.image}{done} ")
         sys.stderr.flush()
         self.shown = True
 

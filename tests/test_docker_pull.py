@@ -1,0 +1,129 @@
+"""Pulling a database image that is not on the Docker engine yet, from a real local registry.
+
+No public registry is reachable here: Debian's ``docker-registry`` serves on 127.0.0.1
+(Docker trusts loopback registries without TLS), holding an image with a layer the engine
+does not have, so the pull really downloads.
+"""
+
+from __future__ import annotations
+
+import os
+import pty
+import shutil
+import socket
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from conftest import Cli
+from docker_support import DB_IMAGE, docker
+
+pytest_plugins = ["docker_fixtures"]
+pytestmark = pytest.mark.docker
+
+BIN = Path(sys.executable).parent
+
+
+@pytest.fixture
+def registry(tmp_path: Path, docker_daemon: None) -> Iterator[str]:
+    """A registry on 127.0.0.1 (``host:port``), stopped at the end."""
+    binary = shutil.which("docker-registry")
+    if binary is None:
+        pytest.fail("Debian's docker-registry is not installed (./dev test installs it)")
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    config = tmp_path / "registry.yml"
+    config.write_text(
+        "version: 0.1\n"
+        f"storage: {{filesystem: {{rootdirectory: {tmp_path / 'blobs'}}}}}\n"
+        f"http: {{addr: '127.0.0.1:{port}'}}\n"
+    )
+    log = open(tmp_path / "registry.log", "wb")  # noqa: SIM115 - closed at teardown
+    proc = subprocess.Popen([binary, "serve", str(config)], stdout=log, stderr=log,
+                            stdin=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                urllib.request.urlopen(f"http://127.0.0.1:{port}/v2/", timeout=1).close()
+                break
+            except OSError:
+                if proc.poll() is not None or time.monotonic() > deadline:
+                    output = (tmp_path / "registry.log").read_text()
+                    pytest.fail(f"docker-registry did not start: {output}")
+                time.sleep(0.05)
+        yield f"127.0.0.1:{port}"
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+        log.close()
+
+
+@pytest.fixture
+def remote_image(registry: str) -> Iterator[str]:
+    """An image only the registry has: the test PostgreSQL image plus a layer of its own."""
+    tag = f"{registry}/claude-db-test/pulled:{uuid.uuid4().hex[:8]}"
+    dockerfile = f"FROM {DB_IMAGE}\nRUN head -c 4000000 /dev/urandom > /var/tmp/unique-layer\n"
+    docker("build", "-q", "-t", tag, "-", input=dockerfile, env={"DOCKER_BUILDKIT": "0"})
+    try:
+        docker("push", tag)
+        docker("rmi", tag)  # its own layer goes with it: pulling must download it
+        yield tag
+    finally:
+        docker("rmi", "-f", tag, check=False)
+
+
+def start_on_a_terminal(name: str, workdir: Path) -> tuple[int, str]:
+    """``claude-session start`` with stderr on a pseudo-terminal; its exit code and stderr."""
+    master, slave = pty.openpty()
+    proc = subprocess.Popen([str(BIN / "claude-session"), "start", name], cwd=workdir,
+                            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=slave)
+    os.close(slave)
+    chunks: list[bytes] = []
+
+    def drain() -> None:  # a full pty buffer would block the child
+        while True:
+            try:
+                data = os.read(master, 4096)
+            except OSError:  # EIO: the child closed its end
+                return
+            if not data:
+                return
+            chunks.append(data)
+
+    reader = threading.Thread(target=drain)
+    reader.start()
+    code = proc.wait(timeout=300)
+    reader.join(timeout=30)
+    os.close(master)
+    return code, b"".join(chunks).decode(errors="replace")
+
+
+def test_a_missing_image_is_pulled_with_progress_on_a_terminal(
+    cli: Cli, new_name: Callable[[], str], workdir: Path, remote_image: str,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("CLAUDE_DB_IMAGE", remote_image)
+    name = new_name()
+    code, stderr = start_on_a_terminal(name, workdir)
+    assert code == 0, stderr
+    assert f"pulling {remote_image}: " in stderr and " MB" in stderr, stderr
+    assert docker("image", "inspect", remote_image, check=False).returncode == 0
+    assert cli("claude-db", "status").code == 0
+    assert cli("claude-session", "delete", name, "--yes").code == 0
+
+    # without a terminal the pull is silent
+    docker("rmi", remote_image)
+    quiet = new_name()
+    result = cli("claude-session", "start", quiet)
+    assert result.code == 0, result
+    assert "pulling" not in result.stderr, result
+    assert cli("claude-session", "delete", quiet, "--yes").code == 0
