@@ -101,9 +101,11 @@ class DockerRuntime(Runtime):
             session.runtime_state["session_container"] = None
         docker = self._client()
         self._refuse_taken_names(docker, session)
-        ensure_image(docker, session.image)
+        ensure_image(docker, session.image, hint="choose one it has with CLAUDE_DB_IMAGE "
+                     "or --db-image, or use --runtime local")
         if session.session_image:
-            ensure_image(docker, session.session_image)
+            ensure_image(docker, session.session_image,
+                         hint="choose one it has with CLAUDE_SESSION_IMAGE or --image")
         self._create_network(docker, session, engine)
         state = session.runtime_state
         with docker_errors(f"creating volume {state['volume']!r}"):

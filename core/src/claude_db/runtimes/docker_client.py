@@ -170,8 +170,11 @@ def _connection_reason(exc: BaseException) -> str:
 # -- images -------------------------------------------------------------------------------
 
 
-def ensure_image(docker_client: DockerClient, image: str) -> None:
-    """Make sure ``image`` is present, pulling it (with progress on a terminal) if not."""
+def ensure_image(docker_client: DockerClient, image: str, hint: str = "") -> None:
+    """Make sure ``image`` is present, pulling it (with progress on a terminal) if not.
+
+    ``hint`` ends the error when the pull fails (what to do instead).
+    """
     import docker
 
     with docker_errors(f"inspecting image {image!r}"):
@@ -184,20 +187,21 @@ def ensure_image(docker_client: DockerClient, image: str) -> None:
     try:
         for event in docker_client.api.pull(image, stream=True, decode=True):
             if "error" in event:
-                raise ClaudeDbError(_pull_failed(image, event.get("error")))
+                raise ClaudeDbError(_pull_failed(image, event.get("error"), hint))
             if progress is not None:
                 progress.update(event)
     except docker.errors.APIError as exc:
-        raise ClaudeDbError(_pull_failed(image, api_message(exc))) from None
+        raise ClaudeDbError(_pull_failed(image, api_message(exc), hint)) from None
     except docker.errors.DockerException as exc:
-        raise ClaudeDbError(_pull_failed(image, first_line(exc))) from None
+        raise ClaudeDbError(_pull_failed(image, first_line(exc), hint)) from None
     finally:
         if progress is not None:
             progress.done()
 
 
-def _pull_failed(image: str, reason: object) -> str:
-    return f"image {image!r} is not on the Docker engine and cannot be pulled: {first_line(reason)}"
+def _pull_failed(image: str, reason: object, hint: str) -> str:
+    message = f"image {image!r} is not on the Docker engine and cannot be pulled: "
+    return message + first_line(reason) + (f"; {hint}" if hint else "")
 
 
 class _PullProgress:

@@ -2,6 +2,8 @@
 
 Per session: ``<state>/sessions/<name>/server/`` holds the data directory (a copy
 of a cached, initialised template), the server log and usually the unix socket.
+After each start a spare copy is made in the background, so the next start only
+renames it instead of waiting for the copy.
 The server listens on 127.0.0.1 only, on a port chosen at creation and kept
 across restarts. As root, servers run as an unprivileged user.
 """
@@ -30,6 +32,7 @@ from claude_db.session import Session, SessionStore
 
 SOCKET_PATH_MAX = 100  # sun_path is 108 bytes; leave room for the socket's own file name
 LOG_TAIL_LINES = 5
+SPARE_SUFFIX = ".spare"  # a ready copy of a template, beside it, for the next session
 
 
 class LocalRuntime(Runtime):
@@ -51,10 +54,11 @@ class LocalRuntime(Runtime):
         _chown(server_dir, run_as)
         template = self._template(engine.name, server, session.credentials, run_as)
         datadir = server_dir / "data"
-        # cp -a keeps ownership and modes (the server insists on a 0700 data directory)
-        run_checked(
-            ["cp", "-a", "--reflink=auto", str(template), str(datadir)], what="copy cluster"
-        )
+        if not _claim_spare(template, datadir):
+            # cp -a keeps ownership and modes (the server insists on a 0700 data directory)
+            run_checked(
+                ["cp", "-a", "--reflink=auto", str(template), str(datadir)], what="copy cluster"
+            )
         socket_dir = _socket_dir(server_dir)
         socket_dir.mkdir(mode=0o700, exist_ok=True)
         _chown(socket_dir, run_as)
@@ -75,6 +79,7 @@ class LocalRuntime(Runtime):
             failure=lambda: self.failure_details(session),
             what=f"{engine.name} server",
         )
+        _prepare_spare(template)  # the next session's copy, made while nobody waits for it
 
     def start(self, session: Session, engine: Engine) -> None:
         if self.status(session) == "running":
@@ -177,6 +182,40 @@ class LocalRuntime(Runtime):
             finally:
                 shutil.rmtree(building, ignore_errors=True)
         return template
+
+
+def _spare(template: Path) -> Path:
+    return template.with_name(template.name + SPARE_SUFFIX)
+
+
+def _claim_spare(template: Path, datadir: Path) -> bool:
+    """Move the ready copy of ``template`` to ``datadir``: a start without the copy's wait.
+
+    False when there is none (the first start, or another start took it): copy then.
+    """
+    try:
+        os.rename(_spare(template), datadir)
+    except OSError:
+        return False
+    return True
+
+
+def _prepare_spare(template: Path) -> None:
+    """Copy ``template`` in the background for the next session to claim.
+
+    Detached and niced, under the templates lock (so gc leaves the half-made copy
+    alone, and two starts never make two); skipped if a spare is ready or being made.
+    """
+    spare = _spare(template)
+    flock, nice = shutil.which("flock"), shutil.which("nice")
+    if spare.exists() or not flock or not nice:
+        return
+    building = template.parent / f".{spare.name}.{os.getpid()}"
+    script = '[ -e "$3" ] || { cp -a --reflink=auto "$1" "$2" && mv -T "$2" "$3"; }; rm -rf "$2"'
+    argv = [flock, "-n", str(template.parent / ".lock"), nice, "-n", "10",
+            "sh", "-c", script, "sh", str(template), str(building), str(spare)]
+    with contextlib.suppress(OSError):
+        spawn_daemon(argv, log=Path(os.devnull), run_as=None, cwd=template.parent)
 
 
 def _local_server(engine: Engine, require_binaries: bool = True) -> LocalServer:
