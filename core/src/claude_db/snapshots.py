@@ -160,12 +160,22 @@ def undo(app: App, target: Target) -> tuple[Snapshot, Snapshot | None]:
     target.require_running()
     store = store_for(app, target)
     with store.lock():
-        candidates = [s for s in store.all() if s.reason != UNDO]
-        if not candidates:
-            raise NothingToUndoError(
-                "nothing to undo: no snapshot of this database (see claude-db snapshot list)"
-            )
-        return _restore(app, target, store, candidates[-1], reason=UNDO)
+        return _restore(app, target, store, _undo_candidate(store), reason=UNDO)
+
+
+def find(app: App, target: Target, name: str | None) -> Snapshot:
+    """The snapshot ``restore`` (``name``) or ``undo`` (None) would restore; raise if none."""
+    store = store_for(app, target)
+    return store.get(name) if name is not None else _undo_candidate(store)
+
+
+def _undo_candidate(store: SnapshotStore) -> Snapshot:
+    candidates = [s for s in store.all() if s.reason != UNDO]
+    if not candidates:
+        raise NothingToUndoError(
+            "nothing to undo: no snapshot of this database (see claude-db snapshot list)"
+        )
+    return candidates[-1]
 
 
 def delete(app: App, target: Target, name: str) -> Snapshot:

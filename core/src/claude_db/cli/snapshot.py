@@ -76,6 +76,7 @@ def restore(
     """Replace the database with snapshot NAME (the current data is saved first)."""
     app = get_app()
     target = resolve(app, session)
+    snapshots.find(app, target, name)  # an unknown name fails before any question
     _confirm_without_safety(app.settings.auto_snapshots, f"Replace the data of {target.name}", yes)
     restored, safety = snapshots.restore(app, target, name)
     _report(target.name, restored, safety, as_json)
@@ -100,6 +101,7 @@ def undo(
     """Restore the latest snapshot: undoes a reset, an import --replace or a restore."""
     app = get_app()
     target = resolve(app, session)
+    snapshots.find(app, target, None)  # nothing to undo fails before any question
     _confirm_without_safety(app.settings.auto_snapshots, f"Replace the data of {target.name}", yes)
     restored, safety = snapshots.undo(app, target)
     _report(target.name, restored, safety, as_json)

@@ -1,0 +1,158 @@
+"""Helpers for the safety-net tests: fresh state directories, data checksums, leak checks."""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import socket
+from pathlib import Path
+from typing import Any
+from urllib.parse import unquote, urlsplit
+
+from conftest import Cli
+
+#: the data every snapshot test seeds, per engine: several tables, a second schema or
+#: table with other types, a view, enough rows that a half-restored copy would show
+SEED: dict[str, list[str]] = {
+    "postgres": [
+        "CREATE SCHEMA extra",
+        "CREATE TABLE items (id serial PRIMARY KEY, name text NOT NULL, price numeric(10,2))",
+        "INSERT INTO items (name, price) SELECT md5(g::text), g / 7.0 "
+        "FROM generate_series(1, 5000) g",
+        "CREATE TABLE extra.notes (id int PRIMARY KEY, body text, at timestamptz DEFAULT now())",
+        "INSERT INTO extra.notes (id, body) SELECT g, repeat('x', g % 50) "
+        "FROM generate_series(1, 300) g",
+        "CREATE VIEW cheap AS SELECT id, name FROM items WHERE price < 10",
+    ],
+    "mysql": [
+        "CREATE TABLE items (id int AUTO_INCREMENT PRIMARY KEY, name text NOT NULL, "
+        "price decimal(10,2))",
+        "INSERT INTO items (name, price) SELECT md5(seq), seq / 7.0 FROM seq_1_to_5000",
+        "CREATE TABLE notes (id int PRIMARY KEY, body text, at timestamp DEFAULT now())",
+        "INSERT INTO notes (id, body) SELECT seq, repeat('x', seq % 50) FROM seq_1_to_300",
+        "CREATE VIEW cheap AS SELECT id, name FROM items WHERE price < 10",
+    ],
+}
+
+def fresh_state(root: Path, shared_state: Path) -> Path:
+    """A state directory of its own (to prove nothing is left in it) that reuses the
+    test run's cached server templates (building them again costs seconds)."""
+    for part in (root, *root.parents):
+        if str(part).startswith("/tmp/") and part.stat().st_uid == os.geteuid():
+            os.chmod(part, part.stat().st_mode | 0o111)  # the server user must get through
+    state = root / "state"
+    state.mkdir(mode=0o711)
+    os.chmod(state, 0o711)
+    templates = shared_state / "templates"
+    templates.mkdir(exist_ok=True)
+    os.chmod(templates, 0o711)
+    (state / "templates").symlink_to(templates)
+    return state
+
+
+def seed(cli: Cli, engine: str, *, session: str) -> None:
+    for statement in SEED[engine]:
+        result = cli("claude-db", "query", statement, "--session", session)
+        assert result.code == 0, result
+
+
+def database_url(cli: Cli, session: str) -> str:
+    env = cli("claude-session", "env", session, "-f", "json")
+    assert env.code == 0, env
+    url: str = json.loads(env.stdout)["DATABASE_URL"]
+    return url
+
+
+def fingerprint(cli: Cli, engine: str, *, session: str) -> dict[str, Any]:
+    """Every table, view (and sequence) with its row count and a checksum of its rows,
+    read with the engine's driver (fast: no process per table)."""
+    url = database_url(cli, session)
+    if engine == "postgres":
+        return pg_fingerprint(url)
+    import pymysql
+
+    parts = urlsplit(url)
+    conn = pymysql.connect(host=parts.hostname, port=parts.port or 3306,
+                           user=unquote(parts.username or ""),
+                           password=unquote(parts.password or ""),
+                           database=unquote(parts.path.lstrip("/")))
+    found: dict[str, Any] = {}
+    with conn, conn.cursor() as cur:
+        cur.execute("SELECT table_name FROM information_schema.tables "
+                    "WHERE table_schema = database() ORDER BY 1")
+        for (name,) in cur.fetchall():
+            cur.execute(f"SELECT * FROM `{name}`")
+            rows = sorted(repr(row) for row in cur.fetchall())
+            found[name] = (len(rows), hashlib.sha256("\n".join(rows).encode()).hexdigest())
+    return found
+
+
+def pg_fingerprint(url: str) -> dict[str, Any]:
+    """Every relation of a PostgreSQL database with its count and checksum (psycopg: fast),
+    plus its sequences' positions."""
+    import psycopg
+
+    with psycopg.connect(url, autocommit=True) as conn:
+        relations = conn.execute(
+            "SELECT n.nspname, c.relname, c.relkind FROM pg_class c "
+            "JOIN pg_namespace n ON n.oid = c.relnamespace "
+            "WHERE c.relkind IN ('r', 'v', 'm', 'S') AND n.nspname NOT IN "
+            "('pg_catalog', 'information_schema') AND n.nspname NOT LIKE 'pg_toast%' "
+            "ORDER BY 1, 2"
+        ).fetchall()
+        found: dict[str, Any] = {}
+        for schema, name, kind in relations:
+            ident = f'"{schema}"."{name}"'
+            if kind == "S":
+                found[f"{schema}.{name}"] = conn.execute(
+                    f"SELECT last_value, is_called FROM {ident}").fetchone()
+            else:
+                found[f"{schema}.{name}"] = conn.execute(
+                    f"SELECT count(*), md5(coalesce(string_agg(t::text, '|' ORDER BY t::text), "
+                    f"'')) FROM {ident} t").fetchone()
+        return found
+
+
+def server_processes(state: Path) -> list[tuple[int, str]]:
+    """Processes with an argument inside ``state`` (servers of its sessions)."""
+    found = []
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit():
+            continue
+        with contextlib.suppress(OSError):
+            args = Path(f"/proc/{entry.name}/cmdline").read_bytes().split(b"\0")
+            stat = Path(f"/proc/{entry.name}/stat").read_text()
+            if stat.rsplit(")", 1)[1].split()[0] in ("Z", "X"):
+                continue
+            text = [a.decode(errors="replace") for a in args if a]
+            if any(str(state) in a for a in text):
+                found.append((int(entry.name), " ".join(text)))
+    return found
+
+
+def listening(port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.settimeout(1)
+        return sock.connect_ex(("127.0.0.1", port)) == 0
+
+
+def leftovers(state: Path, ports: list[int]) -> dict[str, Any]:
+    """Everything a state directory's sessions could leak; all empty when nothing leaked."""
+    sessions = state / "sessions"
+    return {
+        "processes": server_processes(state),
+        "ports": [p for p in ports if listening(p)],
+        "session entries": sorted(p.name for p in sessions.iterdir()) if sessions.exists() else [],
+        "kept": sorted(p.name for p in (state / "kept").iterdir())
+        if (state / "kept").exists() else [],
+    }
+
+
+NOTHING_LEFT: dict[str, Any] = {"processes": [], "ports": [], "session entries": [], "kept": []}
+
+
+def session_json(state: Path, name: str) -> dict[str, Any]:
+    data: dict[str, Any] = json.loads((state / "sessions" / name / "session.json").read_text())
+    return data

@@ -1,0 +1,234 @@
+"""Snapshots and undo: nothing an agent destroys by mistake is lost.
+
+PostgreSQL keeps snapshots as template databases on its server; MySQL uses the engine
+default (a compressed dump in the session's state), so both implementations run here.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import pytest
+
+from conftest import Cli, assert_one_line_error
+from safety_support import fingerprint, seed, session_json
+
+ENGINES = ["postgres", "mysql"]
+
+
+@pytest.fixture(params=ENGINES)
+def engine(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
+
+@pytest.fixture
+def session(cli: Cli, engine: str, request: pytest.FixtureRequest) -> Iterator[str]:
+    name = f"snap-{engine}-{abs(hash(request.node.name)) % 10**6}"
+    started = cli("claude-session", "start", name, "--db", engine)
+    assert started.code == 0, started
+    yield name
+    cli("claude-session", "delete", name, "--yes")
+
+
+def snapshots(cli: Cli, session: str, env: dict[str, str] | None = None) -> list[dict[str, Any]]:
+    listed = cli("claude-db", "snapshot", "list", "--json", "--session", session, env=env)
+    assert listed.code == 0, listed
+    data: list[dict[str, Any]] = json.loads(listed.stdout)
+    return data
+
+
+def test_reset_then_undo_gives_back_every_table_and_row(
+    cli: Cli, engine: str, session: str
+) -> None:
+    seed(cli, engine, session=session)
+    before = fingerprint(cli, engine, session=session)
+    expected = {"items", "notes", "cheap"}  # tables and the view (PostgreSQL: with schemas)
+    assert expected <= {relation.rsplit(".", 1)[-1] for relation in before}, before
+    assert before[next(r for r in before if r.endswith("items"))][0] == 5000
+
+    reset = cli("claude-db", "reset", "--yes", "--session", session)
+    assert reset.code == 0, reset
+    assert "claude-db undo" in reset.stderr
+    assert fingerprint(cli, engine, session=session) == {}
+
+    undone = cli("claude-db", "undo", "--session", session)
+    assert undone.code == 0, undone
+    assert fingerprint(cli, engine, session=session) == before
+    # undo again is harmless: it skips its own safety snapshot and restores the same data
+    again = cli("claude-db", "undo", "--session", session)
+    assert again.code == 0, again
+    assert fingerprint(cli, engine, session=session) == before
+    kinds = [(s["automatic"], s["reason"]) for s in snapshots(cli, session)]
+    assert kinds == [(True, "reset"), (True, "undo"), (True, "undo")]
+
+
+def test_save_restore_delete(cli: Cli, engine: str, session: str) -> None:
+    seed(cli, engine, session=session)
+    saved = cli("claude-db", "snapshot", "save", "v1", "--json", "--session", session)
+    assert saved.code == 0, saved
+    assert json.loads(saved.stdout)["name"] == "v1"
+    v1 = fingerprint(cli, engine, session=session)
+
+    for statement in ("DELETE FROM items WHERE id % 2 = 0", "DROP VIEW cheap"):
+        assert cli("claude-db", "query", statement, "--session", session).code == 0
+    changed = fingerprint(cli, engine, session=session)
+    assert changed != v1
+
+    restored = cli("claude-db", "snapshot", "restore", "v1", "--json", "--session", session)
+    assert restored.code == 0, restored
+    report = json.loads(restored.stdout)
+    assert report["restored"]["name"] == "v1"
+    assert fingerprint(cli, engine, session=session) == v1
+    # the data the restore replaced was kept: going back to it works too
+    safety = report["saved_before"]["name"]
+    back = cli("claude-db", "snapshot", "restore", safety, "--session", session)
+    assert back.code == 0, back
+    assert fingerprint(cli, engine, session=session) == changed
+
+    taken = cli("claude-db", "snapshot", "save", "v1", "--session", session)
+    assert_one_line_error(taken, 1)  # names are unique
+    deleted = cli("claude-db", "snapshot", "delete", "v1", "--session", session)
+    assert deleted.code == 0, deleted
+    assert "v1" not in [s["name"] for s in snapshots(cli, session)]
+    assert_one_line_error(cli("claude-db", "snapshot", "restore", "v1", "--session", session), 2)
+    assert fingerprint(cli, engine, session=session) == changed
+
+
+def test_import_replace_takes_a_snapshot_and_fails_whole(
+    cli: Cli, engine: str, session: str, tmp_path: Path
+) -> None:
+    seed(cli, engine, session=session)
+    original = fingerprint(cli, engine, session=session)
+    dump = tmp_path / "original.sql.gz"
+    assert cli("claude-db", "export", str(dump), "--session", session).code == 0
+    deleted = cli("claude-db", "query", "DELETE FROM items WHERE id > 10", "--session", session)
+    assert deleted.code == 0, deleted
+    edited = fingerprint(cli, engine, session=session)
+
+    # destructive: refuses without a terminal and without --yes, changes nothing
+    refused = cli("claude-db", "import", "--replace", str(dump), "--session", session)
+    assert_one_line_error(refused, 6)
+    assert fingerprint(cli, engine, session=session) == edited
+
+    replaced = cli("claude-db", "import", "--replace", "--yes", str(dump), "--session", session)
+    assert replaced.code == 0, replaced
+    assert fingerprint(cli, engine, session=session) == original
+    assert cli("claude-db", "undo", "--session", session).code == 0
+    assert fingerprint(cli, engine, session=session) == edited
+
+    # a replacing import that fails part-way puts the previous data back
+    broken = tmp_path / "broken.sql"
+    broken.write_text("CREATE TABLE fresh (id int);\nINSERT INTO fresh VALUES (1);\n"
+                      "INSERT INTO no_such_table VALUES (1);\n")
+    failed = cli("claude-db", "import", "--replace", "--yes", str(broken), "--session", session)
+    assert_one_line_error(failed, 1)
+    assert "previous data is back" in failed.stderr
+    assert fingerprint(cli, engine, session=session) == edited
+
+
+def test_retention_bounds_automatic_snapshots_and_frees_them(cli: Cli, session: str,
+                                                             engine: str) -> None:
+    keep = {"CLAUDE_DB_AUTO_SNAPSHOTS": "2"}
+    seed(cli, engine, session=session)
+    assert cli("claude-db", "snapshot", "save", "manual", "--session", session).code == 0
+    for _ in range(4):
+        assert cli("claude-db", "reset", "--yes", "--session", session, env=keep).code == 0
+    listed = snapshots(cli, session)
+    assert listed[0]["name"] == "manual"  # manual snapshots are never pruned
+    assert [s["automatic"] for s in listed] == [False, True, True]
+    state = Path(os.environ["CLAUDE_DB_STATE_DIR"]) / "sessions" / session / "snapshots"
+    assert sorted(p.name for p in state.iterdir()) == sorted(s["name"] for s in listed)
+    if engine == "postgres":  # pruned snapshots' template databases are dropped too
+        url = cli("claude-session", "env", session, "-f", "json")
+        with psycopg.connect(json.loads(url.stdout)["DATABASE_URL"]) as conn:
+            count = conn.execute("SELECT count(*) FROM pg_database "
+                                 "WHERE datname LIKE 'claude_snapshot_%'").fetchone()
+        assert count == (3,)
+
+
+def test_automatic_snapshots_turned_off(cli: Cli, session: str, engine: str) -> None:
+    off = {"CLAUDE_DB_AUTO_SNAPSHOTS": "0"}
+    seed(cli, engine, session=session)
+    assert cli("claude-db", "reset", "--yes", "--session", session, env=off).code == 0
+    assert snapshots(cli, session) == []
+    assert_one_line_error(cli("claude-db", "undo", "--session", session, env=off), 1)
+    assert cli("claude-db", "snapshot", "save", "s", "--session", session).code == 0
+    # with nothing kept of the current data, restoring asks like any destructive command
+    assert_one_line_error(
+        cli("claude-db", "snapshot", "restore", "s", "--session", session, env=off), 6)
+    assert cli("claude-db", "snapshot", "restore", "s", "--yes", "--session", session,
+               env=off).code == 0
+    assert [s["name"] for s in snapshots(cli, session)] == ["s"]
+
+
+@pytest.mark.parametrize("engine", ["postgres"])
+def test_snapshots_go_with_the_session(cli: Cli, session: str, engine: str) -> None:
+    assert cli("claude-db", "snapshot", "save", "keepme", "--session", session).code == 0
+    directory = Path(os.environ["CLAUDE_DB_STATE_DIR"]) / "sessions" / session
+    assert (directory / "snapshots" / "keepme").is_dir()
+    assert cli("claude-session", "delete", session, "--yes").code == 0
+    assert not directory.exists()
+    assert cli("claude-session", "start", session).code == 0
+    assert snapshots(cli, session) == []
+
+
+@pytest.mark.parametrize("engine", ["postgres"])
+def test_postgres_snapshots_end_other_clients_and_refuse_connections(
+    cli: Cli, session: str, engine: str
+) -> None:
+    seed(cli, engine, session=session)
+    url = json.loads(cli("claude-session", "env", session, "-f", "json").stdout)["DATABASE_URL"]
+    idle = psycopg.connect(url, autocommit=True)  # e.g. an app's pooled connection
+    idle.execute("SELECT 1")
+    saved = cli("claude-db", "snapshot", "save", "busy", "--session", session)
+    assert saved.code == 0, saved
+    with pytest.raises(psycopg.OperationalError):  # it was ended (apps reconnect)
+        idle.execute("SELECT 1")
+    idle.close()
+    record = json.loads((Path(os.environ["CLAUDE_DB_STATE_DIR"]) / "sessions" / session
+                         / "snapshots" / "busy" / "postgres.json").read_text())
+    template_url = url.rsplit("/", 1)[0] + "/" + record["template"]
+    with pytest.raises(psycopg.OperationalError, match="not currently accepting connections"):
+        psycopg.connect(template_url).close()
+    again = psycopg.connect(url, autocommit=True)
+    again.execute("SELECT 1")
+    assert cli("claude-db", "reset", "--yes", "--session", session).code == 0  # ends it
+    again.close()
+    assert cli("claude-db", "undo", "--session", session).code == 0
+    assert fingerprint(cli, engine, session=session)["public.items"][0] == 5000
+
+
+@pytest.mark.parametrize("engine", ["postgres"])
+def test_snapshots_through_database_url_alone(cli: Cli, session: str, engine: str,
+                                              tmp_path: Path) -> None:
+    """Inside a session container only DATABASE_URL is known: snapshots work there too."""
+    seed(cli, engine, session=session)
+    url = json.loads(cli("claude-session", "env", session, "-f", "json").stdout)["DATABASE_URL"]
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    env = {"DATABASE_URL": url}
+    before = fingerprint(cli, engine, session=session)
+    reset = cli("claude-db", "reset", "--yes", cwd=elsewhere, env=env)
+    assert reset.code == 0, reset
+    assert fingerprint(cli, engine, session=session) == {}
+    assert cli("claude-db", "undo", cwd=elsewhere, env=env).code == 0
+    assert fingerprint(cli, engine, session=session) == before
+    listed = cli("claude-db", "snapshot", "list", "--json", cwd=elsewhere, env=env)
+    assert [s["reason"] for s in json.loads(listed.stdout)] == ["reset", "undo"]
+    assert (Path(os.environ["CLAUDE_DB_STATE_DIR"]) / "url-snapshots").is_dir()
+
+
+@pytest.mark.parametrize("engine", ["postgres"])
+def test_snapshot_commands_on_a_stopped_database(cli: Cli, session: str, engine: str) -> None:
+    assert cli("claude-db", "snapshot", "save", "s1", "--session", session).code == 0
+    assert cli("claude-session", "stop", session).code == 0
+    for argv in (("snapshot", "save"), ("snapshot", "restore", "s1"), ("undo",),
+                 ("snapshot", "delete", "s1"), ("reset", "--yes")):
+        assert_one_line_error(cli("claude-db", *argv, "--session", session), 4)
+    assert [s["name"] for s in snapshots(cli, session)] == ["s1"]
+    assert session_json(Path(os.environ["CLAUDE_DB_STATE_DIR"]), session)["name"] == session
