@@ -113,11 +113,12 @@ def describe(case: dict[str, Any]) -> str:
         return f"   {case['status'].upper()}: {case['reason']}"
     lines = []
     for v in case["variants"]:
+        cpu = f", cpu {format_seconds(v['cpu_median'])}" if v.get("cpu_median") else ""
         lines.append(f"   {v['name']:<18} {v['role']:<8} median {format_seconds(v['median']):>9}"
                      f"  (min {format_seconds(v['min'])}, max {format_seconds(v['max'])}, "
-                     f"n={v['n']})  {v['command']}")
-    lines.append(f"   ratio {case['ratio']:.2f}x (paired {case['paired_ratio']:.2f}x); "
-                 f"goal: {case['goal_detail']}")
+                     f"n={v['n']}{cpu})  {v['command']}")
+    lines.append(f"   ratio {case['ratio']:.2f}x (paired {case['paired_ratio']:.2f}x, "
+                 f"client cpu {_x(case['cpu_ratio'])}); goal: {case['goal_detail']}")
     for check in case["checks"]:
         lines.append(f"   check {'ok' if check['ok'] else 'FAILED'}: {check['name']}: "
                      f"{check['detail']}")
@@ -140,11 +141,11 @@ def summary(cases: list[dict[str, Any]]) -> dict[str, int]:
 
 def table(result: dict[str, Any]) -> str:
     """The results as a Markdown table (what bench/README.md shows)."""
-    rows = ["| case | claude-db | baseline | ratio | goal | peers (claude-db / peer) |",
-            "|---|---|---|---|---|---|"]
+    rows = ["| case | claude-db | baseline | ratio | client cpu ratio | goal | "
+            "peers (claude-db / peer) |", "|---|---|---|---|---|---|---|"]
     for case in result["cases"]:
         if case["status"] != "ok":
-            rows.append(f"| {case['name']} | {case['status']}: {case['reason']} | | | | |")
+            rows.append(f"| {case['name']} | {case['status']}: {case['reason']} | | | | | |")
             continue
         product, baseline, *peers = case["variants"]
         goal = case["goal_detail"] if case["goal_met"] is not None else "-"
@@ -153,8 +154,12 @@ def table(result: dict[str, Any]) -> str:
             for p in peers) or "-"
         rows.append(f"| {case['name']} | {format_seconds(product['median'])} | "
                     f"{format_seconds(baseline['median'])} ({baseline['name']}) | "
-                    f"{case['ratio']:.2f}x | {goal} | {peer_text} |")
+                    f"{case['ratio']:.2f}x | {_x(case['cpu_ratio'])} | {goal} | {peer_text} |")
     return "\n".join(rows)
+
+
+def _x(ratio: float | None) -> str:
+    return "-" if ratio is None or ratio != ratio else f"{ratio:.2f}x"
 
 
 def versions() -> dict[str, str | None]:

@@ -19,7 +19,7 @@ from dotenv import dotenv_values
 
 from bench import pg
 from bench.harness import Measurement
-from bench.system import Workspace, as_user, run
+from bench.system import Workspace, as_user, processes_under, run
 
 PEERS = Path(__file__).resolve().parent / "peers"
 
@@ -50,7 +50,19 @@ class Context:
         """``claude-session start`` (untimed helper); the work directory and its ``.env``."""
         workdir = self.ws.dir(f"work-{name}")
         self.ws.cli("claude-session", "start", name, *extra, cwd=workdir)
+        self.settle()
         return workdir, read_dotenv(workdir)
+
+    def settle(self, timeout: float = 120) -> None:
+        """Wait for the product's background work (the spare cluster copy) to end.
+
+        Called in the product's untimed teardown: work the product defers is then not
+        counted in its start, but it cannot slow down the baseline's next run either.
+        """
+        templates = self.ws.state / "templates"
+        deadline = time.monotonic() + timeout
+        while processes_under(templates) and time.monotonic() < deadline:
+            time.sleep(0.02)
 
 
 def read_dotenv(workdir: Path) -> dict[str, str]:

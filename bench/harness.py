@@ -1,6 +1,7 @@
 """Paired runs, statistics, goals and the JSON result.
 
-A case has variants: the product first, then its raw baseline, then peers. Each round
+A case has variants: the product first, then its raw baseline, then peers and
+references. Each round
 runs every variant once, in that order (product, baseline, peer, product, baseline,
 peer...), so slow drifts of a shared machine hit every variant alike; warm-up rounds
 run first and are recorded but not counted. A variant times only its own work (setup
@@ -11,6 +12,7 @@ case can check that product and baseline did the same thing.
 from __future__ import annotations
 
 import os
+import resource
 import statistics
 import time
 import traceback
@@ -19,7 +21,8 @@ from contextlib import AbstractContextManager
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
-Role = Literal["product", "baseline", "peer"]
+#: a reference is measured alongside for context (e.g. a floor), with no goal attached
+Role = Literal["product", "baseline", "peer", "reference"]
 SCHEMA = "claude-db-bench/1"
 
 
@@ -28,22 +31,40 @@ class Skip(Exception):
 
 
 class Stopwatch:
-    """``with Stopwatch() as sw: ...`` then ``sw.seconds`` (monotonic, high resolution)."""
+    """``with Stopwatch() as sw: ...`` then ``sw.seconds`` (monotonic, high resolution).
+
+    ``sw.cpu`` is the CPU time (user + system) this process and the children it waited
+    for used meanwhile: far less sensitive than wall time to other load on the machine.
+    Daemons (database servers) are not waited for, so it is client-side CPU.
+    """
 
     seconds: float = 0.0
+    cpu: float = 0.0
 
     def __enter__(self) -> Stopwatch:
+        self._cpu = _cpu_now()
         self._start = time.perf_counter()
         return self
 
     def __exit__(self, *exc: object) -> None:
         self.seconds = time.perf_counter() - self._start
+        self.cpu = _cpu_now() - self._cpu
+
+    def measurement(self, work: dict[str, Any]) -> Measurement:
+        return Measurement(self.seconds, work, self.cpu)
+
+
+def _cpu_now() -> float:
+    me, children = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(
+        resource.RUSAGE_CHILDREN)
+    return me.ru_utime + me.ru_stime + children.ru_utime + children.ru_stime
 
 
 @dataclass
 class Measurement:
     seconds: float
     work: dict[str, Any] = field(default_factory=dict)
+    cpu: float | None = None  # client-side CPU seconds, when known
 
 
 @dataclass
@@ -87,6 +108,7 @@ class Sample:
     warmup: bool
     seconds: float
     work: dict[str, Any]
+    cpu: float | None = None
 
 
 @dataclass
@@ -105,8 +127,10 @@ class Case:
 
     def __post_init__(self) -> None:
         roles = [v.role for v in self.variants]
-        if roles[:1] != ["product"] or roles[1:2] != ["baseline"] or set(roles[2:]) - {"peer"}:
-            raise ValueError(f"case {self.name}: variants must be product, baseline, then peers")
+        if (roles[:1] != ["product"] or roles[1:2] != ["baseline"]
+                or set(roles[2:]) - {"peer", "reference"}):
+            raise ValueError(f"case {self.name}: variants must be product, baseline, then "
+                             "peers or references")
         if self.rounds < 1 or self.warmup < 0:
             raise ValueError(f"case {self.name}: needs rounds >= 1 and warmup >= 0")
 
@@ -128,9 +152,8 @@ def run_case(case: Case, progress: Callable[[str], None] = lambda _: None) -> di
     load_before = os.getloadavg()
     for seq, (round_, variant) in enumerate(schedule(case)):
         measurement = variant.run()
-        samples.append(
-            Sample(variant.name, round_, seq, round_ < 0, measurement.seconds, measurement.work)
-        )
+        samples.append(Sample(variant.name, round_, seq, round_ < 0, measurement.seconds,
+                              measurement.work, measurement.cpu))
         label = "warm-up" if round_ < 0 else f"round {round_ + 1}/{case.rounds}"
         progress(f"  {label:>12}  {variant.name:<22} {format_seconds(measurement.seconds)}")
     result = summarise(case, samples)
@@ -142,10 +165,14 @@ def summarise(case: Case, samples: list[Sample]) -> dict[str, Any]:
     """Medians, the product/baseline ratio, goals and checks, as a JSON-ready dict."""
     variants = []
     medians: dict[str, float] = {}
+    cpu_medians: dict[str, float | None] = {}
     for variant in case.variants:
-        counted = [s.seconds for s in samples if s.variant == variant.name and not s.warmup]
-        stats = _stats(counted)
+        mine = [s for s in samples if s.variant == variant.name and not s.warmup]
+        stats = _stats([s.seconds for s in mine])
+        cpu = [s.cpu for s in mine if s.cpu is not None]
+        stats["cpu_median"] = statistics.median(cpu) if cpu and len(cpu) == len(mine) else None
         medians[variant.name] = stats["median"]
+        cpu_medians[variant.name] = stats["cpu_median"]
         variants.append({
             "name": variant.name, "role": variant.role, "command": variant.command, **stats,
             "samples": [_sample_json(s) for s in samples if s.variant == variant.name],
@@ -154,7 +181,8 @@ def summarise(case: Case, samples: list[Sample]) -> dict[str, Any]:
     ratio = _ratio(medians[product], medians[baseline])
     peers = {v.name: _ratio(medians[product], medians[v.name]) for v in case.variants[2:]}
     checks = case.verify(samples) if case.verify else []
-    goal_met, goal_detail = _judge(case.goal, ratio, peers)
+    rivals = {v.name: peers[v.name] for v in case.variants[2:] if v.role == "peer"}
+    goal_met, goal_detail = _judge(case.goal, ratio, rivals)
     return {
         "name": case.name,
         "title": case.title,
@@ -165,6 +193,7 @@ def summarise(case: Case, samples: list[Sample]) -> dict[str, Any]:
         "variants": variants,
         "ratio": ratio,
         "paired_ratio": _paired_ratio(samples, product, baseline),
+        "cpu_ratio": _ratio(cpu_medians[product] or 0, cpu_medians[baseline] or 0),
         "peer_ratios": peers,
         "goal": asdict(case.goal) if case.goal else None,
         "goal_met": goal_met,
@@ -237,7 +266,7 @@ def _judge(goal: Goal | None, ratio: float, peers: dict[str, float]) -> tuple[bo
 
 def _sample_json(s: Sample) -> dict[str, Any]:
     return {"round": s.round, "seq": s.seq, "warmup": s.warmup, "seconds": s.seconds,
-            "work": s.work}
+            "cpu_seconds": s.cpu, "work": s.work}
 
 
 def format_seconds(seconds: float) -> str:

@@ -162,7 +162,8 @@ def test_local_cases_measure_the_same_work_and_leave_nothing(tmp_path: Path) -> 
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert_shape(result)
     cases = {c["name"]: c for c in result["cases"]}
-    assert set(cases) == {"local-start", "reset", "export", "import", "query", "help", "density"}
+    assert set(cases) == {"local-start", "reset", "reset-no-snapshot", "export", "import",
+                          "query", "help", "density"}
     for case in cases.values():
         assert case["status"] == "ok", case
         assert_paired(case)
@@ -174,11 +175,11 @@ def test_local_cases_measure_the_same_work_and_leave_nothing(tmp_path: Path) -> 
     assert {w["server"]["user"] for w in works} == {"postgres"} or os.geteuid() != 0
     assert [v["name"] for v in start["variants"]][2:] == ["pytest-postgresql"]
 
-    reset = cases["reset"]
-    for variant in reset["variants"]:
+    for variant in cases["reset"]["variants"] + cases["reset-no-snapshot"]["variants"]:
         (sample,) = variant["samples"]
         assert sample["work"] == {"tables_before": 50, "rows_before": 500,
                                   "tables_after": 0, "rows_after": 0}
+        assert sample["cpu_seconds"] > 0
     assert cases["query"]["variants"][0]["samples"][0]["work"]["values"] == ["1"]
     assert "docker" not in cases["query"]["metrics"]["query_imports"]
     assert cases["density"]["metrics"]["claude-db"]["processes_per_server"] >= 1

@@ -27,6 +27,10 @@ from bench.system import BIN, run
 
 SESSION = "cli"
 SQL = "select 1"
+#: the least a Python CLI does to answer through psycopg: start, import, connect, query, print
+FLOOR = ("import sys, psycopg\n"
+         "with psycopg.connect(sys.argv[1]) as conn:\n"
+         "    for row in conn.execute(" + repr(SQL) + "): print(*row)")
 #: modules the one-off query path has no use for (slow to import)
 HEAVY = ("docker", "rich", "pydantic", "typer", "click", "pluggy", "importlib.metadata",
          "psycopg", "dotenv", "asyncio")
@@ -43,22 +47,27 @@ def cli(ctx: Context) -> Iterator[list[Case]]:
     def query_product() -> Measurement:
         with Stopwatch() as sw:
             out = ctx.ws.cli("claude-db", "query", SQL, cwd=workdir).stdout
-        return Measurement(sw.seconds, {"values": _values(out.decode())})
+        return sw.measurement({"values": _values(out.decode())})
 
     def query_baseline() -> Measurement:
         with Stopwatch() as sw:
             out = run([str(psql), "-c", SQL], env=user_env, cwd=workdir).stdout
-        return Measurement(sw.seconds, {"values": _values(out.decode())})
+        return sw.measurement({"values": _values(out.decode())})
+
+    def query_floor() -> Measurement:
+        with Stopwatch() as sw:
+            out = run([sys.executable, "-c", FLOOR, env["DATABASE_URL"]], cwd=workdir).stdout
+        return sw.measurement({"values": _values(out.decode())})
 
     def help_product() -> Measurement:
         with Stopwatch() as sw:
             out = ctx.ws.cli("claude-db", "--help", cwd=workdir).stdout
-        return Measurement(sw.seconds, {"usage": b"Usage" in out, "commands": _commands(out)})
+        return sw.measurement({"usage": b"Usage" in out, "commands": _commands(out)})
 
     def help_baseline() -> Measurement:
         with Stopwatch() as sw:
             run([sys.executable, "-c", "pass"], cwd=workdir)
-        return Measurement(sw.seconds, {"usage": True, "commands": None})
+        return sw.measurement({"usage": True, "commands": None})
 
     def verify_query(samples: list[Sample]) -> list[Check]:
         return [same_values(samples, "values", "both printed the same value")]
@@ -76,6 +85,9 @@ def cli(ctx: Context) -> Iterator[list[Case]]:
                 Variant("claude-db", "product", f'claude-db query "{SQL}" (session from .env)',
                         query_product),
                 Variant("psql", "baseline", f'psql -c "{SQL}" (PG* variables set)', query_baseline),
+                Variant("python+psycopg", "reference", "python -c 'import psycopg; connect; "
+                        "query; print': the floor of any CLI that queries through psycopg",
+                        query_floor),
             ], rounds=ctx.rounds(full=20, quick=6), warmup=ctx.options.warmup,
                 goal=Goal(max_ratio=3), verify=verify_query, metrics=lambda _: imports),
             Case("help", "claude-db --help latency", [

@@ -26,6 +26,7 @@ def density(ctx: Context) -> Iterator[list[Case]]:
     # the product's cached cluster is built by the first start ever: not what is measured here
     ctx.start_session("density-warm", "--runtime", "local")
     ctx.ws.cli("claude-session", "delete", "--yes", "density-warm")
+    ctx.settle()
 
     def product() -> Measurement:
         names = [ctx.ws.unique("dn") for _ in range(count)]
@@ -50,7 +51,8 @@ def density(ctx: Context) -> Iterator[list[Case]]:
                        for name in names]
             for p in deletes:
                 p.wait()
-        return Measurement(sw.seconds, work)
+            ctx.settle()
+        return sw.measurement(work)
 
     def baseline() -> Measurement:
         names = [ctx.ws.unique("rawdn") for _ in range(count)]
@@ -61,7 +63,7 @@ def density(ctx: Context) -> Iterator[list[Case]]:
         finally:
             with ThreadPoolExecutor(count) as pool:
                 list(pool.map(lambda s: s.stop(), servers))
-        return Measurement(sw.seconds, work)
+        return sw.measurement(work)
 
     def verify(samples: list[Sample]) -> list[Check]:
         return [

@@ -58,13 +58,13 @@ def dumps(ctx: Context) -> Iterator[list[Case]]:
         def export_product() -> Measurement:
             with Stopwatch() as sw:
                 ctx.ws.cli("claude-db", "export", str(path), cwd=source_dir)
-            return Measurement(sw.seconds, exported())
+            return sw.measurement(exported())
 
         def export_baseline() -> Measurement:
             pipeline = (f"{bindir / 'pg_dump'} {' '.join(PG_DUMP_FLAGS)} | gzip > {path}")
             with Stopwatch() as sw:
                 run(["bash", "-o", "pipefail", "-c", pipeline], env=source_env)
-            return Measurement(sw.seconds, exported())
+            return sw.measurement(exported())
 
         # the file every import reads: made once, by hand, untimed
         reference = files / "import.sql.gz"
@@ -86,14 +86,14 @@ def dumps(ctx: Context) -> Iterator[list[Case]]:
             empty_target()
             with Stopwatch() as sw:
                 ctx.ws.cli("claude-db", "import", str(reference), cwd=target_dir)
-            return Measurement(sw.seconds, imported())
+            return sw.measurement(imported())
 
         def import_baseline() -> Measurement:
             empty_target()
             pipeline = f"gunzip -c {reference} | {bindir / 'psql'} {' '.join(PSQL_FLAGS)}"
             with Stopwatch() as sw:
                 run(["bash", "-o", "pipefail", "-c", pipeline], env=target_env)
-            return Measurement(sw.seconds, imported())
+            return sw.measurement(imported())
 
         def verify_export(samples: list[Sample]) -> list[Check]:
             return [same_values(samples, "sha256", "identical dumps (sha256 of the SQL)")]

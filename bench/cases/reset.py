@@ -44,14 +44,22 @@ def reset(ctx: Context) -> Iterator[list[Case]]:
         before = populate()
         with Stopwatch() as sw:
             ctx.ws.cli("claude-db", "reset", "--yes", cwd=workdir)
-        return Measurement(sw.seconds, {**before, **after()})
+        return sw.measurement({**before, **after()})
+
+    no_snapshots = ctx.ws.product_env(CLAUDE_DB_AUTO_SNAPSHOTS="0")
+
+    def product_without_snapshot() -> Measurement:
+        before = populate()
+        with Stopwatch() as sw:
+            ctx.ws.cli("claude-db", "reset", "--yes", cwd=workdir, env=no_snapshots)
+        return sw.measurement({**before, **after()})
 
     def baseline() -> Measurement:
         before = populate()
         with Stopwatch() as sw:
             run([str(bindir / "dropdb"), database], env=tools_env)
             run([str(bindir / "createdb"), database], env=tools_env)
-        return Measurement(sw.seconds, {**before, **after()})
+        return sw.measurement({**before, **after()})
 
     def verify(samples: list[Sample]) -> list[Check]:
         return [
@@ -63,15 +71,22 @@ def reset(ctx: Context) -> Iterator[list[Case]]:
                   "the database existed and held no table after every run"),
         ]
 
+    rounds = ctx.rounds(full=10, quick=3)
     try:
-        yield [Case(
-            "reset", f"reset of {tables} tables / {rows:,} rows", [
-                Variant("claude-db", "product", "claude-db reset --yes", product),
+        yield [
+            Case("reset", f"reset of {tables} tables / {rows:,} rows", [
+                Variant("claude-db", "product", "claude-db reset --yes (automatic snapshot "
+                        "first, the default)", product),
                 Variant("by-hand", "baseline", "dropdb; createdb", baseline),
-            ],
-            rounds=ctx.rounds(full=10, quick=3), warmup=ctx.options.warmup,
-            goal=Goal(max_ratio=1.3), verify=verify,
-        )]
+            ], rounds=rounds, warmup=ctx.options.warmup, goal=Goal(max_ratio=1.3),
+                verify=verify),
+            Case("reset-no-snapshot", "the same reset without the automatic snapshot", [
+                Variant("claude-db", "product", "CLAUDE_DB_AUTO_SNAPSHOTS=0 claude-db reset --yes",
+                        product_without_snapshot),
+                Variant("by-hand", "baseline", "dropdb; createdb", baseline),
+            ], rounds=rounds, warmup=ctx.options.warmup, verify=verify,
+                notes=["for information: what the automatic snapshot costs"]),
+        ]
     finally:
         ctx.ws.cli("claude-session", "delete", "--yes", SESSION, check=False)
 

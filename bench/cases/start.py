@@ -44,12 +44,15 @@ def local_start(ctx: Context) -> Iterator[list[Case]]:
     def product() -> Measurement:
         name = ctx.ws.unique("ls")
         workdir = ctx.ws.dir(f"work-{name}")
+        templates = ctx.ws.state / "templates"
+        spare = templates.is_dir() and any(p.suffix == ".spare" for p in templates.iterdir())
         with Stopwatch() as sw:
             ctx.ws.cli("claude-session", "start", "--runtime", "local", name, cwd=workdir)
             answer = pg.first_query(read_dotenv(workdir)["DATABASE_URL"])
-        work = answer_work(answer)
+        work = {**answer_work(answer), "spare_copy_ready": spare}
         ctx.ws.cli("claude-session", "delete", "--yes", name)
-        return Measurement(sw.seconds, work)
+        ctx.settle()
+        return sw.measurement(work)
 
     def baseline() -> Measurement:
         with Stopwatch() as sw:
@@ -57,7 +60,7 @@ def local_start(ctx: Context) -> Iterator[list[Case]]:
             answer = pg.first_query(server.url)
         work = answer_work(answer)
         server.stop()
-        return Measurement(sw.seconds, work)
+        return sw.measurement(work)
 
     variants = [
         Variant("claude-db", "product", "claude-session start --runtime local; first query "
@@ -137,7 +140,7 @@ def docker_start(ctx: Context) -> Iterator[list[Case]]:
             answer = pg.first_query(read_dotenv(workdir)["DATABASE_URL"], local=False)
         work = _docker_work(answer, f"{name}-db")
         ctx.ws.cli("claude-session", "delete", "--yes", name)
-        return Measurement(sw.seconds, work)
+        return sw.measurement(work)
 
     def baseline() -> Measurement:
         name = f"claude-db-bench-{ctx.ws.root.name}-{ctx.ws.unique('raw')}".lower()
@@ -150,7 +153,7 @@ def docker_start(ctx: Context) -> Iterator[list[Case]]:
             answer = _poll(pg.url(5432, RAW_PASSWORD).replace("127.0.0.1", ip), timeout=120)
         work = _docker_work(answer, name)
         run(["docker", "rm", "-f", "-v", name])
-        return Measurement(sw.seconds, work)
+        return sw.measurement(work)
 
     variants = [
         Variant("claude-db", "product", "claude-session start --runtime docker; first query "
