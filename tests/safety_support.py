@@ -6,12 +6,15 @@ import contextlib
 import hashlib
 import json
 import os
+import signal
 import socket
+import subprocess
+import time
 from pathlib import Path
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
-from conftest import Cli
+from conftest import BIN, OUR_VARIABLES, Cli
 
 #: the data every snapshot test seeds, per engine: several tables, a second schema or
 #: table with other types, a view, enough rows that a half-restored copy would show
@@ -39,6 +42,7 @@ SEED: dict[str, list[str]] = {
 def fresh_state(root: Path, shared_state: Path) -> Path:
     """A state directory of its own (to prove nothing is left in it) that reuses the
     test run's cached server templates (building them again costs seconds)."""
+    root.mkdir(parents=True, exist_ok=True)
     for part in (root, *root.parents):
         if str(part).startswith("/tmp/") and part.stat().st_uid == os.geteuid():
             os.chmod(part, part.stat().st_mode | 0o111)  # the server user must get through
@@ -156,3 +160,71 @@ NOTHING_LEFT: dict[str, Any] = {"processes": [], "ports": [], "session entries":
 def session_json(state: Path, name: str) -> dict[str, Any]:
     data: dict[str, Any] = json.loads((state / "sessions" / name / "session.json").read_text())
     return data
+
+
+def cli_env(state: Path) -> dict[str, str]:
+    """The environment of a CLI run by hand (Popen): ours, with only this state directory."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(OUR_VARIABLES)}
+    return {**env, "CLAUDE_DB_STATE_DIR": str(state), "CLAUDE_DB_RUNTIME": "local"}
+
+
+def session_leader_servers(state: Path, name: str) -> list[int]:
+    """Server processes (session leaders, as the local runtime starts them) of one session."""
+    prefix = f"{state}/sessions/{name}/"
+    pids = []
+    for pid, command in server_processes(state):
+        with contextlib.suppress(ProcessLookupError):
+            if prefix in command and os.getsid(pid) == pid:
+                pids.append(pid)
+    return pids
+
+
+def start_with_frozen_server(
+    state: Path, name: str, workdir: Path, *, attempts: int = 3
+) -> tuple[subprocess.Popen[bytes], int]:
+    """Run ``claude-session start NAME`` until its server process exists, then freeze that
+    server (SIGSTOP): the start can then never become ready, so it is caught half-way
+    for certain. Returns the CLI (its own process group) and the frozen server's pid.
+
+    If a start outruns us and finishes (its server answered before we saw it), that
+    session is deleted and the next attempt uses another name.
+    """
+    for attempt in range(attempts):
+        session = name if attempt == 0 else f"{name}-{attempt}"
+        proc = subprocess.Popen(
+            [str(BIN / "claude-session"), "start", session], cwd=workdir, env=cli_env(state),
+            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+            start_new_session=True,  # like a terminal's foreground job: a group to signal
+        )
+        deadline = time.monotonic() + 120  # a safety net against hanging, not a measurement
+        while time.monotonic() < deadline and proc.poll() is None:
+            if pids := session_leader_servers(state, session):
+                os.kill(pids[0], signal.SIGSTOP)
+                return proc, pids[0]
+            time.sleep(0.002)
+        _, err = proc.communicate(timeout=60)
+        if proc.returncode != 0:
+            raise AssertionError(f"start failed before its server appeared: {err.decode()}")
+        subprocess.run([str(BIN / "claude-session"), "delete", session, "--yes"],
+                       env=cli_env(state), capture_output=True, check=True)
+    raise AssertionError(f"{attempts} starts finished before their servers could be caught")
+
+
+def locks_waited_for_by(pid: int) -> bool:
+    """Whether ``pid`` is blocked waiting for a file lock (/proc/locks marks waiters ``->``)."""
+    for line in Path("/proc/locks").read_text().splitlines():
+        fields = line.split()
+        if "->" in fields and fields[fields.index("->") + 4] == str(pid):
+            return True
+    return False
+
+
+def cleanup(state: Path) -> None:
+    """Delete every session of ``state`` (a failed test must not leave servers running)."""
+    sessions = state / "sessions"
+    for path in sorted(sessions.iterdir()) if sessions.exists() else []:
+        if not path.name.startswith("."):
+            subprocess.run([str(BIN / "claude-session"), "delete", path.name, "--yes"],
+                           env=cli_env(state), capture_output=True, timeout=120)
+    subprocess.run([str(BIN / "claude-session"), "gc"], env=cli_env(state),
+                   capture_output=True, timeout=120)

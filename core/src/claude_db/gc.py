@@ -28,6 +28,8 @@ from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from claude_db.lifecycle import STARTING_MARKER
+
 if TYPE_CHECKING:
     from claude_db.app import App
 
@@ -97,17 +99,22 @@ class _Sweeper:
         servers = _server_processes(self.root)
         names = {p.name for p in self.root.iterdir() if not p.name.startswith(".") and p.is_dir()}
         for name in sorted(names | set(servers)):
-            with _try_lock(self.root / f".{name}.lock") as locked:
+            with _try_lock(self.root / f".{name}.lock", create=False) as locked:
                 if not locked:
                     continue  # being started, deleted or snapshotted right now
                 directory = self.root / name
-                if (directory / "session.json").is_file():
+                recorded = (directory / "session.json").is_file()
+                unfinished = (directory / STARTING_MARKER).exists()  # its start was killed
+                if recorded and not unfinished:
                     self._partials(directory / "snapshots", f"session {name}")
                     continue
                 for pid in servers.get(name, []):
                     self._take(Orphan("process", str(pid), f"server of gone session {name}",
                                       remove=partial(_stop_process, pid)))
-                if directory.is_dir():
+                if recorded:
+                    self._take(Orphan("session", name, "its start never finished",
+                                      remove=partial(_abandon_start, self.app, name)))
+                elif directory.is_dir():
                     self._take(Orphan("directory", str(directory), f"remains of session {name}",
                                       remove=partial(_remove_session_dir, directory)))
         self._templates()
@@ -188,7 +195,7 @@ class _Sweeper:
             if not name or "/" in name or name.startswith("."):
                 continue
             shown = attrs.get("Name") or (attrs.get("Names") or [resource.id])[0]
-            with _try_lock(self.root / f".{name}.lock") as locked:
+            with _try_lock(self.root / f".{name}.lock", create=False) as locked:
                 if locked and not (self.root / name / "session.json").is_file():
                     what = f"Docker {kind} of gone session {name}"
                     self._take(Orphan(kind, shown.lstrip("/"), what,
@@ -254,6 +261,18 @@ def _running(pid: int) -> bool:
     return stat.rsplit(")", 1)[1].split()[0] not in ("Z", "X")
 
 
+def _abandon_start(app: App, name: str) -> None:
+    """Delete a session whose start died half-way (its lock is held by the sweep)."""
+    from claude_db.lifecycle import parts
+
+    session = app.store.load(name)
+    if session.has_database:
+        engine, runtime = parts(app, session)
+        runtime.delete(session, engine, keep_data=False)
+    _remove_session_dir(app.store.directory(name))
+    app.store.release(name)
+
+
 def _remove_session_dir(directory: Path) -> None:
     server_dir = directory / "server"
     if len(str(server_dir / "run")) + 20 > SOCKET_PATH_MAX:  # the runtime put its socket in /tmp
@@ -275,7 +294,8 @@ def _remove_docker(kind: str, resource: Any) -> None:
 def _try_lock(path: Path, create: bool = True) -> Iterator[bool]:
     """Hold ``path``'s lock if it is free right now; yield whether we hold it.
 
-    A missing lock file counts as free when ``create`` is false (nobody locks it).
+    A missing lock file counts as free when ``create`` is false: a session's lock file
+    exists before anything of the session does (``start`` locks, then makes things).
     """
     if not create and not path.exists():
         yield True

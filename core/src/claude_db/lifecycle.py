@@ -59,7 +59,9 @@ def start_session(
     notes += _sweep_orphans(app, docker=runtime is not None and runtime.name == "docker")
     # locked before the directory exists: gc never takes a session being made for an orphan
     with store.lock(name):
-        store.reserve(name)
+        # until start is done: if this process dies (kill -9), gc knows the session never was
+        starting = store.reserve(name) / STARTING_MARKER
+        starting.touch()
         try:
             if engine is not None and runtime is not None:
                 runtime.create(session, engine)
@@ -74,6 +76,7 @@ def start_session(
             store.save(session)
             if write_dotenv:
                 notes += write_env(workdir, session_env(app, session, for_dotenv=True))
+            starting.unlink()
         except BaseException:
             # nothing may leak: undo whatever part of the session was made, uninterrupted
             with _signals_held():
@@ -84,6 +87,10 @@ def start_session(
             raise
     app.plugins.hook.session_started(session=session)
     return session, notes
+
+
+#: in a session's directory while its start runs (see claude_db.gc)
+STARTING_MARKER = ".starting"
 
 
 def _sweep_orphans(app: App, docker: bool) -> list[str]:

@@ -1,0 +1,158 @@
+"""``claude-session gc``: what no live session owns goes; what a live session owns stays.
+
+Orphans are made the way they happen: a ``start`` killed (SIGKILL) half-way, a session
+directory whose ``session.json`` was lost, a snapshot or server template cut short.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from conftest import Cli, assert_one_line_error
+from safety_support import (
+    NOTHING_LEFT,
+    cleanup,
+    database_url,
+    fresh_state,
+    leftovers,
+    listening,
+    pg_fingerprint,
+    session_json,
+    session_leader_servers,
+    start_with_frozen_server,
+)
+
+
+@pytest.fixture
+def state(tmp_path: Path, state_root: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
+    """A state directory of this test's own: what is left in it is what leaked."""
+    path = fresh_state(tmp_path, state_root)
+    monkeypatch.setenv("CLAUDE_DB_STATE_DIR", str(path))
+    yield path
+    cleanup(path)
+
+
+def killed_start(state: Path, name: str, workdir: Path) -> tuple[str, int, int]:
+    """A ``start`` killed with SIGKILL half-way (its server up, not yet ready): the
+    session's name, its server's pid and port. Nothing could clean up after it."""
+    proc, server = start_with_frozen_server(state, name, workdir)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    os.kill(server, signal.SIGCONT)
+    session = next(p.name for p in (state / "sessions").iterdir()
+                   if (p / ".starting").exists())
+    return session, server, session_json(state, session)["runtime_state"]["port"]
+
+
+def test_gc_removes_what_a_killed_start_left(cli: Cli, state: Path, workdir: Path) -> None:
+    live = cli("claude-session", "start", "gc-live")
+    assert live.code == 0, live
+    assert cli("claude-db", "query", "CREATE TABLE keep AS SELECT 1 AS x",
+               "--session", "gc-live").code == 0
+    live_data = pg_fingerprint(database_url(cli, "gc-live"))
+    live_port = session_json(state, "gc-live")["runtime_state"]["port"]
+
+    name, server, port = killed_start(state, "gc-dead", workdir)
+    assert session_leader_servers(state, name) == [server]
+
+    dry = cli("claude-session", "gc", "--dry-run", "--json")
+    assert dry.code == 0, dry
+    planned = json.loads(dry.stdout)
+    assert {(o["kind"], o["what"]) for o in planned} == {("process", str(server)),
+                                                         ("session", name)}
+    assert not any(o["removed"] for o in planned)
+    assert session_leader_servers(state, name) == [server]  # a dry run touches nothing
+
+    swept = cli("claude-session", "gc")
+    assert swept.code == 0, swept
+    assert f"removed session {name}" in swept.stdout
+    assert session_leader_servers(state, name) == []
+    assert not listening(port)
+    assert not (state / "sessions" / name).exists()
+    assert not (state / "sessions" / f".{name}.lock").exists()
+
+    # the live session was not touched
+    assert session_json(state, "gc-live")["name"] == "gc-live"
+    assert listening(live_port)
+    assert pg_fingerprint(database_url(cli, "gc-live")) == live_data
+
+    again = cli("claude-session", "gc", "--json")
+    assert json.loads(again.stdout) == []
+    assert cli("claude-session", "delete", "gc-live", "--yes").code == 0
+    assert leftovers(state, [live_port, port]) == NOTHING_LEFT
+
+
+def test_gc_removes_lost_directories_locks_and_half_made_snapshots(
+    cli: Cli, state: Path, tmp_path: Path
+) -> None:
+    assert cli("claude-session", "start", "gc-keep").code == 0
+    assert cli("claude-db", "snapshot", "save", "good", "--session", "gc-keep").code == 0
+    sessions = state / "sessions"
+    # a session directory that lost its session.json (with a server data dir inside)
+    (sessions / "gc-lost" / "server" / "data").mkdir(parents=True)
+    # a lock file of a session long gone
+    (sessions / ".gc-gone.lock").touch()
+    # a snapshot cut short in a live session, and a server template cut short
+    partial = sessions / "gc-keep" / "snapshots" / ".cut.12345.partial"
+    partial.mkdir()
+    building = state / "templates" / ".postgres-x.12345"
+    building.mkdir()
+
+    swept = cli("claude-session", "gc", "--json")
+    assert swept.code == 0, swept
+    removed = {(o["kind"], o["what"]) for o in json.loads(swept.stdout) if o["removed"]}
+    assert removed == {
+        ("directory", str(sessions / "gc-lost")),
+        ("lock", str(sessions / ".gc-gone.lock")),
+        ("directory", str(partial)),
+        ("directory", str(building)),
+    }
+    assert sorted(p.name for p in sessions.iterdir()) == [".gc-keep.lock", "gc-keep"]
+    listed = cli("claude-db", "snapshot", "list", "--json", "--session", "gc-keep")
+    assert [s["name"] for s in json.loads(listed.stdout)] == ["good"]
+    assert cli("claude-db", "status", "--session", "gc-keep").code == 0
+    assert cli("claude-session", "delete", "gc-keep", "--yes").code == 0
+    assert leftovers(state, []) == NOTHING_LEFT
+
+
+def test_every_start_sweeps_cheaply(cli: Cli, state: Path, workdir: Path) -> None:
+    name, _, port = killed_start(state, "gc-crashed", workdir)
+    started = cli("claude-session", "start", "gc-next")
+    assert started.code == 0, started
+    assert "removed 2 leftovers" in started.stderr  # the stray server and the session
+    assert session_leader_servers(state, name) == []
+    assert not listening(port)
+    assert not (state / "sessions" / name).exists()
+    assert cli("claude-session", "delete", "gc-next", "--yes").code == 0
+    # the name of the crashed start can be used again
+    assert cli("claude-session", "start", name).code == 0
+    assert cli("claude-session", "delete", name, "--yes").code == 0
+    assert leftovers(state, [port]) == NOTHING_LEFT
+
+
+def test_gc_leaves_other_state_directories_alone(
+    cli: Cli, state: Path, tmp_path: Path, state_root: Path
+) -> None:
+    """Sessions of another state directory (another user, another test run) are not ours."""
+    other = fresh_state(tmp_path / "other", state_root)
+    env = {"CLAUDE_DB_STATE_DIR": str(other)}
+    try:
+        assert cli("claude-session", "start", "gc-theirs", env=env).code == 0
+        swept = cli("claude-session", "gc", "--json")
+        assert swept.code == 0, swept
+        assert json.loads(swept.stdout) == []
+        assert cli("claude-db", "status", "--session", "gc-theirs", env=env).code == 0
+    finally:
+        cleanup(other)
+
+
+def test_gc_bad_flag(cli: Cli, state: Path) -> None:
+    assert_one_line_error(cli("claude-session", "gc", "--everything"), 2)
+    nothing = cli("claude-session", "gc")
+    assert nothing.code == 0 and "nothing to remove" in nothing.stderr
