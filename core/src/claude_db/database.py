@@ -7,6 +7,7 @@ import gzip
 import os
 import sys
 import tempfile
+import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -156,7 +157,7 @@ def import_from(target: Target, source: str, database: str | None) -> None:
     try:
         with _open_source(source) as stream:
             target.engine.restore(target.tools(database), iter(lambda: stream.read(CHUNK), b""))
-    except (OSError, EOFError) as exc:  # unreadable or corrupt input (e.g. a truncated .gz)
+    except (OSError, EOFError, zlib.error) as exc:  # unreadable or corrupt input (a bad .gz)
         raise ClaudeDbError(f"cannot read {source}, nothing was applied: {exc}") from None
 
 
