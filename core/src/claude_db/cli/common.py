@@ -6,6 +6,7 @@ import json
 import os
 import sys
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any, NoReturn
 
 import typer
@@ -31,6 +32,7 @@ def run(build: Callable[[], typer.Typer], prog: str) -> NoReturn:
     verbose = "--verbose" in sys.argv[1:] or os.environ.get("CLAUDE_DB_DEBUG") == "1"
     args = [a for a in sys.argv[1:] if a != "--verbose"]
     try:
+        _coerce_plain_values_first()
         command = typer.main.get_command(build())
         code = command.main(args=args, prog_name=prog, standalone_mode=False)
         sys.exit(code if isinstance(code, int) else 0)
@@ -49,6 +51,54 @@ def run(build: Callable[[], typer.Typer], prog: str) -> NoReturn:
     except BrokenPipeError:
         sys.stderr.close()  # the reader went away (| head): not an error worth a message
         sys.exit(ExitCode.FAILED)
+
+
+def _coerce_plain_values_first() -> None:
+    """Keep pydantic out of start-up: typer checks parsed values with it only when needed.
+
+    typer (>= 0.2x) coerces every parsed option with a pydantic ``TypeAdapter``, and
+    importing pydantic for that is a large share of every command's start-up. A value
+    that already has the parameter's type (a command-line string for a ``str`` option, a
+    flag's ``bool``) is returned as pydantic would return it; a string for a plain
+    ``Path`` becomes ``Path(value)`` (what pydantic makes of it) and gets typer's own path
+    checks; any other value still goes through typer's own coercion. With another typer
+    this does nothing.
+    """
+    try:
+        import typer.core as core
+        from typer._coercion import PassThroughRuntimeParam, resolve_type_descriptor
+        from typer._param_types import coerce_cli_path, routes_to_path
+    except ImportError:
+        return
+    build: Any = getattr(core, "build_runtime_param", None)
+    if build is None or getattr(build, "plain_values_first", False):
+        return
+
+    class PlainValuesFirst(PassThroughRuntimeParam):
+        def _coerce_value(self, value: Any, param: Any, ctx: Any) -> Any:
+            if self.annotation is Path and isinstance(value, str | Path):
+                return coerce_cli_path(Path(value), self.parameter_info, path_type=Path,
+                                       param=param, ctx=ctx)
+            if type(value) is self.annotation:
+                return value
+            descriptor = resolve_type_descriptor(self.annotation, self.parameter_info)
+            return build(descriptor)._coerce_value(value, param=param, ctx=ctx)
+
+    def plain_values_first(descriptor: Any) -> Any:
+        info = descriptor.parameter_info
+        plain_path = (descriptor.annotation is Path and getattr(info, "path_type", 0) is None
+                      and routes_to_path(Path, info))
+        if (
+            (descriptor.annotation not in (str, bool) and not plain_path)
+            or descriptor.file_annotation is not None
+            or getattr(info, "parser", None) is not None
+            or getattr(info, "click_type", None) is not None
+        ):
+            return build(descriptor)
+        return PlainValuesFirst(annotation=descriptor.annotation, parameter_info=info)
+
+    plain_values_first.plain_values_first = True  # type: ignore[attr-defined]
+    core.build_runtime_param = plain_values_first  # type: ignore[attr-defined]
 
 
 def fail(message: str, code: int) -> NoReturn:

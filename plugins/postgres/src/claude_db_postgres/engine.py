@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import re
 import subprocess
 import tempfile
@@ -15,6 +17,8 @@ from claude_db_postgres import snapshots
 from claude_db_postgres.local import PostgresLocalServer
 
 CHUNK = 1 << 20
+#: pipe capacity to and from pg_dump/psql: they run ahead while we (de)compress a chunk
+PIPE_BYTES = 1 << 20
 
 
 class PostgresEngine(Engine):
@@ -74,6 +78,7 @@ class PostgresEngine(Engine):
                 argv, env=self.native_env(tools.endpoint), stdout=subprocess.PIPE, stderr=errors
             )
             assert proc.stdout is not None
+            _widen(proc.stdout)
             try:
                 while chunk := proc.stdout.read(CHUNK):
                     yield chunk
@@ -95,6 +100,7 @@ class PostgresEngine(Engine):
                 stderr=errors,
             )
             assert proc.stdin is not None
+            _widen(proc.stdin)
             try:
                 for chunk in chunks:
                     proc.stdin.write(chunk)
@@ -137,6 +143,14 @@ class PostgresEngine(Engine):
 
     def snapshot_delete(self, endpoint: Endpoint, tools: Tools, directory: Path) -> None:
         snapshots.delete(endpoint, directory)
+
+
+def _widen(pipe: Any) -> None:
+    """Grow a pipe from 64 KiB to :data:`PIPE_BYTES` where the OS allows it (Linux)."""
+    setpipe = getattr(fcntl, "F_SETPIPE_SZ", None)
+    if setpipe is not None:
+        with contextlib.suppress(OSError, ValueError):
+            fcntl.fcntl(pipe.fileno(), setpipe, PIPE_BYTES)
 
 
 def _connect(endpoint: Endpoint, timeout: float) -> Any:
