@@ -76,3 +76,45 @@ def read_dotenv(workdir: Path) -> dict[str, str]:
     from dotenv import dotenv_values
 
     return {k: v or "" for k, v in dotenv_values(workdir / ".env").items()}
+
+
+def run_on_terminal(argv: list[str], *, cwd: Path, wait_for: bytes = b"",
+                    lines: tuple[str, ...] = (), timeout: float = 180) -> tuple[int, str]:
+    """Run ``argv`` with a pseudo-terminal as stdin, stdout and stderr, as a person would.
+
+    Once the output shows ``wait_for``, ``lines`` are typed. Returns the exit code and
+    everything the terminal showed (``\\r`` removed).
+    """
+    import os
+    import pty
+    import select
+    import time
+
+    master, slave = pty.openpty()
+    proc = subprocess.Popen(argv, cwd=cwd, stdin=slave, stdout=slave, stderr=slave,
+                            start_new_session=True)
+    os.close(slave)
+    shown, typed = b"", False
+    deadline = time.monotonic() + timeout
+    try:
+        while time.monotonic() < deadline:
+            if not typed and wait_for in shown:
+                os.write(master, "".join(f"{line}\n" for line in lines).encode())
+                typed = True
+            ready, _, _ = select.select([master], [], [], 0.1)
+            if not ready:
+                continue
+            try:
+                data = os.read(master, 4096)
+            except OSError:  # EIO: every process let go of the terminal
+                break
+            if not data:
+                break
+            shown += data
+        code = proc.wait(timeout=max(1.0, deadline - time.monotonic()))
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        os.close(master)
+    return code, shown.decode(errors="replace").replace("\r", "")

@@ -7,13 +7,9 @@ does not have, so the pull really downloads.
 
 from __future__ import annotations
 
-import os
-import pty
 import shutil
 import socket
 import subprocess
-import sys
-import threading
 import time
 import urllib.request
 import uuid
@@ -22,13 +18,11 @@ from pathlib import Path
 
 import pytest
 
-from conftest import Cli
-from docker_support import DB_IMAGE, docker
+from conftest import BIN, Cli
+from docker_support import DB_IMAGE, docker, run_on_terminal
 
 pytest_plugins = ["docker_fixtures"]
 pytestmark = pytest.mark.docker
-
-BIN = Path(sys.executable).parent
 
 
 @pytest.fixture
@@ -81,41 +75,15 @@ def remote_image(registry: str) -> Iterator[str]:
         docker("rmi", "-f", tag, check=False)
 
 
-def start_on_a_terminal(name: str, workdir: Path) -> tuple[int, str]:
-    """``claude-session start`` with stderr on a pseudo-terminal; its exit code and stderr."""
-    master, slave = pty.openpty()
-    proc = subprocess.Popen([str(BIN / "claude-session"), "start", name], cwd=workdir,
-                            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=slave)
-    os.close(slave)
-    chunks: list[bytes] = []
-
-    def drain() -> None:  # a full pty buffer would block the child
-        while True:
-            try:
-                data = os.read(master, 4096)
-            except OSError:  # EIO: the child closed its end
-                return
-            if not data:
-                return
-            chunks.append(data)
-
-    reader = threading.Thread(target=drain)
-    reader.start()
-    code = proc.wait(timeout=300)
-    reader.join(timeout=30)
-    os.close(master)
-    return code, b"".join(chunks).decode(errors="replace")
-
-
 def test_a_missing_image_is_pulled_with_progress_on_a_terminal(
     cli: Cli, new_name: Callable[[], str], workdir: Path, remote_image: str,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     monkeypatch.setenv("CLAUDE_DB_IMAGE", remote_image)
     name = new_name()
-    code, stderr = start_on_a_terminal(name, workdir)
-    assert code == 0, stderr
-    assert f"pulling {remote_image}: " in stderr and " MB" in stderr, stderr
+    code, shown = run_on_terminal([str(BIN / "claude-session"), "start", name], cwd=workdir)
+    assert code == 0, shown
+    assert f"pulling {remote_image}: " in shown and " MB" in shown, shown
     assert docker("image", "inspect", remote_image, check=False).returncode == 0
     assert cli("claude-db", "status").code == 0
     assert cli("claude-session", "delete", name, "--yes").code == 0

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import Cli, assert_one_line_error
+from conftest import BIN, Cli, assert_one_line_error
 from docker_support import (
     NOTHING,
     SESSION_IMAGE,
@@ -16,6 +16,7 @@ from docker_support import (
     inspect,
     read_dotenv,
     resources,
+    run_on_terminal,
     session_workdir,
 )
 
@@ -119,7 +120,7 @@ def test_killed_database_comes_back_with_its_data(
 
 
 def test_stop_keeps_data_and_attach_restarts_everything(
-    cli: Cli, new_name: Callable[[], str]
+    cli: Cli, new_name: Callable[[], str], workdir: Path
 ) -> None:
     name = new_name()
     started(cli, name, "--image", SESSION_IMAGE)
@@ -141,6 +142,12 @@ def test_stop_keeps_data_and_attach_restarts_everything(
                 input='echo "$PWD $(hostname) ${DATABASE_URL%%:*}"\n')
     assert shell.code == 0, shell
     assert shell.stdout.strip() == f"/workspace {name} postgresql"
+    # ...and on a terminal, a terminal there
+    code, shown = run_on_terminal(
+        [str(BIN / "claude-session"), "attach", name], cwd=workdir, wait_for=b"/workspace",
+        lines=('echo "tty:$(tty | cut -c1-8):$(hostname)"', "exit 3"),
+    )
+    assert code == 3 and f"tty:/dev/pts:{name}" in shown, shown
 
 
 def test_sessions_cannot_reach_each_other(
