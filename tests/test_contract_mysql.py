@@ -1,5 +1,7 @@
 """The MySQL engine keeps the engine contract (claude_db.testing.EngineContract), against
-real MariaDB servers: Debian's mariadbd on the local runtime."""
+real MariaDB servers: Debian's mariadbd on the local runtime, and on docker the locally
+built image that honours the official images' MYSQL_*/MARIADB_* environment
+(tests/images/mariadb)."""
 
 from __future__ import annotations
 
@@ -8,5 +10,5 @@ from claude_db.testing import EngineContract
 
 class TestMySQLContract(EngineContract):
     engine_name = "mysql"
-    runtimes = ("local",)
-    shell_input = "SELECT 40 + 2 AS answer;\n"
+    runtimes = ("local", "docker")
+    docker_image = "claude-db-test/mariadb:10.11"

@@ -16,6 +16,8 @@ from claude_db_mysql.sql import quote_ident
 #: client errors that mean "no server answers there" (2002 socket, 2003 TCP, 2013 lost
 #: during the handshake)
 CANNOT_CONNECT = (2002, 2003, 2013)
+#: run MariaDB's client where it exists (its `mysql` name is deprecated there), else MySQL's
+PICK_CLIENT = 'exec "$(command -v mariadb || command -v mysql || echo mysql)" "$@"'
 
 
 class MySQLEngine(Engine):
@@ -122,8 +124,10 @@ class MySQLEngine(Engine):
             raise _error("reset failed", endpoint, exc) from None
 
     def shell_argv(self, endpoint: Endpoint) -> list[str]:
-        # host, port and password come from native_env; the client has no variable for these
-        return ["mysql", f"--user={endpoint.user}", f"--database={endpoint.database}"]
+        # MariaDB 11 images have only `mariadb`, MySQL's only `mysql`: take what is there.
+        # Host, port and password come from native_env; user and database have no variable.
+        return ["sh", "-c", PICK_CLIENT, "mysql",
+                f"--user={endpoint.user}", f"--database={endpoint.database}"]
 
 
 _SAME_DATABASE = object()

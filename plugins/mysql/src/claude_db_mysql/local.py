@@ -32,6 +32,7 @@ THROWAWAY_OPTIONS = (
     "--skip-innodb-doublewrite",
     "--innodb-buffer-pool-size=64M",
     "--innodb-log-file-size=16M",
+    "--innodb-temp-data-file-path=ibtmp1:1M:autoextend",  # not 12 MB written at every start
     "--loose-innodb-buffer-pool-load-at-startup=0",
     "--loose-innodb-buffer-pool-dump-at-shutdown=0",
     "--character-set-server=utf8mb4",
