@@ -14,6 +14,7 @@ listed in plugins/mongo/README.md.
 
 from __future__ import annotations
 
+import fcntl
 import gzip
 import json
 import os
@@ -437,6 +438,59 @@ def test_reset_drops_the_database_and_refuses_the_servers_own(
     refused = cli("claude-db", "reset", "--yes", "--database", "admin", env=env)
     assert_one_line_error(refused, ExitCode.USAGE)
     assert USER in [u["user"] for u in db.client.admin.command("usersInfo")["users"]]
+
+
+# -- mongosh -------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def mongosh_package() -> Path:
+    """npm's ``mongosh`` package (MongoDB's shell is plain Node.js; Debian does not package
+    it), installed once into the test cache; returns the directory holding node_modules."""
+    cache = Path(os.environ.get("CLAUDE_DB_TEST_CACHE", "/var/cache/claude-db-test")) / "mongosh"
+    cache.mkdir(parents=True, exist_ok=True)
+    with open(cache / ".lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # parallel test workers install it once
+        if not (cache / "node_modules" / ".bin" / "mongosh").exists():
+            npm = shutil.which("npm")
+            if npm is None:
+                pytest.fail("npm is needed to install mongosh for the tests (apt-get install npm)")
+            proc = subprocess.run(
+                [npm, "install", "--no-audit", "--no-fund", "--prefix", str(cache), "mongosh@2"],
+                capture_output=True, text=True, stdin=subprocess.DEVNULL, timeout=900,
+            )
+            if proc.returncode != 0:
+                pytest.fail(f"npm install mongosh failed: {proc.stderr[-2000:]}")
+    return cache
+
+
+@pytest.fixture(scope="session")
+def mongosh_dir(mongosh_package: Path) -> Path:
+    """A directory holding ``mongosh``: PATH's if there is one, else the npm package's."""
+    if found := shutil.which("mongosh"):
+        return Path(found).parent
+    return mongosh_package / "node_modules" / ".bin"
+
+
+def test_mongosh_opens_on_the_database(
+    cli: Cli, standin: StandIn, db: Any, mongosh_dir: Path, tmp_path: Path
+) -> None:
+    db.items.insert_one({"_id": 1, "label": "seen by mongosh"})
+    env = standin.env(PATH=os.pathsep.join([str(mongosh_dir), os.environ["PATH"]]))
+    evaluated = cli("claude-db", "mongosh", "--eval",
+                    "print(db.getName(), db.items.findOne().label)", input="", env=env)
+    assert evaluated.code == 0, evaluated
+    assert "appdb seen by mongosh" in evaluated.stdout
+    piped = cli("claude-db", "shell", input="db.items.countDocuments({})\n", env=env)
+    assert piped.code == 0, piped
+    assert "1" in piped.stdout.split()
+    other = cli("claude-db", "mongosh", "--database", "otherdb", "--eval", "print(db.getName())",
+                input="", env=env)
+    assert other.code == 0 and "otherdb" in other.stdout, other
+
+    without = cli("claude-db", "mongosh", input="", env=standin.env(PATH=str(tmp_path)))
+    assert_one_line_error(without, ExitCode.FAILED)
+    assert "mongosh is not installed" in without.stderr
 
 
 # -- the Python API -----------------------------------------------------------------------

@@ -107,6 +107,8 @@ class CliResult:
     code: int
     stdout: str
     stderr: str
+    #: stdout as it came (``stdout`` is decoded text): binary dumps (e.g. MongoDB's) need it
+    raw_stdout: bytes = field(default=b"", repr=False)
 
     def json(self) -> Any:
         return json.loads(self.stdout)
@@ -163,7 +165,7 @@ class ClaudeCli:
         )
         return CliResult(
             list(argv), proc.returncode, proc.stdout.decode(errors="replace"),
-            proc.stderr.decode(errors="replace"),
+            proc.stderr.decode(errors="replace"), raw_stdout=proc.stdout,
         )
 
     def db(self, *argv: str, **kwargs: Any) -> CliResult:
@@ -527,7 +529,7 @@ class EngineContract:
         self.assert_seeded(contract_session)
 
         self.reset(contract_session)
-        piped = contract_session.db("import", "-", input=to_stdout.stdout)
+        piped = contract_session.db("import", "-", input=to_stdout.raw_stdout)
         assert piped.code == 0, piped
         self.assert_seeded(contract_session)
 
