@@ -367,10 +367,11 @@ def test_bad_input(cli: Cli, local_session: dict[str, str], tmp_path: Path) -> N
                  ("import", "-"), ("mysql", "-e", "SELECT 1"), ("shell",)):
         result = cli("claude-db", *argv, input="SELECT 1;\n")
         assert_one_line_error(result, ExitCode.NOT_RUNNING)
-    # a URL whose server is gone: the same exit code, one line
-    gone = cli("claude-db", "query", "SELECT 1", cwd=Path("/"),
-               env={"DATABASE_URL": local_session["DATABASE_URL"]})
-    assert_one_line_error(gone, ExitCode.NOT_RUNNING)
+    # a URL whose server is gone: the same exit code, one line, from the driver or the tools
+    url_only = {"DATABASE_URL": local_session["DATABASE_URL"], "CLAUDE_DB_AUTO_SNAPSHOTS": "0"}
+    for argv in (("query", "SELECT 1"), ("export", "-"), ("import", "-"), ("reset", "--yes")):
+        gone = cli("claude-db", *argv, cwd=Path("/"), env=url_only, input="SELECT 1;\n")
+        assert_one_line_error(gone, ExitCode.NOT_RUNNING)
 
 
 def test_reset_ends_connections_and_keeps_the_character_set(

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from claude_db import Tools
-from claude_db.errors import ClaudeDbError
+from claude_db.errors import ClaudeDbError, NotRunningError
 from claude_db_mysql.sql import quote_ident
 
 CHUNK = 1 << 20
@@ -39,6 +39,8 @@ DUMP_OPTIONS = (
     "--loose-set-gtid-purged=OFF",  # MySQL: no GTID statements; MariaDB skips `loose-` options
 )
 CLIENT_OPTIONS = ("--default-character-set=utf8mb4", "--batch")
+#: "ERROR 2003 (HY000): Can't connect..." (mysql), "Got error: 2002: ..." (mysqldump)
+_CANNOT_CONNECT = re.compile(r"(?:^ERROR |Got error: )(?:2002|2003|2005)\b", re.MULTILINE)
 _MYSQL_ERROR = re.compile(r"^ERROR (\d+) \(([0-9A-Z]+)\)(?: at line (\d+))?: (.*)$")
 
 
@@ -86,8 +88,7 @@ class Clients:
                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE)
         out, err = proc.communicate()
         if proc.returncode != 0:
-            message = client_error(err.decode(errors="replace"))
-            raise ClaudeDbError(f"{self.client} failed: {message}")
+            raise tool_error(self.client, err.decode(errors="replace"))
         return [line.split("\t") for line in out.decode().splitlines()]
 
     def user_databases(self) -> list[str]:
@@ -116,7 +117,7 @@ class Clients:
                 proc.stdout.close()
                 code = proc.wait()
             if code != 0:
-                raise ClaudeDbError(f"{self.dumper} failed: {client_error(_read(errors))}")
+                raise tool_error(self.dumper, _read(errors))
 
     def apply(self, chunks: Iterable[bytes], *, database: str | None) -> str | None:
         """Feed SQL to the client, which stops at the first error; return that error or None."""
@@ -185,6 +186,14 @@ class Clients:
                 f"import failed ({reason}) and putting the databases back failed too ({exc}); "
                 f"they were saved before the import in {snapshot} (mysql < {snapshot} applies it)"
             ) from None
+
+
+def tool_error(tool: str, stderr: str) -> ClaudeDbError:
+    """The error of a client tool that failed; exit 4 when no server answered it."""
+    message = client_error(stderr)
+    if _CANNOT_CONNECT.search(stderr):
+        return NotRunningError(f"{tool} cannot reach the server: {message}")
+    return ClaudeDbError(f"{tool} failed: {message}")
 
 
 def client_error(stderr: str) -> str:
