@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import subprocess
+import threading
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import IO, Any
@@ -74,7 +76,24 @@ def _identity(run_as: RunAs | None) -> dict[str, Any]:
 def run_shell(workdir: str, env: Mapping[str, str]) -> int:
     """An interactive shell in ``workdir`` with the session's environment."""
     shell = os.environ.get("SHELL") or shutil.which("bash") or "/bin/sh"
-    return subprocess.call([shell], cwd=workdir, env=child_env(env))
+    return run_foreground([shell], cwd=workdir, env=child_env(env))
+
+
+def run_foreground(argv: Sequence[str], *, env: Mapping[str, str], cwd: str | None = None) -> int:
+    """Run an interactive program to its end and return its status.
+
+    Ctrl-C reaches the whole foreground process group: it is the program's to handle
+    (psql cancels the running query), never a reason for us to stop waiting and kill it.
+    """
+    previous = None
+    if threading.current_thread() is threading.main_thread():
+        # a Python handler, not SIG_IGN: the child must not inherit ignoring SIGINT
+        previous = signal.signal(signal.SIGINT, lambda *_: None)
+    try:
+        return subprocess.call(list(argv), env=env, cwd=cwd)
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGINT, previous)
 
 
 class HostTools(Tools):
@@ -115,4 +134,4 @@ class HostTools(Tools):
 
     def run_interactive(self, argv: Sequence[str], *, env: Mapping[str, str]) -> int:
         command = [self._resolve(argv[0]), *argv[1:]]
-        return subprocess.call(command, env=child_env(env))
+        return run_foreground(command, env=child_env(env))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -31,10 +32,13 @@ def run(build: Callable[[], typer.Typer], prog: str) -> NoReturn:
     """Run a CLI: user errors become one line on stderr and a documented exit code."""
     verbose = "--verbose" in sys.argv[1:] or os.environ.get("CLAUDE_DB_DEBUG") == "1"
     args = [a for a in sys.argv[1:] if a != "--verbose"]
+    interrupted = _interruptible()
     try:
         _coerce_plain_values_first()
         command = typer.main.get_command(build())
         code = command.main(args=args, prog_name=prog, standalone_mode=False)
+        if interrupted and code == ExitCode.INTERRUPTED:  # typer turned it into Exit(130)
+            fail("interrupted", ExitCode.INTERRUPTED)
         sys.exit(code if isinstance(code, int) else 0)
     except typer.Exit as exc:
         sys.exit(exc.exit_code)
@@ -51,6 +55,20 @@ def run(build: Callable[[], typer.Typer], prog: str) -> NoReturn:
     except BrokenPipeError:
         sys.stderr.close()  # the reader went away (| head): not an error worth a message
         sys.exit(ExitCode.FAILED)
+
+
+def _interruptible() -> list[int]:
+    """Ctrl-C, SIGTERM and SIGHUP all interrupt a command (its cleanup runs: a start
+    leaves nothing behind); the returned list records that one arrived."""
+    received: list[int] = []
+
+    def interrupt(signum: int, frame: object) -> None:
+        received.append(signum)
+        raise KeyboardInterrupt
+
+    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, interrupt)
+    return received
 
 
 def _coerce_plain_values_first() -> None:

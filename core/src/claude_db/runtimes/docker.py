@@ -13,14 +13,13 @@ The docker SDK is imported on first use only (see ``docker_client``).
 from __future__ import annotations
 
 import contextlib
-import subprocess
 import time
 import uuid
 from typing import TYPE_CHECKING, Any
 
 from claude_db.engine import Endpoint, Engine, Tools
 from claude_db.errors import ClaudeDbError, NotRunningError, SessionExistsError
-from claude_db.processes import child_env
+from claude_db.processes import child_env, run_foreground
 from claude_db.readiness import wait_until_ready
 from claude_db.runtime import Runtime, Status
 from claude_db.runtimes.docker_client import (
@@ -255,7 +254,7 @@ class DockerRuntime(Runtime):
             return super().enter_shell(session, env)
         argv = exec_argv(container, ["sh", "-c", SHELL], env, stdin=True, tty=terminal(),
                          workdir=WORKSPACE)
-        return subprocess.call(argv, env=child_env(env))
+        return run_foreground(argv, env=child_env(env))
 
     # -- internals ------------------------------------------------------------------------
 

@@ -15,7 +15,7 @@ from typing import IO, Any
 
 from claude_db.engine import Endpoint, Tools
 from claude_db.errors import ToolMissingError
-from claude_db.processes import child_env
+from claude_db.processes import child_env, run_foreground
 
 
 def docker_cli() -> str:
@@ -83,7 +83,7 @@ class DockerExecTools(Tools):
 
     def run_interactive(self, argv: Sequence[str], *, env: Mapping[str, str]) -> int:
         command = exec_argv(self.container, argv, env, stdin=True, tty=terminal())
-        return subprocess.call(command, env=child_env(env))
+        return run_foreground(command, env=child_env(env))
 
     def has(self, tool: str) -> bool:
         if tool not in self._has:

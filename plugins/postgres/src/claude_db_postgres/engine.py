@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import os
 import re
 import subprocess
 import tempfile
@@ -91,10 +92,13 @@ class PostgresEngine(Engine):
     def restore(self, tools: Tools, chunks: Iterable[bytes]) -> None:
         # One transaction, stop at the first error: nothing of a failed import stays applied.
         argv = ["psql", "-X", "-q", "-v", "ON_ERROR_STOP=1", "--single-transaction", "-f", "-"]
+        # The local runtime's servers run with synchronous_commit=off: without this, a server
+        # crash right after the import reported success would lose it whole.
+        durable = {"PGOPTIONS": f"{os.environ.get('PGOPTIONS', '')} -c synchronous_commit=on"}
         with tempfile.TemporaryFile() as errors:
             proc = tools.popen(
                 argv,
-                env=self.native_env(tools.endpoint),
+                env={**self.native_env(tools.endpoint), **durable},
                 stdin=subprocess.PIPE,
                 stdout=subprocess.DEVNULL,
                 stderr=errors,

@@ -118,6 +118,8 @@ def _maintenance(endpoint: Endpoint) -> Any:
     other = "postgres" if endpoint.database != "postgres" else "template1"
     conn = _connect(endpoint.with_database(other), timeout=10)
     conn.autocommit = True
+    # local servers commit asynchronously: a snapshot reported saved must survive a crash
+    conn.execute("SET synchronous_commit = on")
     return conn
 
 

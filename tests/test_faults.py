@@ -1,0 +1,307 @@
+"""Faults: a server killed mid-import, a full disk mid-export, Ctrl-C mid-start.
+
+Each fault is made for real (kill -9, a 1 MB tmpfs, SIGINT to the CLI's process group)
+and caught at a point it certainly reaches (a frozen server, a held lock), never by timing.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import os
+import signal
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import psycopg
+import pytest
+
+from conftest import BIN, Cli, assert_one_line_error
+from safety_support import (
+    NOTHING_LEFT,
+    cleanup,
+    cli_env,
+    database_url,
+    fresh_state,
+    leftovers,
+    locks_waited_for_by,
+    pg_fingerprint,
+    session_json,
+    session_leader_servers,
+    start_with_frozen_server,
+)
+
+
+@pytest.fixture
+def state(tmp_path: Path, state_root: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
+    path = fresh_state(tmp_path, state_root)
+    monkeypatch.setenv("CLAUDE_DB_STATE_DIR", str(path))
+    yield path
+    cleanup(path)
+
+
+def wait_for(condition: str, probe: object, timeout: float = 120) -> None:
+    """Poll ``probe()`` until true; the timeout only guards against a hang."""
+    deadline = time.monotonic() + timeout
+    while not probe():  # type: ignore[operator]
+        if time.monotonic() > deadline:
+            raise AssertionError(f"gave up waiting for {condition}")
+        time.sleep(0.01)
+
+
+# -- the server killed during a big import --------------------------------------------------
+
+
+def big_import(path: Path, rows: int) -> None:
+    """A script whose one transaction runs long: a table, then many rows through COPY."""
+    with open(path, "w") as out:
+        out.write("CREATE TABLE big (id int PRIMARY KEY, payload text);\n")
+        out.write("COPY big (id, payload) FROM stdin;\n")
+        line = "x" * 200
+        for i in range(rows):
+            out.write(f"{i}\t{line}\n")
+        out.write("\\.\n")
+        out.write("CREATE TABLE after_big (id int);\n")
+
+
+@pytest.mark.parametrize("victim", ["postmaster", "whole server"])
+def test_server_killed_during_import_leaves_nothing_half_applied(
+    cli: Cli, state: Path, tmp_path: Path, victim: str
+) -> None:
+    """kill -9 while a big import's one transaction runs, then attach.
+
+    Killing the whole server (postmaster and backends, as the OOM killer or a lost
+    machine would) must fail the import with one line and apply none of it. Killing only
+    the postmaster may leave the import's backend running to its commit: then the import
+    succeeds whole. Either way, never half.
+    """
+    assert cli("claude-session", "start", "fault-import").code == 0
+    url = database_url(cli, "fault-import")
+    assert cli("claude-db", "query", "CREATE TABLE kept AS SELECT generate_series(1, 1000) AS x",
+               "--session", "fault-import").code == 0
+    before = pg_fingerprint(url)
+    rows = 1_000_000  # ~200 MB in one transaction: certainly still running when killed
+    script = tmp_path / "big.sql"
+    big_import(script, rows)
+
+    importing = subprocess.Popen(
+        [str(BIN / "claude-db"), "import", str(script), "--session", "fault-import"],
+        env=cli_env(state), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+
+    def copying() -> bool:
+        with psycopg.connect(url, autocommit=True) as conn:
+            row = conn.execute("SELECT count(*) FROM pg_stat_activity WHERE state = 'active' "
+                               "AND query LIKE 'COPY big%'").fetchone()
+            return bool(row and row[0])
+
+    wait_for("the import's COPY to run", copying)
+    postmaster = session_json(state, "fault-import")["runtime_state"]["pid"]
+    server = [postmaster, *_children(postmaster)]  # PostgreSQL's children setsid(): list them
+    for pid in server if victim == "whole server" else [postmaster]:
+        os.kill(pid, signal.SIGKILL)
+    _, err = importing.communicate(timeout=300)
+    stderr = err.decode()
+    assert "Traceback" not in stderr
+    # what is left of the dead server goes on its own (a backend noticing, or finishing);
+    # the dead postmaster must be reaped too, or the new one takes it for alive
+    wait_for("the old server's processes to be gone", lambda: not any(map(_exists, server)))
+
+    assert_one_line_error(cli("claude-db", "status", "--session", "fault-import"), 4)
+    attached = cli("claude-session", "attach", "fault-import", "--no-shell")
+    assert attached.code == 0, attached
+    after = pg_fingerprint(url)
+    if importing.returncode == 0:  # it committed before its backend noticed: all of it
+        assert victim == "postmaster", stderr
+        assert after["public.big"][0] == rows and "public.after_big" in after
+        assert {k: v for k, v in after.items() if "big" not in k} == before
+        return
+    assert importing.returncode == 1, stderr
+    assert [line for line in stderr.splitlines() if line.strip()] == [stderr.strip()]
+    assert stderr.startswith("error: import failed, nothing was applied"), stderr
+    assert after == before  # no "big", no "after_big", "kept" whole
+
+
+def _children(parent: int) -> list[int]:
+    found = []
+    for entry in os.scandir("/proc"):
+        if entry.name.isdigit():
+            with contextlib.suppress(OSError):
+                fields = Path(f"/proc/{entry.name}/stat").read_text().rsplit(")", 1)[1].split()
+                if int(fields[1]) == parent:
+                    found.append(int(entry.name))
+    return found
+
+
+def _exists(pid: int) -> bool:
+    """Alive or a zombie not yet reaped (``/proc/<pid>`` is there)."""
+    return Path(f"/proc/{pid}").exists()
+
+
+# -- a full disk during export ----------------------------------------------------------------
+
+
+@pytest.fixture
+def tiny_disk(tmp_path: Path) -> Iterator[Path]:
+    """A 1 MB tmpfs (needs root and mount rights: fails loudly without them)."""
+    mountpoint = tmp_path / "tiny"
+    mountpoint.mkdir()
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mountpoint)],
+                             capture_output=True, text=True)
+    assert mounted.returncode == 0, f"cannot mount a tmpfs here: {mounted.stderr}"
+    try:
+        yield mountpoint
+    finally:
+        subprocess.run(["umount", str(mountpoint)], check=True)
+
+
+@pytest.mark.parametrize("name", ["dump.sql", "dump.sql.gz"])
+def test_full_disk_during_export_leaves_no_partial_file(
+    cli: Cli, state: Path, tiny_disk: Path, name: str
+) -> None:
+    assert cli("claude-session", "start", "fault-disk").code == 0
+    fill = ("CREATE TABLE filler AS SELECT g AS id, md5(g::text) || md5((g * 7)::text) AS t "
+            "FROM generate_series(1, 100000) g")
+    assert cli("claude-db", "query", fill, "--session", "fault-disk").code == 0
+    before = pg_fingerprint(database_url(cli, "fault-disk"))
+
+    target = tiny_disk / name
+    result = cli("claude-db", "export", str(target), "--session", "fault-disk")
+    assert_one_line_error(result, 1)
+    assert "No space left on device" in result.stderr
+    assert list(tiny_disk.iterdir()) == []  # neither the file nor its temporary file
+    # the dump tool was stopped with it, the database is unchanged and still exports
+    port = session_json(state, "fault-disk")["runtime_state"]["port"]
+    assert _dump_tools_of(port) == []
+    assert pg_fingerprint(database_url(cli, "fault-disk")) == before
+    assert cli("claude-db", "export", str(state.parent / name), "--session", "fault-disk").code == 0
+
+
+def _dump_tools_of(port: int) -> list[int]:
+    """pg_dump processes still working for the server on ``port``."""
+    found = []
+    for entry in os.scandir("/proc"):
+        if entry.name.isdigit():
+            with contextlib.suppress(OSError):
+                if Path(f"/proc/{entry.name}/comm").read_text().strip() != "pg_dump":
+                    continue
+                environ = Path(f"/proc/{entry.name}/environ").read_bytes().split(b"\0")
+                if f"PGPORT={port}".encode() in environ:
+                    found.append(int(entry.name))
+    return found
+
+
+# -- Ctrl-C during start ---------------------------------------------------------------------
+
+
+def interrupt(proc: subprocess.Popen[bytes]) -> tuple[int, str]:
+    """Ctrl-C as a terminal sends it: SIGINT to the CLI's whole process group."""
+    os.killpg(proc.pid, signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    return proc.returncode, err.decode()
+
+
+def assert_interrupted(code: int, stderr: str) -> None:
+    assert code == 130, stderr
+    assert stderr.strip() == "error: interrupted", stderr
+
+
+def test_interrupt_during_start_while_the_server_starts(state: Path, workdir: Path) -> None:
+    """The server process, its data directory and its port exist: all of it goes."""
+    proc, server = start_with_frozen_server(state, "fault-int", workdir)
+    name = next(p.name for p in (state / "sessions").iterdir() if not p.name.startswith("."))
+    port = session_json(state, name)["runtime_state"]["port"]
+    os.killpg(proc.pid, signal.SIGINT)
+    os.kill(server, signal.SIGCONT)  # the cleanup stops it: it must be able to run
+    _, err = proc.communicate(timeout=120)
+    assert_interrupted(proc.returncode, err.decode())
+    assert session_leader_servers(state, name) == []
+    assert leftovers(state, [port]) == NOTHING_LEFT
+    assert not (workdir / ".env").exists()
+
+
+def test_interrupt_during_start_while_waiting_for_the_session_lock(
+    state: Path, workdir: Path
+) -> None:
+    """Interrupted before anything was made: nothing is made, nothing is left."""
+    sessions = state / "sessions"
+    sessions.mkdir()
+    with open(sessions / ".fault-wait.lock", "a") as held:
+        fcntl.flock(held, fcntl.LOCK_EX)  # as another command on this session would
+        proc = subprocess.Popen(
+            [str(BIN / "claude-session"), "start", "fault-wait"], cwd=workdir,
+            env=cli_env(state), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE, start_new_session=True,
+        )
+        wait_for("start to wait for the lock", lambda: locks_waited_for_by(proc.pid))
+        assert_interrupted(*interrupt(proc))
+    assert not (sessions / "fault-wait").exists()
+    assert session_leader_servers(state, "fault-wait") == []
+
+
+def test_interrupt_leaves_the_name_usable(cli: Cli, state: Path, workdir: Path) -> None:
+    proc, server = start_with_frozen_server(state, "fault-again", workdir)
+    name = next(p.name for p in (state / "sessions").iterdir() if not p.name.startswith("."))
+    os.killpg(proc.pid, signal.SIGINT)
+    os.kill(server, signal.SIGCONT)
+    proc.communicate(timeout=120)
+    started = cli("claude-session", "start", name)
+    assert started.code == 0, started
+    assert cli("claude-db", "status", "--session", name).code == 0
+    assert cli("claude-session", "delete", name, "--yes").code == 0
+    assert leftovers(state, []) == NOTHING_LEFT
+
+
+# -- Ctrl-C inside the interactive client ---------------------------------------------------
+
+
+def test_ctrl_c_in_psql_cancels_the_query_not_the_client(
+    cli: Cli, state: Path, workdir: Path
+) -> None:
+    """Ctrl-C reaches the whole terminal group: psql cancels its query and goes on;
+    claude-db, waiting for psql, must not take it as its own interruption and kill it."""
+    import pty
+    import select
+
+    assert cli("claude-session", "start", "fault-psql").code == 0
+    url = database_url(cli, "fault-psql")
+    pid, terminal = pty.fork()
+    if pid == 0:  # the child: claude-db psql on a terminal of its own
+        os.chdir(workdir)
+        os.environ["PAGER"] = "cat"
+        os.execv(str(BIN / "claude-db"), ["claude-db", "psql", "--session", "fault-psql"])
+    seen = b""
+
+    def read_until(text: bytes) -> None:
+        nonlocal seen
+        deadline = time.monotonic() + 60
+        while text not in seen:
+            assert time.monotonic() < deadline, seen.decode(errors="replace")
+            if select.select([terminal], [], [], 0.1)[0]:
+                seen += os.read(terminal, 65536)
+
+    def sleeping() -> bool:
+        with psycopg.connect(url, autocommit=True) as conn:
+            row = conn.execute("SELECT count(*) FROM pg_stat_activity "
+                               "WHERE query LIKE 'select pg_sleep(600)%'").fetchone()
+            return bool(row and row[0])
+
+    try:
+        read_until(b"=#")
+        os.write(terminal, b"select pg_sleep(600);\n")
+        wait_for("the query to run", sleeping)
+        os.write(terminal, b"\x03")  # Ctrl-C
+        read_until(b"canceling statement due to user request")
+        os.write(terminal, b"select 6 * 7 as answer;\n")
+        read_until(b"42")
+        os.write(terminal, b"\\q\n")
+        _, status = os.waitpid(pid, 0)
+        assert os.waitstatus_to_exitcode(status) == 0
+    finally:
+        with contextlib.suppress(ChildProcessError, ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)
+        os.close(terminal)
