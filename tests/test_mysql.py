@@ -24,6 +24,7 @@ import pytest
 
 from claude_db.envfile import read_env
 from claude_db.errors import ExitCode
+from claude_db_mysql.dumps import SANDBOX_LINE, without_sandbox_line
 from conftest import BIN, Cli, assert_one_line_error
 
 DOCKER_IMAGE = "claude-db-test/mariadb:10.11"
@@ -276,6 +277,20 @@ def test_50k_rows_survive_export_reset_import(
     # a dump of the imported database is the dump it was imported from
     again = cli("claude-db", "export", "-")
     assert stable(again.stdout.encode()) == stable(first.stdout.encode())
+
+
+def test_mariadb_dumps_are_made_importable_by_mysqls_client(
+    cli: Cli, local_session: dict[str, str]
+) -> None:
+    """mariadb-dump's first line is rejected by MySQL's client: it is blanked for that client
+    (the docker runtime's default image is MySQL's; the local runtime runs MariaDB)."""
+    cli("claude-db", "query", "CREATE TABLE t (x INT)")
+    dump = cli("claude-db", "export", "-").stdout.encode()
+    first, rest = dump.split(b"\n", 1)
+    assert SANDBOX_LINE.match(first + b"\n"), first
+    chunks = [dump[:7], dump[7:30], dump[30:]]
+    assert b"".join(without_sandbox_line(chunks)) == b"\n" + rest  # line numbers kept
+    assert b"".join(without_sandbox_line([rest])) == rest
 
 
 def test_import_applies_nothing_when_a_statement_fails(

@@ -41,6 +41,9 @@ DUMP_OPTIONS = (
 CLIENT_OPTIONS = ("--default-character-set=utf8mb4", "--batch")
 #: "ERROR 2003 (HY000): Can't connect..." (mysql), "Got error: 2002: ..." (mysqldump)
 _CANNOT_CONNECT = re.compile(r"(?:^ERROR |Got error: )(?:2002|2003|2005)\b", re.MULTILINE)
+#: mariadb-dump (10.5.25+, 10.11.8+, 11.x) begins dumps with this line, which MySQL's client
+#: rejects ("Unknown command '\-'"): for it the line is blanked, keeping line numbers
+SANDBOX_LINE = re.compile(rb"^/\*M!999999\\- enable the sandbox mode \*/ ?\r?\n")
 _MYSQL_ERROR = re.compile(r"^ERROR (\d+) \(([0-9A-Z]+)\)(?: at line (\d+))?: (.*)$")
 
 
@@ -124,6 +127,8 @@ class Clients:
         argv = [self.client, *self.connection, *CLIENT_OPTIONS]
         if database:
             argv.append(f"--database={database}")
+        if self.client == "mysql":  # MySQL's client (MariaDB's is called `mariadb`)
+            chunks = without_sandbox_line(chunks)
         with tempfile.TemporaryFile() as errors:
             proc = self.tools.popen(argv, env=self.env, stdin=subprocess.PIPE,
                                     stdout=subprocess.DEVNULL, stderr=errors)
@@ -186,6 +191,21 @@ class Clients:
                 f"import failed ({reason}) and putting the databases back failed too ({exc}); "
                 f"they were saved before the import in {snapshot} (mysql < {snapshot} applies it)"
             ) from None
+
+
+def without_sandbox_line(chunks: Iterable[bytes]) -> Iterator[bytes]:
+    """``chunks`` with MariaDB's sandbox-mode first line (if any) made an empty line."""
+    iterator = iter(chunks)
+    head = b""
+    for chunk in iterator:
+        head += chunk
+        if b"\n" in head or len(head) > 4096:
+            break
+    if match := SANDBOX_LINE.match(head):
+        head = b"\n" + head[match.end():]
+    if head:
+        yield head
+    yield from iterator
 
 
 def tool_error(tool: str, stderr: str) -> ClaudeDbError:
