@@ -245,6 +245,33 @@ def test_other_user_on_the_local_runtime(cli: Cli, workdir: Path) -> None:
         cli("claude-session", "delete", "my-app", "--yes")
 
 
+@pytest.mark.docker
+def test_other_user_on_docker(cli: Cli, workdir: Path) -> None:
+    """CLAUDE_DB_USER=app: the images' MYSQL_USER, with every privilege on its database only;
+    imports and resets still work within those privileges, and root has the same password."""
+    started = cli("claude-session", "start", "my-app-docker", "--db", "mysql", "--runtime",
+                  "docker", env={"CLAUDE_DB_USER": "app", "CLAUDE_DB_IMAGE": DOCKER_IMAGE})
+    assert started.code == 0, started
+    try:
+        env = read_env(workdir)
+        assert fetch(env, "SELECT CURRENT_USER()") == [("app@%",)]
+        cli("claude-db", "query", "CREATE TABLE kept (x INT)")
+        failed = cli("claude-db", "import", "-", input="CREATE TABLE half (x INT);\nSELEKT;\n")
+        assert_one_line_error(failed, ExitCode.FAILED)
+        assert tables(env) == ["kept"]
+        assert cli("claude-db", "reset", "--yes").code == 0
+        assert tables(env) == []
+        denied = cli("claude-db", "query", "CREATE DATABASE other")
+        assert_one_line_error(denied, ExitCode.FAILED)
+        assert "Access denied" in denied.stderr
+        url = urlsplit(env["DATABASE_URL"])
+        root = pymysql.connect(host=url.hostname, port=url.port, user="root",
+                               password=env["DB_PASSWORD"])
+        root.close()
+    finally:
+        cli("claude-session", "delete", "my-app-docker", "--yes")
+
+
 # -- dumps and imports ----------------------------------------------------------------------
 
 

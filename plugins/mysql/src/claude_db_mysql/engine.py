@@ -27,7 +27,8 @@ class MySQLEngine(Engine):
     server is its own, and only an account with global privileges can create the
     extra databases the seed's examples make (and e.g. Prisma's shadow database).
     ``CLAUDE_DB_USER=app`` gives the official images' other contract instead: a user
-    with every privilege on the session's database only.
+    with every privilege on the session's database only (on the local runtime, where
+    there is no image, that user is the server's superuser and root is dropped).
     """
 
     name = "mysql"
