@@ -182,13 +182,9 @@ class TestMongoContract(EngineContract):
                       check=False).returncode != 0
         self.reset(contract_session)
         self.seed(contract_session)
-        dumped = subprocess.run(
-            [str(contract_session.cli.bin_dir / "claude-db"), "export", "-"],
-            cwd=contract_session.workdir, env=contract_session.cli.environment(),
-            capture_output=True, stdin=subprocess.DEVNULL, timeout=300,
-        )
-        assert dumped.returncode == 0, dumped.stderr
-        assert dumped.stdout.startswith(MAGIC)
+        dumped = contract_session.db("export", "-")
+        assert dumped.code == 0, dumped
+        assert dumped.raw_stdout.startswith(MAGIC)
 
     def test_mongosh_command_runs_in_the_container(
         self, contract_session: ContractSession
