@@ -46,6 +46,7 @@ from conftest import BIN, Cli, assert_one_line_error
 USER = "root"
 BIG = 10_000
 SERVER = "secantusd-py"
+MONGOSH_PACKAGE = "mongosh@2.12"  # the version tested (newer ones may want a newer Node.js)
 # the driver-level archive whatever tools this machine has: these tests are about it
 DRIVER = {"CLAUDE_DB_MONGO_DUMP_FORMAT": "driver", "CLAUDE_DB_AUTO_SNAPSHOTS": "0"}
 
@@ -451,12 +452,17 @@ def mongosh_package() -> Path:
     cache.mkdir(parents=True, exist_ok=True)
     with open(cache / ".lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)  # parallel test workers install it once
-        if not (cache / "node_modules" / ".bin" / "mongosh").exists():
+        installed = cache / "node_modules" / "mongosh" / "package.json"
+        wanted = MONGOSH_PACKAGE.split("@", 1)[1]
+        if not installed.exists() or not json.loads(installed.read_text())["version"].startswith(
+            wanted + "."
+        ):
             npm = shutil.which("npm")
             if npm is None:
                 pytest.fail("npm is needed to install mongosh for the tests (apt-get install npm)")
             proc = subprocess.run(
-                [npm, "install", "--no-audit", "--no-fund", "--prefix", str(cache), "mongosh@2"],
+                [npm, "install", "--no-audit", "--no-fund", "--prefix", str(cache),
+                 MONGOSH_PACKAGE],
                 capture_output=True, text=True, stdin=subprocess.DEVNULL, timeout=900,
             )
             if proc.returncode != 0:
