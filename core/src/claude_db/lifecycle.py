@@ -124,6 +124,7 @@ def _signals_held() -> Iterator[None]:
 
 def stop_session(app: App, name: str) -> Session:
     store = app.store
+    store.load(name)  # an unknown name fails before it gets a lock file
     with store.lock(name):
         session = store.load(name)
         if session.has_database:
@@ -154,6 +155,7 @@ def ensure_running(app: App, session: Session) -> None:
 def delete_session(app: App, name: str, *, keep_data: bool = False) -> tuple[Session, list[str]]:
     store = app.store
     notes: list[str] = []
+    store.load(name)  # an unknown name fails before it gets a lock file
     with store.lock(name):
         session = store.load(name)
         if session.has_database:

@@ -226,6 +226,8 @@ def replace_from(app: App, target: Target, source: str, database: str | None) ->
                     f"({_message(again)}): it is in snapshot {snapshot.name} "
                     f"(claude-db snapshot restore {snapshot.name})"
                 ) from None
+            with contextlib.suppress(Exception):  # the data is back: the copy adds nothing
+                _delete(target, snapshot)
             if isinstance(exc, ClaudeDbError):
                 raise ClaudeDbError(f"{_message(exc)}; the previous data is back") from None
             raise

@@ -19,7 +19,7 @@ from claude_db.lifecycle import (
     start_session,
     stop_session,
 )
-from claude_db.session import Session, name_from_directory
+from claude_db.session import Session, name_from_directory, validate_name
 
 HELP = """Start, list, attach, stop and delete sessions, each with its own database."""
 
@@ -206,7 +206,7 @@ def gc(
 
 def _name(name: str | None) -> str:
     if name:
-        return name
+        return validate_name(name)  # also keeps names from reaching outside the state dir
     import os
 
     from claude_db.envfile import read_env
