@@ -9,25 +9,21 @@ their entry points, as after ``pip install claude-db-example``.
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import subprocess
-import sys
 import textwrap
-import zipfile
 from collections.abc import Callable
-from importlib import metadata
 from pathlib import Path
 
 import pytest
-from packaging.requirements import Requirement
-from packaging.utils import canonicalize_name
 
 from claude_db.testing import (
     ClaudeCli,
     CliResult,
     EngineContract,
     assert_one_line_error,
+    build_wheelhouse,
+    fresh_environment,
     traversable_tmpdir,
 )
 
@@ -118,65 +114,13 @@ def write_broken_distribution(parent: Path, entry_point: str, source: str) -> Pa
 # -- building and installing ------------------------------------------------------------
 
 
-def pip(*args: str) -> str:
-    proc = subprocess.run(
-        [sys.executable, "-m", "pip", "--disable-pip-version-check", *args],
-        capture_output=True, text=True, stdin=subprocess.DEVNULL, timeout=600,
-    )
-    assert proc.returncode == 0, f"pip {' '.join(args)} failed:\n{proc.stdout}\n{proc.stderr}"
-    return proc.stdout
-
-
-def wheel_metadata(wheel: Path) -> tuple[str, list[str]]:
-    """A wheel's distribution name and its Requires-Dist lines."""
-    with zipfile.ZipFile(wheel) as archive:
-        name = next(n for n in archive.namelist() if n.endswith(".dist-info/METADATA"))
-        text = archive.read(name).decode()
-    lines = text.split("\n\n", 1)[0].splitlines()
-    dist = next(line.split(": ", 1)[1] for line in lines if line.startswith("Name: "))
-    requires = [line.split(": ", 1)[1] for line in lines if line.startswith("Requires-Dist: ")]
-    return dist, requires
-
-
 @pytest.fixture(scope="session")
 def wheelhouse(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Wheels of this project, the broken plugins and every third-party dependency."""
-    house = tmp_path_factory.mktemp("wheelhouse")
     sources = tmp_path_factory.mktemp("broken-sources")
     projects = [ROOT / "core", ROOT / "plugins" / "postgres", ROOT / "tests" / "example_engine"]
     projects += [write_broken_distribution(sources, ep, src) for ep, src in BROKEN.items()]
-    # hatchling from this environment when it has one (fast, offline); else pip fetches it
-    isolation = [] if importlib.util.find_spec("hatchling") is None else ["--no-build-isolation"]
-    pip("wheel", "-q", "--no-deps", *isolation, "-w", str(house), *map(str, projects))
-    ours: set[str] = set()
-    requirements: set[str] = set()
-    for wheel in house.glob("*.whl"):
-        dist, requires = wheel_metadata(wheel)
-        ours.add(canonicalize_name(dist))
-        requirements.update(r for r in requires if "extra ==" not in r)
-    third_party = sorted(
-        r for r in requirements if canonicalize_name(Requirement(r).name) not in ours
-    )
-    # the versions this environment runs with: the fresh ones test the same code
-    constraints = house / "constraints.txt"
-    constraints.write_text("".join(
-        f"{d.metadata['Name']}=={d.version}\n" for d in metadata.distributions()
-        if canonicalize_name(d.metadata["Name"]) not in ours
-    ))
-    pip("download", "-q", "--only-binary=:all:", "-d", str(house), "-c", str(constraints),
-        *third_party)
-    return house
-
-
-def fresh_environment(wheelhouse: Path, where: Path, *requirements: str) -> Path:
-    """A new virtual environment with ``requirements`` installed from the wheelhouse alone;
-    returns its bin directory."""
-    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(where)], check=True)
-    assert "include-system-site-packages = false" in (where / "pyvenv.cfg").read_text()
-    python = where / "bin" / "python"
-    pip("--python", str(python), "install", "-q", "--no-index", "--find-links", str(wheelhouse),
-        *requirements)
-    return where / "bin"
+    return build_wheelhouse(tmp_path_factory.mktemp("wheelhouse"), projects)
 
 
 @pytest.fixture(scope="session")
