@@ -327,6 +327,11 @@ def test_each_problem_names_its_cause(broken: ClaudeCli) -> None:
     assert "SystemExit" in messages["broken-exit"]
     assert messages["broken-commands"] == "RuntimeError: no command for you"
     assert "half-added" not in broken("claude-db", "--help").stdout  # taken out again
+    listing = broken("claude-db", "plugins")
+    assert listing.code == 0, listing
+    for entry_point in BROKEN:
+        assert (f"load error: plugin '{entry_point}' (distribution {distribution(entry_point)})"
+                f" skipped: {messages[entry_point]}") in listing.stdout.splitlines()
 
 
 def test_cli_keeps_working_beside_broken_plugins(broken: ClaudeCli) -> None:
