@@ -10,7 +10,8 @@
 # Env: PROJECT_ROOT (default: the repo holding this script) - where core/ and
 #      plugins/*/ are read from; CLAUDE_DB_TEST_CACHE (default /var/cache/claude-db-test);
 #      CLAUDE_DB_DEBIAN_MIRROR / CLAUDE_DB_DEBIAN_SECURITY_MIRROR override the
-#      mirror otherwise read from the host's apt sources.
+#      mirror otherwise read from the host's apt sources; CLAUDE_DB_TEST_PREFIX
+#      (default claude-db-test) names the image repositories.
 set -euo pipefail
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 . "$here/lib.sh"
@@ -18,12 +19,12 @@ here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 PROJECT_ROOT=$(cd "${PROJECT_ROOT:-$here/../..}" && pwd)
 CACHE=${CLAUDE_DB_TEST_CACHE:-/var/cache/claude-db-test}
 SUITE=bookworm
-PREFIX=claude-db-test
+PREFIX=${CLAUDE_DB_TEST_PREFIX:-claude-db-test}   # another prefix = an independent set (cold-build timing)
 LABEL=org.claude-db.test.hash
 # Bump to force a rebuild of the base when the recipe below changes.
-BASE_RECIPE=2
+BASE_RECIPE=3
 
-"$here/docker-up.sh"
+bash "$here/docker-up.sh"
 mkdir -p "$CACHE/logs"
 
 # Concurrent test runs (e.g. pytest-xdist workers) must not build the same image twice.
@@ -66,7 +67,7 @@ build_base() {
     sec=$(debian_security_mirror "$SUITE")
     # Only list <suite>-updates when the host's mirror serves it.
     updates=$(host_apt_sources | awk -F'\t' -v m="$mirror" -v s="$SUITE-updates" \
-        '($1 == m || $1 == m "/") && $2 == s { print "yes"; exit }')
+        '!done && ($1 == m || $1 == m "/") && $2 == s { print "yes"; done = 1 }')
     # The host's mirror may be a dated snapshot whose Release files are past
     # Valid-Until; the host's apt is then configured to accept that, and so must
     # the image's apt be.
@@ -117,6 +118,10 @@ DPKG
         # No init system in a container: package scripts must not try to start services.
         printf '#!/bin/sh\nexit 101\n' >"$rootfs/usr/sbin/policy-rc.d"
         chmod +x "$rootfs/usr/sbin/policy-rc.d"
+        # What debootstrap installed before the excludes above existed.
+        find "$rootfs/usr/share/doc" -mindepth 1 ! -type d ! -name copyright -delete
+        find "$rootfs/usr/share/doc" -mindepth 1 -type d -empty -delete
+        rm -rf "$rootfs"/usr/share/man/* "$rootfs"/usr/share/info/* "$rootfs"/usr/share/locale/*
         rm -rf "$rootfs"/var/lib/apt/lists/* "$rootfs"/var/cache/apt/*.bin \
             "$rootfs"/var/cache/apt/archives/*.deb "$rootfs"/var/log/*.log "$rootfs/etc/hostname"
         : >"$rootfs/etc/resolv.conf"   # docker bind-mounts its own
@@ -141,6 +146,7 @@ DPKG
 cleanup_rootfs() {
     local root=$1 m
     [ -d "$root" ] || return 0
+    # shellcheck disable=SC2013  # /proc/mounts escapes blanks in paths
     for m in $(awk -v r="$root" 'index($2, r) == 1 { print $2 }' /proc/mounts | sort -r); do
         umount -l "$m" 2>/dev/null || true
     done
@@ -158,35 +164,103 @@ build_dockerfile_image() {  # tag, context dir
 }
 
 # --- session image: this project's distributions, installed from wheels -----
+# Containers may not reach PyPI: the project and all its dependencies are built
+# into wheels here, on the host, and installed offline inside. To keep a rebuild
+# after a source edit short (seconds, not a minute), two things are cached under
+# $CACHE: a wheelhouse of the dependencies and of the build backends, and a
+# build venv with the backends installed (so no isolated build environment is
+# created per distribution). pip goes to the index only when the offline
+# attempt fails (a new or changed dependency).
+build_wheels() {  # out dir, project dirs...
+    local out=$1; shift
+    local house=$CACHE/wheelhouse wlog=$CACHE/logs/session-wheels.log breqs own benv
+    mkdir -p "$house"
+    : >"$wlog"
+    # Build requirements, one per line (they may contain blanks), and the
+    # project's own distribution names (wheel-file spelling).
+    mapfile -t breqs < <(python3 - "$@" <<'PY'
+import sys, tomllib
+for d in sys.argv[1:]:
+    with open(d + "/pyproject.toml", "rb") as f:
+        print(*tomllib.load(f).get("build-system", {}).get("requires", ["setuptools"]), sep="\n")
+print("wheel")  # setuptools < 70.1 asks for it at build time (no isolation here)
+PY
+)
+    own=$(python3 - "$@" <<'PY'
+import re, sys, tomllib
+for d in sys.argv[1:]:
+    with open(d + "/pyproject.toml", "rb") as f:
+        print(re.sub(r"[-_.]+", "_", tomllib.load(f)["project"]["name"]).lower())
+PY
+)
+    benv=$CACHE/buildenv-$(printf '%s\n' "$(python3 -VV)" "${breqs[@]}" | LC_ALL=C sort -u | sha)
+    if [ ! -x "$benv/bin/pip" ]; then
+        rm -rf "$benv"
+        python3 -m venv "$benv.tmp" >>"$wlog" 2>&1 || { tail -n 20 "$wlog" >&2; return 1; }
+        local bpip=("$benv.tmp/bin/python" -m pip --disable-pip-version-check)
+        if ! "${bpip[@]}" install --quiet --no-index --find-links "$house" "${breqs[@]}" >>"$wlog" 2>&1; then
+            if ! "${bpip[@]}" download --quiet --only-binary :all: --dest "$house" "${breqs[@]}" >>"$wlog" 2>&1 ||
+                ! "${bpip[@]}" install --quiet --no-index --find-links "$house" "${breqs[@]}" >>"$wlog" 2>&1; then
+                tail -n 30 "$wlog" >&2; rm -rf "$benv.tmp"
+                log "build: could not install the build backends: ${breqs[*]}"; return 1
+            fi
+        fi
+        mv "$benv.tmp" "$benv"
+        find "$CACHE" -maxdepth 1 -name 'buildenv-*' ! -name "${benv##*/}" -exec rm -rf {} +
+    fi
+    local pip=("$benv/bin/python" -m pip --disable-pip-version-check wheel --quiet
+        --no-build-isolation --find-links "$house" --wheel-dir "$out")
+    local online=
+    if ! "${pip[@]}" --no-index "$@" >>"$wlog" 2>&1; then
+        online=1
+        rm -f "$out"/*.whl
+        # Last resort: pip's usual isolated builds (a backend that needs more
+        # than its declared requirements).
+        if ! "${pip[@]}" "$@" >>"$wlog" 2>&1 && { rm -f "$out"/*.whl;
+            ! python3 -m pip --disable-pip-version-check wheel --quiet --find-links "$house" \
+                --wheel-dir "$out" "$@" >>"$wlog" 2>&1; }; then
+            tail -n 30 "$wlog" >&2
+            log "build: pip wheel failed for: $*"; return 1
+        fi
+    fi
+    # out/deps: the dependencies (byte-identical from one build to the next, so
+    # the image layer installing them stays cached); out/project: our own.
+    # The wheelhouse gets the dependencies, never the project's own wheels (a
+    # stale one must not stand in for the sources).
+    local w n
+    mkdir -p "$out/deps" "$out/project"
+    for w in "$out"/*.whl; do
+        n=${w##*/}; n=${n%%-*}; n=${n,,}
+        if grep -qxF "$n" <<<"$own"; then mv "$w" "$out/project/"
+        else
+            [ -z "$online" ] || cp -n "$w" "$house/"
+            mv "$w" "$out/deps/"
+        fi
+    done
+}
+
 build_session() {
     local repo=$PREFIX/session t0 dirs=() d hash src pyver ctx
     t0=$(now)
-    [ -f "$PROJECT_ROOT/core/pyproject.toml" ] && dirs+=("$PROJECT_ROOT/core")
-    for d in "$PROJECT_ROOT"/plugins/*/; do
-        [ -f "$d/pyproject.toml" ] && dirs+=("${d%/}")
+    for d in "$PROJECT_ROOT"/core/ "$PROJECT_ROOT"/plugins/*/; do
+        if [ -f "$d/pyproject.toml" ]; then dirs+=("${d%/}"); fi
     done
     src=
     for d in ${dirs[@]+"${dirs[@]}"}; do src+="${d#"$PROJECT_ROOT"/} $(tree_hash "$d")"$'\n'; done
     # Wheels are built by the host's Python and must match the image's (3.11).
     pyver=$(python3 -c 'import sys; print("%d.%d" % sys.version_info[:2])')
     [ "$pyver" = 3.11 ] || log "build: warning: host python3 is $pyver, the session image has 3.11; compiled wheels may not install"
-    hash=$(printf '%s\n' "$BASE_ID" "$(tree_hash "$here/session")" "$pyver" "$src" | sha)
+    # build.sh itself too: it decides how the wheels are made.
+    hash=$(printf '%s\n' "$BASE_ID" "$(tree_hash "$here/session")" "$(sha <"$here/build.sh")" \
+        "$pyver" "$src" | sha)
     if docker image inspect "$repo:$hash" >/dev/null 2>&1; then
         docker tag "$repo:$hash" "$repo:latest"
         report "$repo:latest" reused "$t0"; return
     fi
     ctx=$(mktemp -d "$CACHE/session-ctx.XXXXXX")
     cp -a "$here/session/." "$ctx/"
-    mkdir -p "$ctx/wheels"
-    if [ ${#dirs[@]} -gt 0 ]; then
-        # Containers may not reach PyPI: resolve and build everything (the
-        # project and its dependencies) here, install offline inside.
-        if ! python3 -m pip wheel --quiet --disable-pip-version-check --wheel-dir "$ctx/wheels" \
-            "${dirs[@]}" >"$CACHE/logs/session-wheels.log" 2>&1; then
-            tail -n 30 "$CACHE/logs/session-wheels.log" >&2
-            rm -rf "$ctx"; die "pip wheel failed for: ${dirs[*]}"
-        fi
-    fi
+    mkdir -p "$ctx/wheels/deps" "$ctx/wheels/project"
+    [ ${#dirs[@]} -eq 0 ] || build_wheels "$ctx/wheels" "${dirs[@]}" || { rm -rf "$ctx"; exit 1; }
     docker_build "$repo:$hash" "$hash" "$ctx" --build-arg "BASE=$PREFIX/debian:$SUITE" -t "$repo:latest"
     rm -rf "$ctx"
     # Older source-hash tags are dead weight: untag them (layers shared with
@@ -198,6 +272,15 @@ build_session() {
 }
 
 build_base
-build_dockerfile_image "$PREFIX/postgres:15" "$here/postgres"
-build_dockerfile_image "$PREFIX/mariadb:10.11" "$here/mariadb"
-build_session
+# The three images only share the base: build them side by side (mostly apt
+# downloads and unpacking; a cold build gets much shorter).
+pids=()
+build_dockerfile_image "$PREFIX/postgres:15" "$here/postgres" & pids+=($!)
+build_dockerfile_image "$PREFIX/mariadb:10.11" "$here/mariadb" & pids+=($!)
+build_session & pids+=($!)
+failed=0
+for pid in "${pids[@]}"; do wait "$pid" || failed=1; done
+[ "$failed" = 0 ] || die "some images failed to build (see above)"
+# Images replaced by a rebuild are left untagged: drop those no container uses
+# (only ours, selected by label; the classic builder's layer cache is kept).
+docker image prune -f --filter "label=$LABEL" >/dev/null 2>&1 || true

@@ -44,6 +44,7 @@ start_dockerd() {  # $@: extra dockerd flags
     mkdir -p "$(dirname "$LOG")"
     printf '\n=== %s docker-up: dockerd %s\n' "$(date -Is)" "$*" >>"$LOG"
     # setsid+nohup: the daemon must outlive this script and its caller's session.
+    # shellcheck disable=SC2086  # CLAUDE_DB_DOCKERD_ARGS: extra flags, split on purpose
     setsid nohup dockerd \
         --host unix:///var/run/docker.sock --host "$TCP" \
         --pidfile "$PIDFILE" "$@" ${CLAUDE_DB_DOCKERD_ARGS:-} >>"$LOG" 2>&1 </dev/null &
@@ -60,7 +61,7 @@ start_dockerd() {  # $@: extra dockerd flags
 # fallback (e.g. when /var/lib/docker sits on overlayfs itself).
 if start_dockerd; then :; else
     rc=$?
-    if [ "$rc" = 1 ] && tail -n 30 "$LOG" | grep -qiE 'overlay|storage.driver|graphdriver'; then
+    if [ "$rc" = 1 ] && tail -n 30 "$LOG" | grep -iE 'overlay|storage.driver|graphdriver' >/dev/null; then
         log "docker-up: dockerd failed with the default storage driver, retrying with vfs"
         start_dockerd --storage-driver=vfs || rc=$?
     fi

@@ -8,14 +8,14 @@ die() { printf 'error: %s\n' "$*" >&2; exit 1; }
 # file order: one-line (*.list) and deb822 (*.sources) formats. The mirror is
 # never written into the repo; it is read here at run time.
 host_apt_sources() {
-    local f
-    for f in /etc/apt/sources.list /etc/apt/sources.list.d/*.list; do
+    local f etc=${APT_ETC:-/etc/apt}   # APT_ETC: for testing this parser
+    for f in "$etc/sources.list" "$etc"/sources.list.d/*.list; do
         [ -r "$f" ] || continue
         # deb [opts] URI SUITE COMPONENTS...
         sed -e 's/#.*//' -e 's/\[[^]]*\]//' "$f" |
             awk '$1 == "deb" && NF >= 3 { printf "%s\t%s\n", $2, $3 }'
     done
-    for f in /etc/apt/sources.list.d/*.sources; do
+    for f in "$etc"/sources.list.d/*.sources; do
         [ -r "$f" ] || continue
         # deb822 stanzas separated by blank lines; keys are case-insensitive.
         awk '
@@ -40,21 +40,23 @@ host_apt_sources() {
     done
 }
 
+# (The awk programs read to the end instead of exiting early: an early exit
+# would SIGPIPE the producer and fail the pipeline under pipefail.)
 # Mirror serving SUITE (e.g. bookworm) / SUITE-security. Overridable with
 # CLAUDE_DB_DEBIAN_MIRROR / CLAUDE_DB_DEBIAN_SECURITY_MIRROR.
 debian_mirror() {
     local suite=$1 uri
     if [ -n "${CLAUDE_DB_DEBIAN_MIRROR:-}" ]; then echo "$CLAUDE_DB_DEBIAN_MIRROR"; return; fi
-    uri=$(host_apt_sources | awk -F'\t' -v s="$suite" '$2 == s { print $1; exit }')
+    uri=$(host_apt_sources | awk -F'\t' -v s="$suite" '!done && $2 == s { print $1; done = 1 }')
     # Host on another release: any source whose suite is not -security/-updates/-backports.
-    [ -n "$uri" ] || uri=$(host_apt_sources | awk -F'\t' '$2 !~ /-(security|updates|backports)$/ && $1 ~ /debian/ { print $1; exit }')
+    [ -n "$uri" ] || uri=$(host_apt_sources | awk -F'\t' '!done && $2 !~ /-(security|updates|backports)$/ && $1 ~ /debian/ { print $1; done = 1 }')
     [ -n "$uri" ] || die "no Debian mirror found in the host's apt sources (set CLAUDE_DB_DEBIAN_MIRROR)"
     echo "${uri%/}"
 }
 debian_security_mirror() {
     local suite=$1 uri
     if [ -n "${CLAUDE_DB_DEBIAN_SECURITY_MIRROR:-}" ]; then echo "$CLAUDE_DB_DEBIAN_SECURITY_MIRROR"; return; fi
-    uri=$(host_apt_sources | awk -F'\t' -v s="$suite-security" '$2 == s { print $1; exit }')
-    [ -n "$uri" ] || uri=$(host_apt_sources | awk -F'\t' '$2 ~ /-security$/ { print $1; exit }')
+    uri=$(host_apt_sources | awk -F'\t' -v s="$suite-security" '!done && $2 == s { print $1; done = 1 }')
+    [ -n "$uri" ] || uri=$(host_apt_sources | awk -F'\t' '!done && $2 ~ /-security$/ { print $1; done = 1 }')
     echo "${uri%/}"   # may be empty: then the image simply has no security source
 }

@@ -47,7 +47,7 @@ if is_server "$1" && [ "$(id -u)" = 0 ]; then
 fi
 
 sql_escape() { sed -e "s/\\\\/\\\\\\\\/g" -e "s/'/\\\\'/g" <<<"$1"; }   # for '...' literals
-ident_escape() { sed -e 's/`/``/g' <<<"$1"; }                         # for `...` identifiers
+ident_escape() { printf '%s' "${1//\`/\`\`}"; }                       # for `...` identifiers
 
 init_datadir() {
     pick ROOT_PASSWORD MARIADB_ROOT_PASSWORD MYSQL_ROOT_PASSWORD
@@ -134,6 +134,7 @@ init_datadir() {
     for f in /docker-entrypoint-initdb.d/*; do
         case $f in
             *.sh)
+                # shellcheck disable=SC1090  # init scripts are the user's
                 if [ -x "$f" ]; then log "running $f"; "$f"
                 else log "sourcing $f"; . "$f"; fi ;;
             *.sql) log "running $f"; "${client[@]}" <"$f" ;;

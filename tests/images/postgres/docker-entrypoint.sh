@@ -60,10 +60,14 @@ MSG
         exit 1
     fi
 
-    local pw=()
-    [ -z "$POSTGRES_PASSWORD" ] || pw=(--pwfile=<(printf '%s\n' "$POSTGRES_PASSWORD"))
+    # The password goes through a pipe, never argv. (The <(...) must sit on the
+    # initdb command line itself: its fd is closed once that command ends.)
     # shellcheck disable=SC2086  # POSTGRES_INITDB_ARGS is word-split on purpose
-    initdb --username="$POSTGRES_USER" "${pw[@]}" $POSTGRES_INITDB_ARGS
+    if [ -n "$POSTGRES_PASSWORD" ]; then
+        initdb --username="$POSTGRES_USER" --pwfile=<(printf '%s\n' "$POSTGRES_PASSWORD") $POSTGRES_INITDB_ARGS
+    else
+        initdb --username="$POSTGRES_USER" $POSTGRES_INITDB_ARGS
+    fi
 
     # Remote clients authenticate; the real server listens everywhere.
     printf '\nhost all all all %s\n' "$POSTGRES_HOST_AUTH_METHOD" >>"$PGDATA/pg_hba.conf"
@@ -85,6 +89,7 @@ MSG
     for f in /docker-entrypoint-initdb.d/*; do
         case $f in
             *.sh)
+                # shellcheck disable=SC1090  # init scripts are the user's
                 if [ -x "$f" ]; then echo "$0: running $f"; "$f"
                 else echo "$0: sourcing $f"; . "$f"; fi ;;
             *.sql) echo "$0: running $f"; psql_init --dbname "$POSTGRES_DB" -f "$f" ;;
