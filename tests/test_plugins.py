@@ -359,6 +359,42 @@ def test_hook_session_deleted(
     assert not claude_app.store.exists("observed-delete")
 
 
+def test_a_failing_observer_harms_no_one(
+    claude_app: App, observer: Observer, register_plugin: Register,
+    session_in: Callable[..., Session], capsys: pytest.CaptureFixture[str],
+) -> None:
+    class Failing:
+        @hookimpl
+        def session_started(self, session: Session) -> None:
+            raise RuntimeError("observer bug")
+
+        @hookimpl
+        def session_env(self, session: Session) -> dict[str, str]:
+            raise KeyError("env bug")
+
+    class Extra:
+        @hookimpl
+        def session_env(self, session: Session) -> dict[str, str]:
+            return {"EXTRA": "kept"}
+
+    register_plugin(Extra(), name="extra")
+    register_plugin(Failing(), name="failing")
+    session = session_in("observed-failing", engine_name="postgres")
+    assert observer.events == [("started", "observed-failing")]  # the others still ran
+    assert session_env(claude_app, session)["EXTRA"] == "kept"
+    warnings = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+    bug = "warning: plugin 'failing' failed in session_started: RuntimeError: observer bug"
+    assert bug in warnings
+    assert all(line.startswith("warning: plugin 'failing' failed in ") for line in warnings)
+
+    claude_app.plugins.strict = True  # CLAUDE_DB_STRICT_PLUGINS: fatal, naming the plugin
+    try:
+        with pytest.raises(PluginError, match="plugin 'failing' failed in session_env: KeyError"):
+            session_env(claude_app, session)
+    finally:
+        claude_app.plugins.strict = False
+
+
 def test_a_failed_start_announces_nothing(
     claude_app: App, observer: Observer, tmp_path: Path
 ) -> None:

@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import functools
 import importlib
-from collections.abc import Iterable
+import sys
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from importlib.metadata import EntryPoint, entry_points
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
@@ -118,10 +119,13 @@ class Plugins:
     distributions: dict[str, tuple[str | None, str | None]] = field(default_factory=dict)
     #: installed entry points not loaded because of CLAUDE_DB_LOAD_PLUGINS / _DISABLE_PLUGINS
     not_selected: list[tuple[str, str | None]] = field(default_factory=list)
+    #: CLAUDE_DB_STRICT_PLUGINS: a plugin failing in a hook is fatal instead of reported
+    strict: bool = False
 
     @property
     def hook(self) -> Any:
-        return self.pm.hook
+        """Call hooks: ``plugins.hook.session_started(session=...)`` (see :class:`GuardedHooks`)."""
+        return GuardedHooks(self)
 
     def engine(self, name: str) -> Engine:
         if name not in self.engines:
@@ -156,6 +160,47 @@ class Plugins:
         return sorted(infos, key=lambda info: info.name)
 
 
+class GuardedHooks:
+    """Like pluggy's hook relay, but each plugin's implementation runs on its own.
+
+    One that raises is reported (one ``warning:`` line on stderr naming the plugin and its
+    distribution; fatal under ``CLAUDE_DB_STRICT_PLUGINS``) and the others still run, so a
+    broken observer cannot break every session. Results are those of the implementations
+    that returned something, in pluggy's order (last registered first).
+    """
+
+    def __init__(self, plugins: Plugins) -> None:
+        self._plugins = plugins
+
+    def __getattr__(self, name: str) -> Callable[..., list[Any]]:
+        caller = getattr(self._plugins.pm.hook, name)
+        impls = caller.get_hookimpls()
+        if any(impl.hookwrapper or impl.wrapper for impl in impls):
+            return caller  # type: ignore[no-any-return]  # wrappers need pluggy's own loop
+
+        def call(**kwargs: Any) -> list[Any]:
+            results = []
+            for impl in reversed(impls):
+                try:
+                    result = impl.function(*(kwargs[arg] for arg in impl.argnames))
+                except Exception as exc:
+                    self._failed(impl.plugin_name, name, exc)
+                    continue
+                if result is not None:
+                    results.append(result)
+            return results
+
+        return call
+
+    def _failed(self, plugin: str, hook: str, exc: Exception) -> None:
+        dist = self._plugins.distributions.get(plugin, (None, None))[0]
+        where = f" (distribution {dist})" if dist else ""
+        message = f"plugin {plugin!r}{where} failed in {hook}: {_describe(exc)}"
+        if self._plugins.strict:
+            raise PluginError(f"{message} (CLAUDE_DB_STRICT_PLUGINS is set)") from exc
+        print(f"warning: {message}", file=sys.stderr)
+
+
 def create_plugin_manager() -> pluggy.PluginManager:
     pm = pluggy.PluginManager(ENTRY_POINT_GROUP)
     pm.add_hookspecs(hookspecs)
@@ -169,7 +214,8 @@ def load_plugins(settings: Settings, *, discover: bool = True) -> Plugins:
     from claude_db.runtime import Runtime
 
     plugins = Plugins(
-        create_plugin_manager(), Registry[Engine]("engine"), Registry[Runtime]("runtime")
+        create_plugin_manager(), Registry[Engine]("engine"), Registry[Runtime]("runtime"),
+        strict=settings.strict_plugins,
     )
     for module_name in DEFAULT_PLUGINS:
         plugins.pm.register(importlib.import_module(module_name), name=module_name)
