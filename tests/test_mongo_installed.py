@@ -8,68 +8,35 @@ works against the MongoDB-wire-protocol stand-in through ``DATABASE_URL``.
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import subprocess
-import sys
 import zipfile
-from importlib import metadata
 from pathlib import Path
 
 import pytest
 from packaging.requirements import Requirement
-from packaging.utils import canonicalize_name
 
-from claude_db.testing import ClaudeCli, assert_one_line_error, traversable_tmpdir
+from claude_db.testing import (
+    ClaudeCli,
+    assert_one_line_error,
+    build_wheelhouse,
+    fresh_environment,
+    pip,
+    traversable_tmpdir,
+    wheel_metadata,
+)
 
 # the stand-in server lives with the driver-level tests
 from test_mongo_standin import StandIn, standin  # noqa: F401
 
 ROOT = Path(__file__).resolve().parents[1]
-OURS = {"claude-db", "claude-db-postgres", "claude-db-mongo"}
-
-
-def pip(*args: str) -> None:
-    proc = subprocess.run(
-        [sys.executable, "-m", "pip", "--disable-pip-version-check", *args],
-        capture_output=True, text=True, stdin=subprocess.DEVNULL, timeout=600,
-    )
-    assert proc.returncode == 0, f"pip {' '.join(args)} failed:\n{proc.stdout}\n{proc.stderr}"
-
-
-def requirements_of(wheel: Path) -> list[str]:
-    with zipfile.ZipFile(wheel) as archive:
-        name = next(n for n in archive.namelist() if n.endswith(".dist-info/METADATA"))
-        head = archive.read(name).decode().split("\n\n", 1)[0]
-    return [line.split(": ", 1)[1] for line in head.splitlines()
-            if line.startswith("Requires-Dist: ")]
 
 
 @pytest.fixture(scope="module")
 def wheelhouse(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    house = tmp_path_factory.mktemp("mongo-wheelhouse")
-    projects = [ROOT / "core", ROOT / "plugins" / "postgres", ROOT / "plugins" / "mongo"]
-    isolation = [] if importlib.util.find_spec("hatchling") is None else ["--no-build-isolation"]
-    pip("wheel", "-q", "--no-deps", *isolation, "-w", str(house), *map(str, projects))
-    wanted: set[str] = set()
-    for wheel in house.glob("*.whl"):
-        for line in requirements_of(wheel):
-            requirement = Requirement(line)
-            if canonicalize_name(requirement.name) in OURS:
-                continue
-            if requirement.marker and "extra" in str(requirement.marker):
-                continue
-            wanted.add(f"{requirement.name}[{','.join(requirement.extras)}]"
-                       if requirement.extras else requirement.name)
-    # the versions this environment runs: the fresh one tests the same code
-    constraints = house / "constraints.txt"
-    constraints.write_text("".join(
-        f"{d.metadata['Name']}=={d.version}\n" for d in metadata.distributions()
-        if canonicalize_name(d.metadata["Name"]) not in OURS
-    ))
-    pip("download", "-q", "--only-binary=:all:", "-d", str(house), "-c", str(constraints),
-        *sorted(wanted))
-    return house
+    return build_wheelhouse(
+        tmp_path_factory.mktemp("mongo-wheelhouse"),
+        [ROOT / "core", ROOT / "plugins" / "postgres", ROOT / "plugins" / "mongo"],
+    )
 
 
 def test_the_wheel_declares_the_entry_point_and_dependencies(wheelhouse: Path) -> None:
@@ -80,7 +47,8 @@ def test_the_wheel_declares_the_entry_point_and_dependencies(wheelhouse: Path) -
             next(n for n in names if n.endswith(".dist-info/entry_points.txt"))
         ).decode()
     assert "[claude_db]\nmongo = claude_db_mongo" in entry_points
-    assert {Requirement(r).name for r in requirements_of(wheel)} == {"claude-db", "pymongo"}
+    _, requires = wheel_metadata(wheel)
+    assert {Requirement(r).name for r in requires} == {"claude-db", "pymongo"}
     # the package only: no tests, no stand-in image recipe
     assert all(n.startswith(("claude_db_mongo/", "claude_db_mongo-")) for n in names), names
 
@@ -90,18 +58,16 @@ def test_pip_install_claude_db_mongo_adds_the_engine(
     standin: StandIn,  # noqa: F811
 ) -> None:
     venv = tmp_path_factory.mktemp("venv") / "mongo"
-    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True)
-    python = str(venv / "bin" / "python")
+    bin_dir = fresh_environment(wheelhouse, venv, "claude-db", "claude-db-postgres")
 
     def install(*requirements: str) -> None:
-        pip("--python", python, "install", "-q", "--no-index", "--find-links", str(wheelhouse),
-            *requirements)
+        pip("--python", str(bin_dir / "python"), "install", "-q", "--no-index",
+            "--find-links", str(wheelhouse), *requirements)
 
-    install("claude-db", "claude-db-postgres")
     workdir = tmp_path / "work"
     workdir.mkdir()
     state = traversable_tmpdir(tmp_path_factory, "mongo-installed-state")
-    cli = ClaudeCli(state, workdir, venv / "bin", {"CLAUDE_DB_RUNTIME": "local"})
+    cli = ClaudeCli(state, workdir, bin_dir, {"CLAUDE_DB_RUNTIME": "local"})
 
     missing = cli.session("start", "shop", "--db", "mongo")
     assert_one_line_error(missing, 2)
