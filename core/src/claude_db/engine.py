@@ -215,6 +215,16 @@ class Engine(ABC):
             for chunk in self.dump(tools):
                 out.write(chunk)
 
+    def snapshot_move(self, endpoint: Endpoint, tools: Tools, directory: Path) -> bool:
+        """Keep the data in a snapshot in ``directory`` and leave the database empty.
+
+        Used before ``reset`` by engines that can do it without copying the data
+        (PostgreSQL renames the database). Return False (the default) to have core save
+        a snapshot, then reset. On failure raise with the database as it was; record
+        anything kept outside ``directory`` in it first, as :meth:`snapshot_save` does.
+        """
+        return False
+
     def snapshot_restore(self, endpoint: Endpoint, tools: Tools, directory: Path) -> None:
         """Replace the database of ``endpoint`` with the snapshot saved in ``directory``."""
         self.reset(endpoint)

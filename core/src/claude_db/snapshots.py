@@ -62,6 +62,8 @@ class Snapshot:
     automatic: bool = False
     reason: str = ""  # automatic snapshots: the command that took it
     path: Path = field(default=Path(), compare=False)
+    #: taken with ``empty``: the engine moved the data into it, the database is now empty
+    emptied: bool = field(default=False, compare=False)
 
     def describe(self) -> str:
         when = self.created_at[:19].replace("T", " ")
@@ -71,6 +73,7 @@ class Snapshot:
     def to_json(self) -> dict[str, Any]:
         data = asdict(self)
         data.pop("path")
+        data.pop("emptied")
         return data
 
 
@@ -189,15 +192,17 @@ def delete(app: App, target: Target, name: str) -> Snapshot:
 
 
 def before_destroying(
-    app: App, target: Target, database: str | None, reason: str
+    app: App, target: Target, database: str | None, reason: str, *, empty: bool = False
 ) -> Snapshot | None:
     """The automatic snapshot taken before ``reset`` (None when they are turned off).
 
-    If it cannot be taken the command must not go on: the error says so.
+    If it cannot be taken the command must not go on: the error says so. With ``empty``
+    (the caller empties the database next) an engine that can move the data into the
+    snapshot instead of copying it does both; ``snapshot.emptied`` then says so.
     """
     store = store_for(app, target)
     with store.lock():
-        return _automatic(app, target, store, database, reason)
+        return _automatic(app, target, store, database, reason, move=empty)
 
 
 def replace_from(app: App, target: Target, source: str, database: str | None) -> Snapshot | None:
@@ -243,7 +248,8 @@ def check_source(source: str) -> None:
 
 
 def _save(
-    target: Target, store: SnapshotStore, name: str | None, database: str | None, reason: str
+    target: Target, store: SnapshotStore, name: str | None, database: str | None, reason: str,
+    move: bool = False,
 ) -> Snapshot:
     now = datetime.now(UTC)
     if name is None:
@@ -263,25 +269,32 @@ def _save(
     partial = store.root / f".{name}.{os.getpid()}{PARTIAL}"
     shutil.rmtree(partial, ignore_errors=True)
     partial.mkdir(mode=0o700)
+    moved = False
     try:
-        target.engine.snapshot_save(endpoint, target.tools(database), partial)
+        moved = move and target.engine.snapshot_move(endpoint, target.tools(database), partial)
+        if not moved:
+            target.engine.snapshot_save(endpoint, target.tools(database), partial)
         (partial / META).write_text(json.dumps(snapshot.to_json(), indent=2))
         os.rename(partial, snapshot.path)  # atomic: a snapshot is listed whole or not at all
     except BaseException:
         with contextlib.suppress(Exception):  # e.g. a template database made before the failure
+            if moved:  # the data lives in the snapshot: put it back before freeing anything
+                target.engine.snapshot_restore(endpoint, target.tools(database), partial)
             target.engine.snapshot_delete(endpoint, target.tools(database), partial)
         shutil.rmtree(partial, ignore_errors=True)
         raise
+    snapshot.emptied = moved
     return snapshot
 
 
 def _automatic(
-    app: App, target: Target, store: SnapshotStore, database: str | None, reason: str
+    app: App, target: Target, store: SnapshotStore, database: str | None, reason: str,
+    move: bool = False,
 ) -> Snapshot | None:
     if app.settings.auto_snapshots == 0:
         return None
     try:
-        snapshot = _save(target, store, None, database, reason)
+        snapshot = _save(target, store, None, database, reason, move=move)
     except ClaudeDbError as exc:
         raise ClaudeDbError(
             f"could not take the automatic snapshot before {reason}, nothing was changed: "

@@ -272,8 +272,9 @@ def reset(
     confirm(f"Destroy all data in {endpoint.database} of session {target.name}?", yes)
     from claude_db import snapshots
 
-    taken = snapshots.before_destroying(get_app(), target, database, snapshots.RESET)
-    target.engine.reset(endpoint)
+    taken = snapshots.before_destroying(get_app(), target, database, snapshots.RESET, empty=True)
+    if taken is None or not taken.emptied:  # PostgreSQL moves the data instead: no copy
+        target.engine.reset(endpoint)
     kept = f" (snapshot {taken.name} taken first: claude-db undo brings it back)" if taken else ""
     note(f"reset {endpoint.database} of session {target.name}{kept}")
 

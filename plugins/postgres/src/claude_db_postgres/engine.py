@@ -142,6 +142,9 @@ class PostgresEngine(Engine):
     def snapshot_save(self, endpoint: Endpoint, tools: Tools, directory: Path) -> None:
         snapshots.save(endpoint, directory)
 
+    def snapshot_move(self, endpoint: Endpoint, tools: Tools, directory: Path) -> bool:
+        return snapshots.move(endpoint, directory)
+
     def snapshot_restore(self, endpoint: Endpoint, tools: Tools, directory: Path) -> None:
         snapshots.restore(endpoint, directory)
 

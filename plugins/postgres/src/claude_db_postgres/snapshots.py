@@ -1,14 +1,17 @@
 """PostgreSQL snapshots as template databases: a copy on the server itself, near-instant.
 
 ``save`` copies the database with ``CREATE DATABASE <snapshot> TEMPLATE <db>``, ``restore``
-drops the database and copies it back from the snapshot. Both need the source free of
-other connections, so they are ended first (clients reconnect, as after a restart).
+drops the database and copies it back from the snapshot. Before ``reset``, ``move`` copies
+nothing: the database itself becomes the snapshot and an empty one takes its name. All
+need the source free of other connections, so they are ended first (clients reconnect,
+as after a restart).
 Snapshot databases refuse connections, so nothing can block a restore or change them.
 The snapshot's directory (kept by claude-db core) records the database's name.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import secrets
 import time
@@ -46,6 +49,51 @@ def save(endpoint: Endpoint, directory: Path) -> None:
             )
     except psycopg.Error as exc:
         raise ClaudeDbError(f"snapshot failed: {_message(exc)}") from None
+
+
+def move(endpoint: Endpoint, directory: Path) -> bool:
+    """Keep the data as the snapshot and leave the database empty, without copying it.
+
+    The database is renamed to the snapshot's template database and an empty one is
+    created under its name, as ``reset`` makes it. Returns False, with nothing changed,
+    when the role may not rename the database (core then copies and resets).
+    """
+    import psycopg
+    from psycopg import sql
+
+    template = f"claude_snapshot_{secrets.token_hex(6)}"
+    _write(directory, {"template": template, "owner": None})
+    name, kept = sql.Identifier(endpoint.database), sql.Identifier(template)
+    try:
+        with _maintenance(endpoint) as conn:
+            row = conn.execute(
+                "SELECT pg_get_userbyid(datdba) FROM pg_database WHERE datname = %s",
+                [endpoint.database],
+            ).fetchone()
+            if row is None:
+                raise ClaudeDbError(f"database {endpoint.database!r} does not exist")
+            _write(directory, {"template": template, "owner": row[0]})
+            try:
+                _rename(conn, endpoint.database, template)
+            except psycopg.errors.InsufficientPrivilege:
+                return False
+            try:
+                conn.execute(sql.SQL("ALTER DATABASE {} WITH ALLOW_CONNECTIONS false").format(kept))
+                conn.execute(
+                    sql.SQL("CREATE DATABASE {} OWNER {}").format(
+                        name, sql.Identifier(endpoint.user)
+                    )
+                )
+            except BaseException:
+                with contextlib.suppress(psycopg.Error):  # the data goes back where it was
+                    conn.execute(
+                        sql.SQL("ALTER DATABASE {} WITH ALLOW_CONNECTIONS true").format(kept)
+                    )
+                    conn.execute(sql.SQL("ALTER DATABASE {} RENAME TO {}").format(kept, name))
+                raise
+    except psycopg.Error as exc:
+        raise ClaudeDbError(f"snapshot failed: {_message(exc)}") from None
+    return True
 
 
 def restore(endpoint: Endpoint, directory: Path) -> None:
@@ -97,6 +145,28 @@ def _copy(conn: Any, source: str, target: str, owner: str | None) -> None:
     )
     if owner:
         statement += sql.SQL(" OWNER {}").format(sql.Identifier(owner))
+    for _ in range(COPY_ATTEMPTS):
+        conn.execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+            "WHERE datname = %s AND pid <> pg_backend_pid()",
+            [source],
+        )
+        try:
+            conn.execute(statement)
+            return
+        except psycopg.errors.ObjectInUse:  # a client connected again in between
+            time.sleep(0.05)
+    raise ClaudeDbError(f"database {source!r} stays in use by other clients; try again")
+
+
+def _rename(conn: Any, source: str, target: str) -> None:
+    """``ALTER DATABASE source RENAME TO target``, ending the source's connections first."""
+    import psycopg
+    from psycopg import sql
+
+    statement = sql.SQL("ALTER DATABASE {} RENAME TO {}").format(
+        sql.Identifier(source), sql.Identifier(target)
+    )
     for _ in range(COPY_ATTEMPTS):
         conn.execute(
             "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
