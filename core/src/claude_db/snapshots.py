@@ -216,7 +216,7 @@ def replace_from(app: App, target: Target, source: str, database: str | None) ->
     target.require_running()
     store = store_for(app, target)
     with store.lock():
-        snapshot = _automatic(app, target, store, database, IMPORT)
+        snapshot = _automatic(app, target, store, database, IMPORT, prune=False)
         try:
             target.engine.reset(target.endpoint(database))
             import_from(target, source, database)
@@ -236,6 +236,8 @@ def replace_from(app: App, target: Target, source: str, database: str | None) ->
             if isinstance(exc, ClaudeDbError):
                 raise ClaudeDbError(f"{_message(exc)}; the previous data is back") from None
             raise
+        if snapshot is not None:  # only now: a failed command leaves every snapshot there
+            _prune(app, target, store, keep=snapshot)
         return snapshot
 
 
@@ -289,7 +291,7 @@ def _save(
 
 def _automatic(
     app: App, target: Target, store: SnapshotStore, database: str | None, reason: str,
-    move: bool = False,
+    move: bool = False, prune: bool = True,
 ) -> Snapshot | None:
     if app.settings.auto_snapshots == 0:
         return None
@@ -300,7 +302,8 @@ def _automatic(
             f"could not take the automatic snapshot before {reason}, nothing was changed: "
             f"{_message(exc)} (CLAUDE_DB_AUTO_SNAPSHOTS=0 skips it)"
         ) from None
-    _prune(app, target, store, keep=snapshot)
+    if prune:
+        _prune(app, target, store, keep=snapshot)
     return snapshot
 
 
@@ -313,8 +316,10 @@ def _restore(
             f"not {target.engine.name}"
         )
     # the data about to be replaced is kept too: nothing is lost by a wrong restore
-    safety = _automatic(app, target, store, snapshot.database, reason)
+    safety = _automatic(app, target, store, snapshot.database, reason, prune=False)
     _engine_restore(target, snapshot)
+    if safety is not None:  # after the restore: the one restored may be the oldest
+        _prune(app, target, store, keep=safety)
     return snapshot, safety
 
 
