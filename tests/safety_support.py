@@ -57,7 +57,8 @@ def fresh_state(root: Path, shared_state: Path) -> Path:
 
 
 def seed(cli: Cli, engine: str, *, session: str) -> None:
-    for statement in SEED[engine]:
+    """Create :data:`SEED`'s tables (``engine`` may name a runtime: ``postgres@docker``)."""
+    for statement in SEED[engine.partition("@")[0]]:
         result = cli("claude-db", "query", statement, "--session", session)
         assert result.code == 0, result
 
@@ -73,7 +74,7 @@ def fingerprint(cli: Cli, engine: str, *, session: str) -> dict[str, Any]:
     """Every table, view (and sequence) with its row count and a checksum of its rows,
     read with the engine's driver (fast: no process per table)."""
     url = database_url(cli, session)
-    if engine == "postgres":
+    if engine.partition("@")[0] == "postgres":
         return pg_fingerprint(url)
     import pymysql
 
@@ -229,3 +230,60 @@ def cleanup(state: Path) -> None:
                            env=cli_env(state), capture_output=True, timeout=120)
     subprocess.run([str(BIN / "claude-session"), "gc"], env=cli_env(state),
                    capture_output=True, timeout=120)
+
+
+#: the test images the docker runtime's tests use (built by tests/images/build.sh)
+DOCKER_IMAGES = {"postgres": "claude-db-test/postgres:15", "mysql": "claude-db-test/mariadb:10.11"}
+
+
+def docker_env(state: Path) -> dict[str, str]:
+    return {**cli_env(state), "CLAUDE_DB_RUNTIME": "docker",
+            "CLAUDE_DB_IMAGE": DOCKER_IMAGES["postgres"]}
+
+
+def docker_ids(kind: str, *filters: str) -> list[str]:
+    """IDs of Docker containers/networks/volumes matching ``--filter`` arguments."""
+    listing = {"container": ["ps", "-aq"], "network": ["network", "ls", "-q"],
+               "volume": ["volume", "ls", "-q"]}[kind]
+    argv = ["docker", *listing]
+    for item in filters:
+        argv += ["--filter", item]
+    done = subprocess.run(argv, capture_output=True, text=True, timeout=120, check=True)
+    return done.stdout.split()
+
+
+def docker_leftovers(name: str) -> dict[str, list[str]]:
+    """Everything Docker still holds of session ``name`` (by label)."""
+    label = f"label=claude-db.session={name}"
+    return {kind: docker_ids(kind, label) for kind in ("container", "network", "volume")}
+
+
+NOTHING_IN_DOCKER: dict[str, list[str]] = {"container": [], "network": [], "volume": []}
+
+
+def start_docker_with_frozen_database(
+    state: Path, name: str, workdir: Path
+) -> subprocess.Popen[bytes]:
+    """Run a docker ``start`` until its database container runs, then pause that container
+    (``docker pause``): the start can no longer become ready, so it is caught half-way."""
+    proc = subprocess.Popen(
+        [str(BIN / "claude-session"), "start", name], cwd=workdir, env=docker_env(state),
+        stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        start_new_session=True,
+    )
+    deadline = time.monotonic() + 180  # a safety net against hanging, not a measurement
+    running = (f"label=claude-db.session={name}", "label=claude-db.role=database",
+               "status=running")
+    while time.monotonic() < deadline and proc.poll() is None:
+        if ids := docker_ids("container", *running):
+            subprocess.run(["docker", "pause", ids[0]], capture_output=True, check=True)
+            return proc
+        time.sleep(0.05)
+    _, err = proc.communicate(timeout=60)
+    raise AssertionError(f"start ended ({proc.returncode}) before its database container was "
+                         f"seen running: {err.decode()}")
+
+
+def unpause(name: str) -> None:
+    for cid in docker_ids("container", f"label=claude-db.session={name}", "status=paused"):
+        subprocess.run(["docker", "unpause", cid], capture_output=True)

@@ -8,24 +8,33 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from conftest import Cli, assert_one_line_error
+from docker_fixtures import docker_daemon  # noqa: F401 - a fixture
+from docker_support import remove_everything
 from safety_support import (
+    NOTHING_IN_DOCKER,
     NOTHING_LEFT,
     cleanup,
     database_url,
+    docker_env,
+    docker_leftovers,
     fresh_state,
     leftovers,
     listening,
     pg_fingerprint,
     session_json,
     session_leader_servers,
+    start_docker_with_frozen_database,
     start_with_frozen_server,
+    unpause,
 )
 
 
@@ -156,3 +165,48 @@ def test_gc_bad_flag(cli: Cli, state: Path) -> None:
     assert_one_line_error(cli("claude-session", "gc", "--everything"), 2)
     nothing = cli("claude-session", "gc")
     assert nothing.code == 0 and "nothing to remove" in nothing.stderr
+
+
+@pytest.mark.docker
+@pytest.mark.usefixtures("docker_daemon")
+def test_gc_removes_docker_leftovers_and_only_ours(
+    cli: Cli, state: Path, workdir: Path, tmp_path: Path, state_root: Path
+) -> None:
+    """Docker resources no session of ours owns go: those of a start killed half-way and
+    those of a session whose record was lost (found by their labels alone). Another state
+    directory's session on the same daemon stays."""
+    killed, lost, theirs = (f"gc{kind}{uuid.uuid4().hex[:8]}" for kind in "klt")
+    other = fresh_state(tmp_path / "other", state_root)
+    try:
+        env = {**docker_env(other), "CLAUDE_DB_STATE_DIR": str(other)}
+        assert cli("claude-session", "start", theirs, env=env).code == 0
+        assert cli("claude-session", "start", lost, env=docker_env(state)).code == 0
+        proc = start_docker_with_frozen_database(state, killed, workdir)
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+        unpause(killed)
+        shutil.rmtree(state / "sessions" / lost)  # its record is gone, its resources are not
+        for name in (killed, lost):
+            left = docker_leftovers(name)
+            assert left["container"] and left["network"] and left["volume"], left
+
+        dry = cli("claude-session", "gc", "--dry-run", "--json")
+        assert dry.code == 0, dry
+        planned = {(o["kind"], o["detail"]) for o in json.loads(dry.stdout)}
+        assert ("session", "its start never finished") in planned
+        for kind in ("container", "network", "volume"):
+            assert (kind, f"Docker {kind} of gone session {lost}") in planned, planned
+        assert docker_leftovers(lost)["container"]  # a dry run removes nothing
+
+        swept = cli("claude-session", "gc", "--json")
+        assert swept.code == 0, swept
+        assert all(o["removed"] for o in json.loads(swept.stdout)), swept
+        assert docker_leftovers(killed) == docker_leftovers(lost) == NOTHING_IN_DOCKER
+        assert leftovers(state, []) == NOTHING_LEFT
+        # the other state directory's session was not ours to judge
+        assert cli("claude-db", "status", "--session", theirs, env=env).code == 0
+        assert docker_leftovers(theirs)["container"]
+    finally:
+        cleanup(other)
+        for name in (killed, lost, theirs):
+            remove_everything(name)

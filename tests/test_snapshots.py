@@ -1,13 +1,15 @@
 """Snapshots and undo: nothing an agent destroys by mistake is lost.
 
 PostgreSQL keeps snapshots as template databases on its server; MySQL uses the engine
-default (a compressed dump in the session's state), so both implementations run here.
+default (a compressed dump in the session's state), so both implementations run here,
+on the local runtime and (``engine@docker``) on the docker runtime.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -16,9 +18,18 @@ import psycopg
 import pytest
 
 from conftest import Cli, assert_one_line_error
+from docker_fixtures import docker_daemon  # noqa: F401 - a fixture, requested on docker runs
+from docker_support import remove_everything
 from safety_support import fingerprint, seed, session_json
 
 ENGINES = ["postgres", "mysql"]
+#: every engine on every runtime: "<engine>" runs locally, "<engine>@docker" in containers
+EVERYWHERE = [
+    "postgres", "mysql",
+    pytest.param("postgres@docker", marks=pytest.mark.docker),
+    pytest.param("mysql@docker", marks=pytest.mark.docker),
+]
+IMAGES = {"postgres": "claude-db-test/postgres:15", "mysql": "claude-db-test/mariadb:10.11"}
 
 
 @pytest.fixture(params=ENGINES)
@@ -28,11 +39,18 @@ def engine(request: pytest.FixtureRequest) -> str:
 
 @pytest.fixture
 def session(cli: Cli, engine: str, request: pytest.FixtureRequest) -> Iterator[str]:
-    name = f"snap-{engine}-{abs(hash(request.node.name)) % 10**6}"
-    started = cli("claude-session", "start", name, "--db", engine)
+    db, _, runtime = engine.partition("@")
+    name = f"snap-{db}-{uuid.uuid4().hex[:8]}"  # Docker names are global: unique
+    argv = ["claude-session", "start", name, "--db", db]
+    if runtime == "docker":
+        request.getfixturevalue("docker_daemon")  # fails loudly without Docker or images
+        argv += ["--runtime", "docker", "--db-image", IMAGES[db]]
+    started = cli(*argv)
     assert started.code == 0, started
     yield name
     cli("claude-session", "delete", name, "--yes")
+    if runtime == "docker":
+        remove_everything(name)
 
 
 def snapshots(cli: Cli, session: str, env: dict[str, str] | None = None) -> list[dict[str, Any]]:
@@ -42,6 +60,7 @@ def snapshots(cli: Cli, session: str, env: dict[str, str] | None = None) -> list
     return data
 
 
+@pytest.mark.parametrize("engine", EVERYWHERE)
 def test_reset_then_undo_gives_back_every_table_and_row(
     cli: Cli, engine: str, session: str
 ) -> None:
@@ -67,6 +86,7 @@ def test_reset_then_undo_gives_back_every_table_and_row(
     assert kinds == [(True, "reset"), (True, "undo"), (True, "undo")]
 
 
+@pytest.mark.parametrize("engine", EVERYWHERE)
 def test_save_restore_delete(cli: Cli, engine: str, session: str) -> None:
     seed(cli, engine, session=session)
     saved = cli("claude-db", "snapshot", "save", "v1", "--json", "--session", session)
