@@ -64,9 +64,12 @@ def seed(cli: Cli, engine: str, *, session: str) -> None:
 
 
 def database_url(cli: Cli, session: str) -> str:
-    env = cli("claude-session", "env", session, "-f", "json")
-    assert env.code == 0, env
-    url: str = json.loads(env.stdout)["DATABASE_URL"]
+    """The session's database as reached from here (with a session container, the
+    DATABASE_URL its programs get names a host only its network knows)."""
+    info = cli("claude-db", "info", "--json", "--show-password", "--session", session)
+    assert info.code == 0, info
+    details = json.loads(info.stdout)
+    url: str = details.get("HOST_DATABASE_URL") or details["DATABASE_URL"]
     return url
 
 

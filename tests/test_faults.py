@@ -12,6 +12,7 @@ import os
 import signal
 import subprocess
 import time
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -19,18 +20,24 @@ import psycopg
 import pytest
 
 from conftest import BIN, Cli, assert_one_line_error
+from docker_fixtures import docker_daemon  # noqa: F401 - a fixture
+from docker_support import remove_everything
 from safety_support import (
+    NOTHING_IN_DOCKER,
     NOTHING_LEFT,
     cleanup,
     cli_env,
     database_url,
+    docker_leftovers,
     fresh_state,
     leftovers,
     locks_waited_for_by,
     pg_fingerprint,
     session_json,
     session_leader_servers,
+    start_docker_with_frozen_database,
     start_with_frozen_server,
+    unpause,
 )
 
 
@@ -221,6 +228,25 @@ def test_interrupt_during_start_while_the_server_starts(state: Path, workdir: Pa
     assert session_leader_servers(state, name) == []
     assert leftovers(state, [port]) == NOTHING_LEFT
     assert not (workdir / ".env").exists()
+
+
+@pytest.mark.docker
+@pytest.mark.usefixtures("docker_daemon")
+def test_interrupt_during_a_docker_start_leaves_nothing(state: Path, workdir: Path) -> None:
+    """Its container runs, its network and volume exist: all of them go."""
+    name = f"fint{uuid.uuid4().hex[:8]}"
+    try:
+        proc = start_docker_with_frozen_database(state, name, workdir)
+        assert docker_leftovers(name)["container"]
+        os.killpg(proc.pid, signal.SIGINT)
+        unpause(name)  # as a database merely slow to start would be
+        _, err = proc.communicate(timeout=180)
+        assert_interrupted(proc.returncode, err.decode())
+        assert docker_leftovers(name) == NOTHING_IN_DOCKER
+        assert leftovers(state, []) == NOTHING_LEFT
+        assert not (workdir / ".env").exists()
+    finally:
+        remove_everything(name)
 
 
 def test_interrupt_during_start_while_waiting_for_the_session_lock(

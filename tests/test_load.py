@@ -1,4 +1,5 @@
-"""Load: many start/delete cycles, then not one process, port, directory or file left.
+"""Load: many start/delete cycles on each runtime, then nothing left: no process, port,
+directory or file (and on docker no container, network or volume).
 
 Two workers run the cycles side by side (the machine has two cores): they also race each
 other's cheap gc on every start, which must never take a live session.
@@ -9,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import subprocess
+import uuid
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -16,7 +18,18 @@ from pathlib import Path
 import pytest
 
 from conftest import BIN
-from safety_support import NOTHING_LEFT, cleanup, cli_env, fresh_state, leftovers
+from docker_fixtures import docker_daemon  # noqa: F401 - a fixture
+from docker_support import remove_everything
+from safety_support import (
+    NOTHING_IN_DOCKER,
+    NOTHING_LEFT,
+    cleanup,
+    cli_env,
+    docker_env,
+    docker_leftovers,
+    fresh_state,
+    leftovers,
+)
 
 CYCLES = 50
 WORKERS = 2
@@ -30,10 +43,10 @@ def state(tmp_path: Path, state_root: Path, monkeypatch: pytest.MonkeyPatch) -> 
     cleanup(path)
 
 
-def cycles(state: Path, home: Path, names: list[str]) -> list[int]:
+def cycles(state: Path, runtime: str, home: Path, names: list[str]) -> list[int]:
     """start → a query → delete, for each name; the ports the sessions had."""
     ports = []
-    env = cli_env(state)
+    env = docker_env(state) if runtime == "docker" else cli_env(state)
 
     def run(*argv: str) -> str:
         done = subprocess.run([str(BIN / argv[0]), *argv[1:]], cwd=home, env=env,
@@ -53,17 +66,31 @@ def cycles(state: Path, home: Path, names: list[str]) -> list[int]:
 
 
 @pytest.mark.slow
-def test_fifty_start_delete_cycles_leak_nothing(state: Path, tmp_path: Path) -> None:
+@pytest.mark.parametrize("runtime", ["local", pytest.param("docker", marks=pytest.mark.docker)])
+def test_fifty_start_delete_cycles_leak_nothing(
+    state: Path, tmp_path: Path, runtime: str, request: pytest.FixtureRequest
+) -> None:
+    if runtime == "docker":
+        request.getfixturevalue("docker_daemon")  # fails loudly without Docker or images
     homes = [tmp_path / f"home-{n}" for n in range(WORKERS)]
     for home in homes:
         home.mkdir()
-    batches = [[f"load-{w}-{i}" for i in range(CYCLES // WORKERS)] for w in range(WORKERS)]
-    with ThreadPoolExecutor(WORKERS) as pool:
-        ports = [p for batch in pool.map(cycles, [state] * WORKERS, homes, batches) for p in batch]
-    assert len(ports) == CYCLES
-    assert leftovers(state, ports) == NOTHING_LEFT
-    # nor a socket directory outside it (the local runtime puts them in /tmp for long paths)
+    tag = uuid.uuid4().hex[:6]  # Docker names are global
+    batches = [[f"load{tag}-{w}-{i}" for i in range(CYCLES // WORKERS)] for w in range(WORKERS)]
     names = [name for batch in batches for name in batch]
+    try:
+        with ThreadPoolExecutor(WORKERS) as pool:
+            ports = [p for batch in pool.map(cycles, [state] * WORKERS, [runtime] * WORKERS,
+                                             homes, batches) for p in batch]
+        assert len(ports) == CYCLES
+        assert leftovers(state, ports if runtime == "local" else []) == NOTHING_LEFT
+        if runtime == "docker":
+            assert [docker_leftovers(n) for n in names] == [NOTHING_IN_DOCKER] * CYCLES
+    finally:
+        if runtime == "docker":
+            for name in names:
+                remove_everything(name)
+    # nor a socket directory outside it (the local runtime puts them in /tmp for long paths)
     assert [d for d in map(lambda n: socket_dir(state, n), names) if d.exists()] == []
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -19,7 +20,7 @@ import pytest
 
 from conftest import Cli, assert_one_line_error
 from docker_fixtures import docker_daemon  # noqa: F401 - a fixture, requested on docker runs
-from docker_support import remove_everything
+from docker_support import SESSION_IMAGE, remove_everything
 from safety_support import fingerprint, seed, session_json
 
 ENGINES = ["postgres", "mysql"]
@@ -252,3 +253,31 @@ def test_snapshot_commands_on_a_stopped_database(cli: Cli, session: str, engine:
         assert_one_line_error(cli("claude-db", *argv, "--session", session), 4)
     assert [s["name"] for s in snapshots(cli, session)] == ["s1"]
     assert session_json(Path(os.environ["CLAUDE_DB_STATE_DIR"]), session)["name"] == session
+
+
+@pytest.mark.docker
+@pytest.mark.parametrize("engine", [pytest.param("postgres@docker", marks=pytest.mark.docker)])
+def test_reset_and_undo_inside_a_session_container(cli: Cli, engine: str) -> None:
+    """The seed's way: the agent works in a session container where only DATABASE_URL is
+    known. reset takes its snapshot there too, and undo brings every row back."""
+    name = f"snapc{uuid.uuid4().hex[:8]}"
+    request_env = {"CLAUDE_DB_RUNTIME": "docker", "CLAUDE_DB_IMAGE": IMAGES["postgres"]}
+    started = cli("claude-session", "start", name, "--image", SESSION_IMAGE, env=request_env)
+    assert started.code == 0, started
+    try:
+        def inside(*argv: str) -> subprocess.CompletedProcess[str]:
+            return subprocess.run(["docker", "exec", name, *argv], capture_output=True,
+                                  text=True, timeout=180)
+
+        assert inside("claude-db", "query", "CREATE TABLE t AS SELECT generate_series(1, 2500) "
+                      "AS n").returncode == 0
+        before = fingerprint(cli, "postgres", session=name)
+        reset = inside("claude-db", "reset", "--yes")
+        assert reset.returncode == 0, reset
+        assert fingerprint(cli, "postgres", session=name) == {}
+        undone = inside("claude-db", "undo")
+        assert undone.returncode == 0, undone
+        assert fingerprint(cli, "postgres", session=name) == before
+    finally:
+        cli("claude-session", "delete", name, "--yes")
+        remove_everything(name)
