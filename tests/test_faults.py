@@ -19,6 +19,7 @@ from pathlib import Path
 import psycopg
 import pytest
 
+from claude_db.errors import ExitCode
 from conftest import BIN, Cli, assert_one_line_error
 from docker_fixtures import docker_daemon  # noqa: F401 - a fixture
 from docker_support import remove_everything
@@ -331,3 +332,48 @@ def test_ctrl_c_in_psql_cancels_the_query_not_the_client(
             os.kill(pid, signal.SIGKILL)
             os.waitpid(pid, 0)
         os.close(terminal)
+
+
+# -- the Docker daemon restarted ------------------------------------------------------------
+
+DOCKER_UP = Path(__file__).parent / "images" / "docker-up.sh"
+
+
+@pytest.mark.docker
+@pytest.mark.slow
+@pytest.mark.usefixtures("docker_daemon")
+def test_docker_daemon_restart_then_attach_brings_sessions_back(
+    cli: Cli, state: Path, workdir: Path
+) -> None:
+    """dockerd stops (its containers with it) and comes back: attach restarts the session's
+    database and session container, with the data. Restarts the test daemon: run it alone."""
+    from docker_support import SESSION_IMAGE
+
+    pidfile = Path(os.environ.get("CLAUDE_DB_DOCKERD_PIDFILE", "/var/run/claude-db-dockerd.pid"))
+    assert pidfile.is_file(), f"dockerd was not started by {DOCKER_UP}: this test cannot restart it"
+    name = f"fdr{uuid.uuid4().hex[:8]}"
+    env = {"CLAUDE_DB_RUNTIME": "docker", "CLAUDE_DB_IMAGE": "claude-db-test/postgres:15"}
+    try:
+        assert cli("claude-session", "start", name, "--image", SESSION_IMAGE, env=env).code == 0
+        assert cli("claude-db", "query", "CREATE TABLE kept AS SELECT generate_series(1, 777) AS n",
+                   "--session", name).code == 0
+        before = pg_fingerprint(database_url(cli, name))
+
+        daemon = int(pidfile.read_text())
+        os.kill(daemon, signal.SIGTERM)
+        wait_for("dockerd to stop", lambda: not Path(f"/proc/{daemon}").exists())
+        down = cli("claude-db", "status", "--session", name)
+        assert down.code in (ExitCode.NOT_RUNNING, ExitCode.DOCKER_UNAVAILABLE), down
+        assert_one_line_error(down, down.code)
+        subprocess.run(["bash", str(DOCKER_UP)], check=True, capture_output=True, timeout=300)
+
+        attached = cli("claude-session", "attach", name, "--no-shell")
+        assert attached.code == 0, attached
+        assert pg_fingerprint(database_url(cli, name)) == before
+        inside = subprocess.run(["docker", "exec", name, "claude-db", "status"],
+                                capture_output=True, text=True, timeout=120)
+        assert inside.returncode == 0, inside  # the session container is back and connected
+    finally:
+        subprocess.run(["bash", str(DOCKER_UP)], capture_output=True, timeout=300)
+        cli("claude-session", "delete", name, "--yes")
+        remove_everything(name)
