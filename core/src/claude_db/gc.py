@@ -1,10 +1,13 @@
 """The orphan sweep: remove what no live session owns (``claude-session gc``).
 
-A session is live while ``<state>/sessions/<name>/session.json`` exists. Left behind by
-a killed ``start``, a crash or a failed ``delete`` can be: a session directory without
-``session.json``, a server process whose data directory is under a gone session, half
-made snapshots and template caches, lock files of gone sessions, and Docker containers,
-networks and volumes labelled ``claude-db.session`` whose session is gone.
+A session is live while ``<state>/sessions/<name>/session.json`` exists and its start
+finished (``start`` keeps a ``.starting`` marker until then). Left behind by a killed
+``start``, a crash or a failed ``delete`` can be: a session whose start never finished
+(removed with its runtime's own ``delete``), a session directory without ``session.json``,
+a server process whose data directory is under a gone session, half made snapshots and
+template caches, lock files of gone sessions, and Docker containers, networks and volumes
+labelled ``claude-db.session`` (and ``claude-db.state`` = this state directory) whose
+session is gone. Data kept by ``delete --keep-data`` is never touched.
 
 Everything a session owns is judged while holding that session's lock, taken without
 waiting: a session being started or deleted right now is busy, never an orphan.
@@ -42,7 +45,7 @@ SOCKET_PATH_MAX = 100  # as the local runtime: longer server paths put sockets i
 
 @dataclass
 class Orphan:
-    kind: str  # process, directory, lock, container, network, volume
+    kind: str  # session, process, directory, lock, container, network, volume
     what: str  # a pid, a path or a Docker name
     detail: str
     removed: bool = False

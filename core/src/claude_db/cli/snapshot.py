@@ -11,12 +11,12 @@ from claude_db.cli.db import confirm
 from claude_db.database import resolve
 from claude_db.snapshots import Snapshot
 
-HELP = """Save, list, restore and delete snapshots of the session's database.
-
-reset and import --replace take a snapshot first, automatically (the latest
-$CLAUDE_DB_AUTO_SNAPSHOTS are kept, default 5); claude-db undo restores the latest
-snapshot. Restoring first saves the data it replaces, as one more snapshot.
-"""
+HELP = (
+    "Save, list, restore and delete snapshots of the session's database.\n\n"
+    "reset and import --replace take a snapshot first, automatically (the latest "
+    "$CLAUDE_DB_AUTO_SNAPSHOTS are kept, default 5); claude-db undo restores the latest "
+    "snapshot. Restoring first saves the data it replaces, as one more snapshot."
+)
 
 YesOption = typer.Option(
     False, "--yes", "-y", help="Needed only when CLAUDE_DB_AUTO_SNAPSHOTS=0 (nothing is kept)."
