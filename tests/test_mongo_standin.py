@@ -89,7 +89,7 @@ def _stop(proc: subprocess.Popen[bytes]) -> None:
 def standin(tmp_path_factory: pytest.TempPathFactory) -> Iterator[StandIn]:
     server = shutil.which(SERVER, path=str(BIN))
     if server is None:
-        pytest.fail(f"{SERVER} is not installed in {BIN}: pip install -e '.[dev]' (SecantusDB)")
+        pytest.fail(f"{SERVER} is not installed in {BIN}: ./dev setup installs it (SecantusDB)")
     root = tmp_path_factory.mktemp("standin")
     storage, log = root / "data", root / "server.log"
     base = [server, "--host", "127.0.0.1", "--storage-path", str(storage), "--standalone",
