@@ -8,6 +8,7 @@ import math
 import shutil
 import subprocess
 import sys
+import time
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from importlib.metadata import PackageNotFoundError, version
@@ -28,14 +29,17 @@ def parse(argv: Sequence[str]) -> argparse.Namespace:
         description="claude-db against raw baselines and peers, as alternating paired runs.",
     )
     parser.add_argument("--quick", action="store_true",
-                        help="fewer rounds and a 20 MB dump database (under two minutes)")
+                        help="fewer rounds, a 10 MB dump database, 6 density sessions "
+                        "(under two minutes)")
     parser.add_argument("--only", metavar="GROUP[,GROUP]",
                         help=f"run only these groups ({', '.join(GROUPS)})")
     parser.add_argument("--rounds", type=int, help="counted rounds per case (default per case)")
-    parser.add_argument("--warmup", type=int, default=1, help="uncounted rounds first (1)")
+    parser.add_argument("--warmup", type=int,
+                        help="uncounted rounds first (1, quick 0: caches are warmed untimed)")
     parser.add_argument("--dump-mb", type=int, help="size of the export/import database "
-                        "(200, quick 20)")
-    parser.add_argument("--sessions", type=int, default=20, help="density: sessions at once (20)")
+                        "(200, quick 10)")
+    parser.add_argument("--sessions", type=int,
+                        help="density: sessions at once (20, quick 6)")
     parser.add_argument("--reset-rows", type=int, default=100_000,
                         help="reset: rows in all tables (100000)")
     parser.add_argument("--json", type=Path, metavar="PATH",
@@ -50,8 +54,10 @@ def parse(argv: Sequence[str]) -> argparse.Namespace:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse(sys.argv[1:] if argv is None else argv)
-    options = Options(quick=args.quick, rounds=args.rounds, warmup=args.warmup,
-                      dump_mb=args.dump_mb, sessions=args.sessions, reset_rows=args.reset_rows)
+    warmup = args.warmup if args.warmup is not None else (0 if args.quick else 1)
+    options = Options(quick=args.quick, rounds=args.rounds, warmup=warmup,
+                      dump_mb=args.dump_mb, sessions=args.sessions or (6 if args.quick else 20),
+                      reset_rows=args.reset_rows)
     groups = args.only.split(",") if args.only else list(GROUPS)
     started = datetime.now(UTC)
     ws = Workspace()
@@ -70,7 +76,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         for name in groups:
             say(f"\n== {name}")
+            began = time.monotonic()
             result["cases"] += run_group(name, ctx)
+            say(f"   ({name}: {time.monotonic() - began:.0f} s)")
     finally:
         for note in ws.cleanup():
             say(f"cleanup: {note}")

@@ -88,13 +88,13 @@ def cli(ctx: Context) -> Iterator[list[Case]]:
                 Variant("python+psycopg", "reference", "python -c 'import psycopg; connect; "
                         "query; print': the floor of any CLI that queries through psycopg",
                         query_floor),
-            ], rounds=ctx.rounds(full=20, quick=6), warmup=ctx.options.warmup,
+            ], rounds=ctx.rounds(full=20, quick=4), warmup=ctx.options.warmup,
                 goal=Goal(max_ratio=3), verify=verify_query, metrics=lambda _: imports),
             Case("help", "claude-db --help latency", [
                 Variant("claude-db", "product", "claude-db --help", help_product),
                 Variant("python", "baseline", "python -c pass (the interpreter's own start)",
                         help_baseline),
-            ], rounds=ctx.rounds(full=10, quick=4), warmup=ctx.options.warmup,
+            ], rounds=ctx.rounds(full=10, quick=3), warmup=ctx.options.warmup,
                 verify=verify_help),
         ]
     finally:

@@ -17,11 +17,13 @@ from bench.harness import Case, Check, Measurement, Sample, Stopwatch, Variant, 
 from bench.system import BIN, tree_memory
 
 SETTLE = 3.0  # seconds of idleness before memory is read (background workers started)
+SETTLE_QUICK = 1.5
 
 
 @contextlib.contextmanager
 def density(ctx: Context) -> Iterator[list[Case]]:
     count = ctx.options.sessions
+    settle = SETTLE_QUICK if ctx.options.quick else SETTLE
     raw = pg.RawCluster(ctx.ws, pg.bindir(), RAW_PASSWORD)
     # the product's cached cluster is built by the first start ever: not what is measured here
     ctx.start_session("density-warm", "--runtime", "local")
@@ -43,7 +45,7 @@ def density(ctx: Context) -> Iterator[list[Case]]:
             if failed:
                 raise RuntimeError(f"{len(failed)} of {count} starts failed: {failed[0]}")
             urls = [read_dotenv(w)["DATABASE_URL"] for w in workdirs]
-            work = _idle_memory(urls)
+            work = _idle_memory(urls, settle)
         finally:
             deletes = [subprocess.Popen([str(BIN / "claude-session"), "delete", "--yes", name],
                                         env=env, stdin=subprocess.DEVNULL,
@@ -59,7 +61,7 @@ def density(ctx: Context) -> Iterator[list[Case]]:
         with Stopwatch() as sw, ThreadPoolExecutor(count) as pool:
             servers = list(pool.map(raw.start_copy, names))
         try:
-            work = _idle_memory([s.url for s in servers])
+            work = _idle_memory([s.url for s in servers], settle)
         finally:
             with ThreadPoolExecutor(count) as pool:
                 list(pool.map(lambda s: s.stop(), servers))
@@ -75,7 +77,7 @@ def density(ctx: Context) -> Iterator[list[Case]]:
         ]
 
     def metrics(samples: list[Sample]) -> dict[str, Any]:
-        figures: dict[str, Any] = {"sessions": count, "settle_seconds": SETTLE}
+        figures: dict[str, Any] = {"sessions": count, "settle_seconds": settle}
         for variant in ("claude-db", "by-hand"):
             mine = [s.work for s in samples if s.variant == variant and not s.warmup]
             pss = [kib for w in mine for kib in w["pss_kib"]]
@@ -98,16 +100,16 @@ def density(ctx: Context) -> Iterator[list[Case]]:
                     baseline),
         ], rounds=ctx.rounds(full=2, quick=1), warmup=0, verify=verify, metrics=metrics,
         notes=["time = until every server answered; memory = PSS/RSS of each server and its "
-               f"children from /proc after {SETTLE:g} s idle (PostgreSQL's default settings on "
+               f"children from /proc after {settle:g} s idle (PostgreSQL's default settings on "
                "the by-hand side)"],
     )]
 
 
-def _idle_memory(urls: list[str]) -> dict[str, Any]:
+def _idle_memory(urls: list[str], settle: float) -> dict[str, Any]:
     """Query every server once (which server answered), let them idle, read their memory."""
     answers = [pg.first_query(url) for url in urls]
     postmasters = {a["postmaster"] for a in answers if a.get("postmaster")}
-    time.sleep(SETTLE)
+    time.sleep(settle)
     memory = [tree_memory(pid) for pid in sorted(postmasters)]
     return {
         "answered": len(postmasters),

@@ -36,7 +36,7 @@ CHECKSUM = ("select count(*), coalesce(sum(hashtext(e::text)::bigint), 0) from e
 
 @contextlib.contextmanager
 def dumps(ctx: Context) -> Iterator[list[Case]]:
-    megabytes = ctx.options.dump_mb or (20 if ctx.options.quick else 200)
+    megabytes = ctx.options.dump_mb or (10 if ctx.options.quick else 200)
     rounds = ctx.rounds(full=5, quick=2)
     bindir = pg.bindir()
     try:

@@ -71,22 +71,22 @@ def reset(ctx: Context) -> Iterator[list[Case]]:
                   "the database existed and held no table after every run"),
         ]
 
-    rounds = ctx.rounds(full=10, quick=3)
+    rounds = ctx.rounds(full=10, quick=2)
+    cases = [
+        Case("reset", f"reset of {tables} tables / {rows:,} rows", [
+            Variant("claude-db", "product", "claude-db reset --yes (automatic snapshot "
+                    "first, the default)", product),
+            Variant("by-hand", "baseline", "dropdb; createdb", baseline),
+        ], rounds=rounds, warmup=ctx.options.warmup, goal=Goal(max_ratio=1.3), verify=verify),
+        Case("reset-no-snapshot", "the same reset without the automatic snapshot", [
+            Variant("claude-db", "product", "CLAUDE_DB_AUTO_SNAPSHOTS=0 claude-db reset --yes",
+                    product_without_snapshot),
+            Variant("by-hand", "baseline", "dropdb; createdb", baseline),
+        ], rounds=rounds, warmup=ctx.options.warmup, verify=verify,
+            notes=["for information: what the automatic snapshot costs"]),
+    ]
     try:
-        yield [
-            Case("reset", f"reset of {tables} tables / {rows:,} rows", [
-                Variant("claude-db", "product", "claude-db reset --yes (automatic snapshot "
-                        "first, the default)", product),
-                Variant("by-hand", "baseline", "dropdb; createdb", baseline),
-            ], rounds=rounds, warmup=ctx.options.warmup, goal=Goal(max_ratio=1.3),
-                verify=verify),
-            Case("reset-no-snapshot", "the same reset without the automatic snapshot", [
-                Variant("claude-db", "product", "CLAUDE_DB_AUTO_SNAPSHOTS=0 claude-db reset --yes",
-                        product_without_snapshot),
-                Variant("by-hand", "baseline", "dropdb; createdb", baseline),
-            ], rounds=rounds, warmup=ctx.options.warmup, verify=verify,
-                notes=["for information: what the automatic snapshot costs"]),
-        ]
+        yield cases if not ctx.options.quick else cases[:1]  # quick: the goal's case only
     finally:
         ctx.ws.cli("claude-session", "delete", "--yes", SESSION, check=False)
 
