@@ -43,10 +43,10 @@ def describe_host() -> str:
 
 
 def _current_context() -> str | None:
-    config = Path(os.environ.get("DOCKER_CONFIG") or Path.home() / ".docker") / "config.json"
     try:
+        config = Path(os.environ.get("DOCKER_CONFIG") or Path.home() / ".docker") / "config.json"
         name = json.loads(config.read_text()).get("currentContext")
-    except (OSError, ValueError, AttributeError):
+    except (OSError, ValueError, AttributeError, RuntimeError):  # RuntimeError: no home
         return None
     return name if isinstance(name, str) else None
 
