@@ -281,3 +281,37 @@ def test_reset_and_undo_inside_a_session_container(cli: Cli, engine: str) -> Non
     finally:
         cli("claude-session", "delete", name, "--yes")
         remove_everything(name)
+
+
+MONGO_STANDIN = "claude-db-test/mongo-standin:latest"
+
+
+@pytest.mark.docker
+@pytest.mark.usefixtures("docker_daemon")
+def test_mongo_reset_then_undo(cli: Cli) -> None:
+    """MongoDB (the official image's contract, served by the wire-protocol stand-in that
+    tests/test_mongo_docker.py builds) gets snapshots from the engine default: its dumps."""
+    if subprocess.run(["docker", "image", "inspect", MONGO_STANDIN],
+                      capture_output=True).returncode != 0:
+        pytest.fail(f"{MONGO_STANDIN} is missing: run tests/test_mongo_docker.py (it builds it)")
+    name = f"snapm{uuid.uuid4().hex[:8]}"
+    started = cli("claude-session", "start", name, "--db", "mongo", "--runtime", "docker",
+                  "--db-image", MONGO_STANDIN)
+    assert started.code == 0, started
+
+    def count() -> Any:
+        result = cli("claude-db", "query", '{"count": "items"}', "--json", "--session", name)
+        assert result.code == 0, result
+        return json.loads(result.stdout)[0]["n"]
+
+    try:
+        documents = json.dumps({"insert": "items", "documents": [{"n": i} for i in range(300)]})
+        assert cli("claude-db", "query", documents, "--session", name).code == 0
+        assert count() == 300
+        assert cli("claude-db", "reset", "--yes", "--session", name).code == 0
+        assert count() == 0
+        assert cli("claude-db", "undo", "--session", name).code == 0
+        assert count() == 300
+    finally:
+        cli("claude-session", "delete", name, "--yes")
+        remove_everything(name)
