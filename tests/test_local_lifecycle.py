@@ -208,7 +208,7 @@ def test_env_formats(cli: Cli, workdir: Path) -> None:
         (("claude-session", "start", "x" * 49), ExitCode.USAGE),
         (("claude-session", "start", "ok", "--db", "nosuchdb"), ExitCode.USAGE),
         (("claude-session", "start", "ok", "--runtime", "nosuch"), ExitCode.USAGE),
-        (("claude-session", "start", "ok", "--workdir", "/does/not/exist"), ExitCode.FAILED),
+        (("claude-session", "start", "ok", "--workdir", "/does/not/exist"), ExitCode.USAGE),
         (("claude-session", "stop", "ghost"), ExitCode.NO_SESSION),
         (("claude-session", "attach", "ghost", "--no-shell"), ExitCode.NO_SESSION),
         (("claude-session", "start", "--bogus-flag"), ExitCode.USAGE),

@@ -178,7 +178,7 @@ def test_fresh_environment_imports_only_its_own_installation(example_bin: Path) 
                          text=True, check=True).stdout
     venv = str(example_bin.parent)
     assert all(path.startswith(venv) for path in out.split()), out
-    assert str(ROOT) not in out
+    assert f"{ROOT}/" not in out
 
 
 def test_installed_example_is_listed_by_plugins(example: ClaudeCli) -> None:

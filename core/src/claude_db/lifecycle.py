@@ -12,7 +12,7 @@ from pathlib import Path
 from claude_db.app import App
 from claude_db.engine import Credentials, Endpoint, Engine
 from claude_db.envfile import MARKER, remove_env, write_env
-from claude_db.errors import ClaudeDbError
+from claude_db.errors import UsageError
 from claude_db.readiness import wait_until_ready
 from claude_db.runtime import Runtime
 from claude_db.session import Session, validate_name
@@ -35,7 +35,7 @@ def start_session(
     settings = app.settings
     notes: list[str] = []
     if not workdir.is_dir():
-        raise ClaudeDbError(f"work directory {workdir} does not exist")
+        raise UsageError(f"work directory {workdir} does not exist")
     session = Session(name=name, workdir=str(workdir.resolve()), engine=None, runtime=None)
     engine: Engine | None = None
     runtime: Runtime | None = None

@@ -298,7 +298,8 @@ def _automatic(
     try:
         snapshot = _save(target, store, None, database, reason, move=move)
     except ClaudeDbError as exc:
-        raise ClaudeDbError(
+        # same class, same exit code (a server that does not answer stays exit 4)
+        raise type(exc)(
             f"could not take the automatic snapshot before {reason}, nothing was changed: "
             f"{_message(exc)} (CLAUDE_DB_AUTO_SNAPSHOTS=0 skips it)"
         ) from None

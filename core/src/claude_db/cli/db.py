@@ -169,6 +169,8 @@ def query(
     """Run one query and print its result."""
     if as_json and as_csv:
         raise UsageError("--json and --csv exclude each other")
+    if not text.strip():
+        raise UsageError("the query is empty")
     target = _target(session)
     target.require_running()
     result = target.engine.query(target.endpoint(database), text)

@@ -91,6 +91,10 @@ class LocalRuntime(Runtime):
             raise ClaudeDbError(
                 f"port {state['port']} of session {session.name!r} is taken by another process"
             )
+        if state.get("pid"):
+            # a killed server stays a zombie until init reaps it, and the server refuses to
+            # start while the pid in its lock file exists: give init a moment
+            _wait_until_reaped(state["pid"], state["datadir"], timeout=5)
         Path(state["socket_dir"]).mkdir(mode=0o700, exist_ok=True)
         server = _local_server(engine)
         run_as = _identity_named(state["run_as"])
@@ -300,6 +304,23 @@ def _wait_for_exit(pid: int, timeout: float) -> bool:
             return True
         time.sleep(0.02)
     return False
+
+
+def _wait_until_reaped(pid: int, datadir: str, timeout: float) -> None:
+    """Wait until ``pid`` is gone, unless it was reused by another program."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with contextlib.suppress(ChildProcessError):
+            os.waitpid(pid, os.WNOHANG)
+        try:
+            stat = Path(f"/proc/{pid}/stat").read_text()
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+        except (FileNotFoundError, ProcessLookupError):
+            return
+        zombie = stat.rsplit(")", 1)[1].split()[0] in ("Z", "X")
+        if not zombie and datadir.encode() not in cmdline:
+            return  # the pid belongs to another program now
+        time.sleep(0.05)
 
 
 def log_tail(path: Path, lines: int = LOG_TAIL_LINES) -> str:
