@@ -47,7 +47,7 @@ LABEL_STATE = "claude-db.state"
 LABEL_KEPT_FROM = "claude-db.kept-from"  # data kept by ``delete --keep-data``: no session owns it
 WORKSPACE = "/workspace"  # where the session container sees the work directory
 LOG_TAIL_LINES = 5
-FAILURE_CHECK_INTERVAL = 0.15  # seconds
+FAILURE_CHECK_INTERVAL = 0.5  # seconds; each look is an inspect competing with the start
 STOP_TIMEOUT = 30  # seconds a database gets to shut down cleanly
 # bash when the image has it, else sh; not a login shell: /etc/profile would reset PATH
 SHELL = "if command -v bash >/dev/null 2>&1; then exec bash; else exec sh; fi"
