@@ -19,7 +19,7 @@ from claude_db.envfile import MARKER, read_env
 from claude_db.errors import ClaudeDbError, NotRunningError, SessionNotFoundError, UsageError
 from claude_db.processes import HostTools
 from claude_db.runtime import Runtime
-from claude_db.session import Session
+from claude_db.session import Session, validate_name
 from claude_db.urls import parse_url
 
 CHUNK = 1 << 20
@@ -65,6 +65,8 @@ class Target:
 def resolve(app: App, session_name: str | None) -> Target:
     """The session: ``--session``, ``CLAUDE_SESSION``, ``.env`` here, else ``DATABASE_URL``."""
     name = session_name or os.environ.get(MARKER) or read_env(Path.cwd()).get(MARKER)
+    if name:
+        validate_name(name)  # a name from the environment must not reach outside the state dir
     if name and app.store.exists(name):
         session = app.store.load(name)
         if not session.has_database:

@@ -62,6 +62,8 @@ def start_session(
         # until start is done: if this process dies (kill -9), gc knows the session never was
         starting = store.reserve(name) / STARTING_MARKER
         starting.touch()
+        dotenv = workdir / ".env"
+        dotenv_before = dotenv.read_bytes() if dotenv.is_file() else None
         try:
             if engine is not None and runtime is not None:
                 runtime.create(session, engine)
@@ -84,6 +86,12 @@ def start_session(
                     with contextlib.suppress(Exception):  # the first error is the one to report
                         runtime.delete(session, engine, keep_data=False)
                 store.release(name)
+                if write_dotenv:  # .env as it was: no variables of a session that is not
+                    with contextlib.suppress(OSError):
+                        if dotenv_before is None:
+                            dotenv.unlink(missing_ok=True)
+                        else:
+                            dotenv.write_bytes(dotenv_before)
             raise
     app.plugins.hook.session_started(session=session)
     return session, notes

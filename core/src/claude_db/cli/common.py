@@ -13,9 +13,12 @@ from typing import Any, NoReturn
 import typer
 
 try:  # typer >= 0.25 vendors click
-    from typer._click.exceptions import ClickException
+    from typer._click.exceptions import ClickException, NoArgsIsHelpError
 except ImportError:  # pragma: no cover - older typer depends on click
-    from click.exceptions import ClickException  # type: ignore[no-redef,import-not-found]
+    from click.exceptions import (  # type: ignore[no-redef,import-not-found,unused-ignore]
+        ClickException,
+        NoArgsIsHelpError,
+    )
 
 from claude_db.errors import ClaudeDbError, ExitCode
 
@@ -42,6 +45,9 @@ def run(build: Callable[[], typer.Typer], prog: str) -> NoReturn:
         sys.exit(code if isinstance(code, int) else 0)
     except typer.Exit as exc:
         sys.exit(exc.exit_code)
+    except NoArgsIsHelpError as exc:  # a bare command group: its help is the answer
+        exc.show()
+        sys.exit(ExitCode.USAGE)
     except ClickException as exc:  # bad flags or arguments
         fail(f"{exc.format_message()} (see {prog} --help)", ExitCode.USAGE)
     except typer.Abort:
@@ -55,6 +61,16 @@ def run(build: Callable[[], typer.Typer], prog: str) -> NoReturn:
     except BrokenPipeError:
         sys.stderr.close()  # the reader went away (| head): not an error worth a message
         sys.exit(ExitCode.FAILED)
+    except OSError as exc:  # the machine said no: a read-only directory, a full disk...
+        if verbose:
+            raise
+        where = f"{exc.filename}: " if exc.filename else ""
+        fail(f"{where}{exc.strerror or exc}", ExitCode.FAILED)
+    except Exception as exc:  # a bug or a plugin's: still one line, the traceback on request
+        if verbose:
+            raise
+        fail(f"unexpected {type(exc).__name__}: {exc} (run with --verbose for details)",
+             ExitCode.FAILED)
 
 
 def _interruptible() -> list[int]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import json
 import sys
+from dataclasses import replace
 from typing import Any
 from urllib.parse import quote
 
@@ -21,7 +22,7 @@ from claude_db.cli.common import (
     run,
 )
 from claude_db.database import Target, export_to, import_from, resolve
-from claude_db.engine import QueryResult
+from claude_db.engine import Endpoint, QueryResult
 from claude_db.errors import ConfirmationRequiredError, ExitCode, NotRunningError, UsageError
 from claude_db.lifecycle import database_env
 from claude_db.plugins import add_commands
@@ -115,12 +116,13 @@ def info(
     inside = here
     if target.runtime is not None and target.session is not None:
         inside = target.runtime.session_endpoint(target.session, engine).with_database(database)
+    if not show_password:  # built with a masked password: nothing else can be mangled
+        here, inside = _masked(here), _masked(inside)
     env = database_env(engine, inside)
     if inside != here:  # e.g. a session container: the URL from this host differs
         env["HOST_DATABASE_URL"] = engine.url(here)
-    if not show_password and here.password:
-        encoded = quote(here.password, safe="")  # as it appears in URLs
-        env = {k: v.replace(here.password, "****").replace(encoded, "****") for k, v in env.items()}
+    if not show_password:  # URLs percent-encode the mask: show it as typed
+        env = {key: value.replace(quote(MASK, safe=""), MASK) for key, value in env.items()}
     details: dict[str, Any] = {"session": target.name, "engine": engine.name}
     if target.session is not None:
         details |= {"runtime": target.session.runtime, "workdir": target.session.workdir}
@@ -133,6 +135,13 @@ def info(
     width = max(len(k) for k in details)
     for key, value in details.items():
         print(f"{key.ljust(width)}  {value}")
+
+
+MASK = "****"
+
+
+def _masked(endpoint: Endpoint) -> Endpoint:
+    return replace(endpoint, credentials=replace(endpoint.credentials, password=MASK))
 
 
 def shell(

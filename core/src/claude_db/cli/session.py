@@ -214,7 +214,7 @@ def _name(name: str | None) -> str:
     current = os.environ.get(MARKER) or read_env(Path.cwd()).get(MARKER)
     if not current:
         raise UsageError("which session? pass its name (see claude-session list)")
-    return current
+    return validate_name(current)
 
 
 def _load(name: str | None) -> Session:

@@ -128,7 +128,7 @@ class DockerRuntime(Runtime):
             self._require_volume(docker, session)
             if database is not None:
                 with docker_errors(f"removing container {database.name!r}"):
-                    database.remove(force=True)
+                    database.remove(force=True, v=True)  # anonymous volumes too: never labelled
             self._run_database(docker, session, engine)
             started = True
         elif database.status == "paused":
@@ -149,7 +149,7 @@ class DockerRuntime(Runtime):
         if container is None or new_network:
             if container is not None:
                 with docker_errors(f"removing container {container.name!r}"):
-                    container.remove(force=True)
+                    container.remove(force=True, v=True)
             self._run_session_container(docker, session, engine)
         elif container.status == "paused":
             with docker_errors(f"resuming container {container.name!r}"):

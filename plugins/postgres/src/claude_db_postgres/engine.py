@@ -91,7 +91,10 @@ class PostgresEngine(Engine):
 
     def restore(self, tools: Tools, chunks: Iterable[bytes]) -> None:
         # One transaction, stop at the first error: nothing of a failed import stays applied.
-        argv = ["psql", "-X", "-q", "-v", "ON_ERROR_STOP=1", "--single-transaction", "-f", "-"]
+        # BEGIN and COMMIT are sent by us, COMMIT only once the whole input was read: psql's
+        # --single-transaction would commit at end of input, and an interrupted `docker exec`
+        # closes psql's input inside the container without killing psql.
+        argv = ["psql", "-X", "-q", "-v", "ON_ERROR_STOP=1", "-f", "-"]
         # The local runtime's servers run with synchronous_commit=off: without this, a server
         # crash right after the import reported success would lose it whole.
         durable = {"PGOPTIONS": f"{os.environ.get('PGOPTIONS', '')} -c synchronous_commit=on"}
@@ -106,8 +109,10 @@ class PostgresEngine(Engine):
             assert proc.stdin is not None
             _widen(proc.stdin)
             try:
+                proc.stdin.write(b"BEGIN; ")  # same line as the file's first: line numbers hold
                 for chunk in chunks:
                     proc.stdin.write(chunk)
+                proc.stdin.write(b"\nCOMMIT;\n")
                 proc.stdin.close()
             except BrokenPipeError:
                 pass  # psql stopped at an error: its message says which
