@@ -236,6 +236,7 @@ def test_a_server_that_cannot_start_reports_its_log(cli: Cli, workdir: Path) -> 
     port = _session_file("busy")["runtime_state"]["port"]  # type: ignore[index]
     cli("claude-session", "stop", "busy")
     with socket.socket() as blocker:
+        blocker.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # past TIME_WAIT
         blocker.bind(("127.0.0.1", port))
         blocker.listen()
         result = cli("claude-session", "attach", "busy", "--no-shell")
