@@ -166,17 +166,28 @@ def delete_session(app: App, name: str, *, keep_data: bool = False) -> tuple[Ses
     store.load(name)  # an unknown name fails before it gets a lock file
     with store.lock(name):
         session = store.load(name)
+        keys = _env_keys(app, session)  # names only: the resources may be gone already
         if session.has_database:
             engine, runtime = parts(app, session)
             runtime.delete(session, engine, keep_data=keep_data)
             if kept := session.runtime_state.get("kept_data"):
                 notes.append(f"kept the data of {name!r} in {kept}")
-        keys = [*session_env(app, session, for_dotenv=True)]
         if remove_env(Path(session.workdir), keys, name):
             notes.append(f"removed the session's variables from {Path(session.workdir) / '.env'}")
         store.release(name)
     app.plugins.hook.session_deleted(session=session)
     return session, notes
+
+
+def _env_keys(app: App, session: Session) -> list[str]:
+    """The names :func:`session_env` gives, without asking the runtime for an address."""
+    keys = {MARKER}
+    for extra in app.plugins.hook.session_env(session=session):
+        keys.update(extra or {})
+    if session.has_database and session.credentials is not None:
+        engine = parts(app, session)[0]
+        keys.update(database_env(engine, Endpoint("placeholder", 0, session.credentials)))
+    return sorted(keys)
 
 
 def parts(app: App, session: Session) -> tuple[Engine, Runtime]:
