@@ -4,15 +4,13 @@ from __future__ import annotations
 
 import contextlib
 import secrets
-import signal
-import threading
-from collections.abc import Iterator
 from pathlib import Path
 
 from claude_db.app import App
 from claude_db.engine import Credentials, Endpoint, Engine
 from claude_db.envfile import MARKER, remove_env, write_env
 from claude_db.errors import UsageError
+from claude_db.processes import signals_held
 from claude_db.readiness import wait_until_ready
 from claude_db.runtime import Runtime
 from claude_db.session import Session, validate_name
@@ -81,7 +79,7 @@ def start_session(
             starting.unlink()
         except BaseException:
             # nothing may leak: undo whatever part of the session was made, uninterrupted
-            with _signals_held():
+            with signals_held():
                 if engine is not None and runtime is not None:
                     with contextlib.suppress(Exception):  # the first error is the one to report
                         runtime.delete(session, engine, keep_data=False)
@@ -113,21 +111,6 @@ def _sweep_orphans(app: App, docker: bool) -> list[str]:
         return []
     return [f"removed {len(removed)} leftovers of gone sessions (claude-session gc --dry-run "
             "lists them)"]
-
-
-@contextlib.contextmanager
-def _signals_held() -> Iterator[None]:
-    """Ignore SIGINT/SIGTERM in the block (a second Ctrl-C must not cut a cleanup short)."""
-    if threading.current_thread() is not threading.main_thread():
-        yield  # only the main thread may set handlers (and receives the signals)
-        return
-    # a handler, not SIG_IGN: programs started meanwhile must not inherit deafness
-    previous = {sig: signal.signal(sig, lambda *_: None) for sig in (signal.SIGINT, signal.SIGTERM)}
-    try:
-        yield
-    finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
 
 
 def stop_session(app: App, name: str) -> Session:

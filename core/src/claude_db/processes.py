@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import signal
 import subprocess
 import threading
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import IO, Any
 
@@ -135,3 +136,18 @@ class HostTools(Tools):
     def run_interactive(self, argv: Sequence[str], *, env: Mapping[str, str]) -> int:
         command = [self._resolve(argv[0]), *argv[1:]]
         return run_foreground(command, env=child_env(env))
+
+
+@contextlib.contextmanager
+def signals_held() -> Iterator[None]:
+    """Ignore SIGINT/SIGTERM in the block (a second Ctrl-C must not cut a cleanup short)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield  # only the main thread may set handlers (and receives the signals)
+        return
+    # a handler, not SIG_IGN: programs started meanwhile must not inherit deafness
+    previous = {sig: signal.signal(sig, lambda *_: None) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)

@@ -27,11 +27,14 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from claude_db.engine import Engine
 from claude_db.errors import ClaudeDbError, UsageError
+from claude_db.processes import signals_held
 
 if TYPE_CHECKING:
     from claude_db.app import App
     from claude_db.database import Target
+    from claude_db.engine import Endpoint
 
 META = "snapshot.json"
 PARTIAL = ".partial"  # suffix of a snapshot being saved (``.<name>.<pid>.partial``)
@@ -271,6 +274,17 @@ def _save(
     partial = store.root / f".{name}.{os.getpid()}{PARTIAL}"
     shutil.rmtree(partial, ignore_errors=True)
     partial.mkdir(mode=0o700)
+    # Moving takes the user's data out of its database: no interruption between the move and
+    # the snapshot's record, or the cleanup could free the only copy.
+    moves = move and type(target.engine).snapshot_move is not Engine.snapshot_move
+    with signals_held() if moves else contextlib.nullcontext():
+        return _save_into(target, endpoint, database, snapshot, partial, move)
+
+
+def _save_into(
+    target: Target, endpoint: Endpoint, database: str | None, snapshot: Snapshot,
+    partial: Path, move: bool,
+) -> Snapshot:
     moved = False
     try:
         moved = move and target.engine.snapshot_move(endpoint, target.tools(database), partial)
