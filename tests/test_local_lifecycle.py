@@ -233,17 +233,19 @@ def test_unknown_engine_names_the_distribution(cli: Cli) -> None:
 def test_a_server_that_cannot_start_reports_its_log(cli: Cli, workdir: Path) -> None:
     # occupy the port the session will get back on attach, then attach: one clear line
     assert cli("claude-session", "start", "busy").code == 0
-    port = _session_file("busy")["runtime_state"]["port"]  # type: ignore[index]
-    cli("claude-session", "stop", "busy")
-    with socket.socket() as blocker:
-        blocker.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # past TIME_WAIT
-        blocker.bind(("127.0.0.1", port))
-        blocker.listen()
-        result = cli("claude-session", "attach", "busy", "--no-shell")
-    assert_one_line_error(result, ExitCode.FAILED)
-    assert f"port {port}" in result.stderr
-    assert cli("claude-session", "attach", "busy", "--no-shell").code == 0
-    cli("claude-session", "delete", "busy", "--yes")
+    try:
+        port = _session_file("busy")["runtime_state"]["port"]  # type: ignore[index]
+        cli("claude-session", "stop", "busy")
+        with socket.socket() as blocker:
+            blocker.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # past TIME_WAIT
+            blocker.bind(("127.0.0.1", port))
+            blocker.listen()
+            result = cli("claude-session", "attach", "busy", "--no-shell")
+        assert_one_line_error(result, ExitCode.FAILED)
+        assert f"port {port}" in result.stderr
+        assert cli("claude-session", "attach", "busy", "--no-shell").code == 0
+    finally:  # other tests count the sessions: leave none behind, even on failure
+        cli("claude-session", "delete", "busy", "--yes")
 
 
 def test_wheel_binaries_run_a_session(cli: Cli, workdir: Path) -> None:
