@@ -6,6 +6,7 @@ directory whose ``session.json`` was lost, a snapshot or server template cut sho
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import shutil
@@ -112,6 +113,10 @@ def test_gc_removes_lost_directories_locks_and_half_made_snapshots(
     partial.mkdir()
     building = state / "templates" / ".postgres-x.12345"
     building.mkdir()
+    # start's background spare copy holds the templates lock (gc rightly skips templates
+    # then): wait for it, so gc sees the half-made template below
+    with open(state / "templates" / ".lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
 
     swept = cli("claude-session", "gc", "--json")
     assert swept.code == 0, swept
