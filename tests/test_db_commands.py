@@ -5,6 +5,7 @@ from __future__ import annotations
 import gzip
 import json
 import os
+import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -210,3 +211,33 @@ def test_plugins_lists_the_builtin_engine(cli: Cli) -> None:
     assert data["engines"]["postgres"] == "postgres"
     assert "local" in data["runtimes"]
     assert os.environ["CLAUDE_DB_STATE_DIR"]  # the isolated state is in use
+
+
+def test_a_password_full_of_shell_characters_survives_dotenv_and_sh(
+    cli: Cli, workdir: Path
+) -> None:
+    password = 'p@ss w$rd"#;&|`x` %2F!'
+    started = cli("claude-session", "start", "quoted", env={"CLAUDE_DB_PASSWORD": password})
+    assert started.code == 0, started
+    try:
+        by_dotenv = read_env(workdir)
+        by_sh = subprocess.run(
+            ["sh", "-c", 'set -a; . ./.env; printf "%s\\n%s" "$DB_PASSWORD" "$DATABASE_URL"'],
+            cwd=workdir, capture_output=True, text=True, check=True,
+        ).stdout.split("\n")
+        assert by_dotenv["DB_PASSWORD"] == password
+        assert by_sh == [password, by_dotenv["DATABASE_URL"]]
+        with psycopg.connect(by_sh[1]) as conn:  # the URL encodes it right, too
+            assert conn.execute("select 1").fetchone() == (1,)
+    finally:
+        cli("claude-session", "delete", "quoted", "--yes")
+
+
+def test_verbose_is_ours_before_double_dash_and_the_tools_after(
+    cli: Cli, session: dict[str, str]
+) -> None:
+    ours = cli("claude-db", "--verbose", "query", "select 2", "--csv")
+    assert ours.code == 0 and ours.stdout.splitlines() == ["?column?", "2"], ours
+    # after --, it reaches psql, which has no such option and says so
+    theirs = cli("claude-db", "psql", "--", "--verbose")
+    assert theirs.code != 0 and "verbose" in theirs.stderr, theirs

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import gzip
 import os
+import socket
 import sys
 import tempfile
 import zlib
@@ -53,13 +54,29 @@ class Target:
 
     def require_running(self) -> None:
         if self.runtime is None or self.session is None:
-            return  # a bare URL: the connection attempt itself reports a down server
+            _require_listening(self.endpoint(), self.name)
+            return
         status = self.runtime.status(self.session)
         if status != "running":
             raise NotRunningError(
                 f"the database of session {self.name!r} is {status}; "
                 f"start it with: claude-session attach {self.name} --no-shell"
             )
+
+
+def _require_listening(endpoint: Endpoint, label: str) -> None:
+    """A bare URL has no session to ask: a refused TCP connection means nothing runs there
+    (anything subtler, the engine's own connection reports)."""
+    if not endpoint.host or endpoint.host.startswith("/"):
+        return  # a unix socket directory
+    try:
+        socket.create_connection((endpoint.host, endpoint.port), timeout=5).close()
+    except ConnectionRefusedError:
+        raise NotRunningError(
+            f"nothing answers at {endpoint.host}:{endpoint.port} ({label})"
+        ) from None
+    except OSError:
+        return  # unresolvable or unreachable: the engine's connection error says it best
 
 
 def resolve(app: App, session_name: str | None) -> Target:

@@ -14,6 +14,7 @@ from claude_db.processes import signals_held
 from claude_db.readiness import wait_until_ready
 from claude_db.runtime import Runtime
 from claude_db.session import Session, validate_name
+from claude_db.settings import Settings
 
 
 def start_session(
@@ -38,6 +39,7 @@ def start_session(
     engine: Engine | None = None
     runtime: Runtime | None = None
     if settings.enabled:
+        _require_quotable(settings)
         engine = app.plugins.engine(engine_name or settings.engine)
         runtime, note = app.choose_runtime(runtime_name or settings.runtime)
         notes += [note] if note else []
@@ -97,6 +99,20 @@ def start_session(
 
 #: in a session's directory while its start runs (see claude_db.gc)
 STARTING_MARKER = ".starting"
+
+
+def _require_quotable(settings: Settings) -> None:
+    """What we write to ``.env`` is single-quoted, which python-dotenv and a POSIX shell
+    (``set -a; . ./.env``) both read literally, except for ``'`` and backslashes."""
+    for variable, value in (
+        ("CLAUDE_DB_USER", settings.user),
+        ("CLAUDE_DB_PASSWORD", settings.password),
+        ("CLAUDE_DB_NAME", settings.database),
+    ):
+        if value and any(c in "'\\" or not c.isprintable() for c in value):
+            raise UsageError(
+                f"{variable} must not contain quotes ('), backslashes or control characters"
+            )
 
 
 def _sweep_orphans(app: App, docker: bool) -> list[str]:

@@ -33,8 +33,8 @@ JsonOption = typer.Option(False, "--json", help="Print JSON.")
 
 def run(build: Callable[[], typer.Typer], prog: str) -> NoReturn:
     """Run a CLI: user errors become one line on stderr and a documented exit code."""
-    verbose = "--verbose" in sys.argv[1:] or os.environ.get("CLAUDE_DB_DEBUG") == "1"
-    args = [a for a in sys.argv[1:] if a != "--verbose"]
+    args, verbose = _take_verbose(sys.argv[1:])
+    verbose = verbose or os.environ.get("CLAUDE_DB_DEBUG") == "1"
     interrupted = _interruptible()
     try:
         _coerce_plain_values_first()
@@ -71,6 +71,14 @@ def run(build: Callable[[], typer.Typer], prog: str) -> NoReturn:
             raise
         fail(f"unexpected {type(exc).__name__}: {exc} (run with --verbose for details)",
              ExitCode.FAILED)
+
+
+def _take_verbose(argv: list[str]) -> tuple[list[str], bool]:
+    """``--verbose`` anywhere before ``--`` is ours; after ``--`` it belongs to the tool
+    (``claude-db mysql -- --verbose``)."""
+    end = argv.index("--") if "--" in argv else len(argv)
+    ours = [a for a in argv[:end] if a != "--verbose"]
+    return ours + argv[end:], len(ours) < end
 
 
 def _interruptible() -> list[int]:
