@@ -9,6 +9,7 @@ MongoDB-wire-protocol server are in test_mongo_standin.py.
 from __future__ import annotations
 
 import json
+import socket
 from urllib.parse import quote, unquote, urlsplit
 
 import pytest
@@ -122,8 +123,11 @@ def test_local_runtime_without_mongod_says_so_in_one_line(cli: Cli) -> None:
 def test_query_that_is_not_a_command_document_is_a_usage_error(
     cli: Cli, query: str, words: str
 ) -> None:
-    # refused before any connection: the URL points nowhere
-    result = cli("claude-db", "query", query, env={"DATABASE_URL": DOWN_URL})
+    # refused before any MongoDB conversation: what listens there never answers one
+    with socket.create_server(("127.0.0.1", 0)) as listener:
+        port = listener.getsockname()[1]
+        url = f"mongodb://root:pw@127.0.0.1:{port}/appdb?authSource=admin"
+        result = cli("claude-db", "query", query, env={"DATABASE_URL": url})
     assert_one_line_error(result, ExitCode.USAGE)
     assert words in result.stderr
 

@@ -21,8 +21,6 @@ import struct
 from collections.abc import Iterable, Iterator
 from typing import Any
 
-import bson
-
 MAGIC = b"\x00claude-db-mongo"
 FORMAT_VERSION = 1
 #: ``mongodump --archive`` files start with 0x8199e26d, little-endian
@@ -95,6 +93,8 @@ class ByteReader:
 
 
 def record(kind: bytes, document: bytes | dict[str, Any]) -> bytes:
+    import bson  # here, not at the top: every claude-db command loads this plugin
+
     return kind + (document if isinstance(document, bytes) else bson.encode(document))
 
 
@@ -124,6 +124,8 @@ def read_record(reader: ByteReader) -> tuple[bytes, bytes]:
 
 
 def decode(data: bytes) -> dict[str, Any]:
+    import bson
+
     try:
         return bson.decode(data)
     except Exception as exc:  # bson raises several types for bad input
