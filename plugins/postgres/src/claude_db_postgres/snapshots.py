@@ -137,7 +137,6 @@ def delete(endpoint: Endpoint, directory: Path) -> None:
 
 def _copy(conn: Any, source: str, target: str, owner: str | None) -> None:
     """``CREATE DATABASE target TEMPLATE source``, ending the source's other connections."""
-    import psycopg
     from psycopg import sql
 
     statement = sql.SQL("CREATE DATABASE {} TEMPLATE {}").format(
@@ -145,40 +144,36 @@ def _copy(conn: Any, source: str, target: str, owner: str | None) -> None:
     )
     if owner:
         statement += sql.SQL(" OWNER {}").format(sql.Identifier(owner))
-    for _ in range(COPY_ATTEMPTS):
-        conn.execute(
-            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
-            "WHERE datname = %s AND pid <> pg_backend_pid()",
-            [source],
-        )
-        try:
-            conn.execute(statement)
-            return
-        except psycopg.errors.ObjectInUse:  # a client connected again in between
-            time.sleep(0.05)
-    raise ClaudeDbError(f"database {source!r} stays in use by other clients; try again")
+    _with_clients_ended(conn, source, statement)
 
 
 def _rename(conn: Any, source: str, target: str) -> None:
     """``ALTER DATABASE source RENAME TO target``, ending the source's connections first."""
-    import psycopg
     from psycopg import sql
 
     statement = sql.SQL("ALTER DATABASE {} RENAME TO {}").format(
         sql.Identifier(source), sql.Identifier(target)
     )
+    _with_clients_ended(conn, source, statement)
+
+
+def _with_clients_ended(conn: Any, database: str, statement: Any) -> None:
+    """Run ``statement``, which needs ``database`` free of other connections: end them
+    first, and again while clients keep reconnecting in between."""
+    import psycopg
+
     for _ in range(COPY_ATTEMPTS):
         conn.execute(
             "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
             "WHERE datname = %s AND pid <> pg_backend_pid()",
-            [source],
+            [database],
         )
         try:
             conn.execute(statement)
             return
         except psycopg.errors.ObjectInUse:  # a client connected again in between
             time.sleep(0.05)
-    raise ClaudeDbError(f"database {source!r} stays in use by other clients; try again")
+    raise ClaudeDbError(f"database {database!r} stays in use by other clients; try again")
 
 
 def _maintenance(endpoint: Endpoint) -> Any:
