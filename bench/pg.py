@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -93,6 +94,12 @@ def native_env(conninfo: str) -> dict[str, str]:
     names = {"host": "PGHOST", "port": "PGPORT", "user": "PGUSER", "password": "PGPASSWORD",
              "dbname": "PGDATABASE"}
     return {env: str(info[key]) for key, env in names.items() if key in info}
+
+
+def tools_env(conninfo: str) -> dict[str, str]:
+    """This process's environment for a client tool, pointed at ``conninfo`` alone."""
+    clean = {k: v for k, v in os.environ.items() if not k.startswith(("PG", "DATABASE_URL"))}
+    return {**clean, **native_env(conninfo)}
 
 
 @dataclass

@@ -6,7 +6,6 @@ from __future__ import annotations
 import contextlib
 import gzip
 import hashlib
-import os
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -46,8 +45,8 @@ def dumps(ctx: Context) -> Iterator[list[Case]]:
         expected = [int(v) for v in pg.row(source["DATABASE_URL"], CHECKSUM)]
         files = ctx.ws.dir("dumps")
         path = files / "export.sql.gz"
-        source_env = {**_clean_env(), **pg.native_env(source["DATABASE_URL"])}
-        target_env = {**_clean_env(), **pg.native_env(target["DATABASE_URL"])}
+        source_env = pg.tools_env(source["DATABASE_URL"])
+        target_env = pg.tools_env(target["DATABASE_URL"])
         source_dir = ctx.ws.root / f"work-{SOURCE}"
 
         def exported() -> dict[str, Any]:
@@ -155,7 +154,3 @@ def _gunzipped_sha256(path: Path) -> str:
             if not line.startswith((b"\\restrict ", b"\\unrestrict ")):
                 digest.update(line)
     return digest.hexdigest()
-
-
-def _clean_env() -> dict[str, str]:
-    return {k: v for k, v in os.environ.items() if not k.startswith(("PG", "DATABASE_URL"))}

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import os
 from collections.abc import Iterator
 from typing import Any
 
@@ -22,7 +21,7 @@ def reset(ctx: Context) -> Iterator[list[Case]]:
     database = env["PGDATABASE"]
     bindir = pg.bindir()
     tables, rows = ctx.options.reset_tables, ctx.options.reset_rows
-    tools_env = {**_clean_env(), **pg.native_env(url)}
+    tools_env = pg.tools_env(url)
     tools_env.pop("PGDATABASE", None)
 
     def populate() -> dict[str, Any]:
@@ -103,7 +102,3 @@ def _rows(url: str) -> int:
     if not names:
         return 0
     return int(pg.scalar(url, f"select coalesce(sum(c), 0) from ({names}) s"))
-
-
-def _clean_env() -> dict[str, str]:
-    return {k: v for k, v in os.environ.items() if not k.startswith(("PG", "DATABASE_URL"))}
