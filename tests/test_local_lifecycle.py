@@ -13,6 +13,7 @@ import pytest
 
 from claude_db.envfile import read_env
 from claude_db.errors import ExitCode
+from claude_db.processes import is_running
 from conftest import Cli, assert_one_line_error
 
 
@@ -25,15 +26,6 @@ def _session_file(name: str) -> dict[str, object]:
     root = Path(os.environ["CLAUDE_DB_STATE_DIR"])
     data: dict[str, object] = json.loads((root / "sessions" / name / "session.json").read_text())
     return data
-
-
-def _running(pid: int) -> bool:
-    """Alive and not a zombie (the CLI that spawned it is gone; init reaps it eventually)."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except FileNotFoundError:
-        return False
-    return stat.rsplit(")", 1)[1].split()[0] not in ("Z", "X")
 
 
 def _listening(port: int) -> bool:
@@ -103,9 +95,9 @@ def test_delete_leaves_nothing_behind(cli: Cli, workdir: Path) -> None:
     state = _session_file("delta")["runtime_state"]
     assert isinstance(state, dict)
     pid, port = state["pid"], state["port"]
-    assert _running(pid) and _listening(port)
+    assert is_running(pid) and _listening(port)
     assert cli("claude-session", "delete", "delta", "--yes").code == 0
-    assert not _running(pid)
+    assert not is_running(pid)
     assert not _listening(port)
     assert not Path(state["datadir"]).exists()
     assert not Path(state["socket_dir"]).exists()

@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from claude_db.lifecycle import STARTING_MARKER
+from claude_db.processes import is_running
 
 if TYPE_CHECKING:
     from claude_db.app import App
@@ -246,22 +247,12 @@ def _stop_process(pid: int) -> None:
     with contextlib.suppress(ProcessLookupError):
         os.kill(pid, signal.SIGTERM)
     deadline = time.monotonic() + STOP_WAIT
-    while time.monotonic() < deadline and _running(pid):
+    while time.monotonic() < deadline and is_running(pid):
         time.sleep(0.05)
     with contextlib.suppress(ProcessLookupError):
         os.killpg(pid, signal.SIGKILL)
-    while _running(pid):
+    while is_running(pid):
         time.sleep(0.02)
-
-
-def _running(pid: int) -> bool:
-    with contextlib.suppress(ChildProcessError):
-        os.waitpid(pid, os.WNOHANG)
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return False
-    return stat.rsplit(")", 1)[1].split()[0] not in ("Z", "X")
 
 
 def _abandon_start(app: App, name: str) -> None:

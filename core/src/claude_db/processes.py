@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import os
 import shutil
 import signal
@@ -136,6 +137,31 @@ class HostTools(Tools):
     def run_interactive(self, argv: Sequence[str], *, env: Mapping[str, str]) -> int:
         command = [self._resolve(argv[0]), *argv[1:]]
         return run_foreground(command, env=child_env(env))
+
+
+@contextlib.contextmanager
+def file_lock(path: Path) -> Iterator[None]:
+    """Hold ``path``'s exclusive lock in the block, waiting for it (the file is made if need be)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        yield
+
+
+def is_running(pid: int) -> bool:
+    """Whether ``pid`` is alive and not a zombie; our own exited children are reaped first.
+
+    A process whose ``/proc`` entry we may not read counts as alive.
+    """
+    with contextlib.suppress(ChildProcessError):
+        os.waitpid(pid, os.WNOHANG)
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except PermissionError:
+        return True
+    except OSError:
+        return False
+    return stat.rsplit(")", 1)[1].split()[0] not in ("Z", "X")
 
 
 @contextlib.contextmanager

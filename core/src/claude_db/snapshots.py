@@ -15,13 +15,12 @@ ones ``undo`` itself took, so running it twice is harmless.
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import hashlib
 import json
 import os
 import re
 import shutil
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -29,7 +28,7 @@ from typing import TYPE_CHECKING, Any
 
 from claude_db.engine import Engine
 from claude_db.errors import ClaudeDbError, UsageError
-from claude_db.processes import signals_held
+from claude_db.processes import file_lock, signals_held
 
 if TYPE_CHECKING:
     from claude_db.app import App
@@ -131,7 +130,7 @@ def store_for(app: App, target: Target) -> SnapshotStore:
     endpoint = target.endpoint()
     key = f"{target.engine.name}|{endpoint.host}|{endpoint.port}|{endpoint.user}"
     root = app.settings.state_dir / "url-snapshots" / hashlib.sha256(key.encode()).hexdigest()[:16]
-    return SnapshotStore(root, lambda: _file_lock(root / ".lock"))
+    return SnapshotStore(root, lambda: file_lock(root / ".lock"))
 
 
 # -- commands ------------------------------------------------------------------------------
@@ -371,11 +370,3 @@ def _message(exc: BaseException) -> str:
     if isinstance(exc, KeyboardInterrupt):
         return "interrupted"
     return str(exc).rstrip(".") or type(exc).__name__
-
-
-@contextlib.contextmanager
-def _file_lock(path: Path) -> Iterator[None]:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        yield

@@ -585,6 +585,8 @@ def leftovers(
     state_dir: Path, name: str, env: dict[str, str], record: dict[str, Any]
 ) -> list[str]:
     """What a deleted session left behind, described in words (empty: nothing)."""
+    from claude_db.processes import is_running
+
     found: list[str] = []
     session_dir = state_dir / "sessions" / name
     if session_dir.exists():
@@ -598,7 +600,7 @@ def leftovers(
             found.append(f"{key} {value}")
     found += [f"process {pid}: {cmd}" for pid, cmd in processes_mentioning(str(session_dir))]
     pid = record.get("runtime_state", {}).get("pid")
-    if isinstance(pid, int) and _alive(pid):
+    if isinstance(pid, int) and is_running(pid):
         found.append(f"process {pid} (the server)")
     if env.get("DB_HOST") in ("127.0.0.1", "localhost", "::1") and _port_answers(
         env["DB_HOST"], int(env["DB_PORT"])
@@ -627,25 +629,17 @@ def docker_leftovers(name: str) -> list[str]:
 
 def processes_mentioning(text: str) -> list[tuple[int, str]]:
     """Live processes whose command line contains ``text``."""
+    from claude_db.processes import is_running
+
     found = []
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit() or int(entry.name) == os.getpid():
             continue
         with contextlib.suppress(OSError):
             cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-            if text in cmdline and _alive(int(entry.name)):
+            if text in cmdline and is_running(int(entry.name)):
                 found.append((int(entry.name), cmdline.strip()))
     return found
-
-
-def _alive(pid: int) -> bool:
-    with contextlib.suppress(ChildProcessError):
-        os.waitpid(pid, os.WNOHANG)
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return False
-    return stat.rsplit(")", 1)[1].split()[0] not in ("Z", "X")
 
 
 def _port_answers(host: str, port: int) -> bool:

@@ -11,7 +11,6 @@ across restarts. As root, servers run as an unprivileged user.
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import hashlib
 import os
 import pwd
@@ -19,13 +18,12 @@ import shutil
 import signal
 import socket
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 from claude_db.engine import Credentials, Endpoint, Engine, LocalServer, RunAs, Tools
 from claude_db.errors import ClaudeDbError, NotRunningError, UsageError
-from claude_db.processes import HostTools, run_checked, spawn_daemon
+from claude_db.processes import HostTools, file_lock, is_running, run_checked, spawn_daemon
 from claude_db.readiness import poll_until
 from claude_db.runtime import Runtime, Status
 from claude_db.session import Session, SessionStore
@@ -173,7 +171,7 @@ class LocalRuntime(Runtime):
             return template
         root.mkdir(parents=True, exist_ok=True)
         os.chmod(root, 0o711)
-        with _file_lock(root / ".lock"):
+        with file_lock(root / ".lock"):
             if template.is_dir():  # another process built it while we waited
                 return template
             building = root / f".{template.name}.{os.getpid()}"
@@ -280,46 +278,33 @@ def port_is_free(port: int) -> bool:
 
 def _is_our_server(pid: int, datadir: str) -> bool:
     """Whether ``pid`` is alive (not a zombie) and is the server of ``datadir``."""
-    with contextlib.suppress(ChildProcessError):
-        os.waitpid(pid, os.WNOHANG)  # reap it if it is our child that exited
+    if not is_running(pid):
+        return False
     try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
         cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
     except (FileNotFoundError, ProcessLookupError):
         return False
-    state = stat.rsplit(")", 1)[1].split()[0]
-    return state not in ("Z", "X") and datadir in cmdline
+    return datadir in cmdline
 
 
 def _wait_for_exit(pid: int, timeout: float) -> bool:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        with contextlib.suppress(ChildProcessError):
-            os.waitpid(pid, os.WNOHANG)
-        try:
-            stat = Path(f"/proc/{pid}/stat").read_text()
-        except FileNotFoundError:
-            return True
-        if stat.rsplit(")", 1)[1].split()[0] in ("Z", "X"):
+        if not is_running(pid):
             return True
         time.sleep(0.02)
     return False
 
 
 def _wait_until_reaped(pid: int, datadir: str, timeout: float) -> None:
-    """Wait until ``pid`` is gone, unless it was reused by another program."""
+    """Wait until ``pid`` is gone (a zombie still holds it), unless another program has it."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        with contextlib.suppress(ChildProcessError):
-            os.waitpid(pid, os.WNOHANG)
-        try:
-            stat = Path(f"/proc/{pid}/stat").read_text()
-            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
-        except (FileNotFoundError, ProcessLookupError):
+        if is_running(pid):
+            if not _is_our_server(pid, datadir):
+                return  # the pid belongs to another program now
+        elif not Path(f"/proc/{pid}").exists():
             return
-        zombie = stat.rsplit(")", 1)[1].split()[0] in ("Z", "X")
-        if not zombie and datadir.encode() not in cmdline:
-            return  # the pid belongs to another program now
         time.sleep(0.05)
 
 
@@ -329,13 +314,6 @@ def log_tail(path: Path, lines: int = LOG_TAIL_LINES) -> str:
     except FileNotFoundError:
         return "(no log)"
     return " | ".join(text[-lines:]) or "(empty log)"
-
-
-@contextlib.contextmanager
-def _file_lock(path: Path) -> Iterator[None]:
-    with open(path, "w") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        yield
 
 
 def state_summary(session: Session) -> dict[str, Any]:
