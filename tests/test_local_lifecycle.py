@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
+import pwd
+import shutil
 import socket
+import stat
 import subprocess
 from pathlib import Path
 
@@ -15,6 +19,7 @@ from claude_db.envfile import read_env
 from claude_db.errors import ExitCode
 from claude_db.processes import is_running
 from conftest import Cli, assert_one_line_error
+from safety_support import cleanup, fresh_state, session_json
 
 
 def _state(cli: Cli, name: str) -> dict[str, object]:
@@ -252,3 +257,72 @@ def test_wheel_binaries_run_a_session(cli: Cli, workdir: Path) -> None:
     assert status.stdout.startswith("ready: postgres 16"), status
     assert cli("claude-db", "export", "d.sql").code == 0
     assert cli("claude-session", "delete", "wheel", "--yes").code == 0
+
+
+def _hostile_dir(path: Path) -> None:
+    """A directory as another local user would make it, to catch our server's socket."""
+    path.mkdir()
+    os.chmod(path, 0o777)
+    if os.geteuid() == 0:
+        os.chown(path, 4242, 4242)  # a uid that is not the server's
+    (path / "planted").touch()
+
+
+def test_a_long_state_path_gets_a_private_socket_directory(
+    cli: Cli, tmp_path: Path, state_root: Path
+) -> None:
+    """Socket paths are short: a long state path puts the socket in /tmp, in a directory of
+    the server's user nobody else can enter, under a name nobody could make in advance."""
+    state = fresh_state(tmp_path / ("long-" + "x" * 80), state_root)
+    env = {"CLAUDE_DB_STATE_DIR": str(state)}
+    server_dir = state / "sessions" / "longpath" / "server"
+    # where the socket directory used to go, made first by another user
+    digest = hashlib.sha256(str(server_dir).encode()).hexdigest()[:12]
+    predictable = Path("/tmp") / f"claude-db-{digest}"
+    hostile: list[Path] = []
+    try:
+        _hostile_dir(predictable)
+        hostile.append(predictable)
+        assert cli("claude-session", "start", "longpath", env=env).code == 0
+        record = session_json(state, "longpath")["runtime_state"]
+        server_uid = pwd.getpwnam(record["run_as"]).pw_uid
+        sockets = Path(record["socket_dir"])
+
+        def private(path: Path) -> bool:
+            info = path.lstat()
+            return (stat.S_ISDIR(info.st_mode) and stat.S_IMODE(info.st_mode) == 0o700
+                    and info.st_uid == server_uid)
+
+        assert sockets.parent == Path("/tmp") and sockets != predictable
+        assert private(sockets) and (server_dir / "run").resolve() == sockets
+        assert list(predictable.iterdir()) == [predictable / "planted"]
+
+        # /tmp emptied (a reboot), then another user makes the recorded name first
+        assert cli("claude-session", "stop", "longpath", env=env).code == 0
+        shutil.rmtree(sockets)
+        _hostile_dir(sockets)
+        hostile.append(sockets)
+        attached = cli("claude-session", "attach", "longpath", "--no-shell", env=env)
+        assert attached.code == 0, attached
+        again = session_json(state, "longpath")["runtime_state"]
+        fresh = Path(again["socket_dir"])
+        assert fresh != sockets and private(fresh)
+        assert (fresh / f".s.PGSQL.{again['port']}").exists()  # the server's socket is there
+        assert list(sockets.iterdir()) == [sockets / "planted"]
+        assert cli("claude-db", "status", "--session", "longpath", env=env).code == 0
+
+        assert cli("claude-session", "delete", "longpath", "--yes", env=env).code == 0
+        assert not fresh.exists()
+        assert all((path / "planted").exists() for path in hostile)  # not ours to remove
+
+        # gc finds a lost session's socket directory through server/run alone
+        assert cli("claude-session", "start", "lost", env=env).code == 0
+        lost = Path(session_json(state, "lost")["runtime_state"]["socket_dir"])
+        assert cli("claude-session", "stop", "lost", env=env).code == 0
+        (state / "sessions" / "lost" / "session.json").unlink()
+        assert cli("claude-session", "gc", env=env).code == 0
+        assert not lost.exists() and not (state / "sessions" / "lost").exists()
+    finally:
+        cleanup(state)
+        for path in hostile:
+            shutil.rmtree(path, ignore_errors=True)

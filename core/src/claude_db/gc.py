@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
-import hashlib
 import os
 import shutil
 import signal
@@ -41,7 +40,6 @@ if TYPE_CHECKING:
 STATE_LABEL = "claude-db.state"
 SESSION_LABEL = "claude-db.session"
 STOP_WAIT = 5.0  # seconds a stray server gets to exit after SIGTERM before SIGKILL
-SOCKET_PATH_MAX = 100  # as the local runtime: longer server paths put sockets in /tmp
 
 
 @dataclass
@@ -268,10 +266,9 @@ def _abandon_start(app: App, name: str) -> None:
 
 
 def _remove_session_dir(directory: Path) -> None:
-    server_dir = directory / "server"
-    if len(str(server_dir / "run")) + 20 > SOCKET_PATH_MAX:  # the runtime put its socket in /tmp
-        digest = hashlib.sha256(str(server_dir).encode()).hexdigest()[:12]
-        shutil.rmtree(Path("/tmp") / f"claude-db-{digest}", ignore_errors=True)
+    from claude_db.runtimes.local import remove_socket_dir
+
+    remove_socket_dir(directory / "server")  # the local runtime's, when it is in /tmp
     shutil.rmtree(directory)
 
 

@@ -17,6 +17,8 @@ import pwd
 import shutil
 import signal
 import socket
+import stat
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -57,9 +59,7 @@ class LocalRuntime(Runtime):
             run_checked(
                 ["cp", "-a", "--reflink=auto", str(template), str(datadir)], what="copy cluster"
             )
-        socket_dir = _socket_dir(server_dir)
-        socket_dir.mkdir(mode=0o700, exist_ok=True)
-        _chown(socket_dir, run_as)
+        socket_dir = _socket_dir(server_dir, run_as)
         session.runtime_state = {
             "port": free_port(),
             "bindir": str(server.bindir()),
@@ -93,10 +93,10 @@ class LocalRuntime(Runtime):
             # a killed server stays a zombie until init reaps it, and the server refuses to
             # start while the pid in its lock file exists: give init a moment
             _wait_until_reaped(state["pid"], state["datadir"], timeout=5)
-        Path(state["socket_dir"]).mkdir(mode=0o700, exist_ok=True)
         server = _local_server(engine)
         run_as = _identity_named(state["run_as"])
-        _chown(Path(state["socket_dir"]), run_as)
+        if not _private_dir(Path(state["socket_dir"]), run_as):  # e.g. /tmp was emptied
+            state["socket_dir"] = str(_socket_dir(Path(state["datadir"]).parent, run_as))
         self._spawn(session, server, run_as)
 
     def stop(self, session: Session, engine: Engine) -> None:
@@ -114,9 +114,7 @@ class LocalRuntime(Runtime):
     def delete(self, session: Session, engine: Engine, *, keep_data: bool) -> None:
         self.stop(session, engine)
         state = session.runtime_state
-        socket_dir = state.get("socket_dir")
-        if socket_dir and not socket_dir.startswith(str(self.store.directory(session.name))):
-            shutil.rmtree(socket_dir, ignore_errors=True)
+        remove_socket_dir(self.store.directory(session.name) / "server", state.get("socket_dir"))
         if keep_data and state.get("datadir"):
             kept = self.settings.state_dir / "kept" / f"{session.name}-{int(time.time())}"
             kept.parent.mkdir(parents=True, exist_ok=True)
@@ -250,12 +248,43 @@ def _chown(path: Path, run_as: RunAs) -> None:
         os.chown(path, run_as.uid, run_as.gid)
 
 
-def _socket_dir(server_dir: Path) -> Path:
-    preferred = server_dir / "run"
-    if len(str(preferred)) + 20 <= SOCKET_PATH_MAX:
-        return preferred
-    digest = hashlib.sha256(str(server_dir).encode()).hexdigest()[:12]
-    return Path("/tmp") / f"claude-db-{digest}"
+def _socket_dir(server_dir: Path, run_as: RunAs) -> Path:
+    """Make the server's private socket directory: ``server/run``, or, when a socket there
+    would pass the length limit of socket paths, a new directory in /tmp that ``server/run``
+    links to. Its name is not predictable: another local user cannot make it first."""
+    run = server_dir / "run"
+    if len(str(run)) + 20 <= SOCKET_PATH_MAX:
+        run.mkdir(mode=0o700, exist_ok=True)
+        _chown(run, run_as)
+        return run
+    made = Path(tempfile.mkdtemp(prefix="claude-db-", dir="/tmp"))  # mode 0700
+    _chown(made, run_as)
+    with contextlib.suppress(FileNotFoundError):
+        run.unlink()  # the link to a directory that is gone
+    run.symlink_to(made)  # recorded at once: gc finds it even if no session.json says it
+    return made
+
+
+def _private_dir(path: Path, run_as: RunAs) -> bool:
+    """Whether ``path`` is a directory (not a link) of ``run_as`` that nobody else may enter."""
+    try:
+        info = path.lstat()
+    except FileNotFoundError:
+        return False
+    return (stat.S_ISDIR(info.st_mode) and info.st_uid == run_as.uid
+            and stat.S_IMODE(info.st_mode) & 0o077 == 0)
+
+
+def remove_socket_dir(server_dir: Path, recorded: str | None = None) -> None:
+    """Remove a session's socket directories outside ``server_dir``: the one ``recorded``
+    in its runtime state and the one its ``server/run`` links to (see :func:`_socket_dir`)."""
+    link = server_dir / "run"
+    found = {recorded} if recorded else set()
+    with contextlib.suppress(OSError):
+        found.add(os.readlink(link))
+    for path in found:
+        if not path.startswith(f"{server_dir}/"):
+            shutil.rmtree(path, ignore_errors=True)  # never follows a link
 
 
 def free_port() -> int:
