@@ -336,7 +336,8 @@ class DockerRuntime(Runtime):
     def _create_network(self, docker: DockerClient, session: Session, engine: Engine) -> None:
         name = session.runtime_state["network"]
         with docker_errors(f"creating network {name!r}"):
-            docker.networks.create(
+            # the low-level call: the SDK's model would look the new network up again
+            docker.api.create_network(
                 name, driver="bridge", check_duplicate=True,
                 labels=self._labels(session, engine, "network"),
             )
@@ -361,24 +362,32 @@ class DockerRuntime(Runtime):
         assert session.credentials is not None and session.image is not None
         state = session.runtime_state
         name, network = state["db_container"], state["network"]
-        ports = None
+        ports, bindings = None, None
         if session.publish:  # 127.0.0.1 only; Docker picks the port the first time
-            ports = {f"{state['container_port']}/tcp": ("127.0.0.1", state.get("host_port"))}
+            ports = [(str(state["container_port"]), "tcp")]
+            bindings = {f"{state['container_port']}/tcp": ("127.0.0.1", state.get("host_port"))}
+        api = docker.api  # low-level calls: the SDK's models would inspect after each one
         with docker_errors(f"creating container {name!r}"):
-            container = docker.containers.create(
+            created = api.create_container(
                 session.image,
                 name=name,
                 hostname=name,
                 environment=engine.container_env(session.credentials),
                 labels=self._labels(session, engine, "database"),
-                mounts=[Mount(engine.container_data_dir, state["volume"], type="volume")],
-                network=network,
-                networking_config={network: docker.api.create_endpoint_config(aliases=[name])},
+                host_config=api.create_host_config(
+                    mounts=[Mount(engine.container_data_dir, state["volume"], type="volume")],
+                    network_mode=network,
+                    port_bindings=bindings,
+                ),
+                # attached to its network as it is made: no connect call after
+                networking_config=api.create_networking_config(
+                    {network: api.create_endpoint_config(aliases=[name])}
+                ),
                 ports=ports,
                 detach=True,
             )
         with docker_errors(f"starting container {name!r}"):
-            container.start()
+            api.start(created["Id"])
         self._record_address(docker, session)
 
     def _run_session_container(

@@ -3,6 +3,8 @@
 The docker SDK (and the ``requests`` stack under it) costs ~150 ms to import, so it is
 imported only when a docker session is actually worked on: the availability check
 speaks the one HTTP request it needs (``GET /_ping``) over a plain socket when it can.
+The ping's answer also names the engine's API version, so the SDK client made later
+does not ask for it again (``GET /version``, a round trip on every start).
 """
 
 from __future__ import annotations
@@ -26,6 +28,10 @@ if TYPE_CHECKING:
 DEFAULT_SOCKET = "/var/run/docker.sock"
 PING_TIMEOUT = 2.0  # seconds: a daemon that answers at all answers a ping at once
 API_TIMEOUT = 120  # seconds for one API call (stopping a container can take a while)
+MAX_PING_ANSWER = 4096  # bytes: the status line and headers of GET /_ping fit easily
+
+#: the API version each engine's ping answered with (``Api-Version``), by host
+_api_versions: dict[str, str] = {}
 
 
 def docker_host() -> str | None:
@@ -64,7 +70,7 @@ def ping() -> str | None:
     try:
         with _open_socket(host) as sock:
             sock.sendall(b"GET /_ping HTTP/1.0\r\nHost: docker\r\n\r\n")
-            status = sock.recv(64).split(b"\r\n", 1)[0].decode(errors="replace")
+            answer = _read_head(sock)
     except FileNotFoundError:
         return "no such socket"
     except PermissionError:
@@ -73,9 +79,25 @@ def ping() -> str | None:
         return f"no answer within {PING_TIMEOUT:.0f}s"
     except OSError as exc:
         return exc.strerror.lower() if exc.strerror else type(exc).__name__
+    status, *headers = answer.decode(errors="replace").split("\r\n")
     if " 200 " not in f"{status} ":
         return f"unexpected answer {status!r}" if status else "the connection closed"
+    for header in headers:
+        key, _, value = header.partition(":")
+        if key.strip().lower() == "api-version" and value.strip():
+            _api_versions[host] = value.strip()
     return None
+
+
+def _read_head(sock: socket.socket) -> bytes:
+    """The status line and headers of an HTTP answer (HTTP/1.0: the engine then closes)."""
+    answer = b""
+    while b"\r\n\r\n" not in answer and len(answer) < MAX_PING_ANSWER:
+        chunk = sock.recv(MAX_PING_ANSWER)
+        if not chunk:
+            break
+        answer += chunk
+    return answer.split(b"\r\n\r\n", 1)[0]
 
 
 def _open_socket(host: str) -> socket.socket:
@@ -109,8 +131,10 @@ def _sdk_ping() -> str | None:
 def _client_for(host: str | None, tls: bool) -> DockerClient:
     import docker
 
+    # the version the ping saw: the SDK would otherwise ask for it (GET /version) first
+    version = _api_versions.get(host) if host is not None and not tls else None
     try:
-        return docker.from_env(timeout=API_TIMEOUT)
+        return docker.from_env(timeout=API_TIMEOUT, version=version or "auto")
     except docker.errors.DockerException as exc:
         raise DockerUnavailableError(
             f"no Docker engine answers at {describe_host()} ({_connection_reason(exc)})"
