@@ -15,8 +15,10 @@ import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
+import psycopg
 import pytest
 
+from claude_db.snapshots import MOVED
 from conftest import Cli, assert_one_line_error
 from docker_fixtures import docker_daemon  # noqa: F401 - a fixture
 from docker_support import remove_everything
@@ -132,6 +134,67 @@ def test_gc_removes_lost_directories_locks_and_half_made_snapshots(
     assert [s["name"] for s in json.loads(listed.stdout)] == ["good"]
     assert cli("claude-db", "status", "--session", "gc-keep").code == 0
     assert cli("claude-session", "delete", "gc-keep", "--yes").code == 0
+    assert leftovers(state, []) == NOTHING_LEFT
+
+
+def test_gc_drops_the_databases_of_snapshots_cut_short(cli: Cli, state: Path) -> None:
+    """A snapshot cut short names a template database on the server: it goes with the
+    snapshot's directory (by gc while the server runs, else by the next snapshot command).
+    One a reset moved the data into is left alone: it may be the only copy."""
+    assert cli("claude-session", "start", "gc-snap").code == 0
+    snaps = state / "sessions" / "gc-snap" / "snapshots"
+    url = database_url(cli, "gc-snap")
+
+    def templates() -> set[str]:
+        with psycopg.connect(url, autocommit=True) as conn:
+            rows = conn.execute("SELECT datname FROM pg_database "
+                                "WHERE datname LIKE 'claude_snapshot_%'").fetchall()
+        return {row[0] for row in rows}
+
+    def save(name: str) -> str:
+        assert cli("claude-db", "snapshot", "save", name, "--session", "gc-snap").code == 0
+        database: str = json.loads((snaps / name / "postgres.json").read_text())["template"]
+        return database
+
+    def cut_short(name: str, suffix: str) -> Path:
+        """Snapshot ``name`` as a process killed half-way leaves it: a save killed after
+        the server made the copy (``partial``), a delete killed before it dropped it."""
+        cut = snaps / f".{name}.12345.{suffix}"
+        os.rename(snaps / name, cut)
+        return cut
+
+    good, saved_db, deleted_db = save("good"), save("saving"), save("deleting")
+    saving, deleting = cut_short("saving", "partial"), cut_short("deleting", "deleting")
+    moved = snaps / ".moved.12345.partial"  # a reset killed after its move: never touched
+    moved.mkdir()
+    (moved / MOVED).touch()
+    (moved / "postgres.json").write_text(json.dumps({"template": good, "owner": None}))
+    assert templates() == {good, saved_db, deleted_db}
+
+    # stopped: what they name cannot be dropped now, so they stay for later
+    assert cli("claude-session", "stop", "gc-snap").code == 0
+    idle = cli("claude-session", "gc", "--json")
+    assert idle.code == 0, idle
+    assert json.loads(idle.stdout) == [] and saving.exists() and deleting.exists()
+
+    assert cli("claude-session", "attach", "gc-snap", "--no-shell").code == 0
+    swept = cli("claude-session", "gc", "--json")
+    assert swept.code == 0, swept
+    removed = {(o["kind"], o["what"]) for o in json.loads(swept.stdout) if o["removed"]}
+    assert removed == {("directory", str(saving)), ("directory", str(deleting))}
+    assert templates() == {good}
+    assert moved.exists()
+
+    # the next snapshot command sweeps too (a DATABASE_URL's snapshots have only that)
+    saved_db = save("again")
+    saving = cut_short("again", "partial")
+    assert templates() == {good, saved_db}
+    assert cli("claude-db", "snapshot", "save", "after", "--session", "gc-snap").code == 0
+    assert saved_db not in templates() and not saving.exists()
+    listed = cli("claude-db", "snapshot", "list", "--json", "--session", "gc-snap")
+    assert [s["name"] for s in json.loads(listed.stdout)] == ["good", "after"]
+    assert moved.exists()
+    assert cli("claude-session", "delete", "gc-snap", "--yes").code == 0
     assert leftovers(state, []) == NOTHING_LEFT
 
 

@@ -4,10 +4,12 @@ A session is live while ``<state>/sessions/<name>/session.json`` exists and its 
 finished (``start`` keeps a ``.starting`` marker until then). Left behind by a killed
 ``start``, a crash or a failed ``delete`` can be: a session whose start never finished
 (removed with its runtime's own ``delete``), a session directory without ``session.json``,
-a server process whose data directory is under a gone session, half made snapshots and
-template caches, lock files of gone sessions, and Docker containers, networks and volumes
-labelled ``claude-db.session`` (and ``claude-db.state`` = this state directory) whose
-session is gone. Data kept by ``delete --keep-data`` is never touched.
+a server process whose data directory is under a gone session, half made template caches
+and snapshots of running sessions (with the databases they made on the server; those of
+a ``DATABASE_URL`` the next snapshot command sweeps), lock files of gone sessions, and
+Docker containers, networks and volumes labelled ``claude-db.session`` (and
+``claude-db.state`` = this state directory) whose session is gone. Data kept by
+``delete --keep-data`` is never touched.
 
 Everything a session owns is judged while holding that session's lock, taken without
 waiting: a session being started or deleted right now is busy, never an orphan.
@@ -35,6 +37,7 @@ from claude_db.processes import is_running
 
 if TYPE_CHECKING:
     from claude_db.app import App
+    from claude_db.database import Target
 
 #: docker label naming the state directory that made a resource (the docker runtime sets it)
 STATE_LABEL = "claude-db.state"
@@ -108,7 +111,7 @@ class _Sweeper:
                 recorded = (directory / "session.json").is_file()
                 unfinished = (directory / STARTING_MARKER).exists()  # its start was killed
                 if recorded and not unfinished:
-                    self._partials(directory / "snapshots", f"session {name}")
+                    self._snapshots_cut_short(name, directory / "snapshots")
                     continue
                 for pid in servers.get(name, []):
                     self._take(Orphan("process", str(pid), f"server of gone session {name}",
@@ -120,7 +123,6 @@ class _Sweeper:
                     self._take(Orphan("directory", str(directory), f"remains of session {name}",
                                       remove=partial(_remove_session_dir, directory)))
         self._templates()
-        self._url_snapshots()
 
     def lock_files(self) -> None:
         if not self.root.is_dir():
@@ -146,22 +148,34 @@ class _Sweeper:
                     self._take(Orphan("directory", str(path), "unfinished server template",
                                       remove=partial(shutil.rmtree, path)))
 
-    def _url_snapshots(self) -> None:
-        root = self.app.settings.state_dir / "url-snapshots"
-        if root.is_dir():
-            for directory in sorted(root.iterdir()):
-                with _try_lock(directory / ".lock", create=False) as locked:
-                    if locked:
-                        self._partials(directory, "a DATABASE_URL")
+    def _snapshots_cut_short(self, name: str, snapshots: Path) -> None:
+        """Snapshots half saved or half deleted by a process that died (the lock is ours).
 
-    def _partials(self, snapshots: Path, owner: str) -> None:
-        """Snapshots half saved or half deleted by a process that died (the lock is ours)."""
-        if not snapshots.is_dir():
+        What they hold on the server (a template database) goes with them, so only while
+        the session's server runs; otherwise the next snapshot command frees them.
+        """
+        from claude_db.snapshots import discard_unfinished, unfinished
+
+        found = unfinished(snapshots)
+        target = self._running_target(name) if found else None
+        if target is None:
             return
-        for path in sorted(snapshots.iterdir()):
-            if path.name.startswith(".") and path.is_dir():
-                self._take(Orphan("directory", str(path), f"unfinished snapshot of {owner}",
-                                  remove=partial(shutil.rmtree, path)))
+        for path in found:
+            self._take(Orphan("directory", str(path), f"unfinished snapshot of session {name}",
+                              remove=partial(discard_unfinished, target, path)))
+
+    def _running_target(self, name: str) -> Target | None:
+        """Session ``name``'s database if its server runs (None if not, or unreadable)."""
+        from claude_db.database import Target
+        from claude_db.lifecycle import parts
+
+        with contextlib.suppress(Exception):
+            session = self.app.store.load(name)
+            if session.has_database:
+                engine, runtime = parts(self.app, session)
+                if runtime.status(session) == "running":
+                    return Target(name, engine, runtime, session)
+        return None
 
     # -- docker ------------------------------------------------------------------------------
 

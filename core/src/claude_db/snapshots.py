@@ -37,7 +37,9 @@ if TYPE_CHECKING:
 
 META = "snapshot.json"
 PARTIAL = ".partial"  # suffix of a snapshot being saved (``.<name>.<pid>.partial``)
-DELETING = ".deleting"  # suffix of a snapshot being deleted (gc sweeps both if the pid died)
+DELETING = ".deleting"  # suffix of a snapshot being deleted (both are swept if the pid died)
+#: in a partial snapshot the engine moved the database into: maybe the data's only copy
+MOVED = ".moved"
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 #: reasons of automatic snapshots (the command that was about to destroy data)
 RESET, IMPORT, RESTORE, UNDO = "reset", "import", "restore", "undo"
@@ -189,6 +191,7 @@ def delete(app: App, target: Target, name: str) -> Snapshot:
     store = store_for(app, target)
     with store.lock():
         snapshot = store.get(name)
+        _sweep(target, store)
         _delete(target, snapshot)
         return snapshot
 
@@ -248,7 +251,33 @@ def check_source(source: str) -> None:
         raise UsageError(f"no such file: {source}")
 
 
+def unfinished(root: Path) -> list[Path]:
+    """Snapshots in ``root`` half saved or half deleted, by a process that died if the
+    store's lock is ours. Not listed: one the engine moved the database into, as it may hold
+    the only copy of the data (a ``reset`` killed with SIGKILL): it is left for a human."""
+    if not root.is_dir():
+        return []
+    return sorted(
+        path for path in root.iterdir()
+        if path.name.startswith(".") and path.is_dir()
+        and not (path.name.endswith(PARTIAL) and (path / MOVED).exists())
+    )
+
+
+def discard_unfinished(target: Target, path: Path) -> None:
+    """Free what an :func:`unfinished` snapshot holds (e.g. a template database on the
+    server, which must run), then its directory."""
+    target.engine.snapshot_delete(target.endpoint(), target.tools(), path)
+    shutil.rmtree(path)
+
+
 # -- internals (the store's lock is held) ---------------------------------------------------
+
+
+def _sweep(target: Target, store: SnapshotStore) -> None:
+    for path in unfinished(store.root):
+        with contextlib.suppress(Exception):  # a leftover is no reason to fail the command
+            discard_unfinished(target, path)
 
 
 def _save(
@@ -269,13 +298,17 @@ def _save(
         created_at=now.isoformat(timespec="microseconds"), automatic=bool(reason), reason=reason,
         path=store.root / name,
     )
+    _sweep(target, store)
     store.root.mkdir(parents=True, exist_ok=True)
     partial = store.root / f".{name}.{os.getpid()}{PARTIAL}"
     shutil.rmtree(partial, ignore_errors=True)
     partial.mkdir(mode=0o700)
     # Moving takes the user's data out of its database: no interruption between the move and
-    # the snapshot's record, or the cleanup could free the only copy.
+    # the snapshot's record, or the cleanup could free the only copy (nor may the sweep of a
+    # process killed meanwhile: the mark keeps it off the list).
     moves = move and type(target.engine).snapshot_move is not Engine.snapshot_move
+    if moves:
+        (partial / MOVED).touch()
     with signals_held() if moves else contextlib.nullcontext():
         return _save_into(target, endpoint, database, snapshot, partial, move)
 
@@ -288,6 +321,7 @@ def _save_into(
     try:
         moved = move and target.engine.snapshot_move(endpoint, target.tools(database), partial)
         if not moved:
+            (partial / MOVED).unlink(missing_ok=True)  # nothing was moved: a copy follows
             target.engine.snapshot_save(endpoint, target.tools(database), partial)
         (partial / META).write_text(json.dumps(snapshot.to_json(), indent=2))
         os.rename(partial, snapshot.path)  # atomic: a snapshot is listed whole or not at all
