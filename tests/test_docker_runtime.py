@@ -276,3 +276,25 @@ def test_attach_recreates_a_removed_database_container(
     assert "volume" in gone.stderr
     assert cli("claude-session", "delete", name, "--yes").code == 0
     assert resources(name) == NOTHING
+
+
+def test_the_ping_names_the_api_version_the_client_then_uses(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A start asks the engine for its API version once (the ping), not again (GET /version)."""
+    from claude_db.runtimes import docker_client
+
+    monkeypatch.delenv("DOCKER_CONTEXT", raising=False)
+    monkeypatch.delenv("DOCKER_CERT_PATH", raising=False)
+    monkeypatch.delenv("DOCKER_TLS_VERIFY", raising=False)
+    host = docker_client.docker_host()
+    assert host is not None
+    monkeypatch.setattr(docker_client, "_api_versions", {})
+    docker_client._client_for.cache_clear()
+    try:
+        assert docker_client.ping() is None
+        expected = docker("version", "--format", "{{.Server.APIVersion}}").stdout.strip()
+        assert docker_client._api_versions == {host: expected}
+        assert docker_client.client().api.api_version == expected
+    finally:
+        docker_client._client_for.cache_clear()
