@@ -10,9 +10,13 @@ import signal
 import socket
 import subprocess
 import time
+from collections.abc import Callable, Iterator
+from functools import partial
 from pathlib import Path
 from typing import Any
 from urllib.parse import unquote, urlsplit
+
+import pytest
 
 from conftest import BIN, OUR_VARIABLES, Cli
 
@@ -54,6 +58,25 @@ def fresh_state(root: Path, shared_state: Path) -> Path:
     os.chmod(templates, 0o711)
     (state / "templates").symlink_to(templates)
     return state
+
+
+@pytest.fixture(name="state")
+def own_state(tmp_path: Path, state_root: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
+    """A state directory of this test's own (:func:`fresh_state`), what is left in it is
+    what leaked; its sessions are deleted at the end, even when the test fails."""
+    path = fresh_state(tmp_path, state_root)
+    monkeypatch.setenv("CLAUDE_DB_STATE_DIR", str(path))
+    yield path
+    cleanup(path)
+
+
+def wait_for(condition: str, probe: Callable[[], object], timeout: float = 120) -> None:
+    """Poll ``probe()`` until true; the timeout only guards against a hang."""
+    deadline = time.monotonic() + timeout
+    while not probe():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"gave up waiting for {condition}")
+        time.sleep(0.01)
 
 
 def seed(cli: Cli, engine: str, *, session: str) -> None:
@@ -186,10 +209,11 @@ def session_leader_servers(state: Path, name: str) -> list[int]:
 
 def start_with_frozen_server(
     state: Path, name: str, workdir: Path, *, attempts: int = 3
-) -> tuple[subprocess.Popen[bytes], int]:
+) -> tuple[subprocess.Popen[bytes], int, str]:
     """Run ``claude-session start NAME`` until its server process exists, then freeze that
     server (SIGSTOP): the start can then never become ready, so it is caught half-way
-    for certain. Returns the CLI (its own process group) and the frozen server's pid.
+    for certain. Returns the CLI (its own process group), the frozen server's pid, once
+    the start has recorded it in ``session.json``, and the session's name.
 
     If a start outruns us and finishes (its server answered before we saw it), that
     session is deleted and the next attempt uses another name.
@@ -205,7 +229,12 @@ def start_with_frozen_server(
         while time.monotonic() < deadline and proc.poll() is None:
             if pids := session_leader_servers(state, session):
                 os.kill(pids[0], signal.SIGSTOP)
-                return proc, pids[0]
+                # the start records its server just after spawning it: a caller reads that
+                wait_for("the start to record its server",
+                         partial(_recorded_or_ended, state, session, pids[0], proc))
+                if proc.poll() is not None:
+                    raise AssertionError(f"start ended ({proc.returncode}) with its server frozen")
+                return proc, pids[0], session
             time.sleep(0.002)
         _, err = proc.communicate(timeout=60)
         if proc.returncode != 0:
@@ -213,6 +242,14 @@ def start_with_frozen_server(
         subprocess.run([str(BIN / "claude-session"), "delete", session, "--yes"],
                        env=cli_env(state), capture_output=True, check=True)
     raise AssertionError(f"{attempts} starts finished before their servers could be caught")
+
+
+def _recorded_or_ended(state: Path, name: str, pid: int, proc: subprocess.Popen[bytes]) -> bool:
+    """Whether session ``name`` records ``pid`` as its server, or its start ended."""
+    with contextlib.suppress(OSError, ValueError, KeyError):
+        if session_json(state, name)["runtime_state"].get("pid") == pid:
+            return True
+    return proc.poll() is not None
 
 
 def locks_waited_for_by(pid: int) -> bool:

@@ -26,38 +26,20 @@ from docker_support import remove_everything
 from safety_support import (
     NOTHING_IN_DOCKER,
     NOTHING_LEFT,
-    cleanup,
     cli_env,
     database_url,
     docker_leftovers,
-    fresh_state,
     leftovers,
     locks_waited_for_by,
+    own_state,  # noqa: F401 - the state fixture
     pg_fingerprint,
     session_json,
     session_leader_servers,
     start_docker_with_frozen_database,
     start_with_frozen_server,
     unpause,
+    wait_for,
 )
-
-
-@pytest.fixture
-def state(tmp_path: Path, state_root: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
-    path = fresh_state(tmp_path, state_root)
-    monkeypatch.setenv("CLAUDE_DB_STATE_DIR", str(path))
-    yield path
-    cleanup(path)
-
-
-def wait_for(condition: str, probe: object, timeout: float = 120) -> None:
-    """Poll ``probe()`` until true; the timeout only guards against a hang."""
-    deadline = time.monotonic() + timeout
-    while not probe():  # type: ignore[operator]
-        if time.monotonic() > deadline:
-            raise AssertionError(f"gave up waiting for {condition}")
-        time.sleep(0.01)
-
 
 # -- the server killed during a big import --------------------------------------------------
 
@@ -219,8 +201,7 @@ def assert_interrupted(code: int, stderr: str) -> None:
 
 def test_interrupt_during_start_while_the_server_starts(state: Path, workdir: Path) -> None:
     """The server process, its data directory and its port exist: all of it goes."""
-    proc, server = start_with_frozen_server(state, "fault-int", workdir)
-    name = next(p.name for p in (state / "sessions").iterdir() if not p.name.startswith("."))
+    proc, server, name = start_with_frozen_server(state, "fault-int", workdir)
     port = session_json(state, name)["runtime_state"]["port"]
     os.killpg(proc.pid, signal.SIGINT)
     os.kill(server, signal.SIGCONT)  # the cleanup stops it: it must be able to run
@@ -270,8 +251,7 @@ def test_interrupt_during_start_while_waiting_for_the_session_lock(
 
 
 def test_interrupt_leaves_the_name_usable(cli: Cli, state: Path, workdir: Path) -> None:
-    proc, server = start_with_frozen_server(state, "fault-again", workdir)
-    name = next(p.name for p in (state / "sessions").iterdir() if not p.name.startswith("."))
+    proc, server, name = start_with_frozen_server(state, "fault-again", workdir)
     os.killpg(proc.pid, signal.SIGINT)
     os.kill(server, signal.SIGCONT)
     proc.communicate(timeout=120)

@@ -12,7 +12,6 @@ import os
 import shutil
 import signal
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 
 import psycopg
@@ -32,6 +31,7 @@ from safety_support import (
     fresh_state,
     leftovers,
     listening,
+    own_state,  # noqa: F401 - the state fixture
     pg_fingerprint,
     session_json,
     session_leader_servers,
@@ -41,24 +41,13 @@ from safety_support import (
 )
 
 
-@pytest.fixture
-def state(tmp_path: Path, state_root: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
-    """A state directory of this test's own: what is left in it is what leaked."""
-    path = fresh_state(tmp_path, state_root)
-    monkeypatch.setenv("CLAUDE_DB_STATE_DIR", str(path))
-    yield path
-    cleanup(path)
-
-
 def killed_start(state: Path, name: str, workdir: Path) -> tuple[str, int, int]:
     """A ``start`` killed with SIGKILL half-way (its server up, not yet ready): the
     session's name, its server's pid and port. Nothing could clean up after it."""
-    proc, server = start_with_frozen_server(state, name, workdir)
+    proc, server, session = start_with_frozen_server(state, name, workdir)
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
     os.kill(server, signal.SIGCONT)
-    session = next(p.name for p in (state / "sessions").iterdir()
-                   if (p / ".starting").exists())
     return session, server, session_json(state, session)["runtime_state"]["port"]
 
 
