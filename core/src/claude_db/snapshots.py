@@ -213,12 +213,11 @@ def before_destroying(
 def replace_from(app: App, target: Target, source: str, database: str | None) -> Snapshot | None:
     """``claude-db import --replace``: snapshot, empty the database, import; all or nothing.
 
-    If the import fails the snapshot is restored, so the database is as it was.
+    If the import fails the snapshot is restored, so the database is as it was. The caller
+    has checked the source (``check_source``) and that the server runs, before asking.
     """
     from claude_db.database import import_from
 
-    check_source(source)
-    target.require_running()
     store = store_for(app, target)
     with store.lock():
         snapshot = _automatic(app, target, store, database, IMPORT, prune=False)
