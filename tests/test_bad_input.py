@@ -61,6 +61,7 @@ def world(tmp_path_factory: pytest.TempPathFactory, state_root: Path) -> Iterato
         run("claude-db", "query",
             "INSERT INTO t SELECT g, md5(g::text) FROM generate_series(1, 500) g")
         run("claude-db", "snapshot", "save", "base")
+        run("claude-db", "snapshot", "restore", "base", "--yes")  # something for undo
         run("claude-session", "start", "bad-empty", "--workdir", str(world.nowhere))
         run("claude-session", "start", "bad-stopped", "--workdir", str(world.nowhere))
         run("claude-session", "stop", "bad-stopped")
@@ -123,7 +124,8 @@ CASES: list[tuple[str, tuple[str, ...], int, dict[str, str]]] = [
     ("env unknown session", ("claude-session", "env", "nosuch"), NO_SESSION, {}),
     ("gc unknown flag", ("claude-session", "gc", "--everything"), USAGE, {}),
     ("unknown command", ("claude-session", "frobnicate"), USAGE, {}),
-    ("stop: which session?", ("claude-session", "stop", "@nowhere"), USAGE, {}),
+    ("stop: which session?", ("claude-session", "stop", "@nowhere"), NO_SESSION, {}),
+    ("start: an empty name", ("claude-session", "start", ""), USAGE, {}),
     ("stop: a path, not a name", ("claude-session", "stop", "../../x"), USAGE, {}),
     ("delete: invalid name", ("claude-session", "delete", "Bad Name", "--yes"), USAGE, {}),
     # -- claude-db --------------------------------------------------------------------------

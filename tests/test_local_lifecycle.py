@@ -326,3 +326,38 @@ def test_a_long_state_path_gets_a_private_socket_directory(
         cleanup(state)
         for path in hostile:
             shutil.rmtree(path, ignore_errors=True)
+
+
+def test_an_env_git_tracks_gets_a_warning_and_odd_lines_stay_quietly(
+    cli: Cli, workdir: Path
+) -> None:
+    git = ["git", "-C", str(workdir), "-c", "user.name=t", "-c", "user.email=t@t"]
+    subprocess.run(["git", "init", "-q", str(workdir)], check=True)
+    mine = "A=1\nnot a dotenv line\n"
+    (workdir / ".env").write_text(mine)
+    subprocess.run([*git, "add", ".env"], check=True)
+    subprocess.run([*git, "commit", "-qm", "env"], check=True)
+    started = cli("claude-session", "start", "tracked")
+    assert started.code == 0, started
+    # an ignore rule cannot help a tracked file: say so, and no flood about the odd line
+    assert "warning: git tracks .env" in started.stderr and "git rm --cached" in started.stderr
+    assert "so git ignores it" not in started.stderr
+    assert "could not parse" not in started.stderr
+    assert (workdir / ".env").read_text().startswith(mine)
+    deleted = cli("claude-session", "delete", "tracked", "--yes")
+    assert deleted.code == 0 and "could not parse" not in deleted.stderr, deleted
+    assert (workdir / ".env").read_text() == mine
+
+
+def test_a_relative_state_dir_is_taken_from_where_the_command_runs(cli: Cli) -> None:
+    # where the servers (running as an unprivileged user) may enter: in the usual state dir
+    here = Path(os.environ["CLAUDE_DB_STATE_DIR"])
+    relative = {"CLAUDE_DB_STATE_DIR": "relstate"}
+    started = cli("claude-session", "start", "rel", cwd=here, env=relative)
+    assert started.code == 0, started
+    try:
+        assert (here / "relstate" / "sessions" / "rel" / "session.json").is_file()
+        assert cli("claude-db", "status", cwd=here, env=relative).code == 0
+    finally:
+        assert cli("claude-session", "delete", "rel", "--yes", cwd=here, env=relative).code == 0
+    assert not (here / "relstate" / "sessions" / "rel").exists()

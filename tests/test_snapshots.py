@@ -75,6 +75,9 @@ def test_reset_then_undo_gives_back_every_table_and_row(
     assert reset.code == 0, reset
     assert "claude-db undo" in reset.stderr
     assert fingerprint(cli, engine, session=session) == {}
+    # a snapshot saved by name since is no operation to undo: undo still undoes the reset
+    saved = cli("claude-db", "snapshot", "save", "after-reset", "--session", session)
+    assert saved.code == 0, saved
 
     undone = cli("claude-db", "undo", "--session", session)
     assert undone.code == 0, undone
@@ -84,7 +87,7 @@ def test_reset_then_undo_gives_back_every_table_and_row(
     assert again.code == 0, again
     assert fingerprint(cli, engine, session=session) == before
     kinds = [(s["automatic"], s["reason"]) for s in snapshots(cli, session)]
-    assert kinds == [(True, "reset"), (True, "undo"), (True, "undo")]
+    assert kinds == [(True, "reset"), (False, ""), (True, "undo"), (True, "undo")]
 
 
 @pytest.mark.parametrize("engine", EVERYWHERE)

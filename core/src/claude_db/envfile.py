@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import subprocess
 from collections.abc import Iterable, Mapping
@@ -11,6 +12,10 @@ from pathlib import Path
 from dotenv import dotenv_values, set_key, unset_key
 
 MARKER = "CLAUDE_SESSION"  # names the session a directory belongs to
+
+# Lines python-dotenv cannot parse are the user's own: they are kept as they are, and a
+# warning for each, on every read and every key written, would bury our output.
+logging.getLogger("dotenv.main").setLevel(logging.ERROR)
 
 
 def write_env(workdir: Path, values: Mapping[str, str]) -> list[str]:
@@ -21,11 +26,11 @@ def write_env(workdir: Path, values: Mapping[str, str]) -> list[str]:
     os.chmod(path, 0o600)  # it holds a password
     for key, value in values.items():
         set_key(path, key, value, quote_mode="always")
-    notes = [f"wrote {len(values)} variables (DATABASE_URL...) to {path}"] if values else []
-    excluded = _exclude_from_git(workdir)
-    if excluded:
-        notes.append(f"added .env to {excluded} so git ignores it")
-    return notes
+    names = list(values)
+    shown = ", ".join(names[:3]) + (", ..." if len(names) > 3 else "")
+    notes = [f"wrote {len(names)} variable{'s' * (len(names) != 1)} ({shown}) to {path}"]
+    kept_out = _keep_out_of_git(workdir)
+    return [*notes, kept_out] if kept_out else notes
 
 
 def remove_env(workdir: Path, keys: Iterable[str], session_name: str) -> bool:
@@ -48,10 +53,11 @@ def read_env(workdir: Path) -> dict[str, str]:
     return {k: v for k, v in dotenv_values(path).items() if v is not None}
 
 
-def _exclude_from_git(workdir: Path) -> str | None:
-    """If ``.env`` is in a git work tree and not ignored, add it to ``.git/info/exclude``.
+def _keep_out_of_git(workdir: Path) -> str | None:
+    """If ``.env`` is in a git work tree and not ignored, add it to ``.git/info/exclude``;
+    if git already tracks it, no ignore rule helps: warn. Returns a note for the user.
 
-    Never edits the user's ``.gitignore``. Returns the file changed, or None.
+    Never edits the user's ``.gitignore``.
     """
 
     def git(*args: str) -> subprocess.CompletedProcess[str]:
@@ -62,6 +68,9 @@ def _exclude_from_git(workdir: Path) -> str | None:
     try:
         if git("rev-parse", "--is-inside-work-tree").stdout.strip() != "true":
             return None
+        if git("ls-files", "--error-unmatch", ".env").returncode == 0:
+            return ("warning: git tracks .env, so the password in it would be committed: "
+                    "git rm --cached .env")
         if git("check-ignore", "-q", ".env").returncode == 0:
             return None
         exclude = Path(git("rev-parse", "--git-path", "info/exclude").stdout.strip())
@@ -75,7 +84,7 @@ def _exclude_from_git(workdir: Path) -> str | None:
     relative = os.path.relpath(workdir / ".env", _toplevel(workdir))
     with open(exclude, "a") as out:
         out.write(f"{prefix}/{relative}\n")
-    return str(exclude)
+    return f"added .env to {os.path.normpath(exclude)} so git ignores it"
 
 
 def _toplevel(workdir: Path) -> Path:

@@ -75,7 +75,7 @@ class Settings:
             user=env("CLAUDE_DB_USER") or None,
             password=env("CLAUDE_DB_PASSWORD") or None,
             database=env("CLAUDE_DB_NAME") or None,
-            state_dir=Path(env("CLAUDE_DB_STATE_DIR") or default_state_dir()),
+            state_dir=Path(env("CLAUDE_DB_STATE_DIR") or default_state_dir()).absolute(),
             ready_timeout=timeout,
             strict_plugins=_flag("CLAUDE_DB_STRICT_PLUGINS", False),
             load_plugins=_names("CLAUDE_DB_LOAD_PLUGINS"),

@@ -163,7 +163,7 @@ def restore(app: App, target: Target, name: str) -> tuple[Snapshot, Snapshot | N
 
 
 def undo(app: App, target: Target) -> tuple[Snapshot, Snapshot | None]:
-    """``claude-db undo``: restore the latest snapshot not taken by ``undo`` itself."""
+    """``claude-db undo``: restore the snapshot taken before the last destructive command."""
     target.require_running()
     store = store_for(app, target)
     with store.lock():
@@ -177,10 +177,13 @@ def find(app: App, target: Target, name: str | None) -> Snapshot:
 
 
 def _undo_candidate(store: SnapshotStore) -> Snapshot:
-    candidates = [s for s in store.all() if s.reason != UNDO]
+    """The snapshot taken before the last reset, import --replace or restore: snapshots
+    saved by name are not operations to undo, and undo's own are skipped (twice is harmless)."""
+    candidates = [s for s in store.all() if s.automatic and s.reason != UNDO]
     if not candidates:
         raise NothingToUndoError(
-            "nothing to undo: no snapshot of this database (see claude-db snapshot list)"
+            "nothing to undo: no reset, import --replace or restore was made "
+            "(claude-db snapshot list; claude-db snapshot restore NAME)"
         )
     return candidates[-1]
 

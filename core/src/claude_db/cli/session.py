@@ -10,7 +10,7 @@ import typer
 from claude_db.app import get_app
 from claude_db.cli.common import JsonOption, note, print_json, run
 from claude_db.envfile import MARKER
-from claude_db.errors import ExitCode, UsageError
+from claude_db.errors import ExitCode, SessionNotFoundError, UsageError
 from claude_db.lifecycle import (
     delete_session,
     ensure_running,
@@ -69,7 +69,7 @@ def start(
 ) -> None:
     """Start a session with its own database, ready, and DATABASE_URL in .env."""
     app = get_app()
-    session_name = name or name_from_directory(workdir)
+    session_name = name_from_directory(workdir) if name is None else name
     session, notes = start_session(
         app,
         session_name,
@@ -213,7 +213,7 @@ def _name(name: str | None) -> str:
 
     current = os.environ.get(MARKER) or read_env(Path.cwd()).get(MARKER)
     if not current:
-        raise UsageError("which session? pass its name (see claude-session list)")
+        raise SessionNotFoundError("which session? pass its name (see claude-session list)")
     return validate_name(current)
 
 

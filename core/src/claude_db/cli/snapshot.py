@@ -98,7 +98,7 @@ def undo(
     yes: bool = YesOption,
     as_json: bool = JsonOption,
 ) -> None:
-    """Restore the latest snapshot: undoes a reset, an import --replace or a restore."""
+    """Undo the last reset, import --replace or restore (from the snapshot taken before it)."""
     app = get_app()
     target = resolve(app, session)
     snapshots.find(app, target, None)  # nothing to undo fails before any question
