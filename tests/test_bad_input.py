@@ -116,6 +116,8 @@ CASES: list[tuple[str, tuple[str, ...], int, dict[str, str]]] = [
      {"CLAUDE_DB_PASSWORD": "it's"}),
     ("user with a backslash", ("claude-session", "start", "x7"), USAGE,
      {"CLAUDE_DB_USER": "a\\b"}),
+    ("postgres bindir without postgres", ("claude-session", "start", "x8"), USAGE,
+     {"CLAUDE_DB_POSTGRES_BINDIR": "/tmp"}),
     ("attach unknown", ("claude-session", "attach", "nosuch", "--no-shell"), NO_SESSION, {}),
     ("stop unknown", ("claude-session", "stop", "nosuch"), NO_SESSION, {}),
     ("delete unknown", ("claude-session", "delete", "nosuch", "--yes"), NO_SESSION, {}),

@@ -12,7 +12,7 @@ import subprocess
 from pathlib import Path
 
 from claude_db import Credentials, LocalServer, RunAs
-from claude_db.errors import ClaudeDbError
+from claude_db.errors import ClaudeDbError, UsageError
 from claude_db.processes import run_checked
 
 # A session's database is throwaway: trade crash-durability for speed.
@@ -109,9 +109,13 @@ class PostgresLocalServer(LocalServer):
 @functools.cache
 def find_bindir() -> Path:
     """PostgreSQL's bin directory: pg_config/PATH, Debian's layout, or the pgserver wheel."""
-    candidates: list[Path] = []
     if override := os.environ.get("CLAUDE_DB_POSTGRES_BINDIR"):
-        candidates.append(Path(override))
+        bindir = Path(override)
+        if not ((bindir / "postgres").is_file() and (bindir / "initdb").is_file()):
+            # what the user asked for, or a clear no: never quietly other binaries
+            raise UsageError(f"CLAUDE_DB_POSTGRES_BINDIR={override} has no postgres and initdb")
+        return bindir
+    candidates: list[Path] = []
     if pg_config := shutil.which("pg_config"):
         out = subprocess.run([pg_config, "--bindir"], capture_output=True, text=True)
         if out.returncode == 0:
