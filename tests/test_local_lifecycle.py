@@ -361,3 +361,17 @@ def test_a_relative_state_dir_is_taken_from_where_the_command_runs(cli: Cli) -> 
     finally:
         assert cli("claude-session", "delete", "rel", "--yes", cwd=here, env=relative).code == 0
     assert not (here / "relstate" / "sessions" / "rel").exists()
+
+
+def test_container_options_on_the_local_runtime_are_named_as_ignored(
+    cli: Cli, tmp_path: Path
+) -> None:
+    started = cli("claude-session", "start", "noimg", "--db-image", "postgres:16", "--publish",
+                  env={"CLAUDE_SESSION_IMAGE": "node:20"})
+    assert started.code == 0, started
+    assert ("the local runtime runs no containers: --db-image, --publish, CLAUDE_SESSION_IMAGE "
+            "ignored") in started.stderr
+    plain = cli("claude-session", "start", "plain", "--workdir", str(tmp_path))
+    assert plain.code == 0 and "runs no containers" not in plain.stderr, plain
+    for name in ("noimg", "plain"):
+        assert cli("claude-session", "delete", name, "--yes").code == 0

@@ -52,6 +52,8 @@ def start_session(
         session.image = image or settings.image or engine.default_image
         session.session_image = session_image or settings.session_image
         session.publish = publish
+        if not runtime.runs_containers:
+            notes += _ignored_container_options(runtime, image, session_image, publish, settings)
     else:
         notes.append("CLAUDE_DB_ENABLED is false: the session has no database")
 
@@ -99,6 +101,21 @@ def start_session(
 
 #: in a session's directory while its start runs (see claude_db.gc)
 STARTING_MARKER = ".starting"
+
+
+def _ignored_container_options(
+    runtime: Runtime, image: str | None, session_image: str | None, publish: bool,
+    settings: Settings,
+) -> list[str]:
+    given = [
+        ("--db-image", image), ("--image", session_image), ("--publish", publish),
+        ("CLAUDE_DB_IMAGE", not image and settings.image),
+        ("CLAUDE_SESSION_IMAGE", not session_image and settings.session_image),
+    ]
+    names = [name for name, value in given if value]
+    if not names:
+        return []
+    return [f"note: the {runtime.name} runtime runs no containers: {', '.join(names)} ignored"]
 
 
 def _require_quotable(settings: Settings) -> None:

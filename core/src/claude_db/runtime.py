@@ -24,6 +24,8 @@ class Runtime(ABC):
     name: ClassVar[str]
     #: ``--runtime auto`` tries runtimes by descending priority and takes the first available
     auto_priority: ClassVar[int] = 0
+    #: whether ``--db-image``, ``--image`` and ``--publish`` mean anything to this runtime
+    runs_containers: ClassVar[bool] = False
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings

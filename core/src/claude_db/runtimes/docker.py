@@ -66,6 +66,7 @@ def names(session_name: str) -> dict[str, str]:
 class DockerRuntime(Runtime):
     name = "docker"
     auto_priority = 10  # the seed's way: preferred whenever a Docker engine answers
+    runs_containers = True
 
     def __init__(self, settings: Settings) -> None:
         super().__init__(settings)
