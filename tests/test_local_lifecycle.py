@@ -219,12 +219,13 @@ def test_bad_input_is_one_line(cli: Cli, argv: tuple[str, ...], code: int) -> No
     assert not (root / "ok").exists()
 
 
-def test_unknown_engine_names_the_distribution(cli: Cli) -> None:
+def test_a_disabled_engine_is_named_as_installed_but_not_loaded(cli: Cli) -> None:
     result = cli(
         "claude-session", "start", "x", "--db", "mysql", env={"CLAUDE_DB_DISABLE_PLUGINS": "mysql"}
     )
     assert_one_line_error(result, ExitCode.USAGE)
-    assert "pip install claude-db-mysql" in result.stderr
+    assert "engine 'mysql' is installed but not loaded" in result.stderr
+    assert "CLAUDE_DB_DISABLE_PLUGINS" in result.stderr
 
 
 def test_a_server_that_cannot_start_reports_its_log(cli: Cli, workdir: Path) -> None:

@@ -91,13 +91,13 @@ def test_installed_plugin_is_discovered(cli: Cli) -> None:
     assert "mongosh" in cli("claude-db", "--help").stdout
 
 
-def test_disabled_plugin_gives_the_install_hint(cli: Cli) -> None:
+def test_disabled_plugin_is_named_as_not_loaded(cli: Cli) -> None:
     env = {"CLAUDE_DB_DISABLE_PLUGINS": "mongo"}
     listed = json.loads(cli("claude-db", "plugins", "--json", env=env).stdout)
     assert "mongo" not in listed["engines"]
     result = cli("claude-session", "start", "--db", "mongo", env=env)
     assert_one_line_error(result, ExitCode.USAGE)
-    assert "pip install claude-db-mongo" in result.stderr
+    assert "engine 'mongo' is installed but not loaded" in result.stderr
     assert json.loads(cli("claude-session", "list", "--json").stdout) == []
 
 

@@ -439,6 +439,6 @@ def test_without_the_plugin_the_engine_is_missing(cli: Cli) -> None:
     result = cli("claude-session", "start", "no-plugin", "--db", "mysql",
                  env={"CLAUDE_DB_DISABLE_PLUGINS": "mysql"})
     assert_one_line_error(result, ExitCode.USAGE)
-    assert "pip install claude-db-mysql" in result.stderr, result
+    assert "engine 'mysql' is installed but not loaded" in result.stderr, result
     listed = json.loads(cli("claude-session", "list", "--json").stdout)
     assert listed == []

@@ -418,3 +418,13 @@ def test_claude_cli_runs_the_installed_cli_isolated(
     assert "DATABASE_URL" not in env and "CLAUDE_SESSION" not in env
     report = claude_cli.ok("claude-db", "plugins", "--json").json()
     assert report["engines"]["postgres"] == "postgres"  # the installed plugins, discovered
+
+
+def test_an_unknown_engine_gets_a_suggestion_not_a_made_up_package(
+    registered_engine: Engine, isolated_plugins: Plugins
+) -> None:
+    with pytest.raises(UnknownEngineError, match="did you mean 'postgres'"):
+        isolated_plugins.engine("postgress")
+    with pytest.raises(UnknownEngineError) as raised:
+        isolated_plugins.engine("oracle")
+    assert "pip install" not in str(raised.value) and "claude-db plugins" in str(raised.value)

@@ -107,6 +107,8 @@ def resolve(app: App, session_name: str | None) -> Target:
 
 def _target_from_url(app: App, url: str, label: str) -> Target:
     scheme = url.split("://", 1)[0] if "://" in url else ""
+    if not scheme:
+        raise UsageError(f"{label} is not a URL like postgresql://user:password@host/db")
     engine = app.plugins.engine_for_scheme(scheme)
     _, host, port, user, password, database = parse_url(url, engine.default_port)
     endpoint = Endpoint(

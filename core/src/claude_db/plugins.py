@@ -129,12 +129,25 @@ class Plugins:
 
     def engine(self, name: str) -> Engine:
         if name not in self.engines:
-            installed = ", ".join(self.engines.names()) or "none"
-            raise UnknownEngineError(
-                f"unknown engine {name!r} (installed: {installed}); "
-                f"to add it: pip install claude-db-{name}"
-            )
+            raise UnknownEngineError(self._why_no_engine(name))
         return self.engines.get(name)()
+
+    def _why_no_engine(self, name: str) -> str:
+        import difflib
+
+        names = self.engines.names()
+        unknown = f"unknown engine {name!r} (installed: {', '.join(names) or 'none'})"
+        if any(name == plugin or _normalise(dist or "") == f"claude-db-{name}"
+               for plugin, dist in self.not_selected):
+            return (f"engine {name!r} is installed but not loaded "
+                    "(CLAUDE_DB_LOAD_PLUGINS / CLAUDE_DB_DISABLE_PLUGINS)")
+        if failed := next((e for e in self.errors if e.plugin == name), None):
+            return f"engine {name!r} failed to load: {failed.message}"
+        if close := difflib.get_close_matches(name, names, n=1):
+            return f"{unknown}; did you mean {close[0]!r}?"
+        if f"claude-db-{name}" in FIRST_PARTY:
+            return f"{unknown}; to add it: pip install claude-db-{name}"
+        return f"{unknown}; other engines are plugins: see claude-db plugins"
 
     def runtime_class(self, name: str) -> type[Runtime]:
         if name not in self.runtimes:
