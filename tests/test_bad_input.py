@@ -111,6 +111,10 @@ CASES: list[tuple[str, tuple[str, ...], int, dict[str, str]]] = [
     ("unknown flag", ("claude-session", "start", "x3", "--turbo"), USAGE, {}),
     ("not a boolean", ("claude-session", "start", "x4"), USAGE, {"CLAUDE_DB_ENABLED": "maybe"}),
     ("bad timeout", ("claude-session", "start", "x5"), USAGE, {"CLAUDE_DB_READY_TIMEOUT": "soon"}),
+    ("negative timeout", ("claude-session", "start", "x9"), USAGE,
+     {"CLAUDE_DB_READY_TIMEOUT": "-5"}),
+    ("start in a file", ("claude-session", "start", "x10", "--workdir", f"{F}/broken.sql"), USAGE,
+     {}),
     ("bad retention", ("claude-session", "list"), USAGE, {"CLAUDE_DB_AUTO_SNAPSHOTS": "-1"}),
     ("password with a quote", ("claude-session", "start", "x6"), USAGE,
      {"CLAUDE_DB_PASSWORD": "it's"}),
@@ -200,3 +204,22 @@ def test_bad_input(world: World, cli: Cli, argv: tuple[str, ...], code: int,
 def test_there_are_at_least_thirty_cases() -> None:
     assert len(CASES) >= 30
     assert len({name for name, *_ in CASES}) == len(CASES)
+
+
+def test_a_wrong_password_is_refused_not_absent(world: World, cli: Cli) -> None:
+    url = world.urls["bad-main"]
+    wrong = url.replace(":" + url.split("://", 1)[1].split("@")[0].split(":", 1)[1] + "@",
+                        ":not-the-password@")
+    assert wrong != url
+    for argv in (("status",), ("query", "SELECT 1")):
+        result = cli("claude-db", *argv, cwd=world.nowhere,
+                     env={"CLAUDE_DB_STATE_DIR": str(world.state), "DATABASE_URL": wrong})
+        assert_one_line_error(result, FAILED)  # the server answered: not exit 4
+        assert "password authentication failed" in result.stderr, result
+
+
+@pytest.mark.parametrize("debug", ["1", "true", "yes"])
+def test_debug_setting_reads_like_every_boolean(world: World, cli: Cli, debug: str) -> None:
+    result = cli("claude-db", "status", "--session", "nosuch",
+                 env={"CLAUDE_DB_STATE_DIR": str(world.state), "CLAUDE_DB_DEBUG": debug})
+    assert result.code != 0 and "Traceback" in result.stderr, result

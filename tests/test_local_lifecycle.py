@@ -18,6 +18,7 @@ import pytest
 from claude_db.envfile import read_env
 from claude_db.errors import ExitCode
 from claude_db.processes import is_running
+from claude_db.session import name_from_directory
 from conftest import Cli, assert_one_line_error
 from safety_support import cleanup, fresh_state, session_json
 
@@ -158,6 +159,14 @@ def test_name_is_derived_from_the_work_directory(cli: Cli, tmp_path: Path) -> No
     assert data["name"] == "my-project-2"
     assert data["env"]["DATABASE_URL"].startswith("postgresql://")
     assert cli("claude-session", "delete", "--yes", cwd=work).code == 0
+
+
+@pytest.mark.parametrize(("directory", "name"), [
+    ("Ünïcödé Dir", "unicode-dir"), ("café_crème", "cafe-creme"), ("日本", "session"),
+    ("--x--", "x"),
+])
+def test_names_from_directories_keep_their_letters(directory: str, name: str) -> None:
+    assert name_from_directory(Path("/tmp") / directory) == name
 
 
 def test_disabled_database_gives_a_session_without_one(cli: Cli, workdir: Path) -> None:

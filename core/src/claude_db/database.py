@@ -170,10 +170,9 @@ def export_to(target: Target, destination: str, database: str | None) -> int:
 
 def import_from(target: Target, source: str, database: str | None) -> None:
     """Apply a dump from ``source`` (``-`` = stdin; gzip detected), all or nothing."""
-    if source != "-":
-        path = Path(source)
-        if not path.is_file():
-            raise UsageError(f"no such file: {source}")
+    from claude_db.snapshots import check_source
+
+    check_source(source)
     target.require_running()
     try:
         with _open_source(source) as stream:

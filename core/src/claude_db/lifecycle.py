@@ -34,7 +34,8 @@ def start_session(
     settings = app.settings
     notes: list[str] = []
     if not workdir.is_dir():
-        raise UsageError(f"work directory {workdir} does not exist")
+        what = "is not a directory" if workdir.exists() else "does not exist"
+        raise UsageError(f"work directory {workdir} {what}")
     session = Session(name=name, workdir=str(workdir.resolve()), engine=None, runtime=None)
     engine: Engine | None = None
     runtime: Runtime | None = None

@@ -8,6 +8,7 @@ import json
 import os
 import re
 import shutil
+import unicodedata
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
@@ -32,7 +33,9 @@ def validate_name(name: str) -> str:
 
 def name_from_directory(path: Path) -> str:
     """A session name derived from a working directory's name (``My Project`` → ``my-project``)."""
-    slug = re.sub(r"[^a-z0-9]+", "-", path.resolve().name.lower()).strip("-")[:48].strip("-")
+    # "Ünïcödé Dir" → "unicode-dir": accents dropped rather than the letters they sit on
+    ascii_name = unicodedata.normalize("NFKD", path.resolve().name).encode("ascii", "ignore")
+    slug = re.sub(r"[^a-z0-9]+", "-", ascii_name.decode().lower()).strip("-")[:48].strip("-")
     return slug or "session"
 
 

@@ -8,17 +8,17 @@ from pathlib import Path
 
 from claude_db.errors import UsageError
 
-_FALSE = {"0", "false", "no", "off"}
-_TRUE = {"1", "true", "yes", "on"}
+FALSE = {"0", "false", "no", "off"}
+TRUE = {"1", "true", "yes", "on"}
 
 
 def _flag(name: str, default: bool) -> bool:
     raw = os.environ.get(name, "").strip().lower()
     if not raw:
         return default
-    if raw in _FALSE:
+    if raw in FALSE:
         return False
-    if raw in _TRUE:
+    if raw in TRUE:
         return True
     raise UsageError(f"{name}={raw!r} is not a boolean (use true or false)")
 
@@ -62,7 +62,9 @@ class Settings:
         try:
             timeout = float(env("CLAUDE_DB_READY_TIMEOUT", "60"))
         except ValueError:
-            raise UsageError("CLAUDE_DB_READY_TIMEOUT must be a number of seconds") from None
+            timeout = -1.0
+        if not 0 < timeout < float("inf"):  # also NaN
+            raise UsageError("CLAUDE_DB_READY_TIMEOUT must be a positive number of seconds")
         raw_snapshots = env("CLAUDE_DB_AUTO_SNAPSHOTS", "5").strip() or "5"
         if not (raw_snapshots.isascii() and raw_snapshots.isdigit()):
             raise UsageError("CLAUDE_DB_AUTO_SNAPSHOTS must be a whole number (0: take none)")

@@ -250,7 +250,8 @@ def replace_from(app: App, target: Target, source: str, database: str | None) ->
 
 def check_source(source: str) -> None:
     if source != "-" and not Path(source).is_file():
-        raise UsageError(f"no such file: {source}")
+        what = "is a directory" if Path(source).is_dir() else "does not exist"
+        raise UsageError(f"{source} {what}: give a .sql or .sql.gz file, or - for stdin")
 
 
 def unfinished(root: Path) -> list[Path]:

@@ -21,6 +21,7 @@ except ImportError:  # pragma: no cover - older typer depends on click
     )
 
 from claude_db.errors import ClaudeDbError, ExitCode
+from claude_db.settings import TRUE
 
 SessionOption = typer.Option(
     None, "--session", "-s", help="Session name (default: CLAUDE_SESSION, .env here, DATABASE_URL)."
@@ -34,7 +35,7 @@ JsonOption = typer.Option(False, "--json", help="Print JSON.")
 def run(build: Callable[[], typer.Typer], prog: str) -> NoReturn:
     """Run a CLI: user errors become one line on stderr and a documented exit code."""
     args, verbose = _take_verbose(sys.argv[1:])
-    verbose = verbose or os.environ.get("CLAUDE_DB_DEBUG") == "1"
+    verbose = verbose or os.environ.get("CLAUDE_DB_DEBUG", "").strip().lower() in TRUE
     interrupted = _interruptible()
     try:
         _coerce_plain_values_first()
