@@ -36,12 +36,13 @@ def test_a_daemon_on_tcp_works(cli: Cli, new_name: Callable[[], str]) -> None:
     assert resources(name) == NOTHING
 
 
-@pytest.mark.parametrize("host", [NOBODY, "unix:///nonexistent/docker.sock"])
+@pytest.mark.parametrize("host", [NOBODY, "unix:///nonexistent/docker.sock", "bogus"])
 def test_runtime_docker_without_a_daemon_is_one_line_exit_7(cli: Cli, host: str) -> None:
     result = cli("claude-session", "start", "nodaemon", "--runtime", "docker",
                  env={"DOCKER_HOST": host})
     assert_one_line_error(result, 7)
     assert f"no Docker engine answers at {host}" in result.stderr
+    assert result.stderr.count("no Docker engine answers") == 1, result  # said once
     listed = json.loads(cli("claude-session", "list", "--json").stdout)
     assert "nodaemon" not in [s["name"] for s in listed]
 

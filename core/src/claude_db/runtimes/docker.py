@@ -84,7 +84,10 @@ class DockerRuntime(Runtime):
 
     def unavailable_reason(self) -> str:
         self.available()
-        return f"no Docker engine answers at {describe_host()} ({self._ping_failure})"
+        failure = self._ping_failure or ""
+        if failure.startswith("no Docker engine answers"):  # the SDK's client said it whole
+            return failure
+        return f"no Docker engine answers at {describe_host()} ({failure})"
 
     # -- lifecycle ------------------------------------------------------------------------
 
