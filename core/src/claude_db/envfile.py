@@ -21,6 +21,7 @@ logging.getLogger("dotenv.main").setLevel(logging.ERROR)
 def write_env(workdir: Path, values: Mapping[str, str]) -> list[str]:
     """Set ``values`` in ``workdir/.env`` (mode 0600); return notes for the user."""
     path = workdir / ".env"
+    before = read_env(workdir)
     if not path.exists():
         path.touch(mode=0o600)
     os.chmod(path, 0o600)  # it holds a password
@@ -29,6 +30,12 @@ def write_env(workdir: Path, values: Mapping[str, str]) -> list[str]:
     names = list(values)
     shown = ", ".join(names[:3]) + (", ..." if len(names) > 3 else "")
     notes = [f"wrote {len(names)} variable{'s' * (len(names) != 1)} ({shown}) to {path}"]
+    replaced = [k for k in names if k != MARKER and before.get(k, values[k]) != values[k]]
+    if before.get(MARKER, values.get(MARKER)) != values.get(MARKER):  # never silently
+        notes.append(f"note: .env was session {before[MARKER]}'s; this session takes it over")
+    elif replaced:
+        notes.append(f"note: replaced the {', '.join(replaced)} .env already had "
+                     "(claude-session delete removes it, it does not bring it back)")
     kept_out = _keep_out_of_git(workdir)
     return [*notes, kept_out] if kept_out else notes
 
