@@ -223,3 +223,11 @@ def test_debug_setting_reads_like_every_boolean(world: World, cli: Cli, debug: s
     result = cli("claude-db", "status", "--session", "nosuch",
                  env={"CLAUDE_DB_STATE_DIR": str(world.state), "CLAUDE_DB_DEBUG": debug})
     assert result.code != 0 and "Traceback" in result.stderr, result
+
+
+@pytest.mark.parametrize("program", ["claude-db", "claude-session"])
+def test_version(cli: Cli, program: str) -> None:
+    from importlib.metadata import version
+
+    shown = cli(program, "--version")
+    assert shown.code == 0 and shown.stdout.startswith(f"{program} {version('claude-db')} "), shown

@@ -144,6 +144,25 @@ def _coerce_plain_values_first() -> None:
     core.build_runtime_param = plain_values_first  # type: ignore[attr-defined]
 
 
+def add_version_option(app: typer.Typer, prog: str) -> None:
+    """``--version``: this program's version (core's distribution) and the Python it runs on."""
+
+    def show(value: bool) -> None:
+        if value:
+            from importlib.metadata import version
+
+            print(f"{prog} {version('claude-db')} (Python {sys.version.split()[0]})")
+            raise typer.Exit()
+
+    @app.callback()
+    def options(
+        _: bool = typer.Option(
+            False, "--version", is_eager=True, callback=show, help="Show the version and exit."
+        ),
+    ) -> None:
+        pass
+
+
 def fail(message: str, code: int) -> NoReturn:
     text = " ".join(message.split("\n")).strip()
     print(f"error: {text}", file=sys.stderr)

@@ -8,7 +8,7 @@ from pathlib import Path
 import typer
 
 from claude_db.app import get_app
-from claude_db.cli.common import JsonOption, note, print_json, run
+from claude_db.cli.common import JsonOption, add_version_option, note, print_json, run
 from claude_db.envfile import MARKER
 from claude_db.errors import ExitCode, SessionNotFoundError, UsageError
 from claude_db.lifecycle import (
@@ -31,6 +31,7 @@ def create_app() -> typer.Typer:
         add_completion=False,
         context_settings={"help_option_names": ["-h", "--help"]},
     )
+    add_version_option(app, "claude-session")
     for command in (start, list_, env, attach, stop, delete, gc):
         name = command.__name__.rstrip("_")
         app.command(name)(command)
