@@ -4,11 +4,65 @@ host binaries on the local runtime, the locally built test image on docker."""
 from __future__ import annotations
 
 import os
+import random
 
-from claude_db.testing import EngineContract
+import pytest
+
+from claude_db.testing import ContractSession, EngineContract
+from claude_db_postgres.engine import TransactionControl
 
 
 class TestPostgresContract(EngineContract):
     engine_name = "postgres"
     runtimes = ("local", "docker")
     docker_image = os.environ.get("CLAUDE_DB_IMAGE") or "claude-db-test/postgres:15"
+
+    def test_query_prints_the_servers_text(self, contract_session: ContractSession) -> None:
+        """The server's own text for values JSON has no type for, on each runtime's server."""
+        sql = (
+            "set datestyle to iso; set intervalstyle to postgres; "
+            "select 1.50::numeric n, interval '36 hours' i, 'x'::bytea b, true t, "
+            "date '2024-02-29' d, '{\"k\": [1]}'::jsonb j, 1e20::float8 f"
+        )
+        shown = contract_session.db("query", "--json", sql)
+        assert shown.code == 0, shown
+        assert shown.json() == [{"n": "1.50", "i": "36:00:00", "b": "\\x78", "t": True,
+                                 "d": "2024-02-29", "j": {"k": [1]}, "f": 1e20}]
+        csv = contract_session.db("query", "--csv", sql)
+        assert csv.stdout.splitlines()[1] == '1.50,36:00:00,\\x78,t,2024-02-29,"{""k"": [1]}",1e+20'
+
+
+def _scan(data: bytes, sizes: list[int], rng: random.Random) -> tuple[str, int] | None:
+    control = TransactionControl()
+    at = 0
+    while at < len(data):
+        size = rng.choice(sizes)
+        control.scan(data[at : at + size])
+        at += size
+    control.finish()
+    return control.found
+
+
+@pytest.mark.parametrize(
+    ("script", "found"),
+    [
+        (b"BEGIN;\nCREATE TABLE a(x int);\n  commit;\nSELECT 1/0;\n", ("COMMIT", 3)),
+        (b"begin; create table a(x int); commit; select 1/0;\n", None),  # not at a line start
+        (b"end;", ("END", 1)),
+        (b"x\n" * 500 + b"\\connect other\n", ("\\connect", 501)),
+        (b"x\n" * 500 + b"\\c other\n", ("\\c", 501)),
+        (b"\\copy t from f\n\\conninfo\nrollback to savepoint s;\nending\nBEGIN;\ncommitted\n",
+         None),
+        (b"rollback  to s;\n" * 300 + b"\t ROLLBACK;\n", ("ROLLBACK", 301)),
+        (b"y" * 5000 + b"\nprepare  transaction 'p';\n", ("PREPARE TRANSACTION", 2)),
+        (b"a\n\n" + b" " * 40 + b"Abort", ("ABORT", 3)),
+    ],
+)
+def test_transaction_control_lines_are_found_across_chunk_boundaries(
+    script: bytes, found: tuple[str, int] | None
+) -> None:
+    """Wherever chunks cut the stream, the same first line is found, or none."""
+    rng = random.Random(script)
+    for sizes in ([1], [2, 3], [7, 64], [100, 1000], [1 << 20]):
+        for _ in range(5):
+            assert _scan(script, sizes, rng) == found, sizes

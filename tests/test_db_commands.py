@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import csv
 import gzip
+import io
 import json
 import os
 import subprocess
@@ -241,3 +243,108 @@ def test_verbose_is_ours_before_double_dash_and_the_tools_after(
     # after --, it reaches psql, which has no such option and says so
     theirs = cli("claude-db", "psql", "--", "--verbose")
     assert theirs.code != 0 and "verbose" in theirs.stderr, theirs
+
+
+TYPED = (
+    "select '{\"a\":1,\"é\":[true,null]}'::jsonb j, array[1,2] a, 'x'::bytea b, true t, false f,"
+    " interval '1 day' i, 1.50::numeric n, timestamptz '2024-05-01 12:00:00+00' ts,"
+    " array[1.5, 2.50]::numeric[] na, 1::float8 one, 'NaN'::float8 nan, 2.5::real r,"
+    " null::int z, 'ü'::text u, '00000000-0000-0000-0000-000000000001'::uuid id,"
+    " '10.0.0.1/8'::inet ip, int4range(1, 3) rg"
+)
+
+
+def test_query_prints_the_servers_text_and_json_values(cli: Cli, session: dict[str, str]) -> None:
+    as_json = cli("claude-db", "query", "set timezone to 'UTC'; " + TYPED, "--json")
+    assert as_json.code == 0, as_json
+    assert json.loads(as_json.stdout) == [{
+        "j": {"a": 1, "é": [True, None]}, "a": [1, 2], "b": "\\x78", "t": True, "f": False,
+        "i": "1 day", "n": "1.50", "ts": "2024-05-01 12:00:00+00", "na": ["1.5", "2.50"],
+        "one": 1, "nan": "NaN", "r": 2.5, "z": None, "u": "ü",
+        "id": "00000000-0000-0000-0000-000000000001", "ip": "10.0.0.1/8", "rg": "[1,3)",
+    }]
+    text = ['{"a": 1, "é": [true, null]}', "[1, 2]", "\\x78", "t", "f", "1 day", "1.50",
+            "2024-05-01 12:00:00+00", '["1.5", "2.50"]', "1", "NaN", "2.5", "", "ü",
+            "00000000-0000-0000-0000-000000000001", "10.0.0.1/8", "[1,3)"]
+    as_csv = cli("claude-db", "query", "set timezone to 'UTC'; " + TYPED, "--csv")
+    assert as_csv.code == 0, as_csv
+    rows = list(csv.reader(io.StringIO(as_csv.stdout)))
+    assert rows[0] == ["j", "a", "b", "t", "f", "i", "n", "ts", "na", "one", "nan", "r", "z",
+                       "u", "id", "ip", "rg"]
+    assert rows[1:] == [text]
+    table = cli("claude-db", "query", "set timezone to 'UTC'; " + TYPED)
+    assert table.code == 0, table
+    cells = [cell.strip() for cell in table.stdout.splitlines()[2].split(" | ")]
+    assert cells == text
+
+
+def test_query_keeps_repeated_columns_and_shows_the_last_statement(
+    cli: Cli, session: dict[str, str]
+) -> None:
+    both = cli("claude-db", "query", "select 1 as a, 2 as a, 3 as a_2, 4 as id, 5 as id", "--json")
+    assert both.code == 0, both
+    assert json.loads(both.stdout) == [{"a": 1, "a_3": 2, "a_2": 3, "id": 4, "id_2": 5}]
+    assert both.stderr.count("\n") == 1 and "a -> a_3, id -> id_2" in both.stderr, both
+    plain = cli("claude-db", "query", "select 1 as a, 2 as a", "--csv")
+    assert plain.stdout == "a,a\n1,2\n" and plain.stderr == "", plain
+    several = cli(
+        "claude-db", "query",
+        "create table t2(x int); insert into t2 values (1), (2); select * from t2 order by x",
+        "--json",
+    )
+    assert several.code == 0, several
+    assert json.loads(several.stdout) == [{"x": 1}, {"x": 2}]
+    status = cli("claude-db", "query", "create table t3(x int); insert into t3 values (7)")
+    assert status.stdout.strip() == "INSERT 0 1", status
+    failed = cli("claude-db", "query", "create table t4(x int); select 1/0")
+    assert_one_line_error(failed, ExitCode.FAILED)
+    assert "division by zero" in failed.stderr
+    # the statements of one query string run as one transaction: t4 was not kept
+    assert cli("claude-db", "query", "select to_regclass('t4') is null", "--csv").stdout == (
+        "?column?\nt\n"
+    )
+
+
+def _public_tables(cli: Cli) -> list[str]:
+    listed = cli(
+        "claude-db", "query",
+        "select tablename from pg_tables where schemaname='public' order by 1", "--csv",
+    )
+    assert listed.code == 0, listed
+    names: list[str] = listed.stdout.splitlines()[1:]
+    return names
+
+
+def test_import_tells_whether_a_failure_left_something_applied(
+    cli: Cli, session: dict[str, str], workdir: Path
+) -> None:
+    plain = workdir / "plain.sql"
+    plain.write_text("create table p1(x int);\ninsert into p1 values (1);\nselect 1/0;\n")
+    result = cli("claude-db", "import", "plain.sql")
+    assert_one_line_error(result, ExitCode.FAILED)
+    assert "nothing was applied: line 3: division by zero" in result.stderr, result
+    assert _public_tables(cli) == []
+    # the file commits on its own: what it committed stays, and the error says so
+    own = workdir / "tx.sql"
+    own.write_text(
+        "BEGIN;\nCREATE TABLE tx1(x int);\n  commit;\nCREATE TABLE tx2(x int);\nSELECT 1/0;\n"
+        "CREATE TABLE tx3(x int);\n"
+    )
+    result = cli("claude-db", "import", "tx.sql")
+    assert_one_line_error(result, ExitCode.FAILED)
+    assert "nothing was applied" not in result.stderr, result
+    assert (
+        "import failed at line 5: division by zero; the file has its own transaction control "
+        "(COMMIT at line 3), so what it committed before the error stays applied"
+    ) in result.stderr, result
+    assert _public_tables(cli) == ["tx1", "tx2"]  # tx2: autocommitted after the COMMIT
+    # the same script as a gzip stream on stdin, reconnecting with \c: also told
+    cli("claude-db", "query", "drop table tx1, tx2")
+    moved = gzip.compress(
+        f"create table c1(x int);\n\\c {session['DB_NAME']}\ncreate table c2(x int);\n"
+        "select nosuch;\n".encode()
+    )
+    result = cli("claude-db", "import", "-", input=moved)
+    assert_one_line_error(result, ExitCode.FAILED)
+    assert "line 4" in result.stderr and "(\\c at line 2)" in result.stderr, result
+    assert _public_tables(cli) == ["c2"]  # c1's transaction ended with the connection

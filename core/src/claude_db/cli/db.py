@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import math
 import sys
 from dataclasses import replace
 from typing import Any
@@ -175,7 +176,7 @@ def query(
     as_json: bool = typer.Option(False, "--json", help="Rows as a JSON array of objects."),
     as_csv: bool = typer.Option(False, "--csv", help="Rows as CSV with a header."),
 ) -> None:
-    """Run one query and print its result."""
+    """Run a query and print its result (several statements: the last one's)."""
     if as_json and as_csv:
         raise UsageError("--json and --csv exclude each other")
     if not text.strip():
@@ -188,15 +189,54 @@ def query(
     elif as_csv:
         writer = csv.writer(sys.stdout, lineterminator="\n")
         writer.writerow(result.columns)
-        writer.writerows(result.rows)
+        writer.writerows([_cell(v) for v in row] for row in result.rows)
     else:
         _print_table(result)
 
 
 def _as_json(result: QueryResult) -> Any:
+    """Rows as objects: JSON values as they are, repeated column names made unique."""
     if result.documents is not None:
         return result.documents
-    return [dict(zip(result.columns, row, strict=False)) for row in result.rows]
+    keys = _json_keys(result.columns)
+    return [
+        {key: _json_value(value) for key, value in zip(keys, row, strict=False)}
+        for row in result.rows
+    ]
+
+
+def _json_keys(columns: list[str]) -> list[str]:
+    """Column names as JSON keys: a repeated name gets ``_2``, ``_3``... (never another
+    column's name), so no value is lost; one note on stderr says which were renamed."""
+    names = set(columns)
+    used: set[str] = set()
+    keys: list[str] = []
+    renamed: list[str] = []
+    for name in columns:
+        key, n = name, 2
+        while key in used:
+            key, n = f"{name}_{n}", n + 1
+            if key in names:
+                key = name  # another column's own name: try the next suffix
+        if key != name:
+            renamed.append(f"{name} -> {key}")
+        used.add(key)
+        keys.append(key)
+    if renamed:
+        note(f"note: repeated column names renamed in the JSON keys: {', '.join(renamed)}")
+    return keys
+
+
+#: non-finite floats as PostgreSQL spells them (JSON has no NaN or Infinity)
+NONFINITE = {"nan": "NaN", "inf": "Infinity", "-inf": "-Infinity"}
+
+
+def _json_value(value: Any) -> Any:
+    if isinstance(value, float) and not math.isfinite(value):
+        return NONFINITE.get(str(value), str(value))
+    if isinstance(value, list):
+        return [_json_value(v) for v in value]
+    return value
 
 
 def _print_table(result: QueryResult) -> None:
@@ -226,7 +266,18 @@ def _print_table(result: QueryResult) -> None:
 
 
 def _cell(value: Any) -> str:
-    return "" if value is None else str(value)
+    """A value as table and CSV text, as psql shows it: NULL empty, booleans t/f, JSON
+    values and arrays as JSON text; the rest as the engine gave it (for PostgreSQL, the
+    server's own text: ``1.50``, ``1 day``, ``\\x78``)."""
+    if value is None:
+        return ""
+    if isinstance(value, bool):
+        return "t" if value else "f"
+    if isinstance(value, dict | list):
+        return json.dumps(_json_value(value), ensure_ascii=False)
+    if isinstance(value, float) and not math.isfinite(value):
+        return NONFINITE.get(str(value), str(value))
+    return str(value)
 
 
 def import_(

@@ -62,8 +62,11 @@ class PostgresEngine(Engine):
         try:
             with _connect(endpoint, timeout=10) as conn:
                 conn.autocommit = True  # like psql -c: the statement commits on its own
+                _load_as_server_text(conn.adapters)
                 with conn.cursor() as cur:
                     cur.execute(text.encode())  # bytes: no client-side parameter parsing of '%'
+                    while cur.nextset():  # several statements: the last one's result, as
+                        pass  # psql -c showed before v15
                     result = QueryResult(status=cur.statusmessage or "")
                     if cur.description is not None:
                         result.columns = [col.name for col in cur.description]
@@ -108,10 +111,13 @@ class PostgresEngine(Engine):
             )
             assert proc.stdin is not None
             _widen(proc.stdin)
+            control = TransactionControl()
             try:
                 proc.stdin.write(b"BEGIN; ")  # same line as the file's first: line numbers hold
                 for chunk in chunks:
+                    control.scan(chunk)
                     proc.stdin.write(chunk)
+                control.finish()
                 proc.stdin.write(b"\nCOMMIT;\n")
                 proc.stdin.close()
             except BrokenPipeError:
@@ -121,7 +127,18 @@ class PostgresEngine(Engine):
                 proc.wait()
                 raise
             if proc.wait() != 0:
-                raise ClaudeDbError(f"import failed, nothing was applied: {_psql_error(errors)}")
+                if control.found is None:
+                    raise ClaudeDbError(
+                        f"import failed, nothing was applied: {_psql_error(errors)}"
+                    )
+                what, line = control.found
+                error = _psql_error(errors)
+                where = " at " if error.startswith("line ") else ": "
+                raise ClaudeDbError(
+                    f"import failed{where}{error}; the file has its own transaction "
+                    f"control ({what} at line {line}), so what it committed before the error "
+                    "stays applied"
+                )
 
     def reset(self, endpoint: Endpoint) -> None:
         import psycopg
@@ -157,6 +174,62 @@ class PostgresEngine(Engine):
         snapshots.delete(endpoint, directory)
 
 
+#: a line that ends our import's transaction or leaves its connection: COMMIT, END, ABORT,
+#: ROLLBACK (not ROLLBACK TO a savepoint), PREPARE TRANSACTION, psql's \\c / \\connect.
+#: BEGIN and START TRANSACTION are left out: inside our transaction they change nothing.
+#: Anchored on the newline before it: the regex engine skips to newlines fast.
+CONTROL_LINE = re.compile(
+    rb"\n[ \t]*(?=[CcEeRrAaPp\\])"
+    rb"(?i:(COMMIT|END|ROLLBACK(?![ \t]+TO\b)|ABORT|PREPARE[ \t]+TRANSACTION)\b"
+    rb"|(\\c(?:onnect)?)(?![a-z]))"
+)
+#: the end of the stream so far, scanned again with the next chunk (a line cut in two)
+CARRY = 128
+#: a match is decided only this far from the end of what was read: what follows tells
+#: ``\\c`` from ``\\copy`` and ``ROLLBACK`` from ``ROLLBACK TO``
+MARGIN = 32
+
+
+class TransactionControl:
+    """Finds the first line of a script that commits or reconnects on its own, which ends
+    the one transaction an import runs in. Scans only line starts, chunk by chunk, with the
+    end of the previous chunk scanned again where a line is cut in two.
+
+    A false positive (such a line inside COPY data, a string or a PL/pgSQL body) only
+    changes the wording of a failed import's error, never what is applied.
+    """
+
+    def __init__(self) -> None:
+        self.found: tuple[str, int] | None = None
+        self._carry = b"\n"  # before the first line: a newline, as if one ended there
+        self._lines = 1  # newlines so far, that one included: a line's number
+
+    def scan(self, chunk: bytes) -> None:
+        if self.found is not None or not chunk:
+            return
+        carry = self._carry
+        joined = carry + chunk[:CARRY]
+        match = CONTROL_LINE.search(joined)
+        if match and match.start() < len(carry) and match.end() <= len(joined) - MARGIN:
+            self._found(match, self._lines - carry.count(b"\n", match.start() + 1))
+            return
+        match = CONTROL_LINE.search(chunk)
+        if match and match.end() <= len(chunk) - MARGIN:
+            self._found(match, self._lines + chunk.count(b"\n", 0, match.start()) + 1)
+            return
+        self._lines += chunk.count(b"\n")
+        self._carry = (carry + chunk[-CARRY:])[-CARRY:]
+
+    def finish(self) -> None:
+        """The stream ended: decide what was waiting for more input."""
+        if self.found is None and (match := CONTROL_LINE.search(self._carry + b"\n")):
+            self._found(match, self._lines - self._carry.count(b"\n", match.start() + 1))
+
+    def _found(self, match: re.Match[bytes], line: int) -> None:
+        word = (match.group(1) or match.group(2)).decode()
+        self.found = (" ".join(word.upper().split()) if match.group(1) else word, line)
+
+
 def _widen(pipe: Any) -> None:
     """Grow a pipe from 64 KiB to :data:`PIPE_BYTES` where the OS allows it (Linux)."""
     setpipe = getattr(fcntl, "F_SETPIPE_SZ", None)
@@ -179,11 +252,53 @@ def _connect(endpoint: Endpoint, timeout: float) -> Any:
     )
 
 
-def _plain(value: Any) -> Any:
-    """Values as JSON/CSV-friendly Python: leave basic types, stringify the rest."""
-    if value is None or isinstance(value, bool | int | float | str):
+#: types whose psycopg values are JSON-native (arrays of them load as lists of them)
+JSON_NATIVE = frozenset({
+    "bool", "int2", "int4", "int8", "oid", "xid", "xid8", "cid", "float4", "float8",
+    "json", "jsonb", "text", "varchar", "bpchar", "name", '"char"',
+})
+
+
+class ServerFloat(float):
+    """A float that prints as the server sent it (``1``, ``1e+20``, ``NaN``), not as Python
+    would (``1.0``): JSON gets the number, tables and CSV the server's text."""
+
+    __slots__ = ("text",)
+    text: str
+
+    def __new__(cls, text: str) -> ServerFloat:
+        value = super().__new__(cls, text)
+        value.text = text
         return value
-    return str(value)
+
+    def __str__(self) -> str:
+        return self.text
+
+
+def _load_as_server_text(adapters: Any) -> None:
+    """Load every non-JSON-native built-in type (numeric, dates and times, interval, bytea,
+    uuid, inet, money, ranges...) as the server's text, as psql prints it; keep bool, ints,
+    floats, json/jsonb and text as Python values. Array loaders use their element's loader,
+    so arrays of these load as lists of server text. Unknown types already load as text."""
+    from psycopg.adapt import Loader
+    from psycopg.types.string import TextLoader
+
+    class FloatLoader(Loader):
+        def load(self, data: Any) -> ServerFloat:
+            return ServerFloat(bytes(data).decode())
+
+    for info in adapters.types:
+        if info.name in ("float4", "float8"):
+            adapters.register_loader(info.oid, FloatLoader)
+        elif info.name not in JSON_NATIVE:
+            adapters.register_loader(info.oid, TextLoader)
+
+
+def _plain(value: Any) -> Any:
+    """Text of a SQL_ASCII database arrives as bytes: as str, to print and JSON-encode it."""
+    if isinstance(value, bytes):
+        return value.decode(errors="replace")
+    return value
 
 
 def _pg_message(exc: Exception) -> str:
