@@ -47,7 +47,12 @@ def _scan(data: bytes, sizes: list[int], rng: random.Random) -> tuple[str, int] 
     ("script", "found"),
     [
         (b"BEGIN;\nCREATE TABLE a(x int);\n  commit;\nSELECT 1/0;\n", ("COMMIT", 3)),
-        (b"begin; create table a(x int); commit; select 1/0;\n", None),  # not at a line start
+        (b"begin; create table a(x int); commit; select 1/0;\n", ("COMMIT", 1)),
+        (b"\n\nselect 1;\\c other\n", ("\\c", 3)),
+        (b"do $$ begin\n  if true then null;\n  END IF;\n  end  loop;\nend $$;\n", None),
+        (b"do $$ begin\n  null;\nend;\n$$;\n", ("END", 3)),  # PL/pgSQL's END; looks the same
+        (b"select 1;\nEND work and chain;\n", ("END", 2)),
+        (b"select 'end'; select ';commitment'; select 1 -- rollback\n", None),
         (b"end;", ("END", 1)),
         (b"x\n" * 500 + b"\\connect other\n", ("\\connect", 501)),
         (b"x\n" * 500 + b"\\c other\n", ("\\c", 501)),

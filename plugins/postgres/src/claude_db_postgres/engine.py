@@ -174,15 +174,17 @@ class PostgresEngine(Engine):
         snapshots.delete(endpoint, directory)
 
 
-#: a line that ends our import's transaction or leaves its connection: COMMIT, END, ABORT,
-#: ROLLBACK (not ROLLBACK TO a savepoint), PREPARE TRANSACTION, psql's \\c / \\connect.
-#: BEGIN and START TRANSACTION are left out: inside our transaction they change nothing.
-#: Anchored on the newline before it: the regex engine skips to newlines fast.
-CONTROL_LINE = re.compile(
-    rb"\n[ \t]*(?=[CcEeRrAaPp\\])"
-    rb"(?i:(COMMIT|END|ROLLBACK(?![ \t]+TO\b)|ABORT|PREPARE[ \t]+TRANSACTION)\b"
-    rb"|(\\c(?:onnect)?)(?![a-z]))"
+#: a statement that ends our import's transaction or leaves its connection: COMMIT, END
+#: (alone or with TRANSACTION/WORK/AND CHAIN, not PL/pgSQL's END IF or END $$), ROLLBACK
+#: (not ROLLBACK TO a savepoint), ABORT, PREPARE TRANSACTION, psql's \\c / \\connect.
+#: BEGIN and START TRANSACTION change nothing inside our transaction. Looked for only at a
+#: line start and after a ``;``: two regexes that each begin with one literal byte, which
+#: the regex engine skips to fast.
+CONTROL = (
+    rb"[ \t]*(?=[CcEeRrAaPp\\])(?i:(COMMIT|END(?=[ \t]*(?:[;\r\n]|TRANSACTION|WORK|AND\b))"
+    rb"|ROLLBACK(?![ \t]+TO\b)|ABORT|PREPARE[ \t]+TRANSACTION)\b|(\\c(?:onnect)?)(?![a-z]))"
 )
+CONTROL_AT = (re.compile(rb"\n" + CONTROL), re.compile(rb";" + CONTROL))
 #: the end of the stream so far, scanned again with the next chunk (a line cut in two)
 CARRY = 128
 #: a match is decided only this far from the end of what was read: what follows tells
@@ -191,43 +193,49 @@ MARGIN = 32
 
 
 class TransactionControl:
-    """Finds the first line of a script that commits or reconnects on its own, which ends
-    the one transaction an import runs in. Scans only line starts, chunk by chunk, with the
-    end of the previous chunk scanned again where a line is cut in two.
+    """Finds the first statement of a script that commits or reconnects on its own, which
+    ends the one transaction an import runs in. Scans only line starts and what follows a
+    ``;``, chunk by chunk, with the end of the previous chunk scanned again where a line is
+    cut in two.
 
-    A false positive (such a line inside COPY data, a string or a PL/pgSQL body) only
+    A false positive (such a word inside COPY data, a string or a PL/pgSQL body) only
     changes the wording of a failed import's error, never what is applied.
     """
 
     def __init__(self) -> None:
         self.found: tuple[str, int] | None = None
         self._carry = b"\n"  # before the first line: a newline, as if one ended there
-        self._lines = 1  # newlines so far, that one included: a line's number
+        self._lines = 1  # newlines so far, that one included: the current line's number
 
     def scan(self, chunk: bytes) -> None:
         if self.found is not None or not chunk:
             return
         carry = self._carry
         joined = carry + chunk[:CARRY]
-        match = CONTROL_LINE.search(joined)
+        match = _first(joined)
         if match and match.start() < len(carry) and match.end() <= len(joined) - MARGIN:
             self._found(match, self._lines - carry.count(b"\n", match.start() + 1))
             return
-        match = CONTROL_LINE.search(chunk)
+        match = _first(chunk)
         if match and match.end() <= len(chunk) - MARGIN:
-            self._found(match, self._lines + chunk.count(b"\n", 0, match.start()) + 1)
+            self._found(match, self._lines + chunk.count(b"\n", 0, match.start() + 1))
             return
         self._lines += chunk.count(b"\n")
         self._carry = (carry + chunk[-CARRY:])[-CARRY:]
 
     def finish(self) -> None:
         """The stream ended: decide what was waiting for more input."""
-        if self.found is None and (match := CONTROL_LINE.search(self._carry + b"\n")):
+        if self.found is None and (match := _first(self._carry + b"\n")):
             self._found(match, self._lines - self._carry.count(b"\n", match.start() + 1))
 
     def _found(self, match: re.Match[bytes], line: int) -> None:
         word = (match.group(1) or match.group(2)).decode()
         self.found = (" ".join(word.upper().split()) if match.group(1) else word, line)
+
+
+def _first(data: bytes) -> re.Match[bytes] | None:
+    matches = [m for m in (pattern.search(data) for pattern in CONTROL_AT) if m]
+    return min(matches, key=lambda m: m.start(), default=None)
 
 
 def _widen(pipe: Any) -> None:
