@@ -17,6 +17,7 @@ from claude_db.cli.common import (
     DatabaseOption,
     JsonOption,
     SessionOption,
+    add_version_option,
     fail,
     note,
     print_json,
@@ -24,7 +25,13 @@ from claude_db.cli.common import (
 )
 from claude_db.database import Target, export_to, import_from, resolve
 from claude_db.engine import Endpoint, QueryResult
-from claude_db.errors import ConfirmationRequiredError, ExitCode, NotRunningError, UsageError
+from claude_db.errors import (
+    ClaudeDbError,
+    ConfirmationRequiredError,
+    ExitCode,
+    NotRunningError,
+    UsageError,
+)
 from claude_db.lifecycle import database_env
 from claude_db.plugins import add_commands
 
@@ -42,6 +49,7 @@ def create_app() -> typer.Typer:
         add_completion=False,
         context_settings={"help_option_names": ["-h", "--help"]},
     )
+    add_version_option(app, "claude-db")
     app.command()(status)
     app.command()(info)
     app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})(shell)
@@ -80,9 +88,11 @@ def status(
     endpoint = target.endpoint(database)
     try:
         version = target.engine.check_ready(endpoint, timeout=5)
-    except Exception as exc:
-        raise NotRunningError(
-            f"{target.engine.name} at {endpoint.host}:{endpoint.port} does not answer: "
+    except NotRunningError:
+        raise
+    except Exception as exc:  # it runs and listens (checked above): it answered, but no
+        raise ClaudeDbError(
+            f"{target.engine.name} at {endpoint.host}:{endpoint.port} answers but refused: "
             f"{str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__}"
         ) from None
     if as_json:
