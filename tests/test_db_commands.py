@@ -348,3 +348,13 @@ def test_import_tells_whether_a_failure_left_something_applied(
     assert_one_line_error(result, ExitCode.FAILED)
     assert "line 4" in result.stderr and "(\\c at line 2)" in result.stderr, result
     assert _public_tables(cli) == ["c2"]  # c1's transaction ended with the connection
+
+
+def test_a_value_with_line_breaks_keeps_the_table_aligned(
+    cli: Cli, session: dict[str, str]
+) -> None:
+    shown = cli("claude-db", "query", "select E'a\\nbcd' as y, 1 as z union all select 'q', 2")
+    assert shown.code == 0, shown
+    assert shown.stdout.splitlines() == [
+        "y   | z", "----+--", "a  +| 1", "bcd |", "q   | 2",
+    ]

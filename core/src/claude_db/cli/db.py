@@ -266,13 +266,25 @@ def _print_table(result: QueryResult) -> None:
             table.add_row(*row)
         Console().print(table)
     else:
-        widths = [max([len(c), *(len(r[i]) for r in cells)]) for i, c in enumerate(result.columns)]
-        print(" | ".join(c.ljust(w) for c, w in zip(result.columns, widths, strict=True)).rstrip())
-        print("-+-".join("-" * w for w in widths))
-        for row in cells:
-            print(" | ".join(v.ljust(w) for v, w in zip(row, widths, strict=True)).rstrip())
+        _print_plain_table(result.columns, cells)
     count = len(cells)
     note(f"({count} row{'s' if count != 1 else ''})")
+
+
+def _print_plain_table(columns: list[str], cells: list[list[str]]) -> None:
+    """Aligned columns; a value with line breaks takes several lines, each but its last
+    marked with a ``+`` as psql does (so they cannot pass for rows)."""
+    split = [[value.splitlines() or [""] for value in row] for row in cells]
+    widths = [max([len(c), *(len(line) for row in split for line in row[i])])
+              for i, c in enumerate(columns)]
+    print(" | ".join(c.ljust(w) for c, w in zip(columns, widths, strict=True)).rstrip())
+    print("-+-".join("-" * w for w in widths))
+    for row in split:
+        for n in range(max(len(lines) for lines in row)):
+            print("| ".join(
+                (lines[n] if n < len(lines) else "").ljust(w) + ("+" if n < len(lines) - 1 else " ")
+                for lines, w in zip(row, widths, strict=True)
+            ).rstrip())
 
 
 def _cell(value: Any) -> str:
