@@ -120,6 +120,8 @@ CASES: list[tuple[str, tuple[str, ...], int, dict[str, str]]] = [
      {"CLAUDE_DB_PASSWORD": "it's"}),
     ("user with a backslash", ("claude-session", "start", "x7"), USAGE,
      {"CLAUDE_DB_USER": "a\\b"}),
+    ("password dotenv would expand", ("claude-session", "start", "x12"), USAGE,
+     {"CLAUDE_DB_PASSWORD": "a${HOME}b"}),
     ("postgres bindir without postgres", ("claude-session", "start", "x8"), USAGE,
      {"CLAUDE_DB_POSTGRES_BINDIR": "/tmp"}),
     ("attach unknown", ("claude-session", "attach", "nosuch", "--no-shell"), NO_SESSION, {}),

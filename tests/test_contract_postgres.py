@@ -50,10 +50,11 @@ def _scan(data: bytes, sizes: list[int], rng: random.Random) -> tuple[str, int] 
         (b"begin; create table a(x int); commit; select 1/0;\n", ("COMMIT", 1)),
         (b"\n\nselect 1;\\c other\n", ("\\c", 3)),
         (b"do $$ begin\n  if true then null;\n  END IF;\n  end  loop;\nend $$;\n", None),
-        (b"do $$ begin\n  null;\nend;\n$$;\n", ("END", 3)),  # PL/pgSQL's END; looks the same
+        (b"do $$ begin\n  null;\nend;\n$$;\n", None),  # PL/pgSQL's END; as pg_dump writes it
         (b"select 1;\nEND work and chain;\n", ("END", 2)),
+        (b"select 1;\n\\C title\n", None),  # psql's \C sets a title, \c reconnects
         (b"select 'end'; select ';commitment'; select 1 -- rollback\n", None),
-        (b"end;", ("END", 1)),
+        (b"end transaction;", ("END", 1)),
         (b"x\n" * 500 + b"\\connect other\n", ("\\connect", 501)),
         (b"x\n" * 500 + b"\\c other\n", ("\\c", 501)),
         (b"\\copy t from f\n\\conninfo\nrollback to savepoint s;\nending\nBEGIN;\ncommitted\n",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import gzip
 import io
@@ -16,7 +17,7 @@ import pytest
 
 from claude_db.envfile import read_env
 from claude_db.errors import ExitCode
-from conftest import Cli, assert_one_line_error
+from conftest import BIN, Cli, assert_one_line_error
 
 CHECKSUM = "select count(*), md5(coalesce(string_agg(t::text, ',' order by id), '')) from t"
 
@@ -348,6 +349,24 @@ def test_import_tells_whether_a_failure_left_something_applied(
     assert_one_line_error(result, ExitCode.FAILED)
     assert "line 4" in result.stderr and "(\\c at line 2)" in result.stderr, result
     assert _public_tables(cli) == ["c2"]  # c1's transaction ended with the connection
+    cli("claude-db", "query", "drop table c2")
+    # a COMMIT after the error, or a PL/pgSQL body's END; before it: nothing was applied
+    late = workdir / "late.sql"
+    late.write_text(
+        "create function f() returns int language plpgsql as $$\nbegin\n  return 1;\nend;\n$$;"
+        "\ncreate table late1(x int);\nselect 1/0;\ncommit;\n"
+    )
+    result = cli("claude-db", "import", "late.sql")
+    assert_one_line_error(result, ExitCode.FAILED)
+    assert "nothing was applied: line 7: division by zero" in result.stderr, result
+    assert _public_tables(cli) == []
+    # with --replace the previous data comes back, whatever the file committed
+    cli("claude-db", "query", "create table kept(x int)")
+    result = cli("claude-db", "import", "--replace", "--yes", "tx.sql")
+    assert_one_line_error(result, ExitCode.FAILED)
+    assert result.stderr.endswith("division by zero; the previous data is back\n"), result
+    assert "stays applied" not in result.stderr
+    assert _public_tables(cli) == ["kept"]
 
 
 def test_a_value_with_line_breaks_keeps_the_table_aligned(
@@ -358,3 +377,27 @@ def test_a_value_with_line_breaks_keeps_the_table_aligned(
     assert shown.stdout.splitlines() == [
         "y   | z", "----+--", "a  +| 1", "bcd |", "q   | 2",
     ]
+
+
+def test_a_terminal_table_prints_brackets_as_text(
+    session: dict[str, str], workdir: Path
+) -> None:
+    """On a terminal rich draws the table: JSON text such as [null] is no markup to it."""
+    import pty
+
+    reader, writer = pty.openpty()
+    try:
+        done = subprocess.run(
+            [str(BIN / "claude-db"), "query", "select '{\"k\": [null]}'::jsonb j, '[/x]' t"],
+            cwd=workdir, stdin=subprocess.DEVNULL, stdout=writer, stderr=subprocess.PIPE,
+            env={**os.environ, "COLUMNS": "80"}, timeout=60,
+        )
+        os.close(writer)
+        shown = b""
+        with contextlib.suppress(OSError):  # EIO: the terminal's writer is gone
+            while chunk := os.read(reader, 4096):
+                shown += chunk
+    finally:
+        os.close(reader)
+    assert done.returncode == 0, done.stderr
+    assert '{"k": [null]}' in shown.decode() and "[/x]" in shown.decode(), shown

@@ -250,11 +250,13 @@ def test_snapshots_through_database_url_alone(cli: Cli, session: str, engine: st
 @pytest.mark.parametrize("engine", ["postgres"])
 def test_snapshot_commands_on_a_stopped_database(cli: Cli, session: str, engine: str) -> None:
     assert cli("claude-db", "snapshot", "save", "s1", "--session", session).code == 0
+    assert cli("claude-db", "reset", "--yes", "--session", session).code == 0  # for undo
+    names = [s["name"] for s in snapshots(cli, session)]
     assert cli("claude-session", "stop", session).code == 0
     for argv in (("snapshot", "save"), ("snapshot", "restore", "s1"), ("undo",),
                  ("snapshot", "delete", "s1"), ("reset", "--yes")):
         assert_one_line_error(cli("claude-db", *argv, "--session", session), 4)
-    assert [s["name"] for s in snapshots(cli, session)] == ["s1"]
+    assert [s["name"] for s in snapshots(cli, session)] == names
     assert session_json(Path(os.environ["CLAUDE_DB_STATE_DIR"]), session)["name"] == session
 
 

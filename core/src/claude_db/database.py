@@ -54,7 +54,11 @@ class Target:
 
     def require_running(self) -> None:
         if self.runtime is None or self.session is None:
-            _require_listening(self.endpoint(), self.name)
+            endpoint = self.endpoint()
+            if not listening(endpoint):  # a bare URL has no session to ask
+                raise NotRunningError(
+                    f"nothing answers at {endpoint.host}:{endpoint.port} ({self.name})"
+                )
             return
         status = self.runtime.status(self.session)
         if status != "running":
@@ -64,19 +68,16 @@ class Target:
             )
 
 
-def _require_listening(endpoint: Endpoint, label: str) -> None:
-    """A bare URL has no session to ask: a refused TCP connection means nothing runs there
-    (anything subtler, the engine's own connection reports)."""
+def listening(endpoint: Endpoint, timeout: float = 5) -> bool:
+    """Whether something accepts TCP connections at ``endpoint`` (a unix socket directory
+    is taken as yes: the engine's own connection tells)."""
     if not endpoint.host or endpoint.host.startswith("/"):
-        return  # a unix socket directory
+        return True
     try:
-        socket.create_connection((endpoint.host, endpoint.port), timeout=5).close()
-    except ConnectionRefusedError:
-        raise NotRunningError(
-            f"nothing answers at {endpoint.host}:{endpoint.port} ({label})"
-        ) from None
-    except OSError:
-        return  # unresolvable or unreachable: the engine's connection error says it best
+        socket.create_connection((endpoint.host, endpoint.port), timeout=timeout).close()
+    except OSError:  # refused, unreachable, unresolvable, timed out
+        return False
+    return True
 
 
 def resolve(app: App, session_name: str | None) -> Target:

@@ -57,7 +57,8 @@ def read_env(workdir: Path) -> dict[str, str]:
     path = workdir / ".env"
     if not path.is_file():
         return {}
-    return {k: v for k, v in dotenv_values(path).items() if v is not None}
+    values = dotenv_values(path, interpolate=False)  # as written: ours are never expanded
+    return {k: v for k, v in values.items() if v is not None}
 
 
 def _keep_out_of_git(workdir: Path) -> str | None:

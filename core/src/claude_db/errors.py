@@ -64,3 +64,12 @@ class PluginError(ClaudeDbError):
 
 class ToolMissingError(ClaudeDbError):
     """A client tool (psql, pg_dump, ...) is not available where it must run."""
+
+
+class PartlyAppliedError(ClaudeDbError):
+    """An import failed after its input had committed part of itself (its own ``COMMIT``):
+    ``failure`` is the failure alone, for callers that put the previous data back."""
+
+    def __init__(self, message: str, *, failure: str) -> None:
+        super().__init__(message)
+        self.failure = failure

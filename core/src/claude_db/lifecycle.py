@@ -121,15 +121,17 @@ def _ignored_container_options(
 
 def _require_quotable(settings: Settings) -> None:
     """What we write to ``.env`` is single-quoted, which python-dotenv and a POSIX shell
-    (``set -a; . ./.env``) both read literally, except for ``'`` and backslashes."""
+    (``set -a; . ./.env``) both read literally, except for ``'``, backslashes and ``${``
+    (python-dotenv expands ``${VAR}`` even there)."""
     for variable, value in (
         ("CLAUDE_DB_USER", settings.user),
         ("CLAUDE_DB_PASSWORD", settings.password),
         ("CLAUDE_DB_NAME", settings.database),
     ):
-        if value and any(c in "'\\" or not c.isprintable() for c in value):
+        if value and ("${" in value or any(c in "'\\" or not c.isprintable() for c in value)):
             raise UsageError(
-                f"{variable} must not contain quotes ('), backslashes or control characters"
+                f"{variable} must not contain quotes ('), backslashes, ${{ or unprintable "
+                "characters"
             )
 
 

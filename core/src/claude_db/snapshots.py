@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from claude_db.engine import Engine
-from claude_db.errors import ClaudeDbError, UsageError
+from claude_db.errors import ClaudeDbError, PartlyAppliedError, UsageError
 from claude_db.processes import file_lock, signals_held
 
 if TYPE_CHECKING:
@@ -240,8 +240,9 @@ def replace_from(app: App, target: Target, source: str, database: str | None) ->
                 ) from None
             with contextlib.suppress(Exception):  # the data is back: the copy adds nothing
                 _delete(target, snapshot)
-            if isinstance(exc, ClaudeDbError):
-                raise ClaudeDbError(f"{_message(exc)}; the previous data is back") from None
+            if isinstance(exc, ClaudeDbError):  # what the file committed went too
+                failure = exc.failure if isinstance(exc, PartlyAppliedError) else _message(exc)
+                raise ClaudeDbError(f"{failure}; the previous data is back") from None
             raise
         if snapshot is not None:  # only now: a failed command leaves every snapshot there
             _prune(app, target, store, keep=snapshot)
@@ -328,12 +329,24 @@ def _save_into(
             target.engine.snapshot_save(endpoint, target.tools(database), partial)
         (partial / META).write_text(json.dumps(snapshot.to_json(), indent=2))
         os.rename(partial, snapshot.path)  # atomic: a snapshot is listed whole or not at all
-    except BaseException:
+    except BaseException as exc:
+        # A move cut short, or one whose data did not go back, may have left the user's data
+        # in what ``partial`` names: then it stays, marked, for a human (gc never takes it).
+        maybe_data = (partial / MOVED).exists()
         with contextlib.suppress(Exception):  # e.g. a template database made before the failure
             if moved:  # the data lives in the snapshot: put it back before freeing anything
                 target.engine.snapshot_restore(endpoint, target.tools(database), partial)
-            target.engine.snapshot_delete(endpoint, target.tools(database), partial)
-        shutil.rmtree(partial, ignore_errors=True)
+                maybe_data = False
+            if not maybe_data:
+                target.engine.snapshot_delete(endpoint, target.tools(database), partial)
+        if not maybe_data:
+            shutil.rmtree(partial, ignore_errors=True)
+        elif isinstance(exc, Exception):
+            kept = ClaudeDbError(
+                f"{_message(exc)}; the data may be in what {partial} names (kept as it is)"
+            )
+            kept.exit_code = getattr(exc, "exit_code", kept.exit_code)  # e.g. 4: server gone
+            raise kept from None
         raise
     snapshot.emptied = moved
     return snapshot

@@ -23,7 +23,7 @@ from claude_db.cli.common import (
     print_json,
     run,
 )
-from claude_db.database import Target, export_to, import_from, resolve
+from claude_db.database import Target, export_to, import_from, listening, resolve
 from claude_db.engine import Endpoint, QueryResult
 from claude_db.errors import (
     ClaudeDbError,
@@ -90,11 +90,13 @@ def status(
         version = target.engine.check_ready(endpoint, timeout=5)
     except NotRunningError:
         raise
-    except Exception as exc:  # it runs and listens (checked above): it answered, but no
-        raise ClaudeDbError(
-            f"{target.engine.name} at {endpoint.host}:{endpoint.port} answers but refused: "
-            f"{str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__}"
-        ) from None
+    except Exception as exc:
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        where = f"{target.engine.name} at {endpoint.host}:{endpoint.port}"
+        if not listening(endpoint):
+            raise NotRunningError(f"{where} does not answer: {reason}") from None
+        # it answered, but no: wrong password, no such database...
+        raise ClaudeDbError(f"{where} answers but refused: {reason}") from None
     if as_json:
         print_json(
             {
@@ -260,10 +262,14 @@ def _print_table(result: QueryResult) -> None:
     if sys.stdout.isatty():
         from rich.console import Console
         from rich.table import Table
+        from rich.text import Text
 
-        table = Table(*result.columns, show_lines=False)
+        # Text, not str: rich would read "[1, 2]" or "[/x]" in a value as markup
+        table = Table(show_lines=False)
+        for column in result.columns:
+            table.add_column(Text(column))
         for row in cells:
-            table.add_row(*row)
+            table.add_row(*(Text(c) for c in row))
         Console().print(table)
     else:
         _print_plain_table(result.columns, cells)

@@ -255,6 +255,7 @@ def _socket_dir(server_dir: Path, run_as: RunAs) -> Path:
     run = server_dir / "run"
     if len(str(run)) + 20 <= SOCKET_PATH_MAX:
         run.mkdir(mode=0o700, exist_ok=True)
+        os.chmod(run, 0o700)  # inside our own state dir: made private again if it was not
         _chown(run, run_as)
         return run
     made = Path(tempfile.mkdtemp(prefix="claude-db-", dir="/tmp"))  # mode 0700

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from claude_db import Credentials, Endpoint, Engine, LocalServer, QueryResult, Tools
-from claude_db.errors import ClaudeDbError
+from claude_db.errors import ClaudeDbError, PartlyAppliedError
 from claude_db_postgres import snapshots
 from claude_db_postgres.local import PostgresLocalServer
 
@@ -127,17 +127,19 @@ class PostgresEngine(Engine):
                 proc.wait()
                 raise
             if proc.wait() != 0:
-                if control.found is None:
-                    raise ClaudeDbError(
-                        f"import failed, nothing was applied: {_psql_error(errors)}"
-                    )
-                what, line = control.found
                 error = _psql_error(errors)
-                where = " at " if error.startswith("line ") else ": "
-                raise ClaudeDbError(
+                failed_at = re.match(r"line (\d+):", error)
+                if control.found is None or (
+                    failed_at is not None and control.found[1] > int(failed_at.group(1))
+                ):  # nothing ended our transaction before the error: nothing stays
+                    raise ClaudeDbError(f"import failed, nothing was applied: {error}")
+                what, line = control.found
+                where = " at " if failed_at else ": "
+                raise PartlyAppliedError(
                     f"import failed{where}{error}; the file has its own transaction "
                     f"control ({what} at line {line}), so what it committed before the error "
-                    "stays applied"
+                    "stays applied",
+                    failure=f"import failed{where}{error}",
                 )
 
     def reset(self, endpoint: Endpoint) -> None:
@@ -174,15 +176,15 @@ class PostgresEngine(Engine):
         snapshots.delete(endpoint, directory)
 
 
-#: a statement that ends our import's transaction or leaves its connection: COMMIT, END
-#: (alone or with TRANSACTION/WORK/AND CHAIN, not PL/pgSQL's END IF or END $$), ROLLBACK
-#: (not ROLLBACK TO a savepoint), ABORT, PREPARE TRANSACTION, psql's \\c / \\connect.
-#: BEGIN and START TRANSACTION change nothing inside our transaction. Looked for only at a
-#: line start and after a ``;``: two regexes that each begin with one literal byte, which
-#: the regex engine skips to fast.
+#: a statement that ends our import's transaction or leaves its connection: COMMIT,
+#: END TRANSACTION/WORK (a bare ``END;`` is left out: every PL/pgSQL body pg_dump writes
+#: ends with one), ROLLBACK (not ROLLBACK TO a savepoint), ABORT, PREPARE TRANSACTION,
+#: psql's \\c / \\connect (lower case: \\C sets a title). BEGIN and START TRANSACTION change
+#: nothing inside our transaction. Looked for only at a line start and after a ``;``: two
+#: regexes that each begin with one literal byte, which the regex engine skips to fast.
 CONTROL = (
-    rb"[ \t]*(?=[CcEeRrAaPp\\])(?i:(COMMIT|END(?=[ \t]*(?:[;\r\n]|TRANSACTION|WORK|AND\b))"
-    rb"|ROLLBACK(?![ \t]+TO\b)|ABORT|PREPARE[ \t]+TRANSACTION)\b|(\\c(?:onnect)?)(?![a-z]))"
+    rb"[ \t]*(?=[CcEeRrAaPp\\])(?:(?i:(COMMIT|END(?=[ \t]+(?:TRANSACTION|WORK)\b)"
+    rb"|ROLLBACK(?![ \t]+TO\b)|ABORT|PREPARE[ \t]+TRANSACTION)\b)|(\\c(?:onnect)?)(?![A-Za-z]))"
 )
 CONTROL_AT = (re.compile(rb"\n" + CONTROL), re.compile(rb";" + CONTROL))
 #: the end of the stream so far, scanned again with the next chunk (a line cut in two)
@@ -303,9 +305,12 @@ def _load_as_server_text(adapters: Any) -> None:
 
 
 def _plain(value: Any) -> Any:
-    """Text of a SQL_ASCII database arrives as bytes: as str, to print and JSON-encode it."""
+    """Text of a SQL_ASCII database arrives as bytes (in arrays too): as str, to print and
+    JSON-encode it."""
     if isinstance(value, bytes):
         return value.decode(errors="replace")
+    if isinstance(value, list):
+        return [_plain(v) for v in value]
     return value
 
 
