@@ -175,7 +175,7 @@ def test_sessions_cannot_reach_each_other(
     # a's credentials do not open b's database
     wrong = cli("claude-db", "status", env={"DATABASE_URL": env_b["DATABASE_URL"].replace(
         env_b["DB_PASSWORD"], env_a["DB_PASSWORD"]).replace(f"{b}-db", b_ip)}, cwd=tmp_path)
-    assert wrong.code == 4 and "password authentication failed" in wrong.stderr, wrong
+    assert wrong.code == 1 and "password authentication failed" in wrong.stderr, wrong  # refused
 
 
 def test_publish_uses_a_stable_loopback_port(
