@@ -6,6 +6,7 @@ import json
 from collections.abc import Callable
 from pathlib import Path
 
+import psycopg
 import pytest
 
 from conftest import BIN, Cli, assert_one_line_error
@@ -274,6 +275,35 @@ def test_attach_recreates_a_removed_database_container(
     gone = cli("claude-session", "attach", name, "--no-shell")
     assert_one_line_error(gone, 4)
     assert "volume" in gone.stderr
+    assert cli("claude-session", "delete", name, "--yes").code == 0
+    assert resources(name) == NOTHING
+
+
+def test_attach_brings_env_to_the_database_s_new_address(
+    cli: Cli, new_name: Callable[[], str], workdir: Path
+) -> None:
+    """A re-created network gets another subnet: .env must follow, or its URL reaches
+    whatever has the old address now."""
+    name = new_name()
+    started(cli, name)
+    old_url = read_dotenv(workdir)["DATABASE_URL"]
+    docker("rm", "-f", f"{name}-db")
+    docker("network", "rm", f"{name}-net")
+    squatter = f"{name}-squat"  # takes the freed subnet: the session's network gets another
+    docker("network", "create", squatter)
+    try:
+        attached = cli("claude-session", "attach", name, "--no-shell")
+        assert attached.code == 0, attached
+        shown = json.loads(cli("claude-session", "env", name, "-f", "json").stdout)
+        new_url = read_dotenv(workdir)["DATABASE_URL"]
+        assert new_url == shown["DATABASE_URL"] != old_url
+        assert "updated DATABASE_URL, DB_HOST" in attached.stderr, attached
+        with psycopg.connect(new_url, connect_timeout=10) as conn:
+            assert conn.execute("select 1").fetchone() == (1,)
+        again = cli("claude-session", "attach", name, "--no-shell")
+        assert again.code == 0 and "updated" not in again.stderr, again  # nothing moved
+    finally:
+        docker("network", "rm", squatter)
     assert cli("claude-session", "delete", name, "--yes").code == 0
     assert resources(name) == NOTHING
 

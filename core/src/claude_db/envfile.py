@@ -40,6 +40,19 @@ def write_env(workdir: Path, values: Mapping[str, str]) -> list[str]:
     return [*notes, kept_out] if kept_out else notes
 
 
+def refresh_env(workdir: Path, values: Mapping[str, str], session_name: str) -> list[str]:
+    """Bring our keys in ``workdir/.env`` up to date if it still belongs to ``session_name``
+    (a re-created container may have a new address); return notes for the user."""
+    path = workdir / ".env"
+    current = read_env(workdir)
+    if current.get(MARKER) != session_name:
+        return []
+    changed = [key for key, value in values.items() if current.get(key) != value]
+    for key in changed:
+        set_key(path, key, values[key], quote_mode="always")
+    return [f"updated {', '.join(changed)} in {path}"] if changed else []
+
+
 def remove_env(workdir: Path, keys: Iterable[str], session_name: str) -> bool:
     """Remove our keys from ``workdir/.env`` if it still belongs to ``session_name``."""
     path = workdir / ".env"

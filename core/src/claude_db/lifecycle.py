@@ -8,7 +8,7 @@ from pathlib import Path
 
 from claude_db.app import App
 from claude_db.engine import Credentials, Endpoint, Engine
-from claude_db.envfile import MARKER, remove_env, write_env
+from claude_db.envfile import MARKER, refresh_env, remove_env, write_env
 from claude_db.errors import UsageError
 from claude_db.processes import signals_held
 from claude_db.readiness import wait_until_ready
@@ -162,10 +162,11 @@ def stop_session(app: App, name: str) -> Session:
     return session
 
 
-def ensure_running(app: App, session: Session) -> None:
-    """Start whatever of the session stopped and wait until its database answers."""
+def ensure_running(app: App, session: Session) -> list[str]:
+    """Start whatever of the session stopped and wait until its database answers; the
+    session's ``.env`` follows if the database's address changed. Returns notes."""
     if not session.has_database:
-        return
+        return []
     engine, runtime = parts(app, session)
     with app.store.lock(session.name):
         runtime.start(session, engine)
@@ -177,6 +178,8 @@ def ensure_running(app: App, session: Session) -> None:
         failure=lambda: runtime.failure_details(session),
         what=f"the {engine.name} database of session {session.name!r}",
     )
+    values = session_env(app, session, for_dotenv=True)
+    return refresh_env(Path(session.workdir), values, session.name)
 
 
 def delete_session(app: App, name: str, *, keep_data: bool = False) -> tuple[Session, list[str]]:

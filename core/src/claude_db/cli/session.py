@@ -141,7 +141,8 @@ def attach(
     """Restart whatever stopped, wait until ready, then open a shell in the session."""
     app = get_app()
     session = _load(name)
-    ensure_running(app, session)
+    for message in ensure_running(app, session):
+        note(message)
     if no_shell:
         note(f"session {session.name} is ready")
         return
