@@ -37,8 +37,9 @@ from claude_db.plugins import add_commands
 
 HELP = """Work with the current session's database.
 
-The session is --session NAME, else $CLAUDE_SESSION, else the .env that
-claude-session start wrote in this directory, else $DATABASE_URL.
+The session is the command's --session NAME (claude-db status --session NAME),
+else $CLAUDE_SESSION, else the .env that claude-session start wrote in this
+directory, else $DATABASE_URL.
 """
 
 
