@@ -176,10 +176,20 @@ def leftovers(state: Path, ports: list[int]) -> dict[str, Any]:
         # (the local runtime's background copy of a server template is a cache, not a leak)
         "processes": [p for p in server_processes(state) if f"{sessions}/" in p[1]],
         "ports": [p for p in ports if listening(p)],
-        "session entries": sorted(p.name for p in sessions.iterdir()) if sessions.exists() else [],
+        "session entries": session_entries(sessions),
         "kept": sorted(p.name for p in (state / "kept").iterdir())
         if (state / "kept").exists() else [],
     }
+
+
+def session_entries(sessions: Path) -> list[str]:
+    """What a sessions directory holds, lock files (in its private ``.locks``) included."""
+    if not sessions.exists():
+        return []
+    locks = sessions / ".locks"
+    entries = [p.name for p in sessions.iterdir() if p != locks]
+    entries += [f".locks/{p.name}" for p in locks.iterdir()] if locks.exists() else []
+    return sorted(entries)
 
 
 NOTHING_LEFT: dict[str, Any] = {"processes": [], "ports": [], "session entries": [], "kept": []}

@@ -20,6 +20,7 @@ import psycopg
 import pytest
 
 from claude_db.errors import ExitCode
+from claude_db.locks import lock_for
 from conftest import BIN, Cli, assert_one_line_error
 from docker_fixtures import docker_daemon  # noqa: F401 - a fixture
 from docker_support import remove_everything
@@ -238,7 +239,7 @@ def test_interrupt_during_start_while_waiting_for_the_session_lock(
     """Interrupted before anything was made: nothing is made, nothing is left."""
     sessions = state / "sessions"
     sessions.mkdir()
-    with open(sessions / ".fault-wait.lock", "a") as held:
+    with open(lock_for(sessions / "fault-wait"), "a") as held:
         fcntl.flock(held, fcntl.LOCK_EX)  # as another command on this session would
         proc = subprocess.Popen(
             [str(BIN / "claude-session"), "start", "fault-wait"], cwd=workdir,

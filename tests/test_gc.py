@@ -6,7 +6,6 @@ directory whose ``session.json`` was lost, a snapshot or server template cut sho
 
 from __future__ import annotations
 
-import fcntl
 import json
 import os
 import shutil
@@ -17,6 +16,7 @@ from pathlib import Path
 import psycopg
 import pytest
 
+from claude_db.locks import hold, lock_for
 from claude_db.snapshots import MOVED
 from conftest import Cli, assert_one_line_error
 from docker_fixtures import docker_daemon  # noqa: F401 - a fixture
@@ -76,7 +76,7 @@ def test_gc_removes_what_a_killed_start_left(cli: Cli, state: Path, workdir: Pat
     assert session_leader_servers(state, name) == []
     assert not listening(port)
     assert not (state / "sessions" / name).exists()
-    assert not (state / "sessions" / f".{name}.lock").exists()
+    assert not (state / "sessions" / ".locks" / f"{name}.lock").exists()
 
     # the live session was not touched
     assert session_json(state, "gc-live")["name"] == "gc-live"
@@ -97,8 +97,9 @@ def test_gc_removes_lost_directories_locks_and_half_made_snapshots(
     sessions = state / "sessions"
     # a session directory that lost its session.json (with a server data dir inside)
     (sessions / "gc-lost" / "server" / "data").mkdir(parents=True)
-    # a lock file of a session long gone
-    (sessions / ".gc-gone.lock").touch()
+    # a lock file of a session long gone, and one an older claude-db left beside them
+    (sessions / ".locks" / "gc-gone.lock").touch()
+    (sessions / ".gc-old.lock").touch()
     # a snapshot cut short in a live session, and a server template cut short
     partial = sessions / "gc-keep" / "snapshots" / ".cut.12345.partial"
     partial.mkdir()
@@ -106,19 +107,21 @@ def test_gc_removes_lost_directories_locks_and_half_made_snapshots(
     building.mkdir()
     # start's background spare copy holds the templates lock (gc rightly skips templates
     # then): wait for it, so gc sees the half-made template below
-    with open(state / "templates" / ".lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
+    with hold(lock_for(state / "templates"), "the templates"):
+        pass
 
     swept = cli("claude-session", "gc", "--json")
     assert swept.code == 0, swept
     removed = {(o["kind"], o["what"]) for o in json.loads(swept.stdout) if o["removed"]}
     assert removed == {
         ("directory", str(sessions / "gc-lost")),
-        ("lock", str(sessions / ".gc-gone.lock")),
+        ("lock", str(sessions / ".locks" / "gc-gone.lock")),
+        ("lock", str(sessions / ".gc-old.lock")),
         ("directory", str(partial)),
         ("directory", str(building)),
     }
-    assert sorted(p.name for p in sessions.iterdir()) == [".gc-keep.lock", "gc-keep"]
+    assert sorted(p.name for p in sessions.iterdir()) == [".locks", "gc-keep"]
+    assert [p.name for p in (sessions / ".locks").iterdir()] == ["gc-keep.lock"]
     listed = cli("claude-db", "snapshot", "list", "--json", "--session", "gc-keep")
     assert [s["name"] for s in json.loads(listed.stdout)] == ["good"]
     assert cli("claude-db", "status", "--session", "gc-keep").code == 0

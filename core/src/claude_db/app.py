@@ -10,6 +10,7 @@ from claude_db.plugins import Plugins, load_plugins
 from claude_db.runtime import Runtime
 from claude_db.session import SessionStore
 from claude_db.settings import Settings
+from claude_db.statedir import check_state_dir
 
 
 @dataclass
@@ -58,6 +59,7 @@ def _unavailable(runtime: Runtime) -> ClaudeDbError:
 @functools.cache
 def get_app() -> App:
     settings = Settings.from_env()
+    check_state_dir(settings.state_dir)  # before anything acts on what it holds
     return App(settings, load_plugins(settings))
 
 

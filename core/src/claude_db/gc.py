@@ -4,12 +4,18 @@ A session is live while ``<state>/sessions/<name>/session.json`` exists and its 
 finished (``start`` keeps a ``.starting`` marker until then). Left behind by a killed
 ``start``, a crash or a failed ``delete`` can be: a session whose start never finished
 (removed with its runtime's own ``delete``), a session directory without ``session.json``,
-a server process whose data directory is under a gone session, half made template caches
-and snapshots of running sessions (with the databases they made on the server; those of
-a ``DATABASE_URL`` the next snapshot command sweeps), lock files of gone sessions, and
-Docker containers, networks and volumes labelled ``claude-db.session`` (and
-``claude-db.state`` = this state directory) whose session is gone. Data kept by
-``delete --keep-data`` is never touched.
+a session whose ``session.json`` is unreadable (not by the cheap sweep), a server process
+of a gone session, half made template caches and snapshots of running sessions (with the
+databases they made on the server; those of a ``DATABASE_URL`` the next snapshot command
+sweeps), lock files of gone sessions, and Docker containers, networks and volumes
+labelled ``claude-db.session`` (and ``claude-db.state`` = this state directory) whose
+session is gone. Data kept by ``delete --keep-data`` is never touched.
+
+What is removed is found only from what no other user could have made: entries of the
+state directory that are ours (never a link, never ``..``), and server processes named
+by our records (a pid with its process identity in ``session.json``, a pid file in the
+server's data directory whose owner owns the process, which started before the file was
+written). Never from a process's arguments: anyone can write those.
 
 Everything a session owns is judged while holding that session's lock, taken without
 waiting: a session being started or deleted right now is busy, never an orphan.
@@ -21,19 +27,23 @@ it looks at Docker only when a live session uses the docker runtime.
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import os
 import shutil
 import signal
+import stat
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from claude_db.errors import ClaudeDbError
 from claude_db.lifecycle import STARTING_MARKER
-from claude_db.processes import is_running
+from claude_db.locks import LOCKS_DIR, lock_for, try_hold
+from claude_db.processes import is_running, process_identity, process_started_at
+from claude_db.session import NAME_PATTERN, Session
+from claude_db.statedir import UnsafeStateError, unsafe
 
 if TYPE_CHECKING:
     from claude_db.app import App
@@ -43,6 +53,7 @@ if TYPE_CHECKING:
 STATE_LABEL = "claude-db.state"
 SESSION_LABEL = "claude-db.session"
 STOP_WAIT = 5.0  # seconds a stray server gets to exit after SIGTERM before SIGKILL
+SOCKET_DIR_PREFIX = "/tmp/claude-db-"  # the local runtime's socket directories outside
 
 
 @dataclass
@@ -64,9 +75,10 @@ def collect_garbage(
 ) -> list[Orphan]:
     """Find orphans and (unless ``dry_run``) remove them; failures are recorded, not raised.
 
-    ``cheap``: look at Docker only if ``docker`` or a live session uses it.
+    ``cheap``: look at Docker only if ``docker`` or a live session uses it, and leave
+    sessions with an unreadable record alone (only ``gc`` and ``delete`` remove those).
     """
-    sweeper = _Sweeper(app, dry_run)
+    sweeper = _Sweeper(app, dry_run, cheap)
     sweeper.local()
     if not cheap or docker or sweeper.docker_in_use():
         sweeper.docker()
@@ -74,10 +86,26 @@ def collect_garbage(
     return sweeper.found
 
 
+def remove_broken(app: App, name: str) -> list[Orphan]:
+    """``delete`` of session ``name`` whose record is unreadable: its servers (as far as
+    our records find them), its directory and its Docker resources go."""
+    sweeper = _Sweeper(app, dry_run=False, cheap=False)
+    with app.store.lock(name):
+        directory = app.store.directory(name)
+        problem = unsafe(directory)
+        if problem:
+            raise UnsafeStateError(f"session directory {directory} {problem}")
+        sweeper.remains(name, directory, None, "session", "its session.json is unreadable")
+        sweeper.docker_of(name)
+        app.store.release(name)  # its lock file
+    return sweeper.found
+
+
 class _Sweeper:
-    def __init__(self, app: App, dry_run: bool) -> None:
+    def __init__(self, app: App, dry_run: bool, cheap: bool) -> None:
         self.app = app
         self.dry_run = dry_run
+        self.cheap = cheap
         self.root = app.store.root
         self.found: list[Orphan] = []
 
@@ -91,48 +119,70 @@ class _Sweeper:
         except Exception as exc:  # one stubborn orphan must not stop the sweep
             orphan.error = str(exc) or type(exc).__name__
 
-    def live_names(self) -> set[str]:
+    def session_dirs(self) -> list[Path]:
+        """Entries of the sessions directory that may be sessions: directories that are
+        ours alone (never a link: what it leads to is not ours to judge)."""
         if not self.root.is_dir():
-            return set()
-        return {p.name for p in self.root.iterdir() if (p / "session.json").is_file()}
+            return []
+        return [path for path in sorted(self.root.iterdir())
+                if not path.name.startswith(".") and unsafe(path) is None and path.is_dir()]
 
     # -- the state directory and /proc -------------------------------------------------------
 
     def local(self) -> None:
-        if not self.root.is_dir():
-            return
-        servers = _server_processes(self.root)
-        names = {p.name for p in self.root.iterdir() if not p.name.startswith(".") and p.is_dir()}
-        for name in sorted(names | set(servers)):
-            with _try_lock(self.root / f".{name}.lock", create=False) as locked:
-                if not locked:
-                    continue  # being started, deleted or snapshotted right now
-                directory = self.root / name
-                recorded = (directory / "session.json").is_file()
-                unfinished = (directory / STARTING_MARKER).exists()  # its start was killed
-                if recorded and not unfinished:
-                    self._snapshots_cut_short(name, directory / "snapshots")
-                    continue
-                for pid in servers.get(name, []):
-                    self._take(Orphan("process", str(pid), f"server of gone session {name}",
-                                      remove=partial(_stop_process, pid)))
-                if recorded:
-                    self._take(Orphan("session", name, "its start never finished",
-                                      remove=partial(_abandon_start, self.app, name)))
-                elif directory.is_dir():
-                    self._take(Orphan("directory", str(directory), f"remains of session {name}",
-                                      remove=partial(_remove_session_dir, directory)))
+        for directory in self.session_dirs():
+            name = directory.name
+            with try_hold(self.app.store.lock_file(name), create=False) as locked:
+                if locked:  # else being started, deleted or snapshotted right now
+                    self._judge(name, directory)
         self._templates()
 
+    def _judge(self, name: str, directory: Path) -> None:
+        if not (directory / "session.json").exists():
+            self.remains(name, directory, None, "directory", f"remains of session {name}")
+            return
+        unfinished = (directory / STARTING_MARKER).exists()  # its start was killed
+        if self.cheap and not unfinished:
+            self._snapshots_cut_short(name, directory / "snapshots")
+            return
+        try:
+            session = self.app.store.load(name)
+        except UnsafeStateError:
+            return  # not ours to judge
+        except ClaudeDbError:  # its record is unreadable
+            if not self.cheap:
+                self.remains(name, directory, None, "session", "its session.json is unreadable")
+            return
+        if not unfinished:
+            self._snapshots_cut_short(name, directory / "snapshots")
+            return
+        for pid, identity in _servers(directory, session).items():
+            self._take(Orphan("process", str(pid), f"server of gone session {name}",
+                              remove=partial(_stop_process, pid, identity)))
+        self._take(Orphan("session", name, "its start never finished",
+                          remove=partial(_abandon_start, self.app, name)))
+
+    def remains(self, name: str, directory: Path, session: Session | None, kind: str,
+                detail: str) -> None:
+        """A session directory no usable record describes: its servers, then itself."""
+        for pid, identity in _servers(directory, session).items():
+            self._take(Orphan("process", str(pid), f"server of gone session {name}",
+                              remove=partial(_stop_process, pid, identity)))
+        what = name if kind == "session" else str(directory)
+        self._take(Orphan(kind, what, detail, remove=partial(_remove_session_dir, directory)))
+
     def lock_files(self) -> None:
+        """Lock files of gone sessions (and those of an older claude-db, beside them)."""
         if not self.root.is_dir():
             return
-        for path in sorted(self.root.glob(".*.lock")):
-            name = path.name[1:-len(".lock")]
-            if (self.root / name).exists():
+        locks = self.root / LOCKS_DIR
+        found = [(path, path.name[:-len(".lock")]) for path in sorted(locks.glob("*.lock"))]
+        found += [(path, path.name[1:-len(".lock")]) for path in sorted(self.root.glob(".*.lock"))]
+        for path, name in found:
+            if os.path.lexists(self.root / name) or path.is_symlink():
                 continue
-            with _try_lock(path) as locked:
-                if locked and not (self.root / name).exists():
+            with try_hold(path) as locked:
+                if locked and not os.path.lexists(self.root / name):
                     self._take(Orphan("lock", str(path), f"lock file of gone session {name}",
                                       remove=partial(path.unlink, missing_ok=True)))
 
@@ -140,11 +190,11 @@ class _Sweeper:
         root = self.app.settings.state_dir / "templates"
         if not root.is_dir():
             return
-        with _try_lock(root / ".lock") as locked:
+        with try_hold(lock_for(root)) as locked:
             if not locked:
                 return  # a template is being built
             for path in sorted(root.iterdir()):
-                if path.name.startswith(".") and path.is_dir():
+                if path.name.startswith(".") and not path.is_symlink() and path.is_dir():
                     self._take(Orphan("directory", str(path), "unfinished server template",
                                       remove=partial(shutil.rmtree, path)))
 
@@ -180,71 +230,111 @@ class _Sweeper:
     # -- docker ------------------------------------------------------------------------------
 
     def docker_in_use(self) -> bool:
-        for name in self.live_names():
+        for directory in self.session_dirs():
             with contextlib.suppress(Exception):
-                if self.app.store.load(name).runtime == "docker":
+                if self.app.store.load(directory.name).runtime == "docker":
                     return True
         return False
 
     def docker(self) -> None:
+        for name, resources in self._docker_resources().items():
+            with try_hold(self.app.store.lock_file(name), create=False) as locked:
+                if locked and not (self.root / name / "session.json").is_file():
+                    self._take_docker(name, resources)
+
+    def docker_of(self, name: str) -> None:
+        """Session ``name``'s Docker resources (its lock is ours)."""
+        self._take_docker(name, self._docker_resources().get(name, []))
+
+    def _take_docker(self, name: str, resources: list[tuple[str, Any]]) -> None:
+        for kind, resource in resources:
+            attrs = resource.attrs
+            shown = attrs.get("Name") or (attrs.get("Names") or [resource.id])[0]
+            self._take(Orphan(kind, shown.lstrip("/"), f"Docker {kind} of gone session {name}",
+                              remove=partial(_remove_docker, kind, resource)))
+
+    def _docker_resources(self) -> dict[str, list[tuple[str, Any]]]:
+        """This state directory's Docker resources by session, containers first (they hold
+        the others); none when no Docker engine answers."""
         try:
             runtime = self.app.runtime("docker")
         except Exception:
-            return  # no docker runtime registered
+            return {}  # no docker runtime registered
         if not runtime.available():
-            return
+            return {}
         from claude_db.runtimes.docker_client import client
 
         docker = client()
         state = str(self.app.settings.state_dir)
         # only what this state directory made: other users and test runs share the daemon
         mine = {"label": [SESSION_LABEL, f"{STATE_LABEL}={state}"]}
-        resources: list[tuple[str, Any]] = [  # containers first: they hold the others
+        found: dict[str, list[tuple[str, Any]]] = {}
+        for kind, resource in [
             *(("container", c)
               for c in docker.containers.list(all=True, sparse=True, filters=mine)),
             *(("network", n) for n in docker.networks.list(filters=mine)),
             *(("volume", v) for v in docker.volumes.list(filters=mine)),
-        ]
-        for kind, resource in resources:
-            attrs = resource.attrs
-            name = (attrs.get("Labels") or {}).get(SESSION_LABEL, "")
-            if not name or "/" in name or name.startswith("."):
-                continue
-            shown = attrs.get("Name") or (attrs.get("Names") or [resource.id])[0]
-            with _try_lock(self.root / f".{name}.lock", create=False) as locked:
-                if locked and not (self.root / name / "session.json").is_file():
-                    what = f"Docker {kind} of gone session {name}"
-                    self._take(Orphan(kind, shown.lstrip("/"), what,
-                                      remove=partial(_remove_docker, kind, resource)))
+        ]:
+            name = (resource.attrs.get("Labels") or {}).get(SESSION_LABEL, "")
+            if NAME_PATTERN.fullmatch(name):  # a name, never a path
+                found.setdefault(name, []).append((kind, resource))
+        return found
 
 
 # -- helpers ---------------------------------------------------------------------------------
 
 
-def _server_processes(sessions_root: Path) -> dict[str, list[int]]:
-    """Processes with an argument under ``<sessions_root>/<name>/`` (servers), by name.
-
-    Server processes are started as session leaders; only those are listed (their
-    children go with them).
-    """
-    prefix = f"{sessions_root}/"
-    found: dict[str, list[int]] = {}
-    for entry in os.scandir("/proc"):
-        if not entry.name.isdigit():
-            continue
-        pid = int(entry.name)
+def _servers(directory: Path, session: Session | None) -> dict[int, str]:
+    """The live server processes of a session directory, with their process identities,
+    found only from records no other user could have made: the pid and identity
+    ``session.json`` holds, and pid files (``postmaster.pid``, ``mariadbd.pid``) in the
+    server's data and socket directories, trusted for processes of the file's owner that
+    started before it was written (a pid used again later started after)."""
+    found: dict[int, str] = {}
+    if session is not None:
+        pid = session.runtime_state.get("pid")
+        identity = session.runtime_state.get("pid_identity")
+        if isinstance(pid, int) and identity and process_identity(pid) == identity:
+            found[pid] = identity
+    for pid_file in _pid_files(directory / "server"):
         try:
-            args = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
-        except OSError:
+            info = pid_file.lstat()
+            pid = int(pid_file.read_text().split()[0])
+        except (OSError, ValueError, IndexError):
             continue
-        for raw in args:
-            arg = raw.decode(errors="replace").split("=", 1)[-1]
-            if arg.startswith(prefix):
-                name = arg[len(prefix):].split("/", 1)[0]
-                if name and _session_leader(pid):
-                    found.setdefault(name, []).append(pid)
-                break
+        identity, started = process_identity(pid), process_started_at(pid)
+        if (pid > 1 and pid != os.getpid() and identity and started is not None
+                and started <= info.st_mtime + 1 and _owner(pid) == info.st_uid
+                and _session_leader(pid)):
+            found[pid] = identity
     return found
+
+
+def _pid_files(server: Path) -> list[Path]:
+    """``*.pid`` files in ``server/data`` and ``server/run``, following no link."""
+    found: list[Path] = []
+    for directory in (server, server / "data", server / "run"):
+        if not _real_dir(directory):
+            return found
+        if directory != server:
+            with contextlib.suppress(OSError):
+                found += [p for p in directory.glob("*.pid")
+                          if stat.S_ISREG(p.lstat().st_mode)]
+    return found
+
+
+def _real_dir(path: Path) -> bool:
+    try:
+        return stat.S_ISDIR(path.lstat().st_mode)
+    except OSError:
+        return False
+
+
+def _owner(pid: int) -> int | None:
+    try:
+        return os.stat(f"/proc/{pid}").st_uid
+    except OSError:
+        return None
 
 
 def _session_leader(pid: int) -> bool:
@@ -254,16 +344,23 @@ def _session_leader(pid: int) -> bool:
         return False
 
 
-def _stop_process(pid: int) -> None:
-    """SIGTERM, then SIGKILL to the whole process group (a server and its workers)."""
-    with contextlib.suppress(ProcessLookupError):
-        os.kill(pid, signal.SIGTERM)
+def _stop_process(pid: int, identity: str) -> None:
+    """SIGTERM, then SIGKILL to the whole process group (a server and its workers); each
+    signal only while ``pid`` is still the process found (``identity``)."""
+
+    def alive() -> bool:
+        return is_running(pid) and process_identity(pid) == identity
+
+    if alive():
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGTERM)
     deadline = time.monotonic() + STOP_WAIT
-    while time.monotonic() < deadline and is_running(pid):
+    while time.monotonic() < deadline and alive():
         time.sleep(0.05)
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(pid, signal.SIGKILL)
-    while is_running(pid):
+    if alive():
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(pid, signal.SIGKILL)
+    while alive():
         time.sleep(0.02)
 
 
@@ -280,10 +377,24 @@ def _abandon_start(app: App, name: str) -> None:
 
 
 def _remove_session_dir(directory: Path) -> None:
-    from claude_db.runtimes.local import remove_socket_dir
-
-    remove_socket_dir(directory / "server")  # the local runtime's, when it is in /tmp
+    socket_dir = _socket_dir_outside(directory / "server")
+    if socket_dir is not None:
+        shutil.rmtree(socket_dir)
     shutil.rmtree(directory)
+
+
+def _socket_dir_outside(server: Path) -> Path | None:
+    """The local runtime's socket directory in /tmp that ``server/run`` links to, if it
+    is one: a directory of the server's own user (the link is that user's to change:
+    what it leads to must be nothing that user could not remove itself)."""
+    try:
+        target = Path(os.readlink(server / "run"))
+        info, owner = target.lstat(), server.lstat().st_uid
+    except OSError:
+        return None
+    ours = (str(target).startswith(SOCKET_DIR_PREFIX) and target.parent == Path("/tmp")
+            and stat.S_ISDIR(info.st_mode) and info.st_uid == owner)
+    return target if ours else None
 
 
 def _remove_docker(kind: str, resource: Any) -> None:
@@ -293,32 +404,3 @@ def _remove_docker(kind: str, resource: Any) -> None:
         resource.remove(force=True)
     else:
         resource.remove()
-
-
-@contextlib.contextmanager
-def _try_lock(path: Path, create: bool = True) -> Iterator[bool]:
-    """Hold ``path``'s lock if it is free right now; yield whether we hold it.
-
-    A missing lock file counts as free when ``create`` is false: a session's lock file
-    exists before anything of the session does (``start`` locks, then makes things).
-    """
-    if not create and not path.exists():
-        yield True
-        return
-    try:
-        handle = open(path, "a")  # noqa: SIM115 - held across the yield
-    except OSError:
-        yield False
-        return
-    with handle:
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            yield False
-            return
-        # the lock file may have been replaced meanwhile (gc removes gone sessions' ones)
-        try:
-            same = os.stat(path).st_ino == os.fstat(handle.fileno()).st_ino
-        except FileNotFoundError:
-            same = False
-        yield same

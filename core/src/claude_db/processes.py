@@ -1,9 +1,9 @@
-"""The one place that spawns processes: client tools, servers, shells."""
+"""The one place that spawns processes (client tools, servers, shells) and tells them
+apart (Linux only: ``/proc``)."""
 
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import os
 import shutil
 import signal
@@ -139,15 +139,6 @@ class HostTools(Tools):
         return run_foreground(command, env=child_env(env))
 
 
-@contextlib.contextmanager
-def file_lock(path: Path) -> Iterator[None]:
-    """Hold ``path``'s exclusive lock in the block, waiting for it (the file is made if need be)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        yield
-
-
 def is_running(pid: int) -> bool:
     """Whether ``pid`` is alive and not a zombie; our own exited children are reaped first.
 
@@ -162,6 +153,39 @@ def is_running(pid: int) -> bool:
     except OSError:
         return False
     return stat.rsplit(")", 1)[1].split()[0] not in ("Z", "X")
+
+
+def process_identity(pid: int) -> str | None:
+    """What tells process ``pid`` from any other that had or will have its pid (the
+    boot, and when in it the process started), or None if there is no such process.
+    Record it with a pid: a pid alone may name another program later."""
+    ticks = _stat_field(pid, 22)
+    return None if ticks is None else f"{_boot_id()}:{ticks}"
+
+
+def process_started_at(pid: int) -> float | None:
+    """When process ``pid`` started (seconds since the epoch, to about a second)."""
+    ticks = _stat_field(pid, 22)
+    if ticks is None:
+        return None
+    for line in Path("/proc/stat").read_text().splitlines():
+        if line.startswith("btime "):
+            return int(line.split()[1]) + int(ticks) / os.sysconf("SC_CLK_TCK")
+    return None
+
+
+def _stat_field(pid: int, number: int) -> str | None:
+    """Field ``number`` (1-based, as in proc(5)) of ``/proc/<pid>/stat``."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    # the command name (field 2) may hold spaces and parentheses: split after its end
+    return stat.rsplit(")", 1)[1].split()[number - 3]
+
+
+def _boot_id() -> str:
+    return Path("/proc/sys/kernel/random/boot_id").read_text().strip()
 
 
 @contextlib.contextmanager

@@ -3,20 +3,20 @@
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import json
 import os
 import re
 import shutil
 import unicodedata
-from collections.abc import Iterator
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 from claude_db.engine import Credentials
-from claude_db.errors import SessionExistsError, SessionNotFoundError, UsageError
+from claude_db.errors import ClaudeDbError, SessionExistsError, SessionNotFoundError, UsageError
+from claude_db.locks import hold, lock_for
+from claude_db.statedir import check_owned, make_dirs
 
 # Docker names allow more, but these also make valid DNS labels and file names.
 NAME_PATTERN = re.compile(r"^[a-z0-9][a-z0-9-]{0,47}$")
@@ -61,9 +61,39 @@ class Session:
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> Session:
-        data = dict(data)
+        """The session ``data`` describes; keys of a newer claude-db are ignored.
+        Raises ``ValueError`` when ``data`` is not a session."""
+        if not isinstance(data, dict):
+            raise ValueError("not a JSON object")
+        known = {f.name for f in fields(cls)}
+        data = {key: value for key, value in data.items() if key in known}
         creds = data.pop("credentials", None)
-        return cls(credentials=Credentials(**creds) if creds else None, **data)
+        try:
+            session = cls(credentials=Credentials(**creds) if creds else None, **data)
+        except TypeError as exc:  # a required key missing, credentials not an object
+            raise ValueError(str(exc)) from None
+        for name, kinds in _FIELD_TYPES.items():
+            if not isinstance(getattr(session, name), kinds):
+                raise ValueError(f"{name!r} is not a {kinds[0].__name__}")
+        return session
+
+
+_FIELD_TYPES: dict[str, tuple[type, ...]] = {
+    "name": (str,), "workdir": (str,), "engine": (str, type(None)), "runtime": (str, type(None)),
+    "runtime_state": (dict,), "created_at": (str,),
+}
+
+
+class BrokenSessionError(ClaudeDbError):
+    """A session whose ``session.json`` cannot be read: only ``delete`` and gc act on it."""
+
+
+@dataclass
+class BrokenSession:
+    """A session directory whose record is unreadable (see :class:`BrokenSessionError`)."""
+
+    name: str
+    reason: str
 
 
 class SessionStore:
@@ -81,10 +111,12 @@ class SessionStore:
     def exists(self, name: str) -> bool:
         return self._file(name).exists()
 
+    def lock_file(self, name: str) -> Path:
+        return lock_for(self.directory(name))
+
     def reserve(self, name: str) -> Path:
         """Create the session's directory; fails if the name is taken (atomic: mkdir)."""
-        self.root.mkdir(parents=True, exist_ok=True)
-        _make_traversable(self.root)
+        self._make_root()
         path = self.directory(name)
         try:
             path.mkdir(mode=0o711)
@@ -99,8 +131,8 @@ class SessionStore:
     def release(self, name: str) -> None:
         """Remove a session's directory and everything in it (the caller holds its lock)."""
         shutil.rmtree(self.directory(name), ignore_errors=True)
-        # the lock file goes too; whoever waits for it notices and takes a new one (lock())
-        (self.root / f".{name}.lock").unlink(missing_ok=True)
+        # the lock file goes too; whoever waits for it notices and takes a new one (hold())
+        self.lock_file(name).unlink(missing_ok=True)
 
     def save(self, session: Session) -> None:
         path = self._file(session.name)
@@ -111,41 +143,52 @@ class SessionStore:
         os.replace(tmp, path)
 
     def load(self, name: str) -> Session:
+        """Session ``name``; raises if it does not exist, if another user may have written
+        its record (:class:`UnsafeStateError`) or if the record is unreadable."""
+        path = self._file(name)
+        check_owned(self.directory(name), "session directory")
+        check_owned(path, "session file")
         try:
-            data = json.loads(self._file(name).read_text())
+            raw = path.read_bytes()
         except FileNotFoundError:
             raise SessionNotFoundError(
                 f"no session named {name!r} (see claude-session list)"
             ) from None
-        return Session.from_json(data)
+        try:
+            session = Session.from_json(json.loads(raw))
+            if session.name != name:
+                raise ValueError(f"it names session {session.name!r}")
+        except ValueError as exc:  # JSONDecodeError and UnicodeDecodeError included
+            raise BrokenSessionError(
+                f"the record of session {name!r} ({path}) is unreadable ({exc}): "
+                f"claude-session delete {name} removes the session"
+            ) from None
+        return session
 
-    def all(self) -> list[Session]:
+    def all(self) -> list[Session | BrokenSession]:
+        """Every session, those whose record cannot be trusted or read as broken ones."""
         if not self.root.is_dir():
             return []
-        sessions = []
+        sessions: list[Session | BrokenSession] = []
         for path in sorted(self.root.iterdir()):
-            if (path / "session.json").exists():
-                with contextlib.suppress(SessionNotFoundError):  # deleted while we looked
-                    sessions.append(self.load(path.name))
+            if path.name.startswith(".") or not (path / "session.json").exists():
+                continue
+            try:
+                sessions.append(self.load(path.name))
+            except SessionNotFoundError:
+                pass  # deleted while we looked
+            except ClaudeDbError as exc:
+                sessions.append(BrokenSession(path.name, str(exc)))
         return sessions
 
-    @contextlib.contextmanager
-    def lock(self, name: str) -> Iterator[None]:
-        """Serialise commands that change one session (start/stop/attach/delete)."""
-        self.root.mkdir(parents=True, exist_ok=True)
-        path = self.root / f".{name}.lock"
-        while True:
-            with open(path, "a") as handle:
-                fcntl.flock(handle, fcntl.LOCK_EX)
-                # gc removes the lock files of gone sessions while holding them: if ours was
-                # removed while we waited, it locks nothing any more; take the new one
-                try:
-                    same = os.stat(path).st_ino == os.fstat(handle.fileno()).st_ino
-                except FileNotFoundError:
-                    same = False
-                if same:
-                    yield
-                    return
+    def lock(self, name: str) -> contextlib.AbstractContextManager[None]:
+        """Serialise commands that change one session (start/stop/attach/delete/snapshots)."""
+        self._make_root()
+        return hold(self.lock_file(name), f"session {name}")
+
+    def _make_root(self) -> None:
+        make_dirs(self.root)
+        _make_traversable(self.root)
 
 
 def _make_traversable(path: Path) -> None:

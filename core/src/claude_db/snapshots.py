@@ -28,7 +28,8 @@ from typing import TYPE_CHECKING, Any
 
 from claude_db.engine import Engine
 from claude_db.errors import ClaudeDbError, PartlyAppliedError, UsageError
-from claude_db.processes import file_lock, signals_held
+from claude_db.locks import hold, lock_for
+from claude_db.processes import signals_held
 
 if TYPE_CHECKING:
     from claude_db.app import App
@@ -132,7 +133,7 @@ def store_for(app: App, target: Target) -> SnapshotStore:
     endpoint = target.endpoint()
     key = f"{target.engine.name}|{endpoint.host}|{endpoint.port}|{endpoint.user}"
     root = app.settings.state_dir / "url-snapshots" / hashlib.sha256(key.encode()).hexdigest()[:16]
-    return SnapshotStore(root, lambda: file_lock(root / ".lock"))
+    return SnapshotStore(root, lambda: hold(lock_for(root), f"the snapshots of {target.name}"))
 
 
 # -- commands ------------------------------------------------------------------------------

@@ -6,6 +6,7 @@ import json
 import os
 import signal
 import sys
+import traceback
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, NoReturn
@@ -56,22 +57,26 @@ def run(build: Callable[[], typer.Typer], prog: str) -> NoReturn:
     except KeyboardInterrupt:
         fail("interrupted", ExitCode.INTERRUPTED)
     except ClaudeDbError as exc:
-        if verbose:
-            raise
+        _traceback_if(verbose)
         fail(str(exc), exc.exit_code)
     except BrokenPipeError:
         sys.stderr.close()  # the reader went away (| head): not an error worth a message
         sys.exit(ExitCode.FAILED)
     except OSError as exc:  # the machine said no: a read-only directory, a full disk...
-        if verbose:
-            raise
+        _traceback_if(verbose)
         where = f"{exc.filename}: " if exc.filename else ""
         fail(f"{where}{exc.strerror or exc}", ExitCode.FAILED)
     except Exception as exc:  # a bug or a plugin's: still one line, the traceback on request
-        if verbose:
-            raise
+        _traceback_if(verbose)
         fail(f"unexpected {type(exc).__name__}: {exc} (run with --verbose for details)",
              ExitCode.FAILED)
+
+
+def _traceback_if(verbose: bool) -> None:
+    """With ``--verbose``, the traceback of the error being handled (before its one line:
+    the exit code stays the documented one)."""
+    if verbose:
+        traceback.print_exc()
 
 
 def _take_verbose(argv: list[str]) -> tuple[list[str], bool]:

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import typer
 
-from claude_db.app import get_app
+from claude_db.app import App, get_app
 from claude_db.cli.common import JsonOption, add_version_option, note, print_json, run
 from claude_db.envfile import MARKER
 from claude_db.errors import ExitCode, SessionNotFoundError, UsageError
@@ -19,7 +19,13 @@ from claude_db.lifecycle import (
     start_session,
     stop_session,
 )
-from claude_db.session import Session, name_from_directory, validate_name
+from claude_db.session import (
+    BrokenSession,
+    BrokenSessionError,
+    Session,
+    name_from_directory,
+    validate_name,
+)
 
 HELP = """Start, list, attach, stop and delete sessions, each with its own database."""
 
@@ -104,13 +110,16 @@ def list_(as_json: bool = JsonOption) -> None:
         note("no sessions")
         return
     rows = [
-        (s["name"], s["engine"] or "-", s["runtime"] or "-", s["status"], s["workdir"])
+        (s["name"], s["engine"] or "-", s["runtime"] or "-", s["status"], s["workdir"] or "-")
         for s in sessions
     ]
     header = ("NAME", "ENGINE", "RUNTIME", "STATUS", "WORKDIR")
     widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
     for row in [header, *rows]:
         print("  ".join(str(v).ljust(w) for v, w in zip(row, widths, strict=True)).rstrip())
+    for s in sessions:
+        if s.get("error"):
+            note(f"warning: {s['error']}")
 
 
 def env(
@@ -173,13 +182,35 @@ def delete(
 
     app = get_app()
     session_name = _name(name)
-    app.store.load(session_name)  # fail on an unknown name before asking
+    try:
+        app.store.load(session_name)  # fail on an unknown name before asking
+    except BrokenSessionError:  # what can be found of it still goes
+        note(f"warning: the record of session {session_name} is unreadable: removing what "
+             "can be found of it")
+        confirm(f"Delete session {session_name} and destroy its data?", yes)
+        _delete_broken(app, session_name)
+        return
     what = "and keep its data" if keep_data else "and destroy its data"
     confirm(f"Delete session {session_name} {what}?", yes)
     _, notes = delete_session(app, session_name, keep_data=keep_data)
     for line in notes:
         note(line)
     note(f"session {session_name} deleted")
+
+
+def _delete_broken(app: App, name: str) -> None:
+    """``delete`` of a session whose record is unreadable: what our records find of it."""
+    from claude_db.errors import ClaudeDbError
+    from claude_db.gc import remove_broken
+
+    found = remove_broken(app, name)
+    for orphan in found:
+        if orphan.kind != "session":
+            note(f"removed {orphan.kind} {orphan.what}" if orphan.removed
+                 else f"failed to remove {orphan.kind} {orphan.what}: {orphan.error}")
+    if any(orphan.error for orphan in found):
+        raise ClaudeDbError(f"session {name} could not be removed completely (see above)")
+    note(f"session {name} deleted (its work directory's .env, if any, was left as it was)")
 
 
 def gc(
@@ -223,10 +254,18 @@ def _load(name: str | None) -> Session:
     return get_app().store.load(_name(name))
 
 
-def _describe(session: Session, with_env: bool = False) -> dict[str, object]:
+def _describe(session: Session | BrokenSession, with_env: bool = False) -> dict[str, object]:
     app = get_app()
+    if isinstance(session, BrokenSession):
+        return {"name": session.name, "engine": None, "runtime": None, "status": "broken",
+                "workdir": None, "created_at": None, "error": session.reason}
     status = "no database"
-    if session.has_database:
+    error = None
+    if _start_unfinished(app, session.name):
+        status = "unfinished"
+        error = (f"the start of session {session.name} was interrupted: claude-session gc "
+                 "removes it")
+    elif session.has_database:
         try:
             status = parts(app, session)[1].status(session)
         except Exception as exc:  # an engine or runtime plugin that is gone
@@ -239,9 +278,22 @@ def _describe(session: Session, with_env: bool = False) -> dict[str, object]:
         "workdir": session.workdir,
         "created_at": session.created_at,
     }
+    if error:
+        data["error"] = error
     if with_env:
         data["env"] = session_env(app, session)
     return data
+
+
+def _start_unfinished(app: App, name: str) -> bool:
+    """Whether session ``name``'s start was cut short (one still running holds its lock)."""
+    from claude_db.lifecycle import STARTING_MARKER
+    from claude_db.locks import try_hold
+
+    if not (app.store.directory(name) / STARTING_MARKER).exists():
+        return False
+    with try_hold(app.store.lock_file(name), create=False) as free:
+        return free
 
 
 def _dotenv_quote(value: str) -> str:

@@ -25,7 +25,14 @@ from typing import Any
 
 from claude_db.engine import Credentials, Endpoint, Engine, LocalServer, RunAs, Tools
 from claude_db.errors import ClaudeDbError, NotRunningError, UsageError
-from claude_db.processes import HostTools, file_lock, is_running, run_checked, spawn_daemon
+from claude_db.locks import hold, lock_for
+from claude_db.processes import (
+    HostTools,
+    is_running,
+    process_identity,
+    run_checked,
+    spawn_daemon,
+)
 from claude_db.readiness import poll_until
 from claude_db.runtime import Runtime, Status
 from claude_db.session import Session, SessionStore
@@ -150,11 +157,14 @@ class LocalRuntime(Runtime):
         datadir = Path(state["datadir"])
         argv = server.server_argv(datadir, state["port"], Path(state["socket_dir"]))
         state["pid"] = spawn_daemon(argv, log=Path(state["log"]), run_as=run_as, cwd=datadir)
+        state["pid_identity"] = process_identity(state["pid"])  # the pid may be reused later
         self.store.save(session)  # the pid must survive us, whatever happens next
 
     def _alive(self, session: Session) -> bool:
         pid: int | None = session.runtime_state.get("pid")
-        return pid is not None and _is_our_server(pid, session.runtime_state["datadir"])
+        identity = session.runtime_state.get("pid_identity")  # None: recorded by an older version
+        return (pid is not None and identity in (None, process_identity(pid))
+                and _is_our_server(pid, session.runtime_state["datadir"]))
 
     def _template(
         self, engine_name: str, server: LocalServer, credentials: Credentials, run_as: RunAs
@@ -169,7 +179,7 @@ class LocalRuntime(Runtime):
             return template
         root.mkdir(parents=True, exist_ok=True)
         os.chmod(root, 0o711)
-        with file_lock(root / ".lock"):
+        with hold(lock_for(root), "the server template cache"):
             if template.is_dir():  # another process built it while we waited
                 return template
             building = root / f".{template.name}.{os.getpid()}"
@@ -212,7 +222,7 @@ def _prepare_spare(template: Path) -> None:
         return
     building = template.parent / f".{spare.name}.{os.getpid()}"
     script = '[ -e "$3" ] || { cp -a --reflink=auto "$1" "$2" && mv -T "$2" "$3"; }; rm -rf "$2"'
-    argv = [flock, "-n", str(template.parent / ".lock"), nice, "-n", "10",
+    argv = [flock, "-n", str(lock_for(template.parent)), nice, "-n", "10",
             "sh", "-c", script, "sh", str(template), str(building), str(spare)]
     with contextlib.suppress(OSError):
         spawn_daemon(argv, log=Path(os.devnull), run_as=None, cwd=template.parent)
