@@ -238,18 +238,19 @@ def test_a_disabled_engine_is_named_as_installed_but_not_loaded(cli: Cli) -> Non
 
 
 def test_a_server_that_cannot_start_reports_its_log(cli: Cli, workdir: Path) -> None:
-    # occupy the port the session will get back on attach, then attach: one clear line
+    # a setting the server refuses, then attach: one clear line with the log's words
     assert cli("claude-session", "start", "busy").code == 0
     try:
-        port = _session_file("busy")["runtime_state"]["port"]  # type: ignore[index]
+        datadir = Path(_session_file("busy")["runtime_state"]["datadir"])  # type: ignore[index]
         cli("claude-session", "stop", "busy")
-        with socket.socket() as blocker:
-            blocker.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # past TIME_WAIT
-            blocker.bind(("127.0.0.1", port))
-            blocker.listen()
-            result = cli("claude-session", "attach", "busy", "--no-shell")
-        assert_one_line_error(result, ExitCode.FAILED)
-        assert f"port {port}" in result.stderr
+        conf = datadir / "postgresql.conf"
+        good = conf.read_bytes()
+        conf.write_bytes(good + b"\nmax_connections = 'many'\n")
+        result = cli("claude-session", "attach", "busy", "--no-shell")
+        assert_one_line_error(result, ExitCode.NOT_RUNNING)
+        assert "server exited; last log lines:" in result.stderr
+        assert "postgresql.conf" in result.stderr
+        conf.write_bytes(good)
         assert cli("claude-session", "attach", "busy", "--no-shell").code == 0
     finally:  # other tests count the sessions: leave none behind, even on failure
         cli("claude-session", "delete", "busy", "--yes")

@@ -98,20 +98,30 @@ class LocalServer(ABC):
     #: signal that asks the server for a fast, clean shutdown
     stop_signal: ClassVar[int] = 15
 
+    #: Set by the runtime before use. ``pinned_bindir``: the binaries a session was created
+    #: with, to use instead of those found on the host (its data may need exactly them).
+    #: ``superuser``: the session's user is to be the server's superuser (``--superuser``),
+    #: not only the owner of its database.
+    pinned_bindir: Path | None = None
+    superuser: bool = False
+
     @abstractmethod
     def version(self) -> str:
-        """The server version of the binaries found, e.g. ``15.18`` (also a cache key)."""
+        """The server version of :meth:`bindir`'s binaries, e.g. ``15.18`` (also a cache key)."""
 
     @abstractmethod
     def bindir(self) -> Path:
-        """Directory of the server and client binaries."""
+        """Directory of the server and client binaries: ``pinned_bindir`` when set, else
+        the ones found on this host."""
 
     @abstractmethod
     def init_template(self, datadir: Path, credentials: Credentials, run_as: RunAs) -> None:
         """Initialise an empty data directory holding ``credentials``' user and database.
 
-        The result is cached per (version, user, database) and copied for every session;
-        the per-session password is set by :meth:`set_password` after the first start.
+        The result is cached per (version, user, database, ``superuser``) and copied for
+        every session; the per-session password is set by :meth:`set_password` after the
+        first start. Unless ``superuser`` is set, the user must not be able to leave its
+        database: no files or programs of the host, no other server.
         """
 
     @abstractmethod

@@ -27,6 +27,7 @@ def start_session(
     image: str | None = None,
     session_image: str | None = None,
     publish: bool = False,
+    superuser: bool = False,
     write_dotenv: bool = True,
 ) -> tuple[Session, list[str]]:
     """Create a session and its database, wait until it answers; return it and notes."""
@@ -53,6 +54,8 @@ def start_session(
         session.image = image or settings.image or engine.default_image
         session.session_image = session_image or settings.session_image
         session.publish = publish
+        if superuser or settings.superuser:  # the local runtime's create reads it
+            session.runtime_state["superuser"] = True
         if not runtime.runs_containers:
             notes += _ignored_container_options(runtime, image, session_image, publish, settings)
     else:

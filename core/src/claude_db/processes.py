@@ -49,11 +49,14 @@ def run_checked(
     return proc.stdout + proc.stderr
 
 
-def spawn_daemon(argv: Sequence[str], *, log: Path, run_as: RunAs | None, cwd: Path) -> int:
+def spawn_daemon(
+    argv: Sequence[str], *, log: Path, run_as: RunAs | None, cwd: Path, env: Mapping[str, str]
+) -> int:
     """Start a long-running server detached from this process; return its pid.
 
     The child gets its own session so it outlives the CLI and ignores our
-    terminal's signals; its output goes to ``log``.
+    terminal's signals; its output goes to ``log``. ``env`` is its whole environment:
+    nothing of ours (tokens, passwords) is passed on unless named there.
     """
     with open(log, "ab") as out:
         proc = subprocess.Popen(
@@ -62,6 +65,7 @@ def spawn_daemon(argv: Sequence[str], *, log: Path, run_as: RunAs | None, cwd: P
             stdout=out,
             stderr=subprocess.STDOUT,
             cwd=cwd,
+            env=dict(env),
             start_new_session=True,
             close_fds=True,
             **_identity(run_as),

@@ -55,6 +55,7 @@ class Settings:
     load_plugins: frozenset[str] | None
     disable_plugins: frozenset[str]
     auto_snapshots: int = 5  # automatic snapshots kept per session (0: take none)
+    superuser: bool = False  # local runtime: the session's user is the server's superuser
 
     @classmethod
     def from_env(cls) -> Settings:
@@ -83,4 +84,5 @@ class Settings:
             load_plugins=_names("CLAUDE_DB_LOAD_PLUGINS"),
             disable_plugins=_names("CLAUDE_DB_DISABLE_PLUGINS") or frozenset(),
             auto_snapshots=int(raw_snapshots),
+            superuser=_flag("CLAUDE_DB_SUPERUSER", False),
         )

@@ -72,6 +72,11 @@ def start(
     publish: bool = typer.Option(
         False, "--publish", help="Docker: publish the database on 127.0.0.1."
     ),
+    superuser: bool = typer.Option(
+        False, "--superuser",
+        help="Local: the session's user is the server's superuser; gives up its isolation "
+        "(default: $CLAUDE_DB_SUPERUSER or false).",
+    ),
     as_json: bool = JsonOption,
 ) -> None:
     """Start a session with its own database, ready, and DATABASE_URL in .env."""
@@ -86,6 +91,7 @@ def start(
         image=image,
         session_image=session_image,
         publish=publish,
+        superuser=superuser,
     )
     for line in notes:
         note(line)

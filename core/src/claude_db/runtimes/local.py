@@ -5,7 +5,9 @@ of a cached, initialised template), the server log and usually the unix socket.
 After each start a spare copy is made in the background, so the next start only
 renames it instead of waiting for the copy.
 The server listens on 127.0.0.1 only, on a port chosen at creation and kept
-across restarts. As root, servers run as an unprivileged user.
+across restarts (unless another program took it meanwhile). As root, servers run as an
+unprivileged user, and the cached templates belong to root: a server cannot change them.
+A server always runs the binaries its session was created with, in a minimal environment.
 """
 
 from __future__ import annotations
@@ -40,6 +42,8 @@ from claude_db.session import Session, SessionStore
 SOCKET_PATH_MAX = 100  # sun_path is 108 bytes; leave room for the socket's own file name
 LOG_TAIL_LINES = 5
 SPARE_SUFFIX = ".spare"  # a ready copy of a template, beside it, for the next session
+SERVER_PATH = "/usr/local/bin:/usr/bin:/bin"
+ROOT = RunAs(0, 0, "root")
 
 
 class LocalRuntime(Runtime):
@@ -55,6 +59,8 @@ class LocalRuntime(Runtime):
     def create(self, session: Session, engine: Engine) -> None:
         assert session.credentials is not None
         server = _local_server(engine)
+        # asked for by start_session (--superuser), before the rest of the state exists
+        server.superuser = bool(session.runtime_state.get("superuser"))
         run_as = service_identity(server)
         server_dir = self.store.directory(session.name) / "server"
         server_dir.mkdir(mode=0o700)
@@ -66,6 +72,7 @@ class LocalRuntime(Runtime):
             run_checked(
                 ["cp", "-a", "--reflink=auto", str(template), str(datadir)], what="copy cluster"
             )
+        _chown_tree(datadir, run_as)  # the template is root's: the copy is the server's own
         socket_dir = _socket_dir(server_dir, run_as)
         session.runtime_state = {
             "port": free_port(),
@@ -75,6 +82,7 @@ class LocalRuntime(Runtime):
             "socket_dir": str(socket_dir),
             "log": str(server_dir / "server.log"),
             "run_as": run_as.name,
+            "superuser": server.superuser,
         }
         self._spawn(session, server, run_as)
         port, sockets = session.runtime_state["port"], Path(session.runtime_state["socket_dir"])
@@ -92,15 +100,15 @@ class LocalRuntime(Runtime):
         state = session.runtime_state
         if not Path(state["datadir"]).is_dir():
             raise NotRunningError(f"the data directory of session {session.name!r} is gone")
+        server = _recorded_server(session, engine)
         if not port_is_free(state["port"]):
-            raise ClaudeDbError(
-                f"port {state['port']} of session {session.name!r} is taken by another process"
-            )
+            # our server is not running, so another program listens there: maybe one waiting
+            # for our clients' passwords. Move away; ensure_running rewrites .env.
+            state["port"] = free_port()
         if state.get("pid"):
             # a killed server stays a zombie until init reaps it, and the server refuses to
             # start while the pid in its lock file exists: give init a moment
             _wait_until_reaped(state["pid"], state["datadir"], timeout=5)
-        server = _local_server(engine)
         run_as = _identity_named(state["run_as"])
         if not _private_dir(Path(state["socket_dir"]), run_as):  # e.g. /tmp was emptied
             state["socket_dir"] = str(_socket_dir(Path(state["datadir"]).parent, run_as))
@@ -156,7 +164,9 @@ class LocalRuntime(Runtime):
         state = session.runtime_state
         datadir = Path(state["datadir"])
         argv = server.server_argv(datadir, state["port"], Path(state["socket_dir"]))
-        state["pid"] = spawn_daemon(argv, log=Path(state["log"]), run_as=run_as, cwd=datadir)
+        state["pid"] = spawn_daemon(
+            argv, log=Path(state["log"]), run_as=run_as, cwd=datadir, env=server_env()
+        )
         state["pid_identity"] = process_identity(state["pid"])  # the pid may be reused later
         self.store.save(session)  # the pid must survive us, whatever happens next
 
@@ -169,9 +179,15 @@ class LocalRuntime(Runtime):
     def _template(
         self, engine_name: str, server: LocalServer, credentials: Credentials, run_as: RunAs
     ) -> Path:
-        """An initialised data directory, built once per (binaries, user, database) and cached."""
+        """An initialised data directory, built once per (binaries, user, database, whether
+        the user is a superuser) and cached. As root, it belongs to root: servers cannot
+        change it (the next sessions' copies), whatever their SQL may do."""
+        # "owner": the user owns its database and is no superuser (before, every template
+        # made it a superuser: those are never used for new sessions)
+        role = "superuser" if server.superuser else "owner"
         key = hashlib.sha256(
-            f"{server.bindir()}|{credentials.user}|{credentials.database}|{run_as.name}".encode()
+            f"{server.bindir()}|{credentials.user}|{credentials.database}|{run_as.name}|{role}"
+            .encode()
         ).hexdigest()[:12]
         root = self.settings.state_dir / "templates"
         template = root / f"{engine_name}-{server.version()}-{key}"
@@ -188,6 +204,7 @@ class LocalRuntime(Runtime):
             _chown(building, run_as)
             try:
                 server.init_template(building / "data", credentials, run_as)
+                _chown_tree(building / "data", ROOT)
                 os.rename(building / "data", template)
             finally:
                 shutil.rmtree(building, ignore_errors=True)
@@ -225,7 +242,9 @@ def _prepare_spare(template: Path) -> None:
     argv = [flock, "-n", str(lock_for(template.parent)), nice, "-n", "10",
             "sh", "-c", script, "sh", str(template), str(building), str(spare)]
     with contextlib.suppress(OSError):
-        spawn_daemon(argv, log=Path(os.devnull), run_as=None, cwd=template.parent)
+        spawn_daemon(
+            argv, log=Path(os.devnull), run_as=None, cwd=template.parent, env=server_env()
+        )
 
 
 def _local_server(engine: Engine, require_binaries: bool = True) -> LocalServer:
@@ -235,6 +254,36 @@ def _local_server(engine: Engine, require_binaries: bool = True) -> LocalServer:
     if require_binaries:
         server.bindir()  # raises a clear error when no binaries are found
     return server
+
+
+def _recorded_server(session: Session, engine: Engine) -> LocalServer:
+    """The session's server with the binaries it was created with: its data may be
+    unreadable for others (PostgreSQL's files are per major version)."""
+    state = session.runtime_state
+    server = _local_server(engine, require_binaries=False)
+    server.superuser = bool(state.get("superuser"))
+    if not state.get("bindir"):
+        return server
+    server.pinned_bindir = Path(state["bindir"])
+    argv = server.server_argv(Path(state["datadir"]), state["port"], Path(state["socket_dir"]))
+    program = Path(argv[0])
+    if not program.is_file():
+        version = state.get("version", "")
+        raise NotRunningError(
+            f"session {session.name!r} needs the {engine.name} {version} binaries it was "
+            f"created with, and {program} is gone: install {engine.name} {version} there "
+            "again (other versions may not read its data, so neither start nor export works "
+            f"without them), or drop its data with `claude-session delete {session.name}`"
+        )
+    return server
+
+
+def server_env() -> dict[str, str]:
+    """A server's whole environment: a plain PATH, and the locale and time zone we have.
+    Nothing else of ours (tokens, passwords, the user's PATH) reaches the server."""
+    env = {"PATH": SERVER_PATH}
+    env.update({key: os.environ[key] for key in ("LANG", "LC_ALL", "TZ") if key in os.environ})
+    return env
 
 
 def service_identity(server: LocalServer) -> RunAs:
@@ -256,6 +305,16 @@ def _identity_named(name: str) -> RunAs:
 def _chown(path: Path, run_as: RunAs) -> None:
     if os.geteuid() == 0:
         os.chown(path, run_as.uid, run_as.gid)
+
+
+def _chown_tree(path: Path, run_as: RunAs) -> None:
+    """``chown -R`` (as root only; otherwise all is ours anyway). Never follows links."""
+    if os.geteuid() != 0:
+        return
+    for directory, dirs, files in os.walk(path):
+        for name in (*dirs, *files):
+            os.chown(os.path.join(directory, name), run_as.uid, run_as.gid, follow_symlinks=False)
+    os.chown(path, run_as.uid, run_as.gid, follow_symlinks=False)
 
 
 def _socket_dir(server_dir: Path, run_as: RunAs) -> Path:

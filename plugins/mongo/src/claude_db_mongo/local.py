@@ -45,7 +45,7 @@ class MongoLocalServer(LocalServer):
     stop_signal = signal.SIGTERM  # mongod shuts down cleanly on SIGTERM
 
     def bindir(self) -> Path:
-        bindir = find_mongod()
+        bindir = self.pinned_bindir or find_mongod()
         if bindir is None:
             raise ClaudeDbError("no mongod found (looked at $CLAUDE_DB_MONGO_BINDIR and PATH)")
         return bindir

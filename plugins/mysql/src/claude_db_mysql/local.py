@@ -74,6 +74,9 @@ class MariaDBLocalServer(LocalServer):
             f"--datadir={datadir}", f"--port={port}", "--bind-address=127.0.0.1",
             f"--socket={socket_dir / SOCKET_NAME}", f"--pid-file={socket_dir / 'mariadbd.pid'}",
             "--skip-name-resolve", *THROWAWAY_OPTIONS,
+            # LOAD DATA INFILE, SELECT ... INTO OUTFILE and LOAD_FILE() reach no file
+            # outside the session's own private directory
+            f"--secure-file-priv={socket_dir}",
         ]
 
     def set_password(self, socket_dir: Path, port: int, credentials: Credentials) -> None:

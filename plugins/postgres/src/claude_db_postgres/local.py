@@ -26,17 +26,38 @@ THROWAWAY_SETTINGS = {
 }
 
 
+#: the cluster's bootstrap superuser: claude-db's own, reached only through the server's
+#: unix socket (in a 0700 directory of the server's OS user); it has no password
+ADMIN_ROLE = "claude_admin"
+
+#: who may log in how: the admin through the socket only, everyone else with a password
+HBA = f"""# claude-db: {ADMIN_ROLE} through the private unix socket only; others need a password
+local all {ADMIN_ROLE} trust
+local all all scram-sha-256
+host all {ADMIN_ROLE} 127.0.0.1/32 reject
+host all all 127.0.0.1/32 scram-sha-256
+"""
+
+
 class PostgresLocalServer(LocalServer):
+    """A session's server: the session's user owns its database and is no superuser (it
+    runs no programs, reads no files and reaches no other server), unless ``superuser``."""
+
     service_users = ("postgres",)
     stop_signal = signal.SIGINT  # "fast" shutdown: roll back clients, then exit cleanly
 
     def bindir(self) -> Path:
-        return find_bindir()
+        return self.pinned_bindir or find_bindir()
 
     def version(self) -> str:
         return server_version(self.bindir())
 
     def init_template(self, datadir: Path, credentials: Credentials, run_as: RunAs) -> None:
+        if credentials.user == ADMIN_ROLE:
+            raise UsageError(
+                f"user {ADMIN_ROLE!r} is claude-db's own admin role on the local runtime; "
+                "set CLAUDE_DB_USER to another name"
+            )
         bindir = self.bindir()
         run_checked(
             [
@@ -44,8 +65,8 @@ class PostgresLocalServer(LocalServer):
                 "-D",
                 str(datadir),
                 "-U",
-                credentials.user,
-                "--auth-local=trust",  # the socket lives in a 0700 directory of the server user
+                ADMIN_ROLE,
+                "--auth-local=trust",
                 "--auth-host=scram-sha-256",
                 "--encoding=UTF8",
                 "--locale=C.UTF-8",
@@ -56,23 +77,31 @@ class PostgresLocalServer(LocalServer):
             cwd=datadir.parent,
             env={"LC_ALL": "C.UTF-8"},
         )
+        (datadir / "pg_hba.conf").write_text(HBA)
         with open(datadir / "postgresql.conf", "a") as conf:
             conf.write("\n# claude-db: a throwaway development server\n")
             for key, value in THROWAWAY_SETTINGS.items():
                 conf.write(f"{key} = '{value}'\n")
-        if credentials.database not in ("postgres", "template1"):
-            # single-user mode: create the database without starting a server
-            quoted = '"' + credentials.database.replace('"', '""') + '"'
-            output = run_checked(
-                [str(bindir / "postgres"), "--single", "-D", str(datadir), "-j", "postgres"],
-                what=f"creating database {credentials.database!r}",
-                run_as=run_as,
-                cwd=datadir.parent,
-                input=f"CREATE DATABASE {quoted};\n",
-            )
-            if "ERROR:" in output:
-                detail = output.split("ERROR:", 1)[1].strip().splitlines()[0]
-                raise ClaudeDbError(f"creating database {credentials.database!r} failed: {detail}")
+        user, database = _quote(credentials.user), _quote(credentials.database)
+        # CREATEDB (reset and snapshots drop and copy the database), never CREATEROLE: it
+        # could grant itself pg_execute_server_program and the like
+        powers = "SUPERUSER" if self.superuser else "NOSUPERUSER CREATEDB"
+        statements = [f"CREATE ROLE {user} LOGIN {powers}"]
+        if credentials.database in ("postgres", "template1"):
+            statements.append(f"ALTER DATABASE {database} OWNER TO {user}")
+        else:
+            statements.append(f"CREATE DATABASE {database} OWNER {user}")
+        # single-user mode: no server started; -j ends a statement at ";" and an empty line
+        output = run_checked(
+            [str(bindir / "postgres"), "--single", "-D", str(datadir), "-j", "postgres"],
+            what="creating the session's user and database",
+            run_as=run_as,
+            cwd=datadir.parent,
+            input="".join(f"{statement};\n\n" for statement in statements),
+        )
+        if "ERROR:" in output:
+            detail = output.split("ERROR:", 1)[1].strip().splitlines()[0]
+            raise ClaudeDbError(f"creating the session's user and database failed: {detail}")
 
     def server_argv(self, datadir: Path, port: int, socket_dir: Path) -> list[str]:
         return [
@@ -94,8 +123,8 @@ class PostgresLocalServer(LocalServer):
         with psycopg.connect(
             host=str(socket_dir),
             port=port,
-            user=credentials.user,
-            dbname=credentials.database,
+            user=ADMIN_ROLE,
+            dbname="postgres",
             connect_timeout=2,
             autocommit=True,
         ) as conn:
@@ -104,6 +133,10 @@ class PostgresLocalServer(LocalServer):
                     sql.Identifier(credentials.user), sql.Literal(credentials.password)
                 )
             )
+
+
+def _quote(identifier: str) -> str:
+    return '"' + identifier.replace('"', '""') + '"'
 
 
 @functools.cache
