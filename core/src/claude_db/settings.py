@@ -55,6 +55,7 @@ class Settings:
     load_plugins: frozenset[str] | None
     disable_plugins: frozenset[str]
     auto_snapshots: int = 5  # automatic snapshots kept per session (0: take none)
+    allow_url_destructive: bool = False  # reset & co. on a DATABASE_URL no session owns
 
     @classmethod
     def from_env(cls) -> Settings:
@@ -83,4 +84,5 @@ class Settings:
             load_plugins=_names("CLAUDE_DB_LOAD_PLUGINS"),
             disable_plugins=_names("CLAUDE_DB_DISABLE_PLUGINS") or frozenset(),
             auto_snapshots=int(raw_snapshots),
+            allow_url_destructive=_flag("CLAUDE_DB_ALLOW_URL_DESTRUCTIVE", False),
         )
