@@ -62,12 +62,11 @@ def world(tmp_path_factory: pytest.TempPathFactory, state_root: Path) -> Iterato
             "INSERT INTO t SELECT g, md5(g::text) FROM generate_series(1, 500) g")
         run("claude-db", "snapshot", "save", "base")
         run("claude-db", "snapshot", "restore", "base", "--yes")  # something for undo
-        run("claude-session", "start", "bad-empty", "--workdir", str(world.nowhere))
-        run("claude-session", "start", "bad-stopped", "--workdir", str(world.nowhere))
+        for name, extra in (("bad-empty", {}), ("bad-stopped", {}),
+                            ("bad-nodb", {"CLAUDE_DB_ENABLED": "false"})):
+            run("claude-session", "start", name, "--workdir", str(world.nowhere), **extra)
+            (world.nowhere / ".env").unlink()  # no session owns this directory
         run("claude-session", "stop", "bad-stopped")
-        run("claude-session", "start", "bad-nodb", "--workdir", str(world.nowhere),
-            CLAUDE_DB_ENABLED="false")
-        (world.nowhere / ".env").unlink()  # no session owns this directory
         for name in ("bad-main", "bad-empty"):
             world.urls[name] = json.loads(run("claude-session", "env", name, "-f", "json"))[
                 "DATABASE_URL"]
@@ -107,7 +106,7 @@ CASES: list[tuple[str, tuple[str, ...], int, dict[str, str]]] = [
     ("session name too long", ("claude-session", "start", "a" * 49), USAGE, {}),
     ("unknown engine", ("claude-session", "start", "x1", "--db", "oracle"), USAGE, {}),
     ("unknown runtime", ("claude-session", "start", "x2", "--runtime", "cloud"), USAGE, {}),
-    ("name taken", ("claude-session", "start", "bad-main"), FAILED, {}),
+    ("name taken", ("claude-session", "start", "bad-main", "--workdir", F), FAILED, {}),
     ("unknown flag", ("claude-session", "start", "x3", "--turbo"), USAGE, {}),
     ("not a boolean", ("claude-session", "start", "x4"), USAGE, {"CLAUDE_DB_ENABLED": "maybe"}),
     ("bad timeout", ("claude-session", "start", "x5"), USAGE, {"CLAUDE_DB_READY_TIMEOUT": "soon"}),
@@ -122,7 +121,7 @@ CASES: list[tuple[str, tuple[str, ...], int, dict[str, str]]] = [
      {"CLAUDE_DB_USER": "a\\b"}),
     ("password dotenv would expand", ("claude-session", "start", "x12"), USAGE,
      {"CLAUDE_DB_PASSWORD": "a${HOME}b"}),
-    ("postgres bindir without postgres", ("claude-session", "start", "x8"), USAGE,
+    ("postgres bindir without postgres", ("claude-session", "start", "x8", "--workdir", F), USAGE,
      {"CLAUDE_DB_POSTGRES_BINDIR": "/tmp"}),
     ("attach unknown", ("claude-session", "attach", "nosuch", "--no-shell"), NO_SESSION, {}),
     ("stop unknown", ("claude-session", "stop", "nosuch"), NO_SESSION, {}),
@@ -177,8 +176,10 @@ CASES: list[tuple[str, tuple[str, ...], int, dict[str, str]]] = [
      {"DATABASE_URL": "not a url"}),
     ("URL, nothing there: query", ("claude-db", "query", "SELECT 1", "@nowhere"), NOT_RUNNING,
      {"DATABASE_URL": "postgresql://u:p@127.0.0.1:1/db"}),
-    ("URL, nothing there: reset", ("claude-db", "reset", "--yes", "@nowhere"), NOT_RUNNING,
+    ("URL no session owns: reset", ("claude-db", "reset", "--yes", "@nowhere"), USAGE,
      {"DATABASE_URL": "postgresql://u:p@127.0.0.1:1/db"}),
+    ("URL, nothing there: reset", ("claude-db", "reset", "--yes", "@nowhere"), NOT_RUNNING,
+     {"DATABASE_URL": "postgresql://u:p@127.0.0.1:1/db", "CLAUDE_DB_ALLOW_URL_DESTRUCTIVE": "1"}),
     ("URL, nothing there: import", ("claude-db", "import", f"{F}/broken.sql", "@nowhere"),
      NOT_RUNNING, {"DATABASE_URL": "postgresql://u:p@127.0.0.1:1/db"}),
     ("URL, nothing there: export", ("claude-db", "export", f"{F}/x.sql", "@nowhere"),

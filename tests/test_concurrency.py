@@ -62,13 +62,10 @@ def assert_clean_outcome(result: Result) -> None:
 
 def test_two_starts_of_one_name_make_one_session(cli: Cli, state: Path, workdir: Path) -> None:
     results = in_parallel(state, workdir, [("claude-session", "start", "race")] * 4)
-    winners = [r for r in results if r.code == 0]
-    losers = [r for r in results if r.code != 0]
-    assert len(winners) == 1, results
-    for loser in losers:
-        assert loser.code == 1, loser
-        assert loser.stderr.strip().startswith("error: session 'race' already exists"), loser
-        assert len(loser.stderr.strip().splitlines()) == 1, loser
+    # one creates it; the others, in the same directory, find it and make sure it runs
+    assert all(r.code == 0 for r in results), results
+    outcomes = sorted(r.stdout.split()[2] for r in results)
+    assert outcomes == ["runs", "runs", "runs", "started"], results
     listed = json.loads(cli("claude-session", "list", "--json").stdout)
     assert [s["name"] for s in listed] == ["race"]
     assert listed[0]["status"] == "running"

@@ -389,13 +389,12 @@ def test_container_options_on_the_local_runtime_are_named_as_ignored(
 
 
 def test_values_env_already_had_are_never_replaced_silently(cli: Cli, workdir: Path) -> None:
-    (workdir / ".env").write_text("DATABASE_URL=postgresql://mine/db\nOTHER=1\n")
+    mine = "DATABASE_URL=postgresql://mine/db\nOTHER=1\n"
+    (workdir / ".env").write_text(mine)
     first = cli("claude-session", "start", "first")
     assert first.code == 0, first
-    assert "note: replaced the DATABASE_URL .env already had" in first.stderr
-    second = cli("claude-session", "start", "second")
-    assert second.code == 0, second
-    assert "note: .env was session first's; this session takes it over" in second.stderr
-    for name in ("first", "second"):
-        assert cli("claude-session", "delete", name, "--yes").code == 0
-    assert (workdir / ".env").read_text() == "OTHER=1\n"
+    assert "note: your DATABASE_URL in .env is kept as a comment" in first.stderr, first
+    second = cli("claude-session", "start", "second")  # the directory is first's: refused
+    assert second.code == 1 and "belongs to session 'first'" in second.stderr, second
+    assert cli("claude-session", "delete", "first", "--yes").code == 0
+    assert (workdir / ".env").read_text() == mine

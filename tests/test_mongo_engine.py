@@ -143,7 +143,8 @@ def test_query_that_is_not_a_command_document_is_a_usage_error(
 )
 def test_server_down_is_not_running(cli: Cli, argv: tuple[str, ...]) -> None:
     # (reset's automatic snapshot is core's business: here the engine's own answer counts)
-    env = {"DATABASE_URL": DOWN_URL, "CLAUDE_DB_AUTO_SNAPSHOTS": "0"}
+    env = {"DATABASE_URL": DOWN_URL, "CLAUDE_DB_AUTO_SNAPSHOTS": "0",
+           "CLAUDE_DB_ALLOW_URL_DESTRUCTIVE": "true"}
     result = cli("claude-db", *argv, env=env)
     assert_one_line_error(result, ExitCode.NOT_RUNNING)
     assert "127.0.0.1:9" in result.stderr

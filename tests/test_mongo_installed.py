@@ -71,7 +71,7 @@ def test_pip_install_claude_db_mongo_adds_the_engine(
 
     missing = cli.session("start", "shop", "--db", "mongo")
     assert_one_line_error(missing, 2)
-    assert "pip install claude-db-mongo" in missing.stderr, missing
+    assert "pip install ./plugins/mongo" in missing.stderr, missing
     assert "mongo" not in cli.ok("claude-db", "plugins", "--json").json()["engines"]
 
     install("claude-db-mongo")

@@ -48,7 +48,8 @@ BIG = 10_000
 SERVER = "secantusd-py"
 MONGOSH_PACKAGE = "mongosh@2.12"  # the version tested (newer ones may want a newer Node.js)
 # the driver-level archive whatever tools this machine has: these tests are about it
-DRIVER = {"CLAUDE_DB_MONGO_DUMP_FORMAT": "driver", "CLAUDE_DB_AUTO_SNAPSHOTS": "0"}
+DRIVER = {"CLAUDE_DB_MONGO_DUMP_FORMAT": "driver", "CLAUDE_DB_AUTO_SNAPSHOTS": "0",
+          "CLAUDE_DB_ALLOW_URL_DESTRUCTIVE": "true"}  # a bare URL no session owns
 
 
 @dataclass

@@ -410,7 +410,8 @@ def test_bad_input(cli: Cli, local_session: dict[str, str], tmp_path: Path) -> N
         result = cli("claude-db", *argv, input="SELECT 1;\n")
         assert_one_line_error(result, ExitCode.NOT_RUNNING)
     # a URL whose server is gone: the same exit code, one line, from the driver or the tools
-    url_only = {"DATABASE_URL": local_session["DATABASE_URL"], "CLAUDE_DB_AUTO_SNAPSHOTS": "0"}
+    url_only = {"DATABASE_URL": local_session["DATABASE_URL"], "CLAUDE_DB_AUTO_SNAPSHOTS": "0",
+                "CLAUDE_DB_ALLOW_URL_DESTRUCTIVE": "true"}
     for argv in (("query", "SELECT 1"), ("export", "-"), ("import", "-"), ("reset", "--yes")):
         gone = cli("claude-db", *argv, cwd=Path("/"), env=url_only, input="SELECT 1;\n")
         assert_one_line_error(gone, ExitCode.NOT_RUNNING)

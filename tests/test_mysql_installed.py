@@ -86,7 +86,7 @@ def test_pip_install_claude_db_mysql_adds_the_engine(
 
     missing = cli.session("start", "shop", "--db", "mysql")
     assert_one_line_error(missing, 2)
-    assert "pip install claude-db-mysql" in missing.stderr, missing
+    assert "pip install ./plugins/mysql" in missing.stderr, missing
 
     install("claude-db-mysql")
     plugins = cli.ok("claude-db", "plugins", "--json").json()

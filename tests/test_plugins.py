@@ -91,7 +91,7 @@ def test_isolated_plugins_load_no_installed_plugin(isolated_plugins: Plugins) ->
     assert isolated_plugins.engines.names() == []
     assert [i.name for i in isolated_plugins.describe()] == ["claude_db.runtimes"]
     assert "local" in isolated_plugins.runtimes  # core's own runtimes are always there
-    with pytest.raises(UnknownEngineError, match="pip install claude-db-postgres"):
+    with pytest.raises(UnknownEngineError, match=r"pip install \./plugins/postgres"):
         isolated_plugins.engine("postgres")
 
 

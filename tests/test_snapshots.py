@@ -230,12 +230,13 @@ def test_postgres_snapshots_end_other_clients_and_refuse_connections(
 @pytest.mark.parametrize("engine", ["postgres"])
 def test_snapshots_through_database_url_alone(cli: Cli, session: str, engine: str,
                                               tmp_path: Path) -> None:
-    """Inside a session container only DATABASE_URL is known: snapshots work there too."""
+    """Where only DATABASE_URL is known, snapshots work too (a URL no session owns needs
+    CLAUDE_DB_ALLOW_URL_DESTRUCTIVE for reset and undo; see test_resolution.py)."""
     seed(cli, engine, session=session)
     url = json.loads(cli("claude-session", "env", session, "-f", "json").stdout)["DATABASE_URL"]
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
-    env = {"DATABASE_URL": url}
+    env = {"DATABASE_URL": url, "CLAUDE_DB_ALLOW_URL_DESTRUCTIVE": "true"}
     before = fingerprint(cli, engine, session=session)
     reset = cli("claude-db", "reset", "--yes", cwd=elsewhere, env=env)
     assert reset.code == 0, reset

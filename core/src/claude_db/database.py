@@ -16,7 +16,7 @@ from typing import IO
 
 from claude_db.app import App
 from claude_db.engine import Credentials, Endpoint, Engine, Tools
-from claude_db.envfile import MARKER, read_env
+from claude_db.envfile import MARKER, find_env
 from claude_db.errors import ClaudeDbError, NotRunningError, SessionNotFoundError, UsageError
 from claude_db.processes import HostTools
 from claude_db.runtime import Runtime
@@ -37,6 +37,10 @@ class Target:
     runtime: Runtime | None
     session: Session | None
     url_endpoint: Endpoint | None = None
+    #: an inherited variable names another database than the one resolved (see resolve)
+    conflict: str | None = None
+    #: a bare URL that is a session's own (its session container's environment)
+    owned: bool = False
 
     def endpoint(self, database: str | None = None) -> Endpoint:
         if self.runtime is None or self.session is None:
@@ -81,29 +85,112 @@ def listening(endpoint: Endpoint, timeout: float = 5) -> bool:
 
 
 def resolve(app: App, session_name: str | None) -> Target:
-    """The session: ``--session``, ``CLAUDE_SESSION``, ``.env`` here, else ``DATABASE_URL``."""
-    name = session_name or os.environ.get(MARKER) or read_env(Path.cwd()).get(MARKER)
-    if name:
-        validate_name(name)  # a name from the environment must not reach outside the state dir
-    if name and app.store.exists(name):
-        session = app.store.load(name)
-        if not session.has_database:
-            raise UsageError(
-                f"session {name!r} has no database (it started with CLAUDE_DB_ENABLED=false)"
-            )
-        from claude_db.lifecycle import parts
+    """The database a command works on, by one rule: ``--session NAME``; else the ``.env``
+    naming a session in the current directory or the nearest one above it; else
+    ``$CLAUDE_SESSION``; else ``$DATABASE_URL``. An inherited variable that names another
+    database than that ``.env`` is recorded in :attr:`Target.conflict`."""
+    if session_name:
+        return _session_target(app, validate_name(session_name))
+    found = locate()
+    if found is None:
+        raise SessionNotFoundError(
+            "no session here: pass --session NAME, run in (or below) a directory where "
+            "claude-session start wrote .env, or set CLAUDE_SESSION or DATABASE_URL"
+        )
+    target: Target | None = None
+    if found.name and app.store.exists(found.name):
+        target = _session_target(app, found.name)
+    elif found.url:  # a session this state directory does not know, or a session container
+        target = _target_from_url(app, found.url, found.name or "DATABASE_URL")
+        env = os.environ
+        target.owned = bool(found.name) and (env.get(MARKER), env.get("DATABASE_URL")) == (
+            found.name, found.url)
+    if target is None:
+        raise SessionNotFoundError(
+            f"no session named {found.name!r} ({found.source} names it; see claude-session list)"
+        )
+    target.conflict = found.conflict
+    return target
 
-        engine, runtime = parts(app, session)
-        return Target(name, engine, runtime, session)
-    url = os.environ.get("DATABASE_URL")
-    if url and not session_name:
-        return _target_from_url(app, url, name or "DATABASE_URL")
-    if name:
-        raise SessionNotFoundError(f"no session named {name!r} (see claude-session list)")
-    raise SessionNotFoundError(
-        "no session here: pass --session NAME, set CLAUDE_SESSION, run where "
-        "claude-session start wrote .env, or set DATABASE_URL"
-    )
+
+@dataclass(frozen=True)
+class Located:
+    """Which session the current directory and environment name, and where that came from."""
+
+    name: str | None
+    url: str | None  # the DATABASE_URL that goes with it
+    source: str  # a .env's path, CLAUDE_SESSION or DATABASE_URL
+    conflict: str | None = None  # an inherited variable naming something else
+
+
+def locate() -> Located | None:
+    """The session named here, without ``--session`` (see :func:`resolve`)."""
+    env_name = os.environ.get(MARKER) or None
+    env_url = os.environ.get("DATABASE_URL") or None
+    found = find_env(Path.cwd())
+    if found is not None:
+        path, values = found
+        name, url = values[MARKER], values.get("DATABASE_URL")
+        _valid_name(name, str(path))
+        conflict = None
+        if env_name and env_name != name:
+            conflict = f"CLAUDE_SESSION={env_name} is set, but {path} names session {name}"
+        elif env_url and url and env_url != url:
+            conflict = (f"DATABASE_URL is set to {describe_url(env_url)}, but {path} "
+                        f"(session {name}) says {describe_url(url)}")
+        return Located(name, url, str(path), conflict)
+    if env_name:
+        _valid_name(env_name, MARKER)
+        return Located(env_name, env_url, MARKER)
+    if env_url:
+        return Located(None, env_url, "DATABASE_URL")
+    return None
+
+
+def check_destructive(app: App, target: Target, what: str) -> None:
+    """Refuse ``what`` (a command that destroys data) when the database is in doubt: an
+    inherited variable names another one, or a bare URL that no session here owns."""
+    if target.conflict:
+        raise UsageError(f"refusing to {what}: {target.conflict}; "
+                         "say which with --session NAME")
+    if target.session is None and not target.owned and not app.settings.allow_url_destructive:
+        endpoint = target.endpoint()
+        raise UsageError(
+            f"refusing to {what} {endpoint.host}:{endpoint.port}/{endpoint.database}: no "
+            f"session here owns that URL ({target.name}); set "
+            "CLAUDE_DB_ALLOW_URL_DESTRUCTIVE=true to allow it"
+        )
+
+
+def describe_url(url: str) -> str:
+    """``host:port/database`` of a URL, without its credentials."""
+    from urllib.parse import urlsplit
+
+    try:
+        parts = urlsplit(url)
+        port = f":{parts.port}" if parts.port else ""
+        return f"{parts.hostname or '?'}{port}{parts.path or ''}"
+    except ValueError:
+        return "a URL that does not parse"
+
+
+def _valid_name(name: str, source: str) -> None:
+    try:
+        validate_name(name)  # a name from a file or the environment must stay in the state dir
+    except UsageError as exc:
+        raise UsageError(f"{source}: {exc}") from None
+
+
+def _session_target(app: App, name: str) -> Target:
+    session = app.store.load(name)
+    if not session.has_database:
+        raise UsageError(
+            f"session {name!r} has no database (it started with CLAUDE_DB_ENABLED=false)"
+        )
+    from claude_db.lifecycle import parts
+
+    engine, runtime = parts(app, session)
+    return Target(name, engine, runtime, session)
 
 
 def _target_from_url(app: App, url: str, label: str) -> Target:

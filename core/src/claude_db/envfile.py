@@ -1,85 +1,323 @@
-"""The work directory's ``.env``: write and remove only our keys, keep it out of git."""
+"""The work directory's ``.env``: our keys in one marked block, the user's lines kept.
+
+What ``start`` writes::
+
+    # >>> claude-db session NAME (STATE_DIR) >>>
+    CLAUDE_SESSION=NAME
+    DATABASE_URL=postgresql://...
+    # <<< claude-db session NAME <<<
+
+The block names its owner (session and state directory), so a second session never takes
+a live session's ``.env`` over and one state directory's ``delete`` never strips another's
+keys. A line of the user's that sets one of our keys is kept as a comment,
+``#[claude-db saved] DATABASE_URL=...``, and put back by ``delete``. The file is never
+written through a symlink, always replaced atomically (0600), and values are quoted only
+when they need it, so python-dotenv, ``set -a; . ./.env`` and ``docker run --env-file``
+read the same values.
+"""
 
 from __future__ import annotations
 
 import contextlib
+import errno
+import io
 import logging
 import os
+import re
 import subprocess
-from collections.abc import Iterable, Mapping
+import tempfile
+from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 
-from dotenv import dotenv_values, set_key, unset_key
+from dotenv import dotenv_values
+from dotenv.parser import parse_stream
+
+from claude_db.errors import UsageError
 
 MARKER = "CLAUDE_SESSION"  # names the session a directory belongs to
+SAVED = "#[claude-db saved] "
+_BEGIN = re.compile(r"^# >>> claude-db session ([a-z0-9-]+) \((.*)\) >>>\s*$")
+_END = re.compile(r"^# <<< claude-db session ")
+#: characters a value may hold and still be written bare: the same for python-dotenv,
+#: a POSIX shell and docker's --env-file (no quotes, no $, ~, #, spaces or glob magic)
+_BARE = re.compile(r"[A-Za-z0-9_@%+=:,./-]*")
 
 # Lines python-dotenv cannot parse are the user's own: they are kept as they are, and a
-# warning for each, on every read and every key written, would bury our output.
+# warning for each, on every read, would bury our output.
 logging.getLogger("dotenv.main").setLevel(logging.ERROR)
 
 
-def write_env(workdir: Path, values: Mapping[str, str]) -> list[str]:
-    """Set ``values`` in ``workdir/.env`` (mode 0600); return notes for the user."""
+@dataclass(frozen=True)
+class Owner:
+    """Who wrote a ``.env``'s block: a session of a state directory (``None``: a
+    claude-db from before blocks, which did not say)."""
+
+    name: str
+    state_dir: str | None
+
+    def describe(self) -> str:
+        where = f" of state directory {self.state_dir}" if self.state_dir else ""
+        return f"session {self.name!r}{where}"
+
+
+def format_value(value: str) -> str:
+    """``value`` as a ``.env`` line holds it: bare when it can be, else single-quoted."""
+    if _BARE.fullmatch(value):
+        return value
+    return "'" + value.replace("'", "'\\''") + "'"
+
+
+def owner(workdir: Path) -> Owner | None:
+    """The session whose variables ``workdir/.env`` holds, if any."""
+    return _Parsed(_read_text(workdir / ".env", follow=True) or "").owner
+
+
+def write_env(workdir: Path, values: Mapping[str, str], me: Owner) -> list[str]:
+    """Put ``values`` into ``workdir/.env`` as ``me``'s block (replacing a block already
+    there); a line of the user's setting one of these keys is kept as a comment. Returns
+    notes for the user."""
     path = workdir / ".env"
-    before = read_env(workdir)
-    if not path.exists():
-        path.touch(mode=0o600)
-    os.chmod(path, 0o600)  # it holds a password
-    for key, value in values.items():
-        set_key(path, key, value, quote_mode="always")
+    parsed = _Parsed(_read_text(path) or "")
+    saved = parsed.save_user_lines(set(values), me)
+    _replace(path, parsed.render(_block(values, me)))
     names = list(values)
     shown = ", ".join(names[:3]) + (", ..." if len(names) > 3 else "")
     notes = [f"wrote {len(names)} variable{'s' * (len(names) != 1)} ({shown}) to {path}"]
-    replaced = [k for k in names if k != MARKER and before.get(k, values[k]) != values[k]]
-    if before.get(MARKER, values.get(MARKER)) != values.get(MARKER):  # never silently
-        notes.append(f"note: .env was session {before[MARKER]}'s; this session takes it over")
-    elif replaced:
-        notes.append(f"note: replaced the {', '.join(replaced)} .env already had "
-                     "(claude-session delete removes it, it does not bring it back)")
+    if saved:
+        notes.append(f"note: your {', '.join(saved)} in .env {'is' if len(saved) == 1 else 'are'} "
+                     "kept as a comment; claude-session delete puts "
+                     f"{'it' if len(saved) == 1 else 'them'} back")
     kept_out = _keep_out_of_git(workdir)
     return [*notes, kept_out] if kept_out else notes
 
 
-def refresh_env(workdir: Path, values: Mapping[str, str], session_name: str) -> list[str]:
-    """Bring our keys in ``workdir/.env`` up to date if it still belongs to ``session_name``
-    (a re-created container may have a new address); return notes for the user."""
+def refresh_env(workdir: Path, values: Mapping[str, str], me: Owner) -> list[str]:
+    """Bring ``me``'s block in ``workdir/.env`` up to date, or write it if ``.env`` has no
+    block (it was removed); another session's ``.env`` is left alone. Returns notes."""
     path = workdir / ".env"
-    current = read_env(workdir)
-    if current.get(MARKER) != session_name:
-        return []
-    changed = [key for key, value in values.items() if current.get(key) != value]
-    for key in changed:
-        set_key(path, key, values[key], quote_mode="always")
-    return [f"updated {', '.join(changed)} in {path}"] if changed else []
+    if not workdir.is_dir():
+        return [f"note: the work directory {workdir} is gone; no .env written"]
+    parsed = _Parsed(_read_text(path) or "")
+    if parsed.owner is not None and not _same(parsed.owner, me):
+        return [f"note: {path} belongs to {parsed.owner.describe()}; left alone"]
+    if parsed.owner is None:
+        return write_env(workdir, values, me)
+    written = parsed.block_values()
+    changed = [key for key, value in values.items() if written.get(key) != value]
+    if changed or set(written) != set(values):
+        _replace(path, parsed.render(_block(values, me)))
+        return [f"updated {', '.join(changed) or 'the variables'} in {path}"]
+    return []
 
 
-def remove_env(workdir: Path, keys: Iterable[str], session_name: str) -> bool:
-    """Remove our keys from ``workdir/.env`` if it still belongs to ``session_name``."""
+def remove_env(workdir: Path, me: Owner) -> bool:
+    """Remove ``me``'s block from ``workdir/.env`` and put the user's saved lines back;
+    nothing if the block is someone else's. The file goes if nothing else is left."""
     path = workdir / ".env"
-    if not path.exists() or read_env(workdir).get(MARKER) != session_name:
+    try:
+        text = _read_text(path)
+    except UsageError:  # a symlinked .env is not ours to change
         return False
-    for key in keys:
-        with contextlib.suppress(Exception):
-            unset_key(path, key, quote_mode="always")
-    if not path.read_text().strip():
+    if text is None:
+        return False
+    parsed = _Parsed(text)
+    if parsed.owner is None or not _same(parsed.owner, me):
+        return False
+    remaining = parsed.render(None, restore=True)
+    if remaining.strip():
+        _replace(path, remaining)
+    else:
         path.unlink()
     return True
 
 
-def read_env(workdir: Path) -> dict[str, str]:
+def refuse_symlink(workdir: Path) -> None:
+    """Fail (one line) if ``workdir/.env`` is a symlink: we never write through one."""
     path = workdir / ".env"
+    if path.is_symlink():
+        raise _symlink(path)
+
+
+def dotenv_text(workdir: Path) -> str | None:
+    """``workdir/.env`` as it is (``None``: there is none), to :func:`put_back` later."""
+    return _read_text(workdir / ".env")
+
+
+def put_back(workdir: Path, text: str | None) -> None:
+    """Make ``workdir/.env`` what :func:`dotenv_text` returned (an interrupted start)."""
+    path = workdir / ".env"
+    if text is not None:
+        _replace(path, text)
+    elif not path.is_symlink():
+        path.unlink(missing_ok=True)
+
+
+def read_env(workdir: Path) -> dict[str, str]:
+    """The values python-dotenv reads from ``workdir/.env`` (as written: never expanded)."""
+    return _values(workdir / ".env")
+
+
+def find_env(start: Path) -> tuple[Path, dict[str, str]] | None:
+    """The first ``.env`` naming a session in ``start`` or above it, as git finds its
+    repository: a ``.env`` of the user's own further down (without ``CLAUDE_SESSION``) is
+    passed by."""
+    for directory in (start, *start.parents):
+        path = directory / ".env"
+        try:
+            values = _values(path)
+        except OSError:  # unreadable: someone else's
+            continue
+        if values.get(MARKER):
+            return path, values
+    return None
+
+
+# -- the file ------------------------------------------------------------------------------
+
+
+class _Parsed:
+    """A ``.env`` as pieces of text, each a line or a binding (a value may span lines)."""
+
+    def __init__(self, text: str) -> None:
+        self.pieces: list[tuple[str, str | None, bool]] = []  # (text, key, in our block)
+        self.owner: Owner | None = None
+        legacy: str | None = None
+        in_block = False
+        for binding in parse_stream(io.StringIO(text)):
+            if binding.key is not None and not binding.error:
+                self.pieces.append((binding.original.string, binding.key, in_block))
+                if binding.key == MARKER and not in_block and binding.value:
+                    legacy = binding.value
+                continue
+            for line in binding.original.string.splitlines(keepends=True):
+                if begin := _BEGIN.match(line):
+                    in_block = True
+                    self.owner = self.owner or Owner(begin.group(1), begin.group(2))
+                    self.pieces.append((line, None, True))
+                elif in_block and _END.match(line):
+                    self.pieces.append((line, None, True))
+                    in_block = False
+                else:
+                    self.pieces.append((line, None, in_block))
+        if self.owner is None and legacy:  # written by a claude-db from before blocks
+            self.owner = Owner(legacy, None)
+
+    def block_values(self) -> dict[str, str]:
+        text = "".join(piece for piece, key, ours in self.pieces if ours and key)
+        return {k: v for k, v in dotenv_values(stream=io.StringIO(text),
+                                               interpolate=False).items() if v is not None}
+
+    def save_user_lines(self, keys: set[str], me: Owner) -> list[str]:
+        """Comment out the user's lines that set ``keys``; returns their keys. Lines of a
+        block-less (older) claude-db are not the user's: they go."""
+        legacy = self.owner is not None and self.owner.state_dir is None
+        saved: list[str] = []
+        pieces: list[tuple[str, str | None, bool]] = []
+        for text, key, ours in self.pieces:
+            if ours or key not in keys:
+                pieces.append((text, key, ours))
+            elif not legacy:
+                saved.append(key)
+                commented = "".join(SAVED + line for line in text.splitlines(keepends=True))
+                pieces.append((commented if commented.endswith("\n") else commented + "\n",
+                               None, False))
+        self.pieces = pieces
+        return [key for key in saved if key != MARKER]
+
+    def render(self, block: str | None, *, restore: bool = False) -> str:
+        """The file with our block replaced by ``block`` (``None``: removed), in place or
+        at the end; ``restore``: the saved lines uncommented."""
+        out: list[str] = []
+        placed = block is None
+        for text, _, ours in self.pieces:
+            if ours:
+                if not placed:
+                    out.append(block or "")
+                    placed = True
+                continue
+            if restore and text.startswith(SAVED):
+                text = text[len(SAVED):]
+            out.append(text)
+        body = "".join(out)
+        if not placed:
+            body += ("" if not body or body.endswith("\n") else "\n") + (block or "")
+        return body
+
+
+def _block(values: Mapping[str, str], me: Owner) -> str:
+    lines = [f"# >>> claude-db session {me.name} ({me.state_dir}) >>>\n"]
+    lines += [f"{key}={format_value(value)}\n" for key, value in values.items()]
+    lines.append(f"# <<< claude-db session {me.name} <<<\n")
+    return "".join(lines)
+
+
+def _same(found: Owner, me: Owner) -> bool:
+    return found.name == me.name and found.state_dir in (None, me.state_dir)
+
+
+def _values(path: Path) -> dict[str, str]:
     if not path.is_file():
         return {}
     values = dotenv_values(path, interpolate=False)  # as written: ours are never expanded
     return {k: v for k, v in values.items() if v is not None}
 
 
-def _keep_out_of_git(workdir: Path) -> str | None:
-    """If ``.env`` is in a git work tree and not ignored, add it to ``.git/info/exclude``;
-    if git already tracks it, no ignore rule helps: warn. Returns a note for the user.
+def _read_text(path: Path, *, follow: bool = False) -> str | None:
+    """The file's text (``None``: no file). Unless ``follow``, a symlink is refused: what
+    we read we rewrite, and never through a link that may lead out of the work directory."""
+    flags = os.O_RDONLY | os.O_CLOEXEC | (0 if follow else os.O_NOFOLLOW)
+    try:
+        fd = os.open(path, flags)
+    except FileNotFoundError:
+        if not follow and path.is_symlink():  # dangling: still a link
+            raise _symlink(path) from None
+        return None
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise _symlink(path) from None
+        raise
+    with os.fdopen(fd, encoding="utf-8", errors="surrogateescape") as handle:
+        return handle.read()
 
-    Never edits the user's ``.gitignore``.
-    """
+
+def _symlink(path: Path) -> UsageError:
+    return UsageError(
+        f"{path} is a symlink (to {os.readlink(path)}); claude-db does not write through it: "
+        "replace it with a file, or use another work directory"
+    )
+
+
+def _replace(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` atomically: a 0600 file beside it, renamed over it (a
+    rename replaces a link itself, never what it points to)."""
+    if path.is_symlink():
+        raise _symlink(path)
+    try:
+        previous: os.stat_result | None = os.stat(path, follow_symlinks=False)
+    except FileNotFoundError:
+        previous = None
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".env.", suffix=".tmp")  # 0600
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8", errors="surrogateescape") as out:
+            out.write(text)
+            out.flush()
+            if previous is not None and os.geteuid() == 0:  # root keeps the owner's file theirs
+                os.fchown(out.fileno(), previous.st_uid, previous.st_gid)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+
+
+# -- git ------------------------------------------------------------------------------------
+
+
+def _keep_out_of_git(workdir: Path) -> str | None:
+    """If ``.env`` is in a git work tree and not ignored, add it to ``.git/info/exclude``
+    and check that git now ignores it; if git already tracks it, no ignore rule helps:
+    warn. Returns a note for the user. Never edits the user's ``.gitignore``."""
 
     def git(*args: str) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
@@ -95,17 +333,25 @@ def _keep_out_of_git(workdir: Path) -> str | None:
         if git("check-ignore", "-q", ".env").returncode == 0:
             return None
         exclude = Path(git("rev-parse", "--git-path", "info/exclude").stdout.strip())
+        if not exclude.is_absolute():
+            exclude = workdir / exclude
+        exclude.parent.mkdir(parents=True, exist_ok=True)
+        text = exclude.read_text() if exclude.exists() else ""
+        prefix = "" if not text or text.endswith("\n") else "\n"
+        relative = os.path.relpath(workdir / ".env", _toplevel(workdir))
+        with open(exclude, "a") as out:
+            out.write(f"{prefix}/{_ignore_pattern(relative)}\n")
+        if git("check-ignore", "-q", ".env").returncode != 0:
+            return (f"warning: git does not ignore {workdir / '.env'} even after adding it to "
+                    f"{os.path.normpath(exclude)}: do not commit it (it holds a password)")
     except FileNotFoundError:  # no git on this machine: nothing to protect from
         return None
-    if not exclude.is_absolute():
-        exclude = workdir / exclude
-    exclude.parent.mkdir(parents=True, exist_ok=True)
-    text = exclude.read_text() if exclude.exists() else ""
-    prefix = "" if not text or text.endswith("\n") else "\n"
-    relative = os.path.relpath(workdir / ".env", _toplevel(workdir))
-    with open(exclude, "a") as out:
-        out.write(f"{prefix}/{relative}\n")
     return f"added .env to {os.path.normpath(exclude)} so git ignores it"
+
+
+def _ignore_pattern(relative: str) -> str:
+    """A path as a gitignore pattern matching only itself: ``app[1]`` holds a glob."""
+    return re.sub(r"([\\*?\[\]!# ])", r"\\\1", relative)
 
 
 def _toplevel(workdir: Path) -> Path:

@@ -8,8 +8,19 @@ from pathlib import Path
 
 from claude_db.app import App
 from claude_db.engine import Credentials, Endpoint, Engine
-from claude_db.envfile import MARKER, refresh_env, remove_env, write_env
-from claude_db.errors import UsageError
+from claude_db.envfile import (
+    MARKER,
+    Owner,
+    dotenv_text,
+    owner,
+    put_back,
+    read_env,
+    refresh_env,
+    refuse_symlink,
+    remove_env,
+    write_env,
+)
+from claude_db.errors import ClaudeDbError, SessionExistsError, UsageError
 from claude_db.processes import signals_held
 from claude_db.readiness import wait_until_ready
 from claude_db.runtime import Runtime
@@ -30,13 +41,19 @@ def start_session(
     superuser: bool = False,
     write_dotenv: bool = True,
 ) -> tuple[Session, list[str]]:
-    """Create a session and its database, wait until it answers; return it and notes."""
+    """Create a session and its database, wait until it answers; return it and notes.
+
+    A session of that name with this work directory is not an error: it is made to run
+    (as ``attach --no-shell``) and its ``.env`` put right; the notes say so."""
     validate_name(name)
     settings = app.settings
     notes: list[str] = []
     if not workdir.is_dir():
         what = "is not a directory" if workdir.exists() else "does not exist"
         raise UsageError(f"work directory {workdir} {what}")
+    if app.store.exists(name):
+        return _start_existing(app, app.store.load(name), workdir, engine_name, runtime_name,
+                               image)
     session = Session(name=name, workdir=str(workdir.resolve()), engine=None, runtime=None)
     engine: Engine | None = None
     runtime: Runtime | None = None
@@ -60,48 +77,137 @@ def start_session(
             notes += _ignored_container_options(runtime, image, session_image, publish, settings)
     else:
         notes.append("CLAUDE_DB_ENABLED is false: the session has no database")
+    if write_dotenv:  # before anything is made: the directory must be free for us
+        refuse_symlink(workdir)
+        notes += _claim(app, name, workdir)
 
     store = app.store
     notes += _sweep_orphans(app, docker=runtime is not None and runtime.name == "docker")
     # locked before the directory exists: gc never takes a session being made for an orphan
     with store.lock(name):
-        # until start is done: if this process dies (kill -9), gc knows the session never was
-        starting = store.reserve(name) / STARTING_MARKER
-        starting.touch()
-        dotenv = workdir / ".env"
-        dotenv_before = dotenv.read_bytes() if dotenv.is_file() else None
-        try:
-            if engine is not None and runtime is not None:
-                runtime.create(session, engine)
-                store.save(session)
-                wait_until_ready(
-                    engine,
-                    runtime.endpoint(session, engine),
-                    timeout=settings.ready_timeout,
-                    failure=lambda: runtime.failure_details(session),
-                    what=f"the {engine.name} database of session {name!r}",
-                )
-            store.save(session)
-            if write_dotenv:
-                notes += write_env(workdir, session_env(app, session, for_dotenv=True))
-            starting.unlink()
-        except BaseException:
-            # nothing may leak: undo whatever part of the session was made, uninterrupted
-            with signals_held():
-                if engine is not None and runtime is not None:
-                    with contextlib.suppress(Exception):  # the first error is the one to report
-                        runtime.delete(session, engine, keep_data=False)
-                store.release(name)
-                if write_dotenv:  # .env as it was: no variables of a session that is not
-                    with contextlib.suppress(OSError):
-                        if dotenv_before is None:
-                            dotenv.unlink(missing_ok=True)
-                        else:
-                            dotenv.write_bytes(dotenv_before)
-            raise
+        raced = store.load(name) if store.exists(name) else None  # a start of it won meanwhile
+        if raced is None:
+            notes += _create(app, session, engine, runtime, workdir, write_dotenv)
+    if raced is not None:
+        return _start_existing(app, raced, workdir, engine_name, runtime_name, image)
     app.plugins.hook.session_started(session=session)
     return session, notes
 
+
+def _create(
+    app: App, session: Session, engine: Engine | None, runtime: Runtime | None, workdir: Path,
+    write_dotenv: bool,
+) -> list[str]:
+    """Make the session (its lock held): database, state, ``.env``; all or nothing."""
+    store, name = app.store, session.name
+    # until start is done: if this process dies (kill -9), gc knows the session never was
+    starting = store.reserve(name) / STARTING_MARKER
+    starting.touch()
+    dotenv_before = dotenv_text(workdir) if write_dotenv else None
+    try:
+        notes: list[str] = []
+        if engine is not None and runtime is not None:
+            runtime.create(session, engine)
+            store.save(session)
+            wait_until_ready(
+                engine,
+                runtime.endpoint(session, engine),
+                timeout=app.settings.ready_timeout,
+                failure=lambda: runtime.failure_details(session),
+                what=f"the {engine.name} database of session {name!r}",
+            )
+        store.save(session)
+        if write_dotenv:
+            notes += write_env(workdir, session_env(app, session, for_dotenv=True),
+                               _owner(app, session))
+        starting.unlink()
+        return notes
+    except BaseException:
+        # nothing may leak: undo whatever part of the session was made, uninterrupted
+        with signals_held():
+            if engine is not None and runtime is not None:
+                with contextlib.suppress(Exception):  # the first error is the one to report
+                    runtime.delete(session, engine, keep_data=False)
+            store.release(name)
+            if write_dotenv:  # .env as it was: no variables of a session that is not
+                with contextlib.suppress(ClaudeDbError, OSError):
+                    put_back(workdir, dotenv_before)
+        raise
+
+
+def _start_existing(
+    app: App, session: Session, workdir: Path, engine_name: str | None,
+    runtime_name: str | None, image: str | None,
+) -> tuple[Session, list[str]]:
+    """``start`` of a session that exists: in its own work directory, make it run."""
+    if Path(session.workdir) != workdir.resolve():
+        raise SessionExistsError(
+            f"session {session.name!r} already exists, for {session.workdir}; give this "
+            "directory's session another name: claude-session start NAME"
+        )
+    notes = [f"session {session.name} {ALREADY_HERE}"]
+    notes += kept_settings(app, session, engine_name, runtime_name, image)
+    notes += ensure_running(app, session)
+    return session, notes
+
+
+def kept_settings(
+    app: App, session: Session, engine_name: str | None = None, runtime_name: str | None = None,
+    image: str | None = None,
+) -> list[str]:
+    """Notes for what an existing session keeps although the command or settings ask for
+    something else (they apply to new sessions), with the way to move its data."""
+    if not session.has_database:
+        return []
+    changed = []
+    if engine_name and engine_name != session.engine:
+        changed.append(f"engine {session.engine} (--db {engine_name})")
+    if runtime_name and runtime_name not in ("auto", session.runtime):
+        changed.append(f"runtime {session.runtime} (--runtime {runtime_name})")
+    wanted = image or app.settings.image
+    runs_containers = parts(app, session)[1].runs_containers
+    if wanted and runs_containers and wanted != session.image:
+        given = f"--db-image {wanted}" if image else f"CLAUDE_DB_IMAGE={wanted}"
+        changed.append(f"database image {session.image} ({given})")
+    if not changed:
+        return []
+    n = session.name
+    return [f"note: session {n} keeps its {', '.join(changed)}: those apply to new sessions; "
+            f"to move its data: claude-db export {n}.sql.gz --session {n}, claude-session "
+            f"delete {n} --yes, claude-session start {n} with the new options, claude-db "
+            f"import {n}.sql.gz"]
+
+
+def _claim(app: App, name: str, workdir: Path) -> list[str]:
+    """Refuse a work directory whose ``.env`` belongs to another live session; a gone
+    session's variables are replaced, with a note."""
+    found = owner(workdir)
+    if found is None or found == _owner_named(app, name) or found == Owner(name, None):
+        return []
+    state = Path(found.state_dir) if found.state_dir else app.settings.state_dir
+    try:
+        alive = (state / "sessions" / found.name / "session.json").exists()
+    except OSError:  # another user's state directory: it may well live
+        alive = True
+    if alive:
+        raise SessionExistsError(
+            f"{workdir.resolve()} belongs to {found.describe()}: use it with claude-session "
+            f"attach {found.name}, or start {name} elsewhere with --workdir DIR"
+        )
+    return [f"note: .env named {found.describe()}, which no longer exists; replacing its "
+            "variables"]
+
+
+def _owner(app: App, session: Session) -> Owner:
+    return _owner_named(app, session.name)
+
+
+def _owner_named(app: App, name: str) -> Owner:
+    return Owner(name, str(app.settings.state_dir))
+
+
+#: the note of a start that found its session already there
+ALREADY_HERE = "already exists here; making sure it runs"
 
 #: in a session's directory while its start runs (see claude_db.gc)
 STARTING_MARKER = ".starting"
@@ -182,7 +288,19 @@ def ensure_running(app: App, session: Session) -> list[str]:
         what=f"the {engine.name} database of session {session.name!r}",
     )
     values = session_env(app, session, for_dotenv=True)
-    return refresh_env(Path(session.workdir), values, session.name)
+    return refresh_env(Path(session.workdir), values, _owner(app, session))
+
+
+def stale_dotenv(app: App, session: Session) -> tuple[str, str] | None:
+    """``(in .env, current)`` DATABASE_URLs when the session's ``.env`` holds another address
+    than its database has now (a re-created container); ``attach`` writes the new one."""
+    workdir = Path(session.workdir)
+    found = owner(workdir)
+    if not session.has_database or found is None or found.name != session.name:
+        return None
+    written = read_env(workdir).get("DATABASE_URL")
+    current = session_env(app, session, for_dotenv=True).get("DATABASE_URL")
+    return (written, current) if written and current and written != current else None
 
 
 def delete_session(app: App, name: str, *, keep_data: bool = False) -> tuple[Session, list[str]]:
@@ -191,28 +309,16 @@ def delete_session(app: App, name: str, *, keep_data: bool = False) -> tuple[Ses
     store.load(name)  # an unknown name fails before it gets a lock file
     with store.lock(name):
         session = store.load(name)
-        keys = _env_keys(app, session)  # names only: the resources may be gone already
         if session.has_database:
             engine, runtime = parts(app, session)
             runtime.delete(session, engine, keep_data=keep_data)
             if kept := session.runtime_state.get("kept_data"):
                 notes.append(f"kept the data of {name!r} in {kept}")
-        if remove_env(Path(session.workdir), keys, name):
+        if remove_env(Path(session.workdir), _owner(app, session)):
             notes.append(f"removed the session's variables from {Path(session.workdir) / '.env'}")
         store.release(name)
     app.plugins.hook.session_deleted(session=session)
     return session, notes
-
-
-def _env_keys(app: App, session: Session) -> list[str]:
-    """The names :func:`session_env` gives, without asking the runtime for an address."""
-    keys = {MARKER}
-    for extra in app.plugins.hook.session_env(session=session):
-        keys.update(extra or {})
-    if session.has_database and session.credentials is not None:
-        engine = parts(app, session)[0]
-        keys.update(database_env(engine, Endpoint("placeholder", 0, session.credentials)))
-    return sorted(keys)
 
 
 def parts(app: App, session: Session) -> tuple[Engine, Runtime]:

@@ -146,7 +146,8 @@ class Plugins:
         if close := difflib.get_close_matches(name, names, n=1):
             return f"{unknown}; did you mean {close[0]!r}?"
         if f"claude-db-{name}" in FIRST_PARTY:
-            return f"{unknown}; to add it: pip install claude-db-{name}"
+            return (f"{unknown}; to add it, install claude-db-{name} from the claude-db "
+                    f"repository (it is not on PyPI yet): pip install ./plugins/{name}")
         return f"{unknown}; other engines are plugins: see claude-db plugins"
 
     def runtime_class(self, name: str) -> type[Runtime]:

@@ -56,6 +56,7 @@ class Settings:
     disable_plugins: frozenset[str]
     auto_snapshots: int = 5  # automatic snapshots kept per session (0: take none)
     superuser: bool = False  # local runtime: the session's user is the server's superuser
+    allow_url_destructive: bool = False  # reset & co. on a DATABASE_URL no session owns
 
     @classmethod
     def from_env(cls) -> Settings:
@@ -85,4 +86,5 @@ class Settings:
             disable_plugins=_names("CLAUDE_DB_DISABLE_PLUGINS") or frozenset(),
             auto_snapshots=int(raw_snapshots),
             superuser=_flag("CLAUDE_DB_SUPERUSER", False),
+            allow_url_destructive=_flag("CLAUDE_DB_ALLOW_URL_DESTRUCTIVE", False),
         )

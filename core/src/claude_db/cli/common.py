@@ -25,7 +25,8 @@ from claude_db.errors import ClaudeDbError, ExitCode
 from claude_db.settings import TRUE
 
 SessionOption = typer.Option(
-    None, "--session", "-s", help="Session name (default: CLAUDE_SESSION, .env here, DATABASE_URL)."
+    None, "--session", "-s",
+    help="Session name (default: the .env here or above, CLAUDE_SESSION, DATABASE_URL).",
 )
 DatabaseOption = typer.Option(
     None, "--database", "-d", help="Another database on the session's server."

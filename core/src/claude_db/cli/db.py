@@ -23,7 +23,15 @@ from claude_db.cli.common import (
     print_json,
     run,
 )
-from claude_db.database import Target, export_to, import_from, listening, resolve
+from claude_db.database import (
+    Target,
+    check_destructive,
+    describe_url,
+    export_to,
+    import_from,
+    listening,
+    resolve,
+)
 from claude_db.engine import Endpoint, QueryResult
 from claude_db.errors import (
     ClaudeDbError,
@@ -37,9 +45,12 @@ from claude_db.plugins import add_commands
 
 HELP = """Work with the current session's database.
 
-The session is the command's --session NAME (claude-db status --session NAME),
-else $CLAUDE_SESSION, else the .env that claude-session start wrote in this
-directory, else $DATABASE_URL.
+Which session, first match wins: --session NAME; the .env naming a session in this
+directory or the nearest one above it; $CLAUDE_SESSION; $DATABASE_URL. An inherited
+$CLAUDE_SESSION or $DATABASE_URL that disagrees with that .env gets a note, and
+reset, import --replace, snapshot restore and undo refuse (exit 2) until --session
+says which. Those also refuse a $DATABASE_URL no session here owns, unless
+CLAUDE_DB_ALLOW_URL_DESTRUCTIVE=true.
 """
 
 
@@ -74,8 +85,16 @@ def main() -> None:
     run(create_app, "claude-db")
 
 
-def _target(session: str | None) -> Target:
-    return resolve(get_app(), session)
+def _target(session: str | None, destructive: str | None = None) -> Target:
+    """The database to work on (see resolve); a ``destructive`` command refuses when it is
+    in doubt (see check_destructive)."""
+    app = get_app()
+    target = resolve(app, session)
+    if destructive:
+        check_destructive(app, target, destructive)
+    elif target.conflict:
+        note(f"note: {target.conflict}; using {target.name}")
+    return target
 
 
 def status(
@@ -98,6 +117,11 @@ def status(
             raise NotRunningError(f"{where} does not answer: {reason}") from None
         # it answered, but no: wrong password, no such database...
         raise ClaudeDbError(f"{where} answers but refused: {reason}") from None
+    stale = None
+    if target.session is not None:
+        from claude_db.lifecycle import stale_dotenv
+
+        stale = stale_dotenv(get_app(), target.session)
     if as_json:
         print_json(
             {
@@ -108,12 +132,20 @@ def status(
                 "host": endpoint.host,
                 "port": endpoint.port,
                 "database": endpoint.database,
+                "dotenv_current": stale is None,
             }
         )
     else:
         print(
             f"ready: {target.engine.name} {version} at {endpoint.host}:{endpoint.port}, "
             f"database {endpoint.database} (session {target.name})"
+        )
+    if stale is not None:  # programs reading .env would not reach it
+        assert target.session is not None
+        raise NotRunningError(
+            f"{target.session.workdir}/.env still holds the old address "
+            f"{describe_url(stale[0])} (the database is at {describe_url(stale[1])}): "
+            f"claude-session attach {target.name} --no-shell writes the new one"
         )
 
 
@@ -321,7 +353,7 @@ def import_(
     yes: bool = typer.Option(False, "--yes", "-y", help="With --replace: do not ask."),
 ) -> None:
     """Apply a dump or SQL script: stops at the first error, applies all or nothing."""
-    target = _target(session)
+    target = _target(session, destructive="replace its data" if replace else None)
     if replace:
         from claude_db import snapshots
 
@@ -357,7 +389,7 @@ def reset(
     yes: bool = typer.Option(False, "--yes", "-y", help="Do not ask for confirmation."),
 ) -> None:
     """Drop the database with everything in it and create it again, empty."""
-    target = _target(session)
+    target = _target(session, destructive="reset")
     target.require_running()
     endpoint = target.endpoint(database)
     confirm(f"Destroy all data in {endpoint.database} of session {target.name}?", yes)

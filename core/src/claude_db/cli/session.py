@@ -9,11 +9,14 @@ import typer
 
 from claude_db.app import App, get_app
 from claude_db.cli.common import JsonOption, add_version_option, note, print_json, run
-from claude_db.envfile import MARKER
+from claude_db.database import locate
+from claude_db.envfile import format_value
 from claude_db.errors import ExitCode, SessionNotFoundError, UsageError
 from claude_db.lifecycle import (
+    ALREADY_HERE,
     delete_session,
     ensure_running,
+    kept_settings,
     parts,
     session_env,
     start_session,
@@ -103,7 +106,8 @@ def start(
             if session.has_database
             else "no database"
         )
-        print(f"session {session.name} started ({what})")
+        existed = any(line.endswith(ALREADY_HERE) for line in notes)
+        print(f"session {session.name} {'runs' if existed else 'started'} ({what})")
 
 
 def list_(as_json: bool = JsonOption) -> None:
@@ -144,7 +148,7 @@ def env(
             print(f"export {key}={shlex.quote(value)}")
     elif format == "env":
         for key, value in values.items():
-            print(f"{key}={_dotenv_quote(value)}")
+            print(f"{key}={format_value(value)}")
     else:
         raise UsageError(f"unknown format {format!r} (use env, json or shell)")
 
@@ -156,7 +160,7 @@ def attach(
     """Restart whatever stopped, wait until ready, then open a shell in the session."""
     app = get_app()
     session = _load(name)
-    for message in ensure_running(app, session):
+    for message in [*kept_settings(app, session), *ensure_running(app, session)]:
         note(message)
     if no_shell:
         note(f"session {session.name} is ready")
@@ -187,7 +191,7 @@ def delete(
     from claude_db.cli.db import confirm
 
     app = get_app()
-    session_name = _name(name)
+    session_name = _name(name, destructive="delete it")
     try:
         app.store.load(session_name)  # fail on an unknown name before asking
     except BrokenSessionError:  # what can be found of it still goes
@@ -243,17 +247,20 @@ def gc(
         raise ClaudeDbError(f"{len(failed)} of {len(found)} leftovers could not be removed")
 
 
-def _name(name: str | None) -> str:
+def _name(name: str | None, destructive: str | None = None) -> str:
+    """The session NAME names, else the one named here (as claude-db finds it); a
+    ``destructive`` command refuses when an inherited CLAUDE_SESSION names another."""
     if name:
         return validate_name(name)  # also keeps names from reaching outside the state dir
-    import os
-
-    from claude_db.envfile import read_env
-
-    current = os.environ.get(MARKER) or read_env(Path.cwd()).get(MARKER)
-    if not current:
+    found = locate()
+    if found is None or not found.name:
         raise SessionNotFoundError("which session? pass its name (see claude-session list)")
-    return validate_name(current)
+    if found.conflict:
+        if destructive:
+            raise UsageError(f"refusing to {destructive}: {found.conflict}; pass the session's "
+                             "name")
+        note(f"note: {found.conflict}; using {found.name}")
+    return found.name
 
 
 def _load(name: str | None) -> Session:
@@ -300,12 +307,6 @@ def _start_unfinished(app: App, name: str) -> bool:
         return False
     with try_hold(app.store.lock_file(name), create=False) as free:
         return free
-
-
-def _dotenv_quote(value: str) -> str:
-    if value and all(c.isalnum() or c in "-_.:/@%+=," for c in value):
-        return value
-    return "'" + value.replace("'", "'\\''") + "'"
 
 
 __all__ = ["ExitCode", "create_app", "main"]

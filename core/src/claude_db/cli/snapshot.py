@@ -7,8 +7,7 @@ import typer
 from claude_db import snapshots
 from claude_db.app import get_app
 from claude_db.cli.common import DatabaseOption, JsonOption, SessionOption, note, print_json
-from claude_db.cli.db import confirm
-from claude_db.database import resolve
+from claude_db.cli.db import _target, confirm
 from claude_db.snapshots import Snapshot
 
 HELP = (
@@ -40,7 +39,7 @@ def save(
 ) -> None:
     """Save the database as it is now, under NAME."""
     app = get_app()
-    target = resolve(app, session)
+    target = _target(session)
     snapshot = snapshots.save(app, target, name, database)
     if as_json:
         print_json(snapshot.to_json())
@@ -52,7 +51,7 @@ def save(
 def list_(session: str | None = SessionOption, as_json: bool = JsonOption) -> None:
     """List the snapshots, oldest first."""
     app = get_app()
-    target = resolve(app, session)
+    target = _target(session)
     found = snapshots.list_snapshots(app, target)
     if as_json:
         print_json([s.to_json() for s in found])
@@ -75,7 +74,7 @@ def restore(
 ) -> None:
     """Replace the database with snapshot NAME (the current data is saved first)."""
     app = get_app()
-    target = resolve(app, session)
+    target = _target(session, destructive="restore a snapshot")
     snapshots.find(app, target, name)  # an unknown name fails before any question
     _confirm_without_safety(app.settings.auto_snapshots, f"Replace the data of {target.name}", yes)
     restored, safety = snapshots.restore(app, target, name)
@@ -88,7 +87,7 @@ def delete(
 ) -> None:
     """Delete snapshot NAME."""
     app = get_app()
-    target = resolve(app, session)
+    target = _target(session)
     snapshot = snapshots.delete(app, target, name)
     note(f"deleted snapshot {snapshot.name} of {target.name}")
 
@@ -100,7 +99,7 @@ def undo(
 ) -> None:
     """Undo the last reset, import --replace or restore (from the snapshot taken before it)."""
     app = get_app()
-    target = resolve(app, session)
+    target = _target(session, destructive="undo")
     snapshots.find(app, target, None)  # nothing to undo fails before any question
     _confirm_without_safety(app.settings.auto_snapshots, f"Replace the data of {target.name}", yes)
     restored, safety = snapshots.undo(app, target)

@@ -1,0 +1,311 @@
+"""Which database ``claude-db`` works on: the right one every time, by one rule (issue 12).
+
+``--session NAME`` > the ``.env`` naming a session here or above > ``$CLAUDE_SESSION`` >
+``$DATABASE_URL``; an inherited variable that disagrees gets a note, and the commands that
+destroy data refuse until ``--session`` says which. All real CLI runs on real servers.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from claude_db.envfile import read_env
+from claude_db.errors import ExitCode
+from conftest import Cli, assert_one_line_error
+from safety_support import fresh_state
+
+USAGE = ExitCode.USAGE
+
+
+def _tables(cli: Cli, session: str) -> list[str]:
+    listed = cli("claude-db", "query", "select tablename from pg_tables where schemaname = "
+                 "'public' order by 1", "--csv", "--session", session)
+    assert listed.code == 0, listed
+    return listed.stdout.splitlines()[1:]
+
+
+@pytest.fixture
+def two_projects(cli: Cli, tmp_path: Path) -> Iterator[tuple[Path, Path]]:
+    """Projects ``proj-a`` and ``proj-b``, each with its own session and table."""
+    a, b = tmp_path / "proj-a", tmp_path / "proj-b"
+    for path, name in ((a, "proj-a"), (b, "proj-b")):
+        path.mkdir()
+        assert cli("claude-session", "start", cwd=path).code == 0
+        made = cli("claude-db", "query", f"create table only_{name[-1]} (x int)", cwd=path)
+        assert made.code == 0, made
+    yield a, b
+    for name in ("proj-a", "proj-b"):
+        cli("claude-session", "delete", name, "--yes")
+
+
+def test_an_inherited_session_never_beats_the_env_here(
+    cli: Cli, two_projects: tuple[Path, Path]
+) -> None:
+    a, b = two_projects
+    exported = read_env(a)  # the README's quick start: set -a; . ./.env; set +a in project a
+    status = cli("claude-db", "status", cwd=b, env=exported)
+    assert status.code == 0, status
+    assert "(session proj-b)" in status.stdout, status
+    assert "CLAUDE_SESSION=proj-a" in status.stderr and "proj-b" in status.stderr, status
+    query = cli("claude-db", "query", "select to_regclass('only_b') is not null", "--csv",
+                cwd=b, env=exported)
+    assert query.stdout.splitlines()[1:] == ["t"], query
+
+    # the commands that destroy data refuse while the two disagree, naming both
+    for argv in (("reset", "--yes"), ("undo", "--yes"), ("snapshot", "restore", "x", "--yes")):
+        refused = cli("claude-db", *argv, cwd=b, env=exported)
+        assert_one_line_error(refused, USAGE)
+        assert "CLAUDE_SESSION=proj-a" in refused.stderr and "--session" in refused.stderr
+    (b / "dump.sql").write_text("create table imported (x int);\n")
+    refused = cli("claude-db", "import", "--replace", "--yes", "dump.sql", cwd=b, env=exported)
+    assert_one_line_error(refused, USAGE)
+    deleting = cli("claude-session", "delete", "--yes", cwd=b, env=exported)
+    assert_one_line_error(deleting, USAGE)
+    assert _tables(cli, "proj-a") == ["only_a"] and _tables(cli, "proj-b") == ["only_b"]
+
+    # --session says which: then it runs
+    chosen = cli("claude-db", "reset", "--yes", "--session", "proj-b", cwd=b, env=exported)
+    assert chosen.code == 0, chosen
+    assert _tables(cli, "proj-b") == [] and _tables(cli, "proj-a") == ["only_a"]
+
+
+def test_an_inherited_database_url_gets_a_note_and_no_reset(
+    cli: Cli, two_projects: tuple[Path, Path]
+) -> None:
+    a, b = two_projects
+    url = read_env(a)["DATABASE_URL"]
+    status = cli("claude-db", "status", cwd=b, env={"DATABASE_URL": url})
+    assert status.code == 0 and "(session proj-b)" in status.stdout, status
+    assert "DATABASE_URL is set to 127.0.0.1:" in status.stderr, status
+    assert read_env(a)["DB_PASSWORD"] not in status.stderr  # no credentials in the note
+    assert_one_line_error(cli("claude-db", "reset", "--yes", cwd=b, env={"DATABASE_URL": url}),
+                          USAGE)
+    assert _tables(cli, "proj-a") == ["only_a"] and _tables(cli, "proj-b") == ["only_b"]
+
+
+def test_a_subdirectory_finds_its_session_by_walking_up(cli: Cli, workdir: Path) -> None:
+    assert cli("claude-session", "start", "walker").code == 0
+    try:
+        deep = workdir / "frontend" / "src"
+        deep.mkdir(parents=True)
+        # the user's own .env further down names no session: passed by
+        (workdir / "frontend" / ".env").write_text("VITE_API=http://localhost:3000\n")
+        status = cli("claude-db", "status", cwd=deep)
+        assert status.code == 0 and "(session walker)" in status.stdout, status
+        # an exported DATABASE_URL elsewhere does not win either
+        dead = {"DATABASE_URL": "postgresql://u:p@127.0.0.1:1/other"}
+        status = cli("claude-db", "status", cwd=deep, env=dead)
+        assert status.code == 0 and "(session walker)" in status.stdout, status
+        assert "127.0.0.1:1/other" in status.stderr, status
+        assert cli("claude-session", "stop", cwd=deep).code == 0
+        attached = cli("claude-session", "attach", "--no-shell", cwd=deep)
+        assert attached.code == 0 and "session walker is ready" in attached.stderr, attached
+    finally:
+        assert cli("claude-session", "delete", "walker", "--yes").code == 0
+
+
+def test_a_bare_url_no_session_owns_is_never_destroyed(
+    cli: Cli, workdir: Path, tmp_path: Path, state_root: Path
+) -> None:
+    """A production URL inherited from the shell: here, a real server's URL whose session
+    this state directory does not know (it is another one's)."""
+    assert cli("claude-session", "start", "prod").code == 0
+    try:
+        url = read_env(workdir)["DATABASE_URL"]
+        port = read_env(workdir)["DB_PORT"]
+        assert cli("claude-db", "query", "create table precious (x int)").code == 0
+        elsewhere = tmp_path / "elsewhere"
+        elsewhere.mkdir()
+        other_state = fresh_state(tmp_path / "other", state_root)
+        shell = {"DATABASE_URL": url, "CLAUDE_DB_STATE_DIR": str(other_state)}
+        # reading works as before
+        read = cli("claude-db", "query", "select 1 as one", "--csv", cwd=elsewhere, env=shell)
+        assert read.stdout.splitlines() == ["one", "1"], read
+        (elsewhere / "dump.sql").write_text("create table imported (x int);\n")
+        for argv in (("reset", "--yes"), ("import", "--replace", "--yes", "dump.sql"),
+                     ("undo", "--yes"), ("snapshot", "restore", "x", "--yes")):
+            refused = cli("claude-db", *argv, cwd=elsewhere, env=shell)
+            assert_one_line_error(refused, USAGE)
+            assert f"127.0.0.1:{port}/appdb" in refused.stderr, refused
+            assert "CLAUDE_DB_ALLOW_URL_DESTRUCTIVE" in refused.stderr, refused
+        assert _tables(cli, "prod") == ["precious"]
+        # a .env naming a session this state directory does not know: its URL, same rule
+        refused = cli("claude-db", "reset", "--yes", env={"CLAUDE_DB_STATE_DIR": str(other_state)})
+        assert_one_line_error(refused, USAGE)
+        assert _tables(cli, "prod") == ["precious"]
+        # allowed explicitly, it runs
+        allowed = cli("claude-db", "reset", "--yes", cwd=elsewhere,
+                      env={**shell, "CLAUDE_DB_ALLOW_URL_DESTRUCTIVE": "true"})
+        assert allowed.code == 0, allowed
+        assert _tables(cli, "prod") == []
+    finally:
+        assert cli("claude-session", "delete", "prod", "--yes").code == 0
+
+
+def test_a_session_containers_own_url_needs_no_flag(
+    cli: Cli, workdir: Path, tmp_path: Path, state_root: Path
+) -> None:
+    """Inside a session container, the environment holds CLAUDE_SESSION with the
+    session's own DATABASE_URL and no state knows the session: that URL is its own."""
+    assert cli("claude-session", "start", "inside").code == 0
+    try:
+        env = read_env(workdir)
+        assert cli("claude-db", "query", "create table scratch (x int)").code == 0
+        container = {"CLAUDE_SESSION": "inside", "DATABASE_URL": env["DATABASE_URL"],
+                     "CLAUDE_DB_STATE_DIR": str(fresh_state(tmp_path / "box", state_root))}
+        for cwd in (workdir, tmp_path):  # the mounted work directory, and anywhere else
+            assert cli("claude-db", "query", "create table if not exists scratch (x int)",
+                       cwd=cwd, env=container).code == 0
+            reset = cli("claude-db", "reset", "--yes", cwd=cwd, env=container)
+            assert reset.code == 0, reset
+            assert _tables(cli, "inside") == []
+    finally:
+        assert cli("claude-session", "delete", "inside", "--yes").code == 0
+
+
+def test_start_again_makes_sure_the_session_runs(cli: Cli, workdir: Path) -> None:
+    assert cli("claude-session", "start", "again").code == 0
+    try:
+        assert cli("claude-db", "query", "create table kept (x int)").code == 0
+        assert cli("claude-session", "stop", "again").code == 0
+        (workdir / ".env").unlink()
+        again = cli("claude-session", "start", "again", "--db", "mysql")
+        assert again.code == 0, again
+        assert again.stdout.strip() == "session again runs (postgres on the local runtime)"
+        assert "already exists here" in again.stderr, again
+        assert "keeps its engine postgres (--db mysql)" in again.stderr, again
+        assert "claude-db export" in again.stderr, again  # the way to move its data
+        assert read_env(workdir)["CLAUDE_SESSION"] == "again"  # .env written back
+        assert _tables(cli, "again") == ["kept"]
+        assert cli("claude-db", "status").code == 0
+    finally:
+        assert cli("claude-session", "delete", "again", "--yes").code == 0
+
+
+def test_a_second_session_never_takes_a_directory_over(
+    cli: Cli, workdir: Path, tmp_path: Path
+) -> None:
+    assert cli("claude-session", "start", "first").code == 0
+    try:
+        before = (workdir / ".env").read_text()
+        second = cli("claude-session", "start", "second")
+        assert_one_line_error(second, ExitCode.FAILED)
+        assert "belongs to session 'first'" in second.stderr, second
+        assert "claude-session attach first" in second.stderr, second
+        assert (workdir / ".env").read_text() == before
+        listed = json.loads(cli("claude-session", "list", "--json").stdout)
+        assert [s["name"] for s in listed] == ["first"]
+        assert cli("claude-db", "status").code == 0
+        # the same name from another directory (two projects called "app"): not theirs
+        other = tmp_path / "other"
+        other.mkdir()
+        same_name = cli("claude-session", "start", "first", cwd=other)
+        assert_one_line_error(same_name, ExitCode.FAILED)
+        assert f"already exists, for {workdir}" in same_name.stderr, same_name
+        assert "attach" not in same_name.stderr, same_name
+        assert not (other / ".env").exists()
+    finally:
+        assert cli("claude-session", "delete", "first", "--yes").code == 0
+    assert not (workdir / ".env").exists()
+
+
+def test_another_state_directorys_session_keeps_its_env(
+    cli: Cli, workdir: Path, tmp_path: Path, state_root: Path
+) -> None:
+    assert cli("claude-session", "start", "shared").code == 0
+    try:
+        before = (workdir / ".env").read_text()
+        other = {"CLAUDE_DB_STATE_DIR": str(fresh_state(tmp_path / "s2", state_root))}
+        taken = cli("claude-session", "start", "shared", env=other)
+        assert_one_line_error(taken, ExitCode.FAILED)
+        assert "of state directory" in taken.stderr, taken
+        assert_one_line_error(cli("claude-session", "delete", "shared", "--yes", env=other),
+                              ExitCode.NO_SESSION)
+        assert (workdir / ".env").read_text() == before
+    finally:
+        assert cli("claude-session", "delete", "shared", "--yes").code == 0
+
+
+def test_attach_writes_a_missing_env_back(cli: Cli, workdir: Path) -> None:
+    assert cli("claude-session", "start", "back").code == 0
+    try:
+        written = read_env(workdir)
+        (workdir / ".env").unlink()
+        attached = cli("claude-session", "attach", "back", "--no-shell")
+        assert attached.code == 0, attached
+        assert read_env(workdir) == written
+    finally:
+        assert cli("claude-session", "delete", "back", "--yes").code == 0
+
+
+def test_status_says_when_env_holds_an_old_address(cli: Cli, workdir: Path) -> None:
+    """What a re-created container on a new network leaves (the docker runtime's
+    attach test makes one for real); here the .env is given an old port."""
+    assert cli("claude-session", "start", "stale").code == 0
+    try:
+        path = workdir / ".env"
+        port = read_env(workdir)["DB_PORT"]
+        good = path.read_text()
+        path.write_text(good.replace(f"127.0.0.1:{port}/", "127.0.0.1:1/"))
+        status = cli("claude-db", "status")
+        assert status.code == ExitCode.NOT_RUNNING, status
+        assert status.stdout.startswith("ready:"), status  # the database itself answers
+        assert "127.0.0.1:1/appdb" in status.stderr and "claude-session attach stale" in (
+            status.stderr), status
+        as_json = cli("claude-db", "status", "--json")
+        assert json.loads(as_json.stdout)["dotenv_current"] is False, as_json
+        assert cli("claude-session", "attach", "stale", "--no-shell").code == 0
+        assert path.read_text() == good
+        assert cli("claude-db", "status").code == 0
+    finally:
+        assert cli("claude-session", "delete", "stale", "--yes").code == 0
+
+
+def test_the_rule_is_in_the_help(cli: Cli) -> None:
+    shown = cli("claude-db", "--help", env={"COLUMNS": "200"})
+    text = " ".join(shown.stdout.split())
+    assert "--session NAME; the .env naming a session in this directory or the nearest one " \
+           "above it; $CLAUDE_SESSION; $DATABASE_URL" in text, shown
+    assert os.environ.get("CLAUDE_SESSION") is None
+
+
+# -- the docker runtime: a re-created container, another image -------------------------------
+
+pytest_plugins = ["docker_fixtures"]
+
+
+@pytest.mark.docker
+def test_status_and_start_on_a_recreated_docker_session(
+    cli: Cli, new_name: Callable[[], str], workdir: Path
+) -> None:
+    from docker_support import DB_IMAGE, docker
+
+    name = new_name()
+    assert cli("claude-session", "start", name).code == 0
+    old_url = read_env(workdir)["DATABASE_URL"]
+    docker("rm", "-f", f"{name}-db")
+    docker("network", "rm", f"{name}-net")
+    squatter = f"{name}-squat"  # takes the freed subnet: the session's network gets another
+    docker("network", "create", squatter)
+    try:
+        # the runtime's restart gives the database a new address; .env still has the old one
+        again = cli("claude-session", "start", name, "--db-image", "postgres:99")
+        assert again.code == 0, again
+        assert f"keeps its database image {DB_IMAGE} (--db-image postgres:99)" in again.stderr
+        assert "claude-db export" in again.stderr, again
+        new_url = read_env(workdir)["DATABASE_URL"]
+        assert new_url != old_url  # start again wrote the new address
+        (workdir / ".env").write_text((workdir / ".env").read_text().replace(new_url, old_url))
+        status = cli("claude-db", "status")
+        assert status.code == ExitCode.NOT_RUNNING and status.stdout.startswith("ready:"), status
+        assert f"claude-session attach {name} --no-shell" in status.stderr, status
+        assert cli("claude-session", "attach", name, "--no-shell").code == 0
+        assert read_env(workdir)["DATABASE_URL"] == new_url
+        assert cli("claude-db", "status").code == 0
+    finally:
+        docker("network", "rm", squatter)
