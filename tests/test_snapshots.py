@@ -202,28 +202,40 @@ def test_snapshots_go_with_the_session(cli: Cli, session: str, engine: str) -> N
 
 
 @pytest.mark.parametrize("engine", ["postgres"])
-def test_postgres_snapshots_end_other_clients_and_refuse_connections(
+def test_postgres_save_disturbs_no_client_and_reset_says_it_ends_them(
     cli: Cli, session: str, engine: str
 ) -> None:
+    """12.10: an app's pooled connection with an open transaction survives a save (the
+    copy is a pg_dump of one MVCC snapshot, not a template copy needing the database to
+    itself); reset, which must end it, says so first. Snapshot databases refuse connections."""
     seed(cli, engine, session=session)
     url = json.loads(cli("claude-session", "env", session, "-f", "json").stdout)["DATABASE_URL"]
-    idle = psycopg.connect(url, autocommit=True)  # e.g. an app's pooled connection
-    idle.execute("SELECT 1")
-    saved = cli("claude-db", "snapshot", "save", "busy", "--session", session)
+    app = psycopg.connect(url)  # e.g. a node-postgres Pool's client, mid-transaction
+    app.execute("INSERT INTO items (id, name, price) VALUES (-1, 'uncommitted', 1)")
+    saved = cli("claude-db", "snapshot", "save", "busy", "--json", "--session", session)
     assert saved.code == 0, saved
-    with pytest.raises(psycopg.OperationalError):  # it was ended (apps reconnect)
-        idle.execute("SELECT 1")
-    idle.close()
+    assert "ending" not in saved.stderr
+    app.execute("INSERT INTO items (id, name, price) VALUES (-2, 'also', 1)")
+    app.commit()  # the transaction went on undisturbed
+    app.execute("SELECT 1")
+    saved_rows = fingerprint(cli, engine, session=session)["public.items"][0]
+    assert saved_rows == 5002
+
     record = json.loads((Path(os.environ["CLAUDE_DB_STATE_DIR"]) / "sessions" / session
                          / "snapshots" / "busy" / "postgres.json").read_text())
     template_url = url.rsplit("/", 1)[0] + "/" + record["template"]
     with pytest.raises(psycopg.OperationalError, match="not currently accepting connections"):
         psycopg.connect(template_url).close()
-    again = psycopg.connect(url, autocommit=True)
-    again.execute("SELECT 1")
-    assert cli("claude-db", "reset", "--yes", "--session", session).code == 0  # ends it
-    again.close()
-    assert cli("claude-db", "undo", "--session", session).code == 0
+
+    reset = cli("claude-db", "reset", "--yes", "--session", session)
+    assert reset.code == 0, reset
+    database = url.rsplit("/", 1)[1]
+    assert f"ending 1 other connection to {database}" in reset.stderr
+    with pytest.raises(psycopg.OperationalError):  # it was ended (apps reconnect)
+        app.execute("SELECT 1")
+    app.close()
+    # the snapshot saved while the app worked holds what was committed then, not the rest
+    assert cli("claude-db", "snapshot", "restore", "busy", "--session", session).code == 0
     assert fingerprint(cli, engine, session=session)["public.items"][0] == 5000
 
 
