@@ -332,3 +332,51 @@ def test_mongo_reset_then_undo(cli: Cli) -> None:
     finally:
         cli("claude-session", "delete", name, "--yes")
         remove_everything(name)
+
+
+@pytest.mark.parametrize("engine", ["postgres"])
+def test_database_level_state_survives_reset_undo_and_restore(
+    cli: Cli, session: str, engine: str
+) -> None:
+    """14.6: settings (ALTER DATABASE/ROLE ... SET), the comment and the grants of the
+    database are not in a template copy: snapshots carry them. An extension whose schema is
+    on the database's search_path keeps working after reset + undo."""
+    url = json.loads(cli("claude-session", "env", session, "-f", "json").stdout)["DATABASE_URL"]
+    database = url.rsplit("/", 1)[1]
+    setup = [
+        "CREATE SCHEMA ext", "CREATE EXTENSION citext SCHEMA ext",
+        f"ALTER DATABASE {database} SET search_path = public, ext",
+        f"ALTER DATABASE {database} SET timezone = 'Asia/Tokyo'",
+        f"ALTER DATABASE {database} SET statement_timeout = '42s'",
+        f"ALTER ROLE CURRENT_USER IN DATABASE {database} SET work_mem = '7MB'",
+        f"COMMENT ON DATABASE {database} IS 'the app''s database'",
+        f"REVOKE CONNECT ON DATABASE {database} FROM PUBLIC",
+    ]
+    for statement in setup:
+        assert cli("claude-db", "query", statement, "--session", session).code == 0, statement
+
+    def state() -> dict[str, Any]:
+        with psycopg.connect(url, autocommit=True) as conn:
+            shown = conn.execute("SELECT current_setting('search_path'), "
+                                 "current_setting('TimeZone'), "
+                                 "current_setting('statement_timeout'), "
+                                 "current_setting('work_mem'), "
+                                 "to_regtype('citext') IS NOT NULL").fetchone()
+            row = conn.execute("SELECT shobj_description(oid, 'pg_database'), datacl::text[] "
+                               "FROM pg_database WHERE datname = current_database()").fetchone()
+        assert row is not None
+        return {"shown": shown, "comment": row[0], "acl": sorted(row[1] or [])}
+
+    before = state()
+    assert before["shown"] == ("public, ext", "Asia/Tokyo", "42s", "7MB", True)
+    assert cli("claude-db", "snapshot", "save", "configured", "--session", session).code == 0
+    assert cli("claude-db", "reset", "--yes", "--session", session).code == 0
+    emptied = state()  # settings are the database's, not its data: reset keeps them
+    assert emptied == {**before, "shown": (*before["shown"][:4], False)}
+    assert cli("claude-db", "undo", "--session", session).code == 0
+    assert state() == before
+    # the extension is found through the database's search_path, unqualified
+    assert cli("claude-db", "query", "SELECT 'MiXeD'::citext = 'mixed'",
+               "--session", session).code == 0
+    assert cli("claude-db", "snapshot", "restore", "configured", "--session", session).code == 0
+    assert state() == before

@@ -92,6 +92,21 @@ def test_restore_and_undo_killed_at_each_step(
     assert pg_fingerprint(url) == target
 
 
+def test_attach_finishes_a_reset_killed_with_the_database_renamed(
+    cli: Cli, session: str
+) -> None:
+    url = database_url(cli, session)
+    before = pg_fingerprint(url)
+    killed_at(cli, "moved", "reset", "--yes", "--session", session)
+    assert cli("claude-session", "stop", session).code == 0
+    attached = cli("claude-session", "attach", session, "--no-shell")
+    assert attached.code == 0, attached
+    assert "was missing after an interrupted command" in attached.stderr
+    assert pg_fingerprint(url) == {}
+    assert cli("claude-db", "undo", "--session", session).code == 0
+    assert pg_fingerprint(url) == before
+
+
 def test_import_replace_failing_and_killed_while_putting_the_data_back(
     cli: Cli, session: str, tmp_path: Path
 ) -> None:

@@ -54,8 +54,9 @@ class PostgresEngine(Engine):
             with _connect(endpoint, timeout) as conn:
                 return str(conn.info.parameter_status("server_version") or "")
         except psycopg.OperationalError:
-            # the server answers but a crash cut a drop short: finish it (attach repairs)
-            if not snapshots.repair_invalid(endpoint):
+            # the server answers but a killed reset or a crash during a drop left the
+            # database missing or invalid: finish that (so attach repairs it)
+            if not snapshots.repair(endpoint):
                 raise
         return self.check_ready(endpoint, timeout)
 

@@ -189,15 +189,15 @@ def recover(endpoint: Endpoint) -> list[str]:
     return done
 
 
-def repair_invalid(endpoint: Endpoint) -> bool:
-    """If the server answers and ``endpoint``'s database was left invalid (a server crash
-    while dropping it), :func:`recover` and say True; else False, with nothing done."""
+def repair(endpoint: Endpoint) -> bool:
+    """If the server answers but ``endpoint``'s database is missing or invalid after a
+    killed command or a crash, :func:`recover`; True if that made it usable."""
     with contextlib.suppress(Exception), _maintenance(endpoint) as conn:
-        if not _invalid(conn, endpoint.database):
+        if _usable(conn, endpoint.database):
             return False
         for done in recover(endpoint):
             print(done, file=sys.stderr)
-        return True
+        return _usable(conn, endpoint.database)
     return False
 
 
