@@ -276,7 +276,8 @@ def test_snapshot_commands_on_a_stopped_database(cli: Cli, session: str, engine:
 @pytest.mark.parametrize("engine", [pytest.param("postgres@docker", marks=pytest.mark.docker)])
 def test_reset_and_undo_inside_a_session_container(cli: Cli, engine: str) -> None:
     """The seed's way: the agent works in a session container where only DATABASE_URL is
-    known. reset takes its snapshot there too, and undo brings every row back."""
+    known. reset takes its snapshot there too, the host sees the same history (12.7), and
+    after the container is re-created undo still brings every row back."""
     name = f"snapc{uuid.uuid4().hex[:8]}"
     request_env = {"CLAUDE_DB_RUNTIME": "docker", "CLAUDE_DB_IMAGE": IMAGES["postgres"]}
     started = cli("claude-session", "start", name, "--image", SESSION_IMAGE, env=request_env)
@@ -292,9 +293,18 @@ def test_reset_and_undo_inside_a_session_container(cli: Cli, engine: str) -> Non
         reset = inside("claude-db", "reset", "--yes")
         assert reset.returncode == 0, reset
         assert fingerprint(cli, "postgres", session=name) == {}
+        assert [s["reason"] for s in snapshots(cli, name)] == ["reset"]  # the host sees it
+
+        subprocess.run(["docker", "rm", "-f", name], check=True, capture_output=True)
+        attached = cli("claude-session", "attach", name, "--no-shell")
+        assert attached.code == 0, attached
+        listed = inside("claude-db", "snapshot", "list", "--json")
+        assert listed.returncode == 0, listed
+        assert [s["reason"] for s in json.loads(listed.stdout)] == ["reset"]
         undone = inside("claude-db", "undo")
         assert undone.returncode == 0, undone
         assert fingerprint(cli, "postgres", session=name) == before
+        assert [s["reason"] for s in snapshots(cli, name)] == ["reset", "undo"]
     finally:
         cli("claude-session", "delete", name, "--yes")
         remove_everything(name)
