@@ -148,16 +148,25 @@ def test_gc_drops_the_databases_of_snapshots_cut_short(cli: Cli, state: Path) ->
         database: str = json.loads((snaps / name / "postgres.json").read_text())["template"]
         return database
 
-    def cut_short(name: str, suffix: str) -> Path:
-        """Snapshot ``name`` as a process killed half-way leaves it: a save killed after
-        the server made the copy (``partial``), a delete killed before it dropped it."""
-        cut = snaps / f".{name}.12345.{suffix}"
+    def cut_short(name: str) -> Path:
+        """Snapshot ``name`` as a delete killed before it dropped its database leaves it."""
+        cut = snaps / f".{name}.12345.deleting"
         os.rename(snaps / name, cut)
         return cut
 
-    good, saved_db, deleted_db = save("good"), save("saving"), save("deleting")
-    saving, deleting = cut_short("saving", "partial"), cut_short("deleting", "deleting")
-    moved = snaps / ".moved.12345.partial"  # a reset killed after its move: never touched
+    def killed_save(name: str) -> tuple[Path, str]:
+        """A save killed (SIGKILL) after the server made the copy, before it recorded it."""
+        killed = cli("claude-db", "snapshot", "save", name, "--session", "gc-snap",
+                     env={"CLAUDE_DB_TEST_KILL_AT": "copied"})
+        assert killed.code == -9, killed
+        partial = next(snaps.glob(f".{name}.*.partial"))
+        return partial, json.loads((partial / "postgres.json").read_text())["template"]
+
+    good, deleted_db = save("good"), save("deleting")
+    (saving, saved_db), deleting = killed_save("saving"), cut_short("deleting")
+    # an older claude-db's reset killed after its move: the database (recorded, listed)
+    # stays, only the directory goes
+    moved = snaps / ".moved.12345.partial"
     moved.mkdir()
     (moved / MOVED).touch()
     (moved / "postgres.json").write_text(json.dumps({"template": good, "owner": None}))
@@ -173,19 +182,17 @@ def test_gc_drops_the_databases_of_snapshots_cut_short(cli: Cli, state: Path) ->
     swept = cli("claude-session", "gc", "--json")
     assert swept.code == 0, swept
     removed = {(o["kind"], o["what"]) for o in json.loads(swept.stdout) if o["removed"]}
-    assert removed == {("directory", str(saving)), ("directory", str(deleting))}
+    assert removed == {("directory", str(saving)), ("directory", str(deleting)),
+                       ("directory", str(moved))}
     assert templates() == {good}
-    assert moved.exists()
 
     # the next snapshot command sweeps too (a DATABASE_URL's snapshots have only that)
-    saved_db = save("again")
-    saving = cut_short("again", "partial")
+    saving, saved_db = killed_save("again")
     assert templates() == {good, saved_db}
     assert cli("claude-db", "snapshot", "save", "after", "--session", "gc-snap").code == 0
     assert saved_db not in templates() and not saving.exists()
     listed = cli("claude-db", "snapshot", "list", "--json", "--session", "gc-snap")
     assert [s["name"] for s in json.loads(listed.stdout)] == ["good", "after"]
-    assert moved.exists()
     assert cli("claude-session", "delete", "gc-snap", "--yes").code == 0
     assert leftovers(state, []) == NOTHING_LEFT
 

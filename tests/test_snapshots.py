@@ -202,28 +202,40 @@ def test_snapshots_go_with_the_session(cli: Cli, session: str, engine: str) -> N
 
 
 @pytest.mark.parametrize("engine", ["postgres"])
-def test_postgres_snapshots_end_other_clients_and_refuse_connections(
+def test_postgres_save_disturbs_no_client_and_reset_says_it_ends_them(
     cli: Cli, session: str, engine: str
 ) -> None:
+    """12.10: an app's pooled connection with an open transaction survives a save (the
+    copy is a pg_dump of one MVCC snapshot, not a template copy needing the database to
+    itself); reset, which must end it, says so first. Snapshot databases refuse connections."""
     seed(cli, engine, session=session)
     url = json.loads(cli("claude-session", "env", session, "-f", "json").stdout)["DATABASE_URL"]
-    idle = psycopg.connect(url, autocommit=True)  # e.g. an app's pooled connection
-    idle.execute("SELECT 1")
-    saved = cli("claude-db", "snapshot", "save", "busy", "--session", session)
+    app = psycopg.connect(url)  # e.g. a node-postgres Pool's client, mid-transaction
+    app.execute("INSERT INTO items (id, name, price) VALUES (-1, 'uncommitted', 1)")
+    saved = cli("claude-db", "snapshot", "save", "busy", "--json", "--session", session)
     assert saved.code == 0, saved
-    with pytest.raises(psycopg.OperationalError):  # it was ended (apps reconnect)
-        idle.execute("SELECT 1")
-    idle.close()
+    assert "ending" not in saved.stderr
+    app.execute("INSERT INTO items (id, name, price) VALUES (-2, 'also', 1)")
+    app.commit()  # the transaction went on undisturbed
+    app.execute("SELECT 1")
+    saved_rows = fingerprint(cli, engine, session=session)["public.items"][0]
+    assert saved_rows == 5002
+
     record = json.loads((Path(os.environ["CLAUDE_DB_STATE_DIR"]) / "sessions" / session
                          / "snapshots" / "busy" / "postgres.json").read_text())
     template_url = url.rsplit("/", 1)[0] + "/" + record["template"]
     with pytest.raises(psycopg.OperationalError, match="not currently accepting connections"):
         psycopg.connect(template_url).close()
-    again = psycopg.connect(url, autocommit=True)
-    again.execute("SELECT 1")
-    assert cli("claude-db", "reset", "--yes", "--session", session).code == 0  # ends it
-    again.close()
-    assert cli("claude-db", "undo", "--session", session).code == 0
+
+    reset = cli("claude-db", "reset", "--yes", "--session", session)
+    assert reset.code == 0, reset
+    database = url.rsplit("/", 1)[1]
+    assert f"ending 1 other connection to {database}" in reset.stderr
+    with pytest.raises(psycopg.OperationalError):  # it was ended (apps reconnect)
+        app.execute("SELECT 1")
+    app.close()
+    # the snapshot saved while the app worked holds what was committed then, not the rest
+    assert cli("claude-db", "snapshot", "restore", "busy", "--session", session).code == 0
     assert fingerprint(cli, engine, session=session)["public.items"][0] == 5000
 
 
@@ -265,7 +277,8 @@ def test_snapshot_commands_on_a_stopped_database(cli: Cli, session: str, engine:
 @pytest.mark.parametrize("engine", [pytest.param("postgres@docker", marks=pytest.mark.docker)])
 def test_reset_and_undo_inside_a_session_container(cli: Cli, engine: str) -> None:
     """The seed's way: the agent works in a session container where only DATABASE_URL is
-    known. reset takes its snapshot there too, and undo brings every row back."""
+    known. reset takes its snapshot there too, the host sees the same history (12.7), and
+    after the container is re-created undo still brings every row back."""
     name = f"snapc{uuid.uuid4().hex[:8]}"
     request_env = {"CLAUDE_DB_RUNTIME": "docker", "CLAUDE_DB_IMAGE": IMAGES["postgres"]}
     started = cli("claude-session", "start", name, "--image", SESSION_IMAGE, env=request_env)
@@ -281,9 +294,18 @@ def test_reset_and_undo_inside_a_session_container(cli: Cli, engine: str) -> Non
         reset = inside("claude-db", "reset", "--yes")
         assert reset.returncode == 0, reset
         assert fingerprint(cli, "postgres", session=name) == {}
+        assert [s["reason"] for s in snapshots(cli, name)] == ["reset"]  # the host sees it
+
+        subprocess.run(["docker", "rm", "-f", name], check=True, capture_output=True)
+        attached = cli("claude-session", "attach", name, "--no-shell")
+        assert attached.code == 0, attached
+        listed = inside("claude-db", "snapshot", "list", "--json")
+        assert listed.returncode == 0, listed
+        assert [s["reason"] for s in json.loads(listed.stdout)] == ["reset"]
         undone = inside("claude-db", "undo")
         assert undone.returncode == 0, undone
         assert fingerprint(cli, "postgres", session=name) == before
+        assert [s["reason"] for s in snapshots(cli, name)] == ["reset", "undo"]
     finally:
         cli("claude-session", "delete", name, "--yes")
         remove_everything(name)
@@ -321,3 +343,51 @@ def test_mongo_reset_then_undo(cli: Cli) -> None:
     finally:
         cli("claude-session", "delete", name, "--yes")
         remove_everything(name)
+
+
+@pytest.mark.parametrize("engine", ["postgres"])
+def test_database_level_state_survives_reset_undo_and_restore(
+    cli: Cli, session: str, engine: str
+) -> None:
+    """14.6: settings (ALTER DATABASE/ROLE ... SET), the comment and the grants of the
+    database are not in a template copy: snapshots carry them. An extension whose schema is
+    on the database's search_path keeps working after reset + undo."""
+    url = json.loads(cli("claude-session", "env", session, "-f", "json").stdout)["DATABASE_URL"]
+    database = url.rsplit("/", 1)[1]
+    setup = [
+        "CREATE SCHEMA ext", "CREATE EXTENSION citext SCHEMA ext",
+        f"ALTER DATABASE {database} SET search_path = public, ext",
+        f"ALTER DATABASE {database} SET timezone = 'Asia/Tokyo'",
+        f"ALTER DATABASE {database} SET statement_timeout = '42s'",
+        f"ALTER ROLE CURRENT_USER IN DATABASE {database} SET work_mem = '7MB'",
+        f"COMMENT ON DATABASE {database} IS 'the app''s database'",
+        f"REVOKE CONNECT ON DATABASE {database} FROM PUBLIC",
+    ]
+    for statement in setup:
+        assert cli("claude-db", "query", statement, "--session", session).code == 0, statement
+
+    def state() -> dict[str, Any]:
+        with psycopg.connect(url, autocommit=True) as conn:
+            shown = conn.execute("SELECT current_setting('search_path'), "
+                                 "current_setting('TimeZone'), "
+                                 "current_setting('statement_timeout'), "
+                                 "current_setting('work_mem'), "
+                                 "to_regtype('citext') IS NOT NULL").fetchone()
+            row = conn.execute("SELECT shobj_description(oid, 'pg_database'), datacl::text[] "
+                               "FROM pg_database WHERE datname = current_database()").fetchone()
+        assert row is not None
+        return {"shown": shown, "comment": row[0], "acl": sorted(row[1] or [])}
+
+    before = state()
+    assert before["shown"] == ("public, ext", "Asia/Tokyo", "42s", "7MB", True)
+    assert cli("claude-db", "snapshot", "save", "configured", "--session", session).code == 0
+    assert cli("claude-db", "reset", "--yes", "--session", session).code == 0
+    emptied = state()  # settings are the database's, not its data: reset keeps them
+    assert emptied == {**before, "shown": (*before["shown"][:4], False)}
+    assert cli("claude-db", "undo", "--session", session).code == 0
+    assert state() == before
+    # the extension is found through the database's search_path, unqualified
+    assert cli("claude-db", "query", "SELECT 'MiXeD'::citext = 'mixed'",
+               "--session", session).code == 0
+    assert cli("claude-db", "snapshot", "restore", "configured", "--session", session).code == 0
+    assert state() == before

@@ -216,7 +216,8 @@ class Engine(ABC):
     # ``endpoint`` is the database as reached from here, ``tools`` where its tools run.
 
     def snapshot_save(self, endpoint: Endpoint, tools: Tools, directory: Path) -> None:
-        """Save the database of ``endpoint`` into ``directory`` (made empty by core).
+        """Save the database of ``endpoint`` into ``directory`` (which holds only the
+        snapshot's ``snapshot.json``, written by core first).
 
         On failure raise; core removes ``directory``. Anything kept outside it (e.g. a
         database on the server) must be recorded in it for the two methods below.
@@ -225,15 +226,32 @@ class Engine(ABC):
             for chunk in self.dump(tools):
                 out.write(chunk)
 
-    def snapshot_move(self, endpoint: Endpoint, tools: Tools, directory: Path) -> bool:
-        """Keep the data in a snapshot in ``directory`` and leave the database empty.
+    def snapshot_move(
+        self, endpoint: Endpoint, tools: Tools, directory: Path, source: Path | None = None
+    ) -> bool:
+        """Keep the data in a snapshot in ``directory`` and make the database again: empty,
+        or (``source``) as the snapshot saved there.
 
-        Used before ``reset`` by engines that can do it without copying the data
-        (PostgreSQL renames the database). Return False (the default) to have core save
-        a snapshot, then reset. On failure raise with the database as it was; record
-        anything kept outside ``directory`` in it first, as :meth:`snapshot_save` does.
+        Used before ``reset``, ``restore`` and ``undo`` by engines that can do it without
+        copying the data (PostgreSQL renames the database). Return False (the default) to
+        have core save a snapshot, then reset or restore. On failure raise with the
+        database as it was; record anything kept outside ``directory`` in it first.
         """
         return False
+
+    def snapshot_catalog(self, endpoint: Endpoint) -> list[dict[str, Any]] | None:
+        """The snapshots the server keeps itself, for engines whose snapshots live there
+        (None, the default: only core's directories know them). Each is ``{"record":
+        snapshot.json's content or None if unrecorded, "key": a name for an unrecorded one,
+        "files": {name: text}}``, the files core writes into its directory to reach it."""
+        return None
+
+    def snapshot_recover(self, endpoint: Endpoint) -> list[str]:
+        """Finish what interrupted snapshot commands left on the server; say what was done."""
+        return []
+
+    def snapshot_keep(self, endpoint: Endpoint, directory: Path) -> None:  # noqa: B027
+        """Record with the server a snapshot only ``directory`` knows (catalog engines)."""
 
     def snapshot_restore(self, endpoint: Endpoint, tools: Tools, directory: Path) -> None:
         """Replace the database of ``endpoint`` with the snapshot saved in ``directory``."""

@@ -2,14 +2,23 @@
 
 A snapshot is a directory ``<state>/sessions/<session>/snapshots/<name>/`` holding
 ``snapshot.json`` (which database, when, why) and whatever the engine keeps: a dump by
-default, a template database's name for PostgreSQL (see ``Engine.snapshot_save``). They
-live and die with the session. A database reached only through ``DATABASE_URL`` (e.g.
-inside a session container) keeps its snapshots under ``<state>/url-snapshots/<digest>/``.
+default. A database reached only through ``DATABASE_URL`` (e.g. inside a session
+container) keeps them under ``<state>/url-snapshots/<digest>/``.
+
+Engines that keep snapshots on the server itself (PostgreSQL: template databases whose
+comment holds the record, see ``Engine.snapshot_catalog``) make the server the history:
+every command first brings the directories in line with it (:func:`_sync`), so the host and
+a session container list, restore and undo the same snapshots, and a re-created container
+finds them all. The engine records a snapshot atomically with moving the data into it, and
+marks what must follow (make the database again) as pending, so a command killed at any
+point leaves either the old state or a recorded snapshot plus a step the next command
+finishes (``Engine.snapshot_recover``): ``undo`` then brings the data back.
 
 Automatic snapshots are taken before every command that destroys data (``reset``,
 ``import --replace``, ``snapshot restore``, ``undo``); ``CLAUDE_DB_AUTO_SNAPSHOTS`` bounds
-how many are kept (0: none are taken). ``undo`` restores the latest snapshot, skipping the
-ones ``undo`` itself took, so running it twice is harmless.
+how many are kept (0: none are kept, and the command is noted so that ``undo`` says there
+is nothing to undo for it). ``undo`` restores the latest snapshot, skipping the ones
+``undo`` itself took, so running it twice is harmless.
 """
 
 from __future__ import annotations
@@ -20,6 +29,8 @@ import json
 import os
 import re
 import shutil
+import signal
+import sys
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
@@ -34,16 +45,22 @@ from claude_db.processes import signals_held
 if TYPE_CHECKING:
     from claude_db.app import App
     from claude_db.database import Target
-    from claude_db.engine import Endpoint
 
 META = "snapshot.json"
 PARTIAL = ".partial"  # suffix of a snapshot being saved (``.<name>.<pid>.partial``)
 DELETING = ".deleting"  # suffix of a snapshot being deleted (both are swept if the pid died)
-#: in a partial snapshot the engine moved the database into: maybe the data's only copy
+#: in a partial snapshot an older claude-db moved the database into (its template stays,
+#: listed from the server as unrecorded)
 MOVED = ".moved"
+#: the last destructive command that took no snapshot (CLAUDE_DB_AUTO_SNAPSHOTS=0)
+UNSNAPSHOTTED = ".unsnapshotted.json"
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 #: reasons of automatic snapshots (the command that was about to destroy data)
 RESET, IMPORT, RESTORE, UNDO = "reset", "import", "restore", "undo"
+#: the reason of a snapshot the server holds without a record (a save cut short elsewhere)
+UNRECORDED = "unrecorded"
+#: test hook: the name of a step (see :func:`checkpoint`) at which the process kills itself
+KILL_AT = "CLAUDE_DB_TEST_KILL_AT"
 
 
 class SnapshotNotFoundError(UsageError):
@@ -67,19 +84,28 @@ class Snapshot:
     automatic: bool = False
     reason: str = ""  # automatic snapshots: the command that took it
     path: Path = field(default=Path(), compare=False)
-    #: taken with ``empty``: the engine moved the data into it, the database is now empty
+    #: taken with ``empty``: the engine moved the data into it, the database is made again
     emptied: bool = field(default=False, compare=False)
+    #: False: its snapshot.json is unreadable; it can only be deleted
+    readable: bool = field(default=True, compare=False)
 
     def describe(self) -> str:
+        if not self.readable:
+            return f"{self.name} (its record is unreadable)"
+        if self.reason == UNRECORDED:
+            return f"{self.name} (found on the server without a record)"
         when = self.created_at[:19].replace("T", " ")
         why = f"taken before {self.reason}" if self.automatic else "saved"
         return f"{self.name} ({why} at {when} UTC, database {self.database})"
 
     def to_json(self) -> dict[str, Any]:
         data = asdict(self)
-        data.pop("path")
-        data.pop("emptied")
+        for internal in ("path", "emptied", "readable"):
+            data.pop(internal)
         return data
+
+
+RECORD_FIELDS = ("name", "database", "engine", "created_at", "automatic", "reason")
 
 
 def validate_snapshot_name(name: str) -> str:
@@ -89,6 +115,13 @@ def validate_snapshot_name(name: str) -> str:
             "starting with a letter or digit"
         )
     return name
+
+
+def checkpoint(step: str) -> None:
+    """Test hook: with CLAUDE_DB_TEST_KILL_AT=<step> the process dies here, as by SIGKILL
+    (the OOM killer, a cancelled CI job), to test that every step can be recovered from."""
+    if os.environ.get(KILL_AT) == step:
+        os.kill(os.getpid(), signal.SIGKILL)
 
 
 class SnapshotStore:
@@ -103,11 +136,9 @@ class SnapshotStore:
             return []
         found = []
         for path in self.root.iterdir():
-            if path.name.startswith(".") or not (path / META).is_file():
+            if path.name.startswith(".") or not path.is_dir():
                 continue
-            with contextlib.suppress(OSError, ValueError, TypeError):
-                data = json.loads((path / META).read_text())
-                found.append(Snapshot(**data, path=path))
+            found.append(_load(path))
         return sorted(found, key=lambda s: (s.created_at, s.name))
 
     def get(self, name: str) -> Snapshot:
@@ -125,6 +156,18 @@ class SnapshotStore:
         return name
 
 
+def _load(path: Path) -> Snapshot:
+    """The snapshot in ``path``; one whose record is unreadable is listed as such (it can
+    be deleted: its name and what it holds are not lost with its record)."""
+    try:
+        data = json.loads((path / META).read_text())
+        return Snapshot(**{k: data[k] for k in RECORD_FIELDS}, path=path)
+    except (OSError, ValueError, TypeError, KeyError):
+        stamp = datetime.fromtimestamp(path.stat().st_mtime, UTC)
+        return Snapshot(name=path.name, database="", engine="", path=path, readable=False,
+                        created_at=stamp.isoformat(timespec="microseconds"))
+
+
 def store_for(app: App, target: Target) -> SnapshotStore:
     """Where ``target``'s snapshots live, and the lock that guards them."""
     if target.session is not None:
@@ -140,18 +183,24 @@ def store_for(app: App, target: Target) -> SnapshotStore:
 
 
 def save(app: App, target: Target, name: str | None, database: str | None) -> Snapshot:
-    """``claude-db snapshot save [NAME]``."""
+    """``claude-db snapshot save [NAME]``: a copy; other clients go on undisturbed."""
     if name is not None:
         validate_snapshot_name(name)
     target.require_running()
     store = store_for(app, target)
     with store.lock():
+        _sync(target, store)
         return _save(target, store, name, database, reason="")
 
 
 def list_snapshots(app: App, target: Target) -> list[Snapshot]:
+    """The snapshots, as the server has them when it runs (else as last seen)."""
     store = store_for(app, target)
-    return store.all()
+    with store.lock():
+        with contextlib.suppress(ClaudeDbError):
+            target.require_running()
+            _sync(target, store)
+        return store.all()
 
 
 def restore(app: App, target: Target, name: str) -> tuple[Snapshot, Snapshot | None]:
@@ -160,6 +209,7 @@ def restore(app: App, target: Target, name: str) -> tuple[Snapshot, Snapshot | N
     target.require_running()
     store = store_for(app, target)
     with store.lock():
+        _sync(target, store)
         return _restore(app, target, store, store.get(name), reason=RESTORE)
 
 
@@ -168,19 +218,33 @@ def undo(app: App, target: Target) -> tuple[Snapshot, Snapshot | None]:
     target.require_running()
     store = store_for(app, target)
     with store.lock():
+        _sync(target, store)
         return _restore(app, target, store, _undo_candidate(store), reason=UNDO)
 
 
 def find(app: App, target: Target, name: str | None) -> Snapshot:
     """The snapshot ``restore`` (``name``) or ``undo`` (None) would restore; raise if none."""
+    if name is not None:
+        validate_snapshot_name(name)
     store = store_for(app, target)
-    return store.get(name) if name is not None else _undo_candidate(store)
+    with store.lock():
+        with contextlib.suppress(ClaudeDbError):  # not running: the command itself says so
+            target.require_running()
+            _sync(target, store)
+        return store.get(name) if name is not None else _undo_candidate(store)
 
 
 def _undo_candidate(store: SnapshotStore) -> Snapshot:
     """The snapshot taken before the last reset, import --replace or restore: snapshots
-    saved by name are not operations to undo, and undo's own are skipped (twice is harmless)."""
-    candidates = [s for s in store.all() if s.automatic and s.reason != UNDO]
+    saved by name are not operations to undo, and undo's own are skipped (twice is harmless).
+    A later such command that took no snapshot leaves nothing to undo, not an older one."""
+    candidates = [s for s in store.all() if s.automatic and s.reason != UNDO and s.readable]
+    unsnapshotted = _read_unsnapshotted(store)
+    if unsnapshotted and (not candidates or unsnapshotted["at"] > candidates[-1].created_at):
+        raise NothingToUndoError(
+            f"nothing to undo for the last {unsnapshotted['reason']} (it took no snapshot: "
+            "CLAUDE_DB_AUTO_SNAPSHOTS=0)"
+        )
     if not candidates:
         raise NothingToUndoError(
             "nothing to undo: no reset, import --replace or restore was made "
@@ -194,8 +258,8 @@ def delete(app: App, target: Target, name: str) -> Snapshot:
     target.require_running()
     store = store_for(app, target)
     with store.lock():
+        _sync(target, store)
         snapshot = store.get(name)
-        _sweep(target, store)
         _delete(target, snapshot)
         return snapshot
 
@@ -211,6 +275,7 @@ def before_destroying(
     """
     store = store_for(app, target)
     with store.lock():
+        _sync(target, store)
         return _automatic(app, target, store, database, reason, move=empty)
 
 
@@ -224,9 +289,11 @@ def replace_from(app: App, target: Target, source: str, database: str | None) ->
 
     store = store_for(app, target)
     with store.lock():
-        snapshot = _automatic(app, target, store, database, IMPORT, prune=False)
+        _sync(target, store)
+        snapshot = _automatic(app, target, store, database, IMPORT, move=True, prune=False)
         try:
-            target.engine.reset(target.endpoint(database))
+            if snapshot is None or not snapshot.emptied:
+                target.engine.reset(target.endpoint(database))
             import_from(target, source, database)
         except BaseException as exc:
             if snapshot is None:
@@ -258,36 +325,119 @@ def check_source(source: str) -> None:
 
 def unfinished(root: Path) -> list[Path]:
     """Snapshots in ``root`` half saved or half deleted, by a process that died if the
-    store's lock is ours. Not listed: one the engine moved the database into, as it may hold
-    the only copy of the data (a ``reset`` killed with SIGKILL): it is left for a human."""
+    store's lock is ours."""
     if not root.is_dir():
         return []
     return sorted(
         path for path in root.iterdir()
         if path.name.startswith(".") and path.is_dir()
-        and not (path.name.endswith(PARTIAL) and (path / MOVED).exists())
     )
 
 
 def discard_unfinished(target: Target, path: Path) -> None:
     """Free what an :func:`unfinished` snapshot holds (e.g. a template database on the
-    server, which must run), then its directory."""
-    target.engine.snapshot_delete(target.endpoint(), target.tools(), path)
+    server, which must run), then its directory. A save the server recorded before its
+    command died is whole, not unfinished: then only the directory goes (the snapshot is
+    listed from the server), as for a database an older claude-db moved (listed unrecorded)."""
+    endpoint = target.endpoint()
+    held = target.engine.snapshot_catalog(endpoint)
+    if held is not None and path.name.endswith(PARTIAL):
+        match = _match(held, path)
+        if match is not None and (match["record"] is not None or (path / MOVED).exists()):
+            shutil.rmtree(path)
+            return
+    target.engine.snapshot_delete(endpoint, target.tools(), path)
     shutil.rmtree(path)
 
 
 # -- internals (the store's lock is held) ---------------------------------------------------
 
 
-def _sweep(target: Target, store: SnapshotStore) -> None:
+def _sync(target: Target, store: SnapshotStore) -> None:
+    """Finish what killed commands left, sweep what they cut short and, for engines whose
+    server keeps the snapshots, make the directories what the server has."""
+    engine, endpoint = target.engine, target.endpoint()
+    for done in engine.snapshot_recover(endpoint):
+        print(done, file=sys.stderr)
     for path in unfinished(store.root):
         with contextlib.suppress(Exception):  # a leftover is no reason to fail the command
             discard_unfinished(target, path)
+    held = engine.snapshot_catalog(endpoint)
+    if held is None:
+        return
+    adopted = False
+    for snapshot in store.all():  # recorded only here (an older claude-db): record it there
+        match = _match(held, snapshot.path)
+        if snapshot.readable and match is not None and match["record"] is None:
+            engine.snapshot_keep(endpoint, snapshot.path)
+            adopted = True
+    if adopted:
+        held = engine.snapshot_catalog(endpoint) or []
+    kept = set()
+    for entry in held:
+        record = entry["record"] or _unrecorded(engine, entry["key"])
+        record = {k: record[k] for k in RECORD_FIELDS}
+        kept.add(record["name"])
+        _write_cached(store.root / record["name"], record, entry["files"])
+    for snapshot in store.all():
+        if snapshot.name not in kept:  # deleted elsewhere, or the server is a new one
+            shutil.rmtree(snapshot.path, ignore_errors=True)
+
+
+def _unrecorded(engine: Engine, key: str) -> dict[str, Any]:
+    """The record of a snapshot the server holds without one: named after what holds it."""
+    return {"name": key, "database": "", "engine": engine.name, "created_at": "",
+            "automatic": False, "reason": UNRECORDED}
+
+
+def _write_cached(path: Path, record: dict[str, Any], files: dict[str, str]) -> None:
+    """Make ``path`` hold the server's snapshot: its files, then its record (a directory
+    without its record is not listed, and written again next time)."""
+    text = json.dumps(record, indent=2)
+    with contextlib.suppress(OSError):
+        if (path / META).read_text() == text and all(
+            (path / name).read_text() == content for name, content in files.items()
+        ):
+            return
+    path.mkdir(parents=True, exist_ok=True)
+    (path / META).unlink(missing_ok=True)
+    for name, content in files.items():
+        (path / name).write_text(content)
+    (path / META).write_text(text)
+
+
+def _match(held: list[dict[str, Any]], path: Path) -> dict[str, Any] | None:
+    """The server's snapshot that directory ``path`` reaches (same files), if any."""
+    for entry in held:
+        with contextlib.suppress(OSError):
+            if all(_same(c, (path / n).read_text()) for n, c in entry["files"].items()):
+                return entry
+    return None
+
+
+def _same(server: str, local: str) -> bool:
+    """The same file, or (JSON) one that says at least what the server's says: a
+    directory an older claude-db wrote holds more."""
+    if server == local:
+        return True
+    with contextlib.suppress(ValueError):
+        wanted, found = json.loads(server), json.loads(local)
+        return isinstance(wanted, dict) and isinstance(found, dict) and all(
+            found.get(k) == v for k, v in wanted.items())
+    return False
+
+
+def _moves(engine: Engine) -> bool:
+    return type(engine).snapshot_move is not Engine.snapshot_move
+
+
+def _server_kept(engine: Engine) -> bool:
+    return type(engine).snapshot_catalog is not Engine.snapshot_catalog
 
 
 def _save(
     target: Target, store: SnapshotStore, name: str | None, database: str | None, reason: str,
-    move: bool = False,
+    move: bool = False, source: Snapshot | None = None,
 ) -> Snapshot:
     now = datetime.now(UTC)
     if name is None:
@@ -303,51 +453,32 @@ def _save(
         created_at=now.isoformat(timespec="microseconds"), automatic=bool(reason), reason=reason,
         path=store.root / name,
     )
-    _sweep(target, store)
     store.root.mkdir(parents=True, exist_ok=True)
     partial = store.root / f".{name}.{os.getpid()}{PARTIAL}"
     shutil.rmtree(partial, ignore_errors=True)
     partial.mkdir(mode=0o700)
-    # Moving takes the user's data out of its database: no interruption between the move and
-    # the snapshot's record, or the cleanup could free the only copy (nor may the sweep of a
-    # process killed meanwhile: the mark keeps it off the list).
-    moves = move and type(target.engine).snapshot_move is not Engine.snapshot_move
-    if moves:
-        (partial / MOVED).touch()
-    with signals_held() if moves else contextlib.nullcontext():
-        return _save_into(target, endpoint, database, snapshot, partial, move)
-
-
-def _save_into(
-    target: Target, endpoint: Endpoint, database: str | None, snapshot: Snapshot,
-    partial: Path, move: bool,
-) -> Snapshot:
+    # the record first: an engine that keeps snapshots on the server records it there
+    (partial / META).write_text(json.dumps(snapshot.to_json(), indent=2))
+    moves = move and _moves(target.engine)
+    tools = target.tools(database)
     moved = False
     try:
-        moved = move and target.engine.snapshot_move(endpoint, target.tools(database), partial)
-        if not moved:
-            (partial / MOVED).unlink(missing_ok=True)  # nothing was moved: a copy follows
-            target.engine.snapshot_save(endpoint, target.tools(database), partial)
-        (partial / META).write_text(json.dumps(snapshot.to_json(), indent=2))
+        # moving takes the data out of its database: no Ctrl-C until it is made again
+        with signals_held() if moves else contextlib.nullcontext():
+            moved = moves and target.engine.snapshot_move(
+                endpoint, tools, partial, source.path if source else None)
+            if not moved:
+                target.engine.snapshot_save(endpoint, tools, partial)
+        checkpoint("saved")
         os.rename(partial, snapshot.path)  # atomic: a snapshot is listed whole or not at all
-    except BaseException as exc:
-        # A move cut short, or one whose data did not go back, may have left the user's data
-        # in what ``partial`` names: then it stays, marked, for a human (gc never takes it).
-        maybe_data = (partial / MOVED).exists()
-        with contextlib.suppress(Exception):  # e.g. a template database made before the failure
-            if moved:  # the data lives in the snapshot: put it back before freeing anything
-                target.engine.snapshot_restore(endpoint, target.tools(database), partial)
-                maybe_data = False
-            if not maybe_data:
-                target.engine.snapshot_delete(endpoint, target.tools(database), partial)
-        if not maybe_data:
-            shutil.rmtree(partial, ignore_errors=True)
-        elif isinstance(exc, Exception):
-            kept = ClaudeDbError(
-                f"{_message(exc)}; the data may be in what {partial} names (kept as it is)"
-            )
-            kept.exit_code = getattr(exc, "exit_code", kept.exit_code)  # e.g. 4: server gone
-            raise kept from None
+    except BaseException:
+        # What the server recorded (a move's data) stays and is listed; the rest goes.
+        with contextlib.suppress(Exception):
+            if _server_kept(target.engine):
+                discard_unfinished(target, partial)
+            else:
+                target.engine.snapshot_delete(endpoint, tools, partial)
+        shutil.rmtree(partial, ignore_errors=True)
         raise
     snapshot.emptied = moved
     return snapshot
@@ -355,12 +486,18 @@ def _save_into(
 
 def _automatic(
     app: App, target: Target, store: SnapshotStore, database: str | None, reason: str,
-    move: bool = False, prune: bool = True,
+    move: bool = False, prune: bool = True, source: Snapshot | None = None,
 ) -> Snapshot | None:
+    """The automatic snapshot before ``reason``; with snapshots turned off, None (the
+    command is noted for undo) unless a ``source`` is restored by a move: that snapshot is
+    the caller's to delete."""
     if app.settings.auto_snapshots == 0:
-        return None
+        if reason != UNDO:
+            _write_unsnapshotted(store, reason)
+        if source is None or not _moves(target.engine):
+            return None
     try:
-        snapshot = _save(target, store, None, database, reason, move=move)
+        snapshot = _save(target, store, None, database, reason, move=move, source=source)
     except ClaudeDbError as exc:
         # same class, same exit code (a server that does not answer stays exit 4)
         raise type(exc)(
@@ -372,25 +509,51 @@ def _automatic(
     return snapshot
 
 
+def _write_unsnapshotted(store: SnapshotStore, reason: str) -> None:
+    store.root.mkdir(parents=True, exist_ok=True)
+    at = datetime.now(UTC).isoformat(timespec="microseconds")
+    (store.root / UNSNAPSHOTTED).write_text(json.dumps({"reason": reason, "at": at}))
+
+
+def _read_unsnapshotted(store: SnapshotStore) -> dict[str, str] | None:
+    with contextlib.suppress(OSError, ValueError, TypeError):
+        data = json.loads((store.root / UNSNAPSHOTTED).read_text())
+        if isinstance(data, dict) and {"reason", "at"} <= data.keys():
+            return {"reason": str(data["reason"]), "at": str(data["at"])}
+    return None
+
+
 def _restore(
     app: App, target: Target, store: SnapshotStore, snapshot: Snapshot, reason: str
 ) -> tuple[Snapshot, Snapshot | None]:
+    if not snapshot.readable:
+        raise UsageError(f"snapshot {snapshot.name!r} cannot be restored: its record is "
+                         f"unreadable (claude-db snapshot delete {snapshot.name})")
     if snapshot.engine != target.engine.name:
         raise UsageError(
             f"snapshot {snapshot.name!r} is of a {snapshot.engine} database, "
             f"not {target.engine.name}"
         )
-    # the data about to be replaced is kept too: nothing is lost by a wrong restore
-    safety = _automatic(app, target, store, snapshot.database, reason, prune=False)
-    _engine_restore(target, snapshot)
+    # The data about to be replaced is kept too: nothing is lost by a wrong restore. An
+    # engine that can moves it aside and makes the database from the snapshot in one step.
+    database = snapshot.database or None
+    safety = _automatic(app, target, store, database, reason, move=True, prune=False,
+                        source=snapshot)
+    if safety is None or not safety.emptied:
+        _engine_restore(target, snapshot)
+    if safety is not None and app.settings.auto_snapshots == 0:  # moved aside only to restore
+        with contextlib.suppress(Exception):
+            _delete(target, safety)
+        safety = None
     if safety is not None:  # after the restore: the one restored may be the oldest
         _prune(app, target, store, keep=safety)
     return snapshot, safety
 
 
 def _engine_restore(target: Target, snapshot: Snapshot) -> None:
+    database = snapshot.database or None
     target.engine.snapshot_restore(
-        target.endpoint(snapshot.database), target.tools(snapshot.database), snapshot.path
+        target.endpoint(database), target.tools(database), snapshot.path
     )
 
 
@@ -407,10 +570,9 @@ def _prune(app: App, target: Target, store: SnapshotStore, keep: Snapshot) -> No
 def _delete(target: Target, snapshot: Snapshot) -> None:
     doomed = snapshot.path.with_name(f".{snapshot.name}.{os.getpid()}{DELETING}")
     os.rename(snapshot.path, doomed)  # off the list first: never listed but half deleted
+    database = snapshot.database or None
     try:
-        target.engine.snapshot_delete(
-            target.endpoint(snapshot.database), target.tools(snapshot.database), doomed
-        )
+        target.engine.snapshot_delete(target.endpoint(database), target.tools(database), doomed)
     except BaseException:
         os.rename(doomed, snapshot.path)
         raise

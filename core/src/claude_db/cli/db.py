@@ -388,7 +388,9 @@ def reset(
     database: str | None = DatabaseOption,
     yes: bool = typer.Option(False, "--yes", "-y", help="Do not ask for confirmation."),
 ) -> None:
-    """Drop the database with everything in it and create it again, empty."""
+    """Drop the database with everything in it and create it again, empty.
+
+    Ends the database's other connections first (clients reconnect)."""
     target = _target(session, destructive="reset")
     target.require_running()
     endpoint = target.endpoint(database)

@@ -14,7 +14,9 @@ HELP = (
     "Save, list, restore and delete snapshots of the session's database.\n\n"
     "reset and import --replace take a snapshot first, automatically (the latest "
     "$CLAUDE_DB_AUTO_SNAPSHOTS are kept, default 5); claude-db undo restores the latest "
-    "snapshot. Restoring first saves the data it replaces, as one more snapshot."
+    "snapshot. Restoring first saves the data it replaces, as one more snapshot.\n\n"
+    "save disturbs no one. reset, restore and undo need the database to themselves: they "
+    "end its other connections (after a line saying how many); clients reconnect."
 )
 
 YesOption = typer.Option(
@@ -37,7 +39,7 @@ def save(
     database: str | None = DatabaseOption,
     as_json: bool = JsonOption,
 ) -> None:
-    """Save the database as it is now, under NAME."""
+    """Save the database as it is now, under NAME (other clients are not disturbed)."""
     app = get_app()
     target = _target(session)
     snapshot = snapshots.save(app, target, name, database)
@@ -72,7 +74,9 @@ def restore(
     yes: bool = YesOption,
     as_json: bool = JsonOption,
 ) -> None:
-    """Replace the database with snapshot NAME (the current data is saved first)."""
+    """Replace the database with snapshot NAME (the current data is saved first).
+
+    Ends the database's other connections first (clients reconnect)."""
     app = get_app()
     target = _target(session, destructive="restore a snapshot")
     snapshots.find(app, target, name)  # an unknown name fails before any question
@@ -97,7 +101,9 @@ def undo(
     yes: bool = YesOption,
     as_json: bool = JsonOption,
 ) -> None:
-    """Undo the last reset, import --replace or restore (from the snapshot taken before it)."""
+    """Undo the last reset, import --replace or restore (from the snapshot taken before it).
+
+    Ends the database's other connections first (clients reconnect)."""
     app = get_app()
     target = _target(session, destructive="undo")
     snapshots.find(app, target, None)  # nothing to undo fails before any question
@@ -125,4 +131,8 @@ def _report(name: str, restored: Snapshot, safety: Snapshot | None, as_json: boo
 
 
 def _kind(snapshot: Snapshot) -> str:
+    if not snapshot.readable:
+        return "damaged (its record is unreadable: delete it)"
+    if snapshot.reason == snapshots.UNRECORDED:
+        return "unrecorded (a save or reset cut short: restore or delete it)"
     return f"auto (before {snapshot.reason})" if snapshot.automatic else "manual"

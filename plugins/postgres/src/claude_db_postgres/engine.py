@@ -48,8 +48,17 @@ class PostgresEngine(Engine):
         }
 
     def check_ready(self, endpoint: Endpoint, timeout: float) -> str:
-        with _connect(endpoint, timeout) as conn:
-            return str(conn.info.parameter_status("server_version") or "")
+        import psycopg
+
+        try:
+            with _connect(endpoint, timeout) as conn:
+                return str(conn.info.parameter_status("server_version") or "")
+        except psycopg.OperationalError:
+            # the server answers but a killed reset or a crash during a drop left the
+            # database missing or invalid: finish that (so attach repairs it)
+            if not snapshots.repair(endpoint):
+                raise
+        return self.check_ready(endpoint, timeout)
 
     def local_server(self) -> LocalServer:
         return PostgresLocalServer()
@@ -164,16 +173,27 @@ class PostgresEngine(Engine):
     # -- snapshots: template databases on the server (claude_db_postgres.snapshots) -------
 
     def snapshot_save(self, endpoint: Endpoint, tools: Tools, directory: Path) -> None:
-        snapshots.save(endpoint, directory)
+        snapshots.save(endpoint, tools, directory)
 
-    def snapshot_move(self, endpoint: Endpoint, tools: Tools, directory: Path) -> bool:
-        return snapshots.move(endpoint, directory)
+    def snapshot_move(
+        self, endpoint: Endpoint, tools: Tools, directory: Path, source: Path | None = None
+    ) -> bool:
+        return snapshots.move(endpoint, directory, source)
 
     def snapshot_restore(self, endpoint: Endpoint, tools: Tools, directory: Path) -> None:
         snapshots.restore(endpoint, directory)
 
     def snapshot_delete(self, endpoint: Endpoint, tools: Tools, directory: Path) -> None:
         snapshots.delete(endpoint, directory)
+
+    def snapshot_catalog(self, endpoint: Endpoint) -> list[dict[str, Any]] | None:
+        return snapshots.catalog(endpoint)
+
+    def snapshot_recover(self, endpoint: Endpoint) -> list[str]:
+        return snapshots.recover(endpoint)
+
+    def snapshot_keep(self, endpoint: Endpoint, directory: Path) -> None:
+        snapshots.keep(endpoint, directory)
 
 
 #: a statement that ends our import's transaction or leaves its connection: COMMIT,

@@ -1,12 +1,26 @@
-"""PostgreSQL snapshots as template databases: a copy on the server itself, near-instant.
+"""PostgreSQL snapshots: template databases on the server that carry their own record.
 
-``save`` copies the database with ``CREATE DATABASE <snapshot> TEMPLATE <db>``, ``restore``
-drops the database and copies it back from the snapshot. Before ``reset``, ``move`` copies
-nothing: the database itself becomes the snapshot and an empty one takes its name. All
-need the source free of other connections, so they are ended first (clients reconnect,
-as after a restart).
-Snapshot databases refuse connections, so nothing can block a restore or change them.
-The snapshot's directory (kept by claude-db core) records the database's name.
+A snapshot is a database ``claude_snapshot_<hex>`` on the session's server that refuses
+connections. Its COMMENT holds the snapshot's record: core's ``snapshot.json``, the
+database's owner, and the database-level state a copy does not carry (``ALTER DATABASE``
+and ``ALTER ROLE ... IN DATABASE`` settings, the database's comment, its grants). So the
+server is the history: the host and a session container see the same snapshots, and they
+outlive a re-created container; core's directories only cache them (:func:`catalog`).
+Only the role's own snapshots are listed (those of roles it is a member of), and nothing
+here needs more than the database's owner with CREATEDB.
+
+``save`` copies with ``CREATE DATABASE <snapshot> TEMPLATE <db>``, which needs the database
+to itself: when other clients are connected it copies a ``pg_dump`` of one consistent MVCC
+snapshot into the new database instead, so saving never disturbs anyone.
+
+``move`` (before ``reset``, ``restore``, ``undo``, ``import --replace``) renames the
+database to the snapshot and writes its record, marked pending, in one transaction; then
+creates the database again (empty, or from the snapshot being restored), gives it the
+database-level state and clears the mark. A command killed in between leaves a pending
+record that :func:`recover` (run by every snapshot command) finishes: the database is
+never missing for long and never left invalid, since only snapshots are dropped. Renaming
+and copying need the database free: its other connections are ended, after one line that
+says how many.
 """
 
 from __future__ import annotations
@@ -14,154 +28,272 @@ from __future__ import annotations
 import contextlib
 import json
 import secrets
+import subprocess
+import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
-from claude_db import Endpoint
+from claude_db import Endpoint, Tools
 from claude_db.errors import ClaudeDbError
+from claude_db.snapshots import META, checkpoint
 
-RECORD = "postgres.json"
+PREFIX = "claude_snapshot_"
+RECORD = "postgres.json"  # in the snapshot's directory: {"template": <its database>}
+MARK = "claude_db_snapshot"  # in a record: tells it from any other comment
 COPY_ATTEMPTS = 20  # CREATE DATABASE itself waits ~5 s for ended clients to go each time
+INVALID = -2  # datconnlimit of a database whose DROP was cut short (PostgreSQL >= 15.4)
 
 
-def save(endpoint: Endpoint, directory: Path) -> None:
+def save(endpoint: Endpoint, tools: Tools, directory: Path) -> None:
     import psycopg
     from psycopg import sql
 
-    template = f"claude_snapshot_{secrets.token_hex(6)}"
-    # recorded before it exists: a failed or interrupted save can always be cleaned up
-    _write(directory, {"template": template, "owner": None})
+    template = f"{PREFIX}{secrets.token_hex(6)}"
+    # named before it exists: a failed or interrupted save can always be cleaned up
+    _write(directory, template)
     try:
         with _maintenance(endpoint) as conn:
-            row = conn.execute(
-                "SELECT pg_get_userbyid(datdba) FROM pg_database WHERE datname = %s",
-                [endpoint.database],
-            ).fetchone()
-            if row is None:
-                raise ClaudeDbError(f"database {endpoint.database!r} does not exist")
-            _write(directory, {"template": template, "owner": row[0]})
-            _copy(conn, endpoint.database, template, owner=None)
-            conn.execute(
-                sql.SQL("ALTER DATABASE {} WITH ALLOW_CONNECTIONS false").format(
-                    sql.Identifier(template)
-                )
-            )
+            owner, state = _describe(conn, endpoint.database)
+            if _others(conn, endpoint.database) == 0:
+                try:
+                    conn.execute(sql.SQL("CREATE DATABASE {} TEMPLATE {}").format(
+                        sql.Identifier(template), sql.Identifier(endpoint.database)))
+                except psycopg.errors.ObjectInUse:  # a client came meanwhile: never end it
+                    _copy_by_dump(conn, endpoint, tools, template)
+            else:
+                _copy_by_dump(conn, endpoint, tools, template)
+            checkpoint("copied")
+            with conn.transaction():
+                _record(conn, template, _meta(directory), owner, state)
+                _refuse_connections(conn, template)
     except psycopg.Error as exc:
         raise ClaudeDbError(f"snapshot failed: {_message(exc)}") from None
 
 
-def move(endpoint: Endpoint, directory: Path) -> bool:
-    """Keep the data as the snapshot and leave the database empty, without copying it.
-
-    The database is renamed to the snapshot's template database and an empty one is
-    created under its name, as ``reset`` makes it. Returns False, with nothing changed,
-    when the role may not rename the database (core then copies and resets).
-    """
+def move(endpoint: Endpoint, directory: Path, source: Path | None) -> bool:
+    """Keep the data as the snapshot without copying it, and make the database again:
+    empty, or as the snapshot in ``source``. Returns False, with nothing changed, when the
+    role may not rename the database (core then copies instead)."""
     import psycopg
-    from psycopg import sql
 
-    template = f"claude_snapshot_{secrets.token_hex(6)}"
-    _write(directory, {"template": template, "owner": None})
-    name, kept = sql.Identifier(endpoint.database), sql.Identifier(template)
+    template = f"{PREFIX}{secrets.token_hex(6)}"
+    _write(directory, template)
     try:
         with _maintenance(endpoint) as conn:
-            row = conn.execute(
-                "SELECT pg_get_userbyid(datdba) FROM pg_database WHERE datname = %s",
-                [endpoint.database],
-            ).fetchone()
-            if row is None:
-                raise ClaudeDbError(f"database {endpoint.database!r} does not exist")
-            _write(directory, {"template": template, "owner": row[0]})
+            origin = _template(source) if source is not None else None
+            if origin is not None and not _exists(conn, origin):
+                raise ClaudeDbError(f"the snapshot's database {origin} is gone from the server")
+            owner, state = _describe(conn, endpoint.database)
+            pending = {"database": endpoint.database, "source": origin}
             try:
-                _rename(conn, endpoint.database, template)
+                _with_clients_ended(conn, endpoint.database, lambda: _move(
+                    conn, endpoint.database, template, _meta(directory), owner, state, pending))
             except psycopg.errors.InsufficientPrivilege:
                 return False
-            try:
-                conn.execute(sql.SQL("ALTER DATABASE {} WITH ALLOW_CONNECTIONS false").format(kept))
-                conn.execute(
-                    sql.SQL("CREATE DATABASE {} OWNER {}").format(
-                        name, sql.Identifier(endpoint.user)
-                    )
-                )
-            except BaseException:
-                with contextlib.suppress(psycopg.Error):  # the data goes back where it was
-                    conn.execute(
-                        sql.SQL("ALTER DATABASE {} WITH ALLOW_CONNECTIONS true").format(kept)
-                    )
-                    conn.execute(sql.SQL("ALTER DATABASE {} RENAME TO {}").format(kept, name))
-                raise
+            checkpoint("moved")
+            _finish(conn, template)
     except psycopg.Error as exc:
         raise ClaudeDbError(f"snapshot failed: {_message(exc)}") from None
     return True
 
 
 def restore(endpoint: Endpoint, directory: Path) -> None:
+    """Replace the database by a copy of the snapshot (when it could not be moved aside)."""
     import psycopg
     from psycopg import sql
 
-    record = _read(directory)
+    template = _template(directory)
     try:
         with _maintenance(endpoint) as conn:
-            if not _exists(conn, record["template"]):
-                raise ClaudeDbError(
-                    f"the snapshot's database {record['template']} is gone from the server"
-                )
-            conn.execute(
-                sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(
-                    sql.Identifier(endpoint.database)
-                )
-            )
-            owner = record["owner"] or endpoint.user
-            _copy(conn, record["template"], endpoint.database, owner=owner)
+            record = _records(conn).get(template)
+            if record is None:
+                raise ClaudeDbError(f"the snapshot's database {template} is gone from the server")
+            # marked first: a drop cut short is finished by recover(), from this snapshot
+            _comment(conn, template, {**record, "pending": {"database": endpoint.database,
+                                                            "source": template}})
+
+            def drop() -> None:
+                conn.execute(sql.SQL("DROP DATABASE IF EXISTS {}").format(
+                    sql.Identifier(endpoint.database)))
+
+            _with_clients_ended(conn, endpoint.database, drop)
+            checkpoint("dropped")
+            _finish(conn, template)
     except psycopg.Error as exc:
         raise ClaudeDbError(f"restoring the snapshot failed: {_message(exc)}") from None
 
 
 def delete(endpoint: Endpoint, directory: Path) -> None:
     import psycopg
-    from psycopg import sql
 
     try:
-        record = _read(directory)
+        template = _template(directory)
     except ClaudeDbError:
-        return  # never got as far as making a database
+        return  # never got as far as naming a database
     try:
         with _maintenance(endpoint) as conn:
-            conn.execute(
-                sql.SQL("DROP DATABASE IF EXISTS {}").format(sql.Identifier(record["template"]))
-            )
+            _drop(conn, template)
     except psycopg.Error as exc:
         raise ClaudeDbError(f"deleting the snapshot failed: {_message(exc)}") from None
 
 
-def _copy(conn: Any, source: str, target: str, owner: str | None) -> None:
-    """``CREATE DATABASE target TEMPLATE source``, ending the source's other connections."""
+def keep(endpoint: Endpoint, directory: Path) -> None:
+    """Record on the server a snapshot known only from ``directory`` (saved by an older
+    claude-db, which kept its record there)."""
+    with _maintenance(endpoint) as conn:
+        template = _template(directory)
+        if _exists(conn, template):
+            _record(conn, template, _meta(directory), None, None)
+
+
+def catalog(endpoint: Endpoint) -> list[dict[str, Any]]:
+    """The snapshots the server keeps: ``record`` (None: a database named like one but
+    never recorded, e.g. a save cut short in a container since re-created), ``files``."""
+    with _maintenance(endpoint) as conn:
+        records = _records(conn)
+    return [
+        {"record": _public(record) if record else None, "key": template,
+         "files": {RECORD: json.dumps({"template": template})}}
+        for template, record in records.items()
+    ]
+
+
+def recover(endpoint: Endpoint) -> list[str]:
+    """Finish what killed commands left: pending moves and restores, snapshots whose drop
+    was cut short, the database left invalid by a drop cut short. What was done, one line each."""
     from psycopg import sql
 
-    statement = sql.SQL("CREATE DATABASE {} TEMPLATE {}").format(
-        sql.Identifier(target), sql.Identifier(source)
-    )
+    done = []
+    with _maintenance(endpoint) as conn:
+        for template, record in _records(conn, invalid=True).items():
+            if record is not None and record.get("invalid"):
+                _drop(conn, template)  # a delete cut short: nothing of it is usable
+                done.append(f"finished deleting the snapshot database {template}")
+        for template, record in _records(conn).items():
+            pending = (record or {}).get("pending")
+            if record and pending:
+                database = pending["database"]
+                left = not _usable(conn, database)
+                _finish(conn, template)
+                if left:
+                    done.append(f"{database} was missing after an interrupted command: made "
+                                f"again, the data it had is in snapshot {record['name']}")
+        if _invalid(conn, endpoint.database):
+            conn.execute(sql.SQL("DROP DATABASE IF EXISTS {}").format(
+                sql.Identifier(endpoint.database)))
+            _create(conn, endpoint.database, None, endpoint.user)
+            done.append(f"{endpoint.database} was left invalid by a drop cut short (a server "
+                        "crash): made again, empty")
+    return done
+
+
+def repair(endpoint: Endpoint) -> bool:
+    """If the server answers but ``endpoint``'s database is missing or invalid after a
+    killed command or a crash, :func:`recover`; True if that made it usable."""
+    with contextlib.suppress(Exception), _maintenance(endpoint) as conn:
+        if _usable(conn, endpoint.database):
+            return False
+        for done in recover(endpoint):
+            print(done, file=sys.stderr)
+        return _usable(conn, endpoint.database)
+    return False
+
+
+# -- the server's side ---------------------------------------------------------------------
+
+
+def _move(conn: Any, database: str, template: str, meta: dict[str, Any], owner: str,
+          state: dict[str, Any], pending: dict[str, Any]) -> None:
+    """Rename ``database`` to ``template`` and record it, all or nothing."""
+    from psycopg import sql
+
+    with conn.transaction():
+        conn.execute(sql.SQL("ALTER DATABASE {} RENAME TO {}").format(
+            sql.Identifier(database), sql.Identifier(template)))
+        _record(conn, template, meta, owner, state, pending=pending)
+        _refuse_connections(conn, template)
+
+
+def _finish(conn: Any, template: str) -> None:
+    """Make the database a pending record names, if it is not there yet, with the
+    database-level state it had; then clear the mark."""
+    from psycopg import sql
+
+    record = _records(conn)[template]
+    assert record is not None
+    pending = record["pending"]
+    database, source = pending["database"], pending["source"]
+    if not _usable(conn, database):
+        if _invalid(conn, database):  # the server crashed while dropping it
+            conn.execute(sql.SQL("DROP DATABASE {}").format(sql.Identifier(database)))
+        origin = source if source and _usable_template(conn, source) else None
+        _create(conn, database, origin, record.get("owner"))
+        checkpoint("created")
+        state = (_records(conn).get(origin) if origin else record) or {}
+        for problem in _apply(conn, database, state.get("state")):
+            print(f"warning: {problem}", file=sys.stderr)
+    _comment(conn, template, {k: v for k, v in record.items() if k != "pending"})
+
+
+def _create(conn: Any, database: str, template: str | None, owner: str | None) -> None:
+    from psycopg import sql
+
+    statement = sql.SQL("CREATE DATABASE {}").format(sql.Identifier(database))
+    if template is not None:
+        statement += sql.SQL(" TEMPLATE {}").format(sql.Identifier(template))
     if owner:
         statement += sql.SQL(" OWNER {}").format(sql.Identifier(owner))
-    _with_clients_ended(conn, source, statement)
+    conn.execute(statement)
 
 
-def _rename(conn: Any, source: str, target: str) -> None:
-    """``ALTER DATABASE source RENAME TO target``, ending the source's connections first."""
+def _drop(conn: Any, template: str) -> None:
     from psycopg import sql
 
-    statement = sql.SQL("ALTER DATABASE {} RENAME TO {}").format(
-        sql.Identifier(source), sql.Identifier(target)
-    )
-    _with_clients_ended(conn, source, statement)
+    if not template.startswith(PREFIX):  # never anything but a snapshot's own database
+        raise ClaudeDbError(f"{template} is not a snapshot's database")
+    conn.execute(sql.SQL("DROP DATABASE IF EXISTS {}").format(sql.Identifier(template)))
 
 
-def _with_clients_ended(conn: Any, database: str, statement: Any) -> None:
-    """Run ``statement``, which needs ``database`` free of other connections: end them
-    first, and again while clients keep reconnecting in between."""
+def _copy_by_dump(conn: Any, endpoint: Endpoint, tools: Tools, template: str) -> None:
+    """Copy ``endpoint``'s database into a new ``template`` with pg_dump | psql: one MVCC
+    snapshot read, no other client disturbed. Same encoding and collation as the source."""
+    from psycopg import sql
+
+    from claude_db_postgres.engine import PostgresEngine, _tail
+
+    row = conn.execute(
+        "SELECT pg_encoding_to_char(encoding), datcollate, datctype FROM pg_database "
+        "WHERE datname = %s", [endpoint.database]).fetchone()
+    conn.execute(sql.SQL(
+        "CREATE DATABASE {} TEMPLATE template0 ENCODING {} LC_COLLATE {} LC_CTYPE {}"
+    ).format(sql.Identifier(template), *map(sql.Literal, row)))
+    env = PostgresEngine().native_env(tools.endpoint)
+    with tempfile.TemporaryFile() as dump_errors, tempfile.TemporaryFile() as load_errors:
+        dump = tools.popen(["pg_dump", "--quote-all-identifiers"], env=env,
+                           stdout=subprocess.PIPE, stderr=dump_errors)
+        load = tools.popen(
+            ["psql", "-X", "-q", "-v", "ON_ERROR_STOP=1", "--single-transaction", "-f", "-"],
+            env={**env, "PGDATABASE": template}, stdin=dump.stdout,
+            stdout=subprocess.DEVNULL, stderr=load_errors)
+        assert dump.stdout is not None
+        dump.stdout.close()  # psql has it: pg_dump gets SIGPIPE if psql stops
+        loaded, dumped = load.wait(), dump.wait()
+        if dumped != 0 or loaded != 0:
+            failed = _tail(dump_errors) if dumped != 0 else _tail(load_errors)
+            raise ClaudeDbError(f"copying {endpoint.database} while it is in use failed: {failed}")
+
+
+def _with_clients_ended(conn: Any, database: str, step: Any) -> None:
+    """Run ``step``, which needs ``database`` free of other connections: end them first
+    (saying so), and again while clients keep reconnecting in between."""
     import psycopg
 
+    others = _others(conn, database)
+    if others:
+        print(f"ending {others} other connection{'s' if others > 1 else ''} to {database}",
+              file=sys.stderr)
     for _ in range(COPY_ATTEMPTS):
         conn.execute(
             "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
@@ -169,11 +301,140 @@ def _with_clients_ended(conn: Any, database: str, statement: Any) -> None:
             [database],
         )
         try:
-            conn.execute(statement)
+            step()
             return
         except psycopg.errors.ObjectInUse:  # a client connected again in between
             time.sleep(0.05)
     raise ClaudeDbError(f"database {database!r} stays in use by other clients; try again")
+
+
+def _others(conn: Any, database: str) -> int:
+    row = conn.execute("SELECT count(*) FROM pg_stat_activity "
+                       "WHERE datname = %s AND pid <> pg_backend_pid()", [database]).fetchone()
+    return int(row[0])
+
+
+def _describe(conn: Any, database: str) -> tuple[str, dict[str, Any]]:
+    """The database's owner and its database-level state: what a template copy loses."""
+    row = conn.execute(
+        "SELECT pg_get_userbyid(datdba), shobj_description(oid, 'pg_database'), "
+        "datacl IS NULL FROM pg_database WHERE datname = %s", [database]).fetchone()
+    if row is None:
+        raise ClaudeDbError(f"database {database!r} does not exist")
+    owner, comment, default_acl = row
+    settings = conn.execute(
+        "SELECT r.rolname, s.setconfig FROM pg_db_role_setting s "
+        "JOIN pg_database d ON d.oid = s.setdatabase LEFT JOIN pg_roles r ON r.oid = s.setrole "
+        "WHERE d.datname = %s ORDER BY 1 NULLS FIRST", [database]).fetchall()
+    grants = None if default_acl else [list(g) for g in conn.execute(
+        "SELECT CASE WHEN a.grantee = 0 THEN NULL ELSE pg_get_userbyid(a.grantee) END, "
+        "a.privilege_type, a.is_grantable FROM pg_database d, aclexplode(d.datacl) a "
+        "WHERE d.datname = %s", [database]).fetchall()]
+    return owner, {"settings": [[role, list(config)] for role, config in settings],
+                   "comment": comment, "grants": grants}
+
+
+def _apply(conn: Any, database: str, state: dict[str, Any] | None) -> list[str]:
+    """Give ``database`` the state :func:`_describe` read; what could not be, one line each."""
+    import psycopg
+    from psycopg import sql
+
+    if not state:
+        return []
+    name = sql.Identifier(database)
+    statements: list[tuple[Any, tuple[str, str] | None]] = []
+    for role, config in state.get("settings") or []:
+        for item in config:
+            setting, _, value = item.partition("=")
+            parameter = sql.SQL(".").join(map(sql.Identifier, setting.split(".")))
+            # FROM CURRENT takes the value as SET parses it: lists stay lists (search_path)
+            target = (sql.SQL("ALTER ROLE {} IN DATABASE {}").format(sql.Identifier(role), name)
+                      if role else sql.SQL("ALTER DATABASE {}").format(name))
+            statements.append((target + sql.SQL(" SET {} FROM CURRENT").format(parameter),
+                               (setting, value)))
+    if state.get("comment") is not None:
+        statements.append((sql.SQL("COMMENT ON DATABASE {} IS {}").format(
+            name, sql.Literal(state["comment"])), None))
+    if state.get("grants") is not None:
+        statements.append((sql.SQL("REVOKE ALL ON DATABASE {} FROM PUBLIC").format(name), None))
+        for grantee, privilege, grantable in state["grants"]:
+            statement = sql.SQL("GRANT {} ON DATABASE {} TO {}").format(
+                sql.SQL(privilege), name, sql.Identifier(grantee) if grantee else sql.SQL("PUBLIC"))
+            if grantable:
+                statement += sql.SQL(" WITH GRANT OPTION")
+            statements.append((statement, None))
+    problems = []
+    for statement, local in statements:
+        try:
+            with conn.transaction():
+                if local:
+                    conn.execute("SELECT set_config(%s, %s, true)", list(local))
+                conn.execute(statement)
+        except psycopg.Error as exc:
+            problems.append(f"could not carry {statement.as_string(conn)}: {_message(exc)}")
+    return problems
+
+
+def _record(conn: Any, template: str, meta: dict[str, Any], owner: str | None,
+            state: dict[str, Any] | None, pending: dict[str, Any] | None = None) -> None:
+    record = {MARK: 1, **meta, "owner": owner, "state": state}
+    if pending:
+        record["pending"] = pending
+    _comment(conn, template, record)
+
+
+def _comment(conn: Any, template: str, record: dict[str, Any]) -> None:
+    from psycopg import sql
+
+    conn.execute(sql.SQL("COMMENT ON DATABASE {} IS {}").format(
+        sql.Identifier(template), sql.Literal(json.dumps(record))))
+
+
+def _refuse_connections(conn: Any, template: str) -> None:
+    from psycopg import sql
+
+    conn.execute(sql.SQL("ALTER DATABASE {} WITH ALLOW_CONNECTIONS false").format(
+        sql.Identifier(template)))
+
+
+def _records(conn: Any, invalid: bool = False) -> dict[str, dict[str, Any] | None]:
+    """The role's snapshot databases and their records (None: none readable); with
+    ``invalid`` only those a drop cut short, as ``{"invalid": True}``."""
+    rows = conn.execute(
+        "SELECT datname, shobj_description(oid, 'pg_database'), datconnlimit = %s "
+        "FROM pg_database WHERE starts_with(datname, %s) "
+        "AND pg_has_role(datdba, 'MEMBER') ORDER BY datname", [INVALID, PREFIX]).fetchall()
+    found: dict[str, dict[str, Any] | None] = {}
+    for name, comment, broken in rows:
+        if broken != invalid:
+            continue
+        record = None
+        with contextlib.suppress(ValueError, TypeError):
+            record = json.loads(comment)
+        found[name] = ({"invalid": True} if broken else
+                       record if isinstance(record, dict) and record.get(MARK) else None)
+    return found
+
+
+def _public(record: dict[str, Any]) -> dict[str, Any]:
+    """A server record as core's snapshot.json."""
+    return {k: v for k, v in record.items() if k not in (MARK, "owner", "state", "pending")}
+
+
+def _usable(conn: Any, database: str) -> bool:
+    row = conn.execute("SELECT datconnlimit <> %s FROM pg_database WHERE datname = %s",
+                       [INVALID, database]).fetchone()
+    return bool(row and row[0])
+
+
+def _usable_template(conn: Any, template: str) -> bool:
+    return _usable(conn, template) and _records(conn).get(template) is not None
+
+
+def _invalid(conn: Any, database: str) -> bool:
+    row = conn.execute("SELECT datconnlimit = %s FROM pg_database WHERE datname = %s",
+                       [INVALID, database]).fetchone()
+    return bool(row and row[0])
 
 
 def _maintenance(endpoint: Endpoint) -> Any:
@@ -193,16 +454,24 @@ def _exists(conn: Any, database: str) -> bool:
     return row is not None
 
 
-def _write(directory: Path, record: dict[str, Any]) -> None:
-    (directory / RECORD).write_text(json.dumps(record))
+def _write(directory: Path, template: str) -> None:
+    (directory / RECORD).write_text(json.dumps({"template": template}))
 
 
-def _read(directory: Path) -> dict[str, Any]:
+def _template(directory: Path) -> str:
     try:
-        record: dict[str, Any] = json.loads((directory / RECORD).read_text())
-    except (OSError, ValueError) as exc:
+        template = json.loads((directory / RECORD).read_text())["template"]
+    except (OSError, ValueError, TypeError, KeyError) as exc:
         raise ClaudeDbError(f"the snapshot in {directory} is unreadable: {exc}") from None
-    return record
+    if not isinstance(template, str) or not template.startswith(PREFIX):
+        raise ClaudeDbError(f"the snapshot in {directory} names no snapshot database")
+    return template
+
+
+def _meta(directory: Path) -> dict[str, Any]:
+    """The snapshot's record, written by core before the engine is called."""
+    meta: dict[str, Any] = json.loads((directory / META).read_text())
+    return meta
 
 
 def _message(exc: Exception) -> str:
