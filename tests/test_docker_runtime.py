@@ -328,3 +328,21 @@ def test_the_ping_names_the_api_version_the_client_then_uses(
         assert docker_client.client().api.api_version == expected
     finally:
         docker_client._client_for.cache_clear()
+
+
+@pytest.mark.parametrize("break_it, reason", [
+    ("ALTER USER postgres PASSWORD 'not-the-recorded-one'", "password authentication failed"),
+    ("DROP DATABASE appdb WITH (FORCE)", 'database "appdb" does not exist'),
+])
+def test_readiness_fails_at_once_on_a_refusal_waiting_cannot_clear(
+    cli: Cli, new_name: Callable[[], str], break_it: str, reason: str
+) -> None:
+    name = new_name()
+    started(cli, name)
+    assert cli("claude-db", "query", break_it, "--database", "postgres").code == 0
+    # the whole timeout (10 minutes, longer than cli's own 180 s) was spent retrying before
+    attached = cli("claude-session", "attach", name, "--no-shell",
+                   env={"CLAUDE_DB_READY_TIMEOUT": "600"})
+    assert_one_line_error(attached, 1)
+    assert f"the postgres database of session {name!r} refused" in attached.stderr, attached
+    assert reason in attached.stderr, attached

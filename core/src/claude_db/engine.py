@@ -167,8 +167,14 @@ class Engine(ABC):
     def check_ready(self, endpoint: Endpoint, timeout: float) -> str:
         """Run an authenticated query against ``endpoint``; return the server version.
 
-        Raise any exception while it is not ready: the readiness loop retries.
+        Raise any exception while it is not ready: the readiness loop retries, unless
+        :meth:`never_ready` says the exception will not clear by waiting.
         """
+
+    def never_ready(self, error: Exception) -> bool:
+        """Whether ``error`` from :meth:`check_ready` will never clear by waiting (a wrong
+        password, a missing database): readiness then fails at once with its message."""
+        return False
 
     def local_server(self) -> LocalServer | None:
         """How to run as local processes, or ``None`` if this engine cannot."""

@@ -51,6 +51,9 @@ class PostgresEngine(Engine):
         with _connect(endpoint, timeout) as conn:
             return str(conn.info.parameter_status("server_version") or "")
 
+    def never_ready(self, error: Exception) -> bool:
+        return NEVER_READY.search(str(error)) is not None
+
     def local_server(self) -> LocalServer:
         return PostgresLocalServer()
 
@@ -175,6 +178,14 @@ class PostgresEngine(Engine):
     def snapshot_delete(self, endpoint: Endpoint, tools: Tools, directory: Path) -> None:
         snapshots.delete(endpoint, directory)
 
+
+#: connection refusals that waiting never clears; libpq gives no SQLSTATE for a failed
+#: connection, so the server's (English) message tells: wrong password, no such database
+#: or role, not allowed by pg_hba.conf or to log in
+NEVER_READY = re.compile(
+    r'FATAL: +(password authentication failed|(database|role) "[^"]*" does not exist'
+    r"|no pg_hba\.conf entry|role \S+ is not permitted to log in)"
+)
 
 #: a statement that ends our import's transaction or leaves its connection: COMMIT,
 #: END TRANSACTION/WORK (a bare ``END;`` is left out: every PL/pgSQL body pg_dump writes
