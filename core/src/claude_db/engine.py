@@ -68,6 +68,9 @@ class Tools(ABC):
 
     endpoint: Endpoint
     client_endpoint: Endpoint | None = None
+    #: set when the tools work on the user's files (an import): the directory their
+    #: relative paths resolve against (the imported file's, as ``psql -f FILE``'s ``\ir``)
+    workdir: Path | None = None
 
     @abstractmethod
     def popen(

@@ -40,7 +40,7 @@ from claude_db.runtimes.docker_client import (
     ping,
     slow,
 )
-from claude_db.runtimes.docker_tools import DockerExecTools, exec_argv, terminal
+from claude_db.runtimes.docker_tools import DockerTools, exec_argv, terminal
 from claude_db.session import Session
 
 if TYPE_CHECKING:
@@ -278,8 +278,16 @@ class DockerRuntime(Runtime):
         if attrs is None:
             raise NotRunningError(f"the database container of session {session.name!r} is gone; "
                                   f"start it with: claude-session attach {session.name} --no-shell")
-        inside = Endpoint("127.0.0.1", state["container_port"], session.credentials)
-        return DockerExecTools(attrs["Id"], inside)
+        network = (attrs["NetworkSettings"].get("Networks") or {}).get(state["network"]) or {}
+        if not network.get("NetworkID"):
+            raise NotRunningError(f"the database container of session {session.name!r} is not "
+                                  f"on its network; start it with: claude-session attach "
+                                  f"{session.name} --no-shell")
+        # by its name on the session's network: the same from a tools container and from
+        # inside the database container (docker exec)
+        endpoint = Endpoint(state["db_container"], state["container_port"], session.credentials)
+        return DockerTools(attrs["Id"], attrs["Image"], network["NetworkID"], endpoint,
+                           self._labels(session, engine, "tools"))
 
     def enter_shell(self, session: Session, env: dict[str, str]) -> int:
         name = session.runtime_state.get("session_container")
