@@ -346,3 +346,22 @@ def test_readiness_fails_at_once_on_a_refusal_waiting_cannot_clear(
     assert_one_line_error(attached, 1)
     assert f"the postgres database of session {name!r} refused" in attached.stderr, attached
     assert reason in attached.stderr, attached
+
+
+def test_an_explicit_session_image_without_databases_is_refused_not_ignored(
+    cli: Cli, new_name: Callable[[], str], workdir: Path
+) -> None:
+    """12.14: CLAUDE_DB_ENABLED=false used to start a session without the container --image
+    asked for, and say nothing about it."""
+    name = new_name()
+    off = {"CLAUDE_DB_ENABLED": "false"}
+    refused = cli("claude-session", "start", name, "--image", SESSION_IMAGE, env=off)
+    assert_one_line_error(refused, 2)
+    assert "--image" in refused.stderr and "CLAUDE_DB_ENABLED is false" in refused.stderr
+    assert name not in cli("claude-session", "list").stdout
+    assert resources(name) == NOTHING and not (workdir / ".env").exists()
+    # from the environment (maybe set for every session): started, and it says so
+    noted = cli("claude-session", "start", name, env={**off, "CLAUDE_SESSION_IMAGE": SESSION_IMAGE})
+    assert noted.code == 0, noted
+    assert "no container (CLAUDE_SESSION_IMAGE ignored)" in noted.stderr, noted
+    assert resources(name) == NOTHING
