@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
+import socket
 import subprocess
 import sys
-from collections.abc import Callable
+import threading
+from collections.abc import Callable, Iterator
 
 import pytest
 
@@ -28,8 +31,8 @@ def test_a_daemon_on_tcp_works(cli: Cli, new_name: Callable[[], str]) -> None:
     started = cli("claude-session", "start", name, env=tcp)
     assert started.code == 0 and "docker runtime" in started.stdout, started
     assert cli("claude-db", "status", env=tcp).code == 0
-    psql = cli("claude-db", "psql", "-XAtc", "SELECT inet_client_addr()", env=tcp)
-    assert psql.stdout == "127.0.0.1\n", psql  # docker exec through the tcp daemon too
+    psql = cli("claude-db", "psql", "-XAtc", "SELECT 1", env=tcp)
+    assert psql.stdout == "1\n", psql  # the docker CLI through the tcp daemon too
     listed = json.loads(cli("claude-session", "list", "--json", env=tcp).stdout)
     assert [s["status"] for s in listed if s["name"] == name] == ["running"]
     assert cli("claude-session", "delete", name, "--yes", env=tcp).code == 0
@@ -97,3 +100,50 @@ def test_the_cli_does_not_import_the_docker_sdk_to_check_availability() -> None:
         out = subprocess.run([sys.executable, "-c", program], capture_output=True, text=True,
                              env={"DOCKER_HOST": host, "PATH": "/usr/bin:/bin"}, check=True)
         assert out.stdout.strip() == "[]", out
+
+
+@pytest.fixture
+def hung_daemon(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A unix socket that accepts connections and never answers: a Docker engine that hangs."""
+    path = tmp_path_factory.mktemp("hung") / "docker.sock"
+    server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    server.bind(str(path))
+    server.listen(64)  # the kernel accepts up to the backlog; nobody ever reads or writes
+    held: list[socket.socket] = []
+    stop = threading.Event()
+
+    def accept() -> None:
+        server.settimeout(0.2)
+        while not stop.is_set():
+            with contextlib.suppress(TimeoutError, OSError):
+                held.append(server.accept()[0])
+
+    thread = threading.Thread(target=accept, daemon=True)
+    thread.start()
+    yield f"unix://{path}"
+    stop.set()
+    thread.join()
+    for connection in held:
+        connection.close()
+    server.close()
+
+
+@pytest.mark.docker
+def test_a_daemon_that_hangs_fails_commands_with_one_line_not_minutes(
+    cli: Cli, new_name: Callable[[], str], hung_daemon: str
+) -> None:
+    name = new_name()
+    assert cli("claude-session", "start", name).code == 0
+    hung = {"DOCKER_HOST": hung_daemon}
+    # each of these waited 120 s per Docker call before (cli's own timeout is 180 s)
+    for command in (("claude-db", "status"), ("claude-db", "query", "SELECT 1"),
+                    ("claude-db", "import", "-"), ("claude-session", "stop", name)):
+        result = cli(*command, env=hung, input="SELECT 1;\n")
+        assert_one_line_error(result, 7)
+        assert f"the Docker engine at {hung_daemon} does not answer (2 s)" in result.stderr
+    listed = cli("claude-session", "list", env=hung)
+    assert listed.code == 0 and "does not answer" in listed.stdout, listed
+    started = cli("claude-session", "start", "hung", "--runtime", "docker", env=hung)
+    assert_one_line_error(started, 7)
+    assert "does not answer (2 s)" in started.stderr
+    assert cli("claude-db", "status").code == 0  # untouched by all that

@@ -328,3 +328,40 @@ def test_the_ping_names_the_api_version_the_client_then_uses(
         assert docker_client.client().api.api_version == expected
     finally:
         docker_client._client_for.cache_clear()
+
+
+@pytest.mark.parametrize("break_it, reason", [
+    ("ALTER USER postgres PASSWORD 'not-the-recorded-one'", "password authentication failed"),
+    ("DROP DATABASE appdb WITH (FORCE)", 'database "appdb" does not exist'),
+])
+def test_readiness_fails_at_once_on_a_refusal_waiting_cannot_clear(
+    cli: Cli, new_name: Callable[[], str], break_it: str, reason: str
+) -> None:
+    name = new_name()
+    started(cli, name)
+    assert cli("claude-db", "query", break_it, "--database", "postgres").code == 0
+    # the whole timeout (10 minutes, longer than cli's own 180 s) was spent retrying before
+    attached = cli("claude-session", "attach", name, "--no-shell",
+                   env={"CLAUDE_DB_READY_TIMEOUT": "600"})
+    assert_one_line_error(attached, 1)
+    assert f"the postgres database of session {name!r} refused" in attached.stderr, attached
+    assert reason in attached.stderr, attached
+
+
+def test_an_explicit_session_image_without_databases_is_refused_not_ignored(
+    cli: Cli, new_name: Callable[[], str], workdir: Path
+) -> None:
+    """12.14: CLAUDE_DB_ENABLED=false used to start a session without the container --image
+    asked for, and say nothing about it."""
+    name = new_name()
+    off = {"CLAUDE_DB_ENABLED": "false"}
+    refused = cli("claude-session", "start", name, "--image", SESSION_IMAGE, env=off)
+    assert_one_line_error(refused, 2)
+    assert "--image" in refused.stderr and "CLAUDE_DB_ENABLED is false" in refused.stderr
+    assert name not in cli("claude-session", "list").stdout
+    assert resources(name) == NOTHING and not (workdir / ".env").exists()
+    # from the environment (maybe set for every session): started, and it says so
+    noted = cli("claude-session", "start", name, env={**off, "CLAUDE_SESSION_IMAGE": SESSION_IMAGE})
+    assert noted.code == 0, noted
+    assert "no container (CLAUDE_SESSION_IMAGE ignored)" in noted.stderr, noted
+    assert resources(name) == NOTHING

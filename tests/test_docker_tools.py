@@ -1,4 +1,5 @@
-"""claude-db's commands on docker sessions: psql, export and import run inside the containers."""
+"""claude-db's commands on docker sessions: psql and import see the user's files; export and
+the rest run inside the containers."""
 
 from __future__ import annotations
 
@@ -39,21 +40,41 @@ def users(cli: Cli) -> str:
     return result.stdout
 
 
-def test_psql_runs_inside_the_database_container(
-    cli: Cli, new_name: Callable[[], str]
+def test_psql_runs_beside_the_database_with_the_user_s_files(
+    cli: Cli, new_name: Callable[[], str], workdir: Path, tmp_path: Path
 ) -> None:
+    """12.13: files psql is told to read or write are the user's, not the container's."""
     name = new_name()
     start(cli, name)
-    # the server sees the client on its own loopback: psql ran in the database container
-    result = cli("claude-db", "psql", "-XAt", "-c", "SELECT inet_client_addr(), current_database()")
+    # a tools container on the session's network, not the database container itself
+    result = cli("claude-db", "psql", "-XAt", "-c",
+                 "SELECT inet_client_addr() <> inet_server_addr(), current_database()")
     assert result.code == 0, result
-    assert result.stdout == "127.0.0.1|appdb\n"  # no TTY on piped streams: no \r
+    assert result.stdout == "t|appdb\n"  # no TTY on piped streams: no \r
     # extra arguments reach psql; its exit status comes back
     failed = cli("claude-db", "psql", "-X", "-v", "ON_ERROR_STOP=1", "-c", "SELECT nosuchcolumn")
     assert failed.code != 0 and "nosuchcolumn" in failed.stderr, failed
     # psql reads the piped stdin
     piped = cli("claude-db", "shell", "-XAt", input="SELECT 40 + 2;\n")
     assert piped.stdout == "42\n", piped
+
+    (workdir / "q.sql").write_text("SELECT 'from q.sql';\n")
+    assert cli("claude-db", "psql", "-XAt", "-f", "q.sql").stdout == "from q.sql\n"
+    elsewhere = tmp_path / "elsewhere"  # outside the current directory, named by the user
+    elsewhere.mkdir()
+    (elsewhere / "q.sql").write_text("SELECT 'from elsewhere';\n")
+    named = cli("claude-db", "psql", "-XAt", "-f", str(elsewhere / "q.sql"))
+    assert named.stdout == "from elsewhere\n", named
+    copied = cli("claude-db", "psql", "-X", "-c",
+                 "\\copy (SELECT 1 AS a, 'x' AS b) TO 'out.csv' CSV HEADER")
+    assert copied.code == 0, copied
+    assert (workdir / "out.csv").read_text() == "a,b\n1,x\n"
+    (workdir / "in.csv").write_text("7\n8\n")
+    loaded = cli("claude-db", "psql", "-X", "-c", "CREATE TABLE n (v int)", "-c",
+                 "\\copy n FROM 'in.csv' CSV")
+    assert loaded.code == 0 and "COPY 2" in loaded.stdout, loaded
+    written = cli("claude-db", "psql", "-XAt", "-o", "result.txt", "-c", "SELECT sum(v) FROM n")
+    assert written.code == 0 and (workdir / "result.txt").read_text() == "15\n", written
 
 
 def test_export_reset_import_round_trip(
@@ -122,3 +143,47 @@ def test_inside_a_session_container_with_only_database_url(
     # ...while the driver-based commands still work
     status = docker(*bare, "status")
     assert status.stdout.startswith("ready: postgres"), status
+
+
+INCLUDING = {
+    "main.sql": "CREATE TABLE t (v int);\n\\ir parts/one.sql\n\\i parts/two.sql\n"
+                "\\copy t FROM 'data/rows.csv' CSV\n",
+    "parts/one.sql": "INSERT INTO t VALUES (1);\n\\ir three.sql\n",  # \ir: beside one.sql
+    "parts/three.sql": "INSERT INTO t VALUES (3);\n",
+    "parts/two.sql": "INSERT INTO t VALUES (2);\n",
+    "data/rows.csv": "4\n5\n",
+}
+
+
+@pytest.mark.parametrize("runtime", ["docker", "local"])
+def test_an_imported_script_finds_the_files_beside_it(
+    cli: Cli, new_name: Callable[[], str], workdir: Path, runtime: str
+) -> None:
+    """14.13: \\i, \\ir and \\copy FROM in an imported file resolve beside the file, on every
+    runtime, whether the file is in the current directory or elsewhere."""
+    name = new_name()
+    start_result = cli("claude-session", "start", name, "--runtime", runtime)
+    assert start_result.code == 0, start_result
+    scripts = workdir / "db"
+    for relative, text in INCLUDING.items():
+        (scripts / relative).parent.mkdir(parents=True, exist_ok=True)
+        (scripts / relative).write_text(text)
+    imported = cli("claude-db", "import", "db/main.sql")
+    assert imported.code == 0, imported
+    rows = cli("claude-db", "query", "SELECT string_agg(v::text, '-' ORDER BY v) AS v FROM t",
+               "--csv")
+    assert rows.stdout == "v\n1-2-3-4-5\n", rows
+    # from another directory, by absolute path: the same
+    other = workdir / "elsewhere"
+    other.mkdir()
+    assert cli("claude-db", "query", "DROP TABLE t").code == 0
+    again = cli("claude-db", "import", str(scripts / "main.sql"), cwd=other,
+                env={"CLAUDE_SESSION": name})
+    assert again.code == 0, again
+    assert cli("claude-db", "query", "SELECT count(*) AS n FROM t", "--csv").stdout == "n\n5\n"
+    # a missing include fails the import and applies nothing
+    (scripts / "broken.sql").write_text("CREATE TABLE b (v int);\n\\ir nowhere.sql\n")
+    broken = cli("claude-db", "import", "db/broken.sql")
+    assert_one_line_error(broken, 1)
+    assert "nowhere.sql" in broken.stderr and "nothing was applied" in broken.stderr, broken
+    assert cli("claude-db", "query", "SELECT * FROM b").code == 1

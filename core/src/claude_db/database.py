@@ -262,9 +262,12 @@ def import_from(target: Target, source: str, database: str | None) -> None:
 
     check_source(source)
     target.require_running()
+    tools = target.tools(database)
+    # the script's \i, \ir and \copy find files beside it, as with psql -f FILE
+    tools.workdir = Path(source).resolve().parent if source != "-" else Path.cwd()
     try:
         with _open_source(source) as stream:
-            target.engine.restore(target.tools(database), iter(lambda: stream.read(CHUNK), b""))
+            target.engine.restore(tools, iter(lambda: stream.read(CHUNK), b""))
     except (OSError, EOFError, zlib.error) as exc:  # unreadable or corrupt input (a bad .gz)
         raise ClaudeDbError(f"cannot read {source}, nothing was applied: {exc}") from None
 

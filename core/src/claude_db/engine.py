@@ -68,6 +68,9 @@ class Tools(ABC):
 
     endpoint: Endpoint
     client_endpoint: Endpoint | None = None
+    #: set when the tools work on the user's files (an import): the directory their
+    #: relative paths resolve against (the imported file's, as ``psql -f FILE``'s ``\ir``)
+    workdir: Path | None = None
 
     @abstractmethod
     def popen(
@@ -177,8 +180,14 @@ class Engine(ABC):
     def check_ready(self, endpoint: Endpoint, timeout: float) -> str:
         """Run an authenticated query against ``endpoint``; return the server version.
 
-        Raise any exception while it is not ready: the readiness loop retries.
+        Raise any exception while it is not ready: the readiness loop retries, unless
+        :meth:`never_ready` says the exception will not clear by waiting.
         """
+
+    def never_ready(self, error: Exception) -> bool:
+        """Whether ``error`` from :meth:`check_ready` will never clear by waiting (a wrong
+        password, a missing database): readiness then fails at once with its message."""
+        return False
 
     def local_server(self) -> LocalServer | None:
         """How to run as local processes, or ``None`` if this engine cannot."""

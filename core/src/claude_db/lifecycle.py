@@ -75,8 +75,13 @@ def start_session(
             session.runtime_state["superuser"] = True
         if not runtime.runs_containers:
             notes += _ignored_container_options(runtime, image, session_image, publish, settings)
+    elif session_image:  # asked for by name: silently making none would surprise
+        raise UsageError("--image makes a session container beside the session's database, "
+                         "and CLAUDE_DB_ENABLED is false: unset it, or start without --image")
     else:
-        notes.append("CLAUDE_DB_ENABLED is false: the session has no database")
+        notes.append("CLAUDE_DB_ENABLED is false: the session has no database"
+                     + (" and no container (CLAUDE_SESSION_IMAGE ignored)"
+                        if settings.session_image else ""))
     if write_dotenv:  # before anything is made: the directory must be free for us
         refuse_symlink(workdir)
         notes += _claim(app, name, workdir)

@@ -135,7 +135,8 @@ class HostTools(Tools):
     ) -> subprocess.Popen[bytes]:
         command = [self._resolve(argv[0]), *argv[1:]]
         return subprocess.Popen(
-            command, env=child_env(env), stdin=stdin, stdout=stdout, stderr=stderr
+            command, env=child_env(env), stdin=stdin, stdout=stdout, stderr=stderr,
+            cwd=self.workdir,
         )
 
     def run_interactive(self, argv: Sequence[str], *, env: Mapping[str, str]) -> int:

@@ -7,7 +7,7 @@ from collections.abc import Callable
 from typing import TypeVar
 
 from claude_db.engine import Endpoint, Engine
-from claude_db.errors import NotReadyError, NotRunningError
+from claude_db.errors import ClaudeDbError, NotReadyError, NotRunningError
 
 T = TypeVar("T")
 
@@ -22,12 +22,14 @@ def wait_until_ready(
     failure: Callable[[], str | None] = lambda: None,
     what: str = "database",
 ) -> str:
-    """Return the server version once ``engine.check_ready`` succeeds over ``endpoint``."""
+    """Return the server version once ``engine.check_ready`` succeeds over ``endpoint``;
+    fail at once on an error ``engine.never_ready`` says waiting will not clear."""
     attempt_timeout = max(1.0, min(5.0, timeout))
     return poll_until(
         lambda: engine.check_ready(endpoint, timeout=attempt_timeout),
         timeout=timeout,
         failure=failure,
+        permanent=engine.never_ready,
         what=what,
     )
 
@@ -37,19 +39,23 @@ def poll_until(
     *,
     timeout: float,
     failure: Callable[[], str | None] = lambda: None,
+    permanent: Callable[[Exception], bool] = lambda error: False,
     what: str = "database",
 ) -> T:
     """Call ``probe`` until it returns instead of raising; return what it returned.
 
     ``failure`` is asked between attempts; when it returns a reason (the process
-    exited, the container died), waiting stops at once with that reason.
+    exited, the container died), waiting stops at once with that reason. So does an
+    error of ``probe`` that ``permanent`` says never clears (the server's own refusal).
     """
     deadline = time.monotonic() + timeout
     last_error: BaseException | None = None
     while True:
         try:
             return probe()
-        except Exception as exc:  # any failure means "not yet"
+        except Exception as exc:  # any other failure means "not yet"
+            if permanent(exc):
+                raise ClaudeDbError(f"{what} refused: {_one_line(exc)}") from None
             last_error = exc
         reason = failure()
         if reason:

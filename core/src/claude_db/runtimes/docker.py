@@ -4,8 +4,11 @@ Per session ``<name>``: network ``<name>-net``; database container ``<name>-db``
 (also its DNS alias) with its data in the named volume ``<name>-data``; optionally
 a session container ``<name>`` where the agent works, with the work directory
 mounted at ``/workspace`` and ``DATABASE_URL`` pointing at ``<name>-db:<port>``.
-Every resource carries the label ``claude-db.session=<name>`` and the session's
-``claude-db.instance`` id: delete removes exactly what this session made.
+Every resource carries the label ``claude-db.session=<name>``, the session's
+``claude-db.instance`` id and ``claude-db.state=<state directory>``; a resource is
+the session's only with all three. Docker names are global (other users, other state
+directories share the daemon), so a lookup by name that finds one without them refuses
+with one line and never touches it, and everything acts by id after the check.
 
 The docker SDK is imported on first use only (see ``docker_client``).
 """
@@ -13,12 +16,18 @@ The docker SDK is imported on first use only (see ``docker_client``).
 from __future__ import annotations
 
 import contextlib
+import socket
 import time
 import uuid
 from typing import TYPE_CHECKING, Any
 
 from claude_db.engine import Endpoint, Engine, Tools
-from claude_db.errors import ClaudeDbError, NotRunningError, SessionExistsError
+from claude_db.errors import (
+    ClaudeDbError,
+    DockerUnavailableError,
+    NotRunningError,
+    SessionExistsError,
+)
 from claude_db.processes import child_env, run_foreground
 from claude_db.readiness import wait_until_ready
 from claude_db.runtime import Runtime, Status
@@ -29,13 +38,13 @@ from claude_db.runtimes.docker_client import (
     ensure_image,
     first_line,
     ping,
+    slow,
 )
-from claude_db.runtimes.docker_tools import DockerExecTools, exec_argv, terminal
+from claude_db.runtimes.docker_tools import DockerTools, exec_argv, terminal
 from claude_db.session import Session
 
 if TYPE_CHECKING:
     from docker import DockerClient
-    from docker.models.containers import Container
 
     from claude_db.settings import Settings
 
@@ -45,10 +54,12 @@ LABEL_ENGINE = "claude-db.engine"
 LABEL_ROLE = "claude-db.role"
 LABEL_STATE = "claude-db.state"
 LABEL_KEPT_FROM = "claude-db.kept-from"  # data kept by ``delete --keep-data``: no session owns it
+LABEL_KEPT_BY = "claude-db.kept-by"  # the instance that kept it (tells its volume from another's)
 WORKSPACE = "/workspace"  # where the session container sees the work directory
 LOG_TAIL_LINES = 5
 FAILURE_CHECK_INTERVAL = 0.5  # seconds; each look is an inspect competing with the start
 STOP_TIMEOUT = 30  # seconds a database gets to shut down cleanly
+PORT_ATTEMPTS = 5  # free loopback ports tried when the one chosen is taken meanwhile
 # bash when the image has it, else sh; not a login shell: /etc/profile would reset PATH
 SHELL = "if command -v bash >/dev/null 2>&1; then exec bash; else exec sh; fi"
 
@@ -61,6 +72,10 @@ def names(session_name: str) -> dict[str, str]:
         "volume": f"{session_name}-data",
         "session_container": session_name,
     }
+
+
+class NotOursError(ClaudeDbError):
+    """A Docker resource has the session's name but not its labels: someone else's."""
 
 
 class DockerRuntime(Runtime):
@@ -85,8 +100,8 @@ class DockerRuntime(Runtime):
     def unavailable_reason(self) -> str:
         self.available()
         failure = self._ping_failure or ""
-        if failure.startswith("no Docker engine answers"):  # the SDK's client said it whole
-            return failure
+        if failure.startswith(("no Docker engine answers", "the Docker engine at")):
+            return failure  # said whole already
         return f"no Docker engine answers at {describe_host()} ({failure})"
 
     # -- lifecycle ------------------------------------------------------------------------
@@ -97,7 +112,7 @@ class DockerRuntime(Runtime):
             **names(session.name),
             "instance": uuid.uuid4().hex[:12],
             "container_port": engine.default_port,
-            "host_port": None,  # with --publish: chosen by Docker on first start, then kept
+            "host_port": None,  # with --publish: a free port chosen at creation, then kept
             "ip": None,
         }
         if not session.session_image:
@@ -110,9 +125,7 @@ class DockerRuntime(Runtime):
             ensure_image(docker, session.session_image,
                          hint="choose one it has with CLAUDE_SESSION_IMAGE or --image")
         self._create_network(docker, session, engine)
-        state = session.runtime_state
-        with docker_errors(f"creating volume {state['volume']!r}"):
-            docker.volumes.create(state["volume"], labels=self._labels(session, engine, "data"))
+        self._create_volume(docker, session, engine)
         self._run_database(docker, session, engine)
         if session.session_image:
             # the agent's programs may use the database as soon as their container runs
@@ -124,53 +137,53 @@ class DockerRuntime(Runtime):
         state = session.runtime_state
         self._inspected.clear()
         new_network = self._ensure_network(docker, session, engine)
-        database = self._container(docker, state["db_container"])
+        database = self._find(docker, session, "container", state["db_container"])
+        status = database["State"]["Status"] if database else None
         started = False
-        if database is None or (database.status != "running" and (session.publish or new_network)):
-            # Re-created from its volume: Docker would publish a stopped container on a new
-            # port, and a re-made network needs new endpoints. The data lives in the volume.
+        if database is None or (new_network and status != "running"):
+            # Re-created from its volume: a re-made network needs new endpoints.
             self._require_volume(docker, session)
             if database is not None:
-                with docker_errors(f"removing container {database.name!r}"):
-                    database.remove(force=True, v=True)  # anonymous volumes too: never labelled
+                self._remove_container(docker, database)
             self._run_database(docker, session, engine)
             started = True
-        elif database.status == "paused":
-            with docker_errors(f"resuming container {database.name!r}"):
-                database.unpause()
-        elif database.status != "running":
-            with docker_errors(f"starting container {database.name!r}"):
-                database.start()
-            self._record_address(docker, session)
+        elif status == "paused":
+            with docker_errors(f"resuming container {state['db_container']!r}"):
+                docker.api.unpause(database["Id"])
+        elif status != "running":
+            self._start_database(docker, session, engine, database)
             started = True
+        else:
+            self._record_address(docker, session)  # follows a port Docker moved (old sessions)
         if not session.session_image:
             return
-        container = self._container(docker, state["session_container"])
-        if container is not None and container.status == "running":
+        container = self._find(docker, session, "container", state["session_container"])
+        status = container["State"]["Status"] if container else None
+        if status == "running":
             return
         if started:
             self._wait_ready(session, engine)
         if container is None or new_network:
             if container is not None:
-                with docker_errors(f"removing container {container.name!r}"):
-                    container.remove(force=True, v=True)
+                self._remove_container(docker, container)
             self._run_session_container(docker, session, engine)
-        elif container.status == "paused":
-            with docker_errors(f"resuming container {container.name!r}"):
-                container.unpause()
+        elif status == "paused":
+            with docker_errors(f"resuming container {state['session_container']!r}"):
+                docker.api.unpause(container["Id"])
         else:
-            with docker_errors(f"starting container {container.name!r}"):
-                container.start()
+            with slow(docker), docker_errors(f"starting container {state['session_container']!r}"):
+                docker.api.start(container["Id"])
 
     def stop(self, session: Session, engine: Engine) -> None:
         docker = self._client()
         state = session.runtime_state
         self._inspected.clear()
         for key, timeout in (("session_container", 10), ("db_container", STOP_TIMEOUT)):
-            container = self._container(docker, state.get(key))
-            if container is not None and container.status in ("running", "paused", "restarting"):
-                with docker_errors(f"stopping container {container.name!r}"):
-                    container.stop(timeout=timeout)
+            attrs = self._find(docker, session, "container", state.get(key))
+            if attrs is not None and attrs["State"]["Status"] in ("running", "paused",
+                                                                   "restarting"):
+                with slow(docker), docker_errors(f"stopping container {state[key]!r}"):
+                    docker.api.stop(attrs["Id"], timeout=timeout)
 
     def delete(self, session: Session, engine: Engine, *, keep_data: bool) -> None:
         state = session.runtime_state
@@ -179,27 +192,39 @@ class DockerRuntime(Runtime):
             return  # nothing was made
         docker = self._client()
         self._inspected.clear()
-        if keep_data and self._volume_exists(docker, session):
+        if keep_data and self._volume(docker, session) is not None:
             self.stop(session, engine)  # a clean shutdown: the kept data must be consistent
             state["kept_data"] = f"the Docker volume {self._keep_volume(docker, session, engine)}"
-        mine = {"label": f"{LABEL_INSTANCE}={instance}"}
-        with docker_errors(f"removing the containers of session {session.name!r}"):
-            for container in docker.containers.list(all=True, sparse=True, filters=mine):
-                container.remove(force=True, v=True)  # v: anonymous volumes of the images too
-        with docker_errors(f"removing network {state['network']!r}"):
-            for network in docker.networks.list(filters=mine):
-                network.remove()
-        with docker_errors(f"removing volume {state['volume']!r}"):
-            for volume in docker.volumes.list(filters=mine):
-                volume.remove(force=True)
+        mine = {"label": [f"{LABEL_INSTANCE}={instance}",
+                          f"{LABEL_STATE}={self.settings.state_dir}"]}
+        with slow(docker), docker_errors(f"removing the containers of session {session.name!r}"):
+            for container in docker.api.containers(all=True, filters=mine):
+                docker.api.remove_container(container["Id"], force=True, v=True)  # v: anonymous
+        with slow(docker), docker_errors(f"removing network {state['network']!r}"):
+            for network in docker.api.networks(filters=mine):
+                docker.api.remove_network(network["Id"])
+        with slow(docker), docker_errors(f"removing volume {state['volume']!r}"):
+            for volume in docker.api.volumes(filters=mine).get("Volumes") or []:
+                docker.api.remove_volume(volume["Name"], force=True)
 
     def status(self, session: Session) -> Status:
         docker = self._client()
-        attrs = self._inspect(docker, session.runtime_state["db_container"])
+        state = session.runtime_state
+        try:
+            attrs = self._find(docker, session, "container", state["db_container"])
+        except NotOursError:  # ours is gone; attach says whose is in the way
+            attrs = None
         if attrs is None:
             # the container can be made again from its volume (attach does)
-            return "stopped" if self._volume_exists(docker, session) else "missing"
-        return "running" if attrs["State"]["Status"] == "running" else "stopped"
+            with contextlib.suppress(NotOursError):
+                if self._volume(docker, session) is not None:
+                    return "stopped"
+            return "missing"
+        if attrs["State"]["Status"] != "running":
+            return "stopped"
+        if session.publish and _published_port(attrs, state) != state.get("host_port"):
+            return "stopped"  # not where .env says: attach follows it and rewrites .env
+        return "running"
 
     def failure_details(self, session: Session) -> str | None:
         # Asked between readiness attempts (every ~20 ms): a look every FAILURE_CHECK_INTERVAL
@@ -211,7 +236,7 @@ class DockerRuntime(Runtime):
         docker = self._client()
         name = session.runtime_state["db_container"]
         self._inspected.pop(name, None)
-        attrs = self._inspect(docker, name)
+        attrs = self._find(docker, session, "container", name)
         if attrs is None:
             return f"container {name} is gone"
         state = attrs["State"]
@@ -220,7 +245,7 @@ class DockerRuntime(Runtime):
         how = f"exited with code {state.get('ExitCode')}"
         if state.get("OOMKilled"):
             how += " (out of memory)"
-        return f"container {name} {how}; last log lines: {self._log_tail(docker, name)}"
+        return f"container {name} {how}; last log lines: {self._log_tail(docker, attrs['Id'])}"
 
     # -- access ---------------------------------------------------------------------------
 
@@ -229,7 +254,7 @@ class DockerRuntime(Runtime):
         state = session.runtime_state
         if session.publish and state.get("host_port"):
             return Endpoint("127.0.0.1", state["host_port"], session.credentials)
-        attrs = self._inspect(self._client(), state["db_container"])
+        attrs = self._find(self._client(), session, "container", state["db_container"])
         ip = _address(attrs, state["network"]) or state.get("ip")
         if not ip:
             raise NotRunningError(
@@ -249,20 +274,40 @@ class DockerRuntime(Runtime):
     def tools(self, session: Session, engine: Engine) -> Tools:
         assert session.credentials is not None
         state = session.runtime_state
-        inside = Endpoint("127.0.0.1", state["container_port"], session.credentials)
-        return DockerExecTools(state["db_container"], inside)
+        attrs = self._find(self._client(), session, "container", state["db_container"])
+        if attrs is None:
+            raise NotRunningError(f"the database container of session {session.name!r} is gone; "
+                                  f"start it with: claude-session attach {session.name} --no-shell")
+        network = (attrs["NetworkSettings"].get("Networks") or {}).get(state["network"]) or {}
+        if not network.get("NetworkID"):
+            raise NotRunningError(f"the database container of session {session.name!r} is not "
+                                  f"on its network; start it with: claude-session attach "
+                                  f"{session.name} --no-shell")
+        # by its name on the session's network: the same from a tools container and from
+        # inside the database container (docker exec)
+        endpoint = Endpoint(state["db_container"], state["container_port"], session.credentials)
+        return DockerTools(attrs["Id"], attrs["Image"], network["NetworkID"], endpoint,
+                           self._labels(session, engine, "tools"))
 
     def enter_shell(self, session: Session, env: dict[str, str]) -> int:
-        container = session.runtime_state.get("session_container")
-        if not container:
+        name = session.runtime_state.get("session_container")
+        if not name:
             return super().enter_shell(session, env)
-        argv = exec_argv(container, ["sh", "-c", SHELL], env, stdin=True, tty=terminal(),
+        attrs = self._find(self._client(), session, "container", name)
+        if attrs is None:
+            raise NotRunningError(f"the session container {name} is gone; "
+                                  f"attach again to make it: claude-session attach {name}")
+        argv = exec_argv(attrs["Id"], ["sh", "-c", SHELL], env, stdin=True, tty=terminal(),
                          workdir=WORKSPACE)
         return run_foreground(argv, env=child_env(env))
 
     # -- internals ------------------------------------------------------------------------
 
     def _client(self) -> DockerClient:
+        # one ping per process (~1 ms): a daemon that hangs fails every command in
+        # PING_TIMEOUT, not each of its calls in QUICK_TIMEOUT
+        if not self.available():
+            raise DockerUnavailableError(self.unavailable_reason())
         return client()
 
     def _labels(self, session: Session, engine: Engine, role: str) -> dict[str, str]:
@@ -273,6 +318,49 @@ class DockerRuntime(Runtime):
             LABEL_ROLE: role,
             LABEL_STATE: str(self.settings.state_dir),  # which claude-db state owns it (gc)
         }
+
+    def _ours(self, session: Session, labels: dict[str, str] | None) -> bool:
+        labels = labels or {}
+        return (labels.get(LABEL_SESSION) == session.name
+                and labels.get(LABEL_INSTANCE) == session.runtime_state.get("instance")
+                and labels.get(LABEL_STATE) == str(self.settings.state_dir))
+
+    def _not_ours(self, session: Session, kind: str, name: str) -> NotOursError:
+        return NotOursError(
+            f"Docker {kind} {name!r} does not belong to session {session.name!r} (it lacks "
+            f"the labels of this session and state directory) and is left alone; remove or "
+            f"rename it (docker {kind} rm {name}), then try again"
+        )
+
+    def _find(
+        self, docker: DockerClient, session: Session, kind: str, name: str | None
+    ) -> dict[str, Any] | None:
+        """Inspect data of the session's ``kind`` named ``name``, ``None`` if there is none.
+
+        One of that name without the session's labels raises :class:`NotOursError`.
+        Containers are inspected once per command (``_inspected``).
+        """
+        if not name:
+            return None
+        if kind != "container":
+            attrs = _inspect(docker, kind, name)
+        elif name in self._inspected:
+            attrs = self._inspected[name]
+        else:
+            attrs = self._inspected[name] = _inspect(docker, kind, name)
+        if attrs is None:
+            return None
+        labels = attrs["Config"]["Labels"] if kind == "container" else attrs.get("Labels")
+        if not self._ours(session, labels):
+            raise self._not_ours(session, kind, name)
+        return attrs
+
+    def _volume(self, docker: DockerClient, session: Session) -> dict[str, Any] | None:
+        return self._find(docker, session, "volume", session.runtime_state["volume"])
+
+    def _remove_container(self, docker: DockerClient, attrs: dict[str, Any]) -> None:
+        with slow(docker), docker_errors(f"removing container {attrs['Name'].lstrip('/')!r}"):
+            docker.api.remove_container(attrs["Id"], force=True, v=True)  # v: anonymous volumes
 
     def _keep_volume(self, docker: DockerClient, session: Session, engine: Engine) -> str:
         """Copy the data into a volume of its own that no session owns; return its name.
@@ -285,93 +373,131 @@ class DockerRuntime(Runtime):
         assert session.image is not None
         state = session.runtime_state
         kept = f"{state['volume']}-kept-{time.strftime('%Y%m%d-%H%M%S')}"
-        with docker_errors(f"keeping the data of session {session.name!r} in volume {kept!r}"):
-            docker.volumes.create(kept, labels={LABEL_KEPT_FROM: session.name,
-                                                LABEL_ENGINE: engine.name})
+        labels = {LABEL_KEPT_FROM: session.name, LABEL_ENGINE: engine.name,
+                  LABEL_KEPT_BY: state["instance"]}
+        what = f"keeping the data of session {session.name!r} in volume {kept!r}"
+        with slow(docker), docker_errors(what):
+            # creating a volume that exists returns it: only one with our labels is ours
+            if (docker.api.create_volume(kept, labels=labels).get("Labels") or {}) != labels:
+                raise NotOursError(f"{what} failed: Docker already has a volume of that name")
             try:
-                copier = docker.containers.create(
+                copier = docker.api.create_container(
                     session.image,
                     entrypoint=["cp", "-a", "/from/.", "/to/"],
-                    mounts=[Mount("/from", state["volume"], type="volume", read_only=True),
-                            Mount("/to", kept, type="volume")],
                     labels=self._labels(session, engine, "copy"),
-                    network_mode="none",
+                    host_config=docker.api.create_host_config(
+                        mounts=[Mount("/from", state["volume"], type="volume", read_only=True),
+                                Mount("/to", kept, type="volume")],
+                        network_mode="none",
+                    ),
                 )
                 try:
-                    copier.start()
-                    code = copier.wait()["StatusCode"]
+                    docker.api.start(copier["Id"])
+                    code = docker.api.wait(copier["Id"])["StatusCode"]
                     if code != 0:
                         raise ClaudeDbError(
-                            f"keeping the data of session {session.name!r} failed: cp exited "
-                            f"with {code}: {self._log_tail(docker, copier.id)}"
+                            f"{what} failed: cp exited with {code}: "
+                            f"{self._log_tail(docker, copier['Id'])}"
                         )
                 finally:
-                    copier.remove(force=True, v=True)  # v: the image's anonymous volumes
+                    docker.api.remove_container(copier["Id"], force=True, v=True)
             except BaseException:
                 with contextlib.suppress(Exception):  # no half copy stays behind
-                    docker.volumes.get(kept).remove(force=True)
+                    docker.api.remove_volume(kept, force=True)
                 raise
         return kept
 
     def _refuse_taken_names(self, docker: DockerClient, session: Session) -> None:
         """Docker names are global: never adopt (and later delete) another's resources."""
-        import docker as sdk
-
         state = session.runtime_state
-        checks: list[tuple[str, str | None, Any]] = [
-            ("container", state["db_container"], docker.containers),
-            ("container", state["session_container"], docker.containers),
-            ("network", state["network"], docker.networks),
-            ("volume", state["volume"], docker.volumes),
-        ]
-        for kind, name, collection in checks:
-            if name is None:
-                continue
-            with docker_errors(f"looking up {kind} {name!r}"):
-                try:
-                    collection.get(name)
-                except sdk.errors.NotFound:
-                    continue
-            raise SessionExistsError(
-                f"Docker already has a {kind} named {name!r} that is not part of a new session "
-                f"{session.name!r}; remove it (docker {kind} rm {name}) or choose another name"
-            )
+        checks = [("container", state["db_container"]), ("container", state["session_container"]),
+                  ("network", state["network"]), ("volume", state["volume"])]
+        for kind, name in checks:
+            if name is not None and _inspect(docker, kind, name) is not None:
+                raise SessionExistsError(
+                    f"Docker already has a {kind} named {name!r} that is not part of a new "
+                    f"session {session.name!r}; remove it (docker {kind} rm {name}) or choose "
+                    "another name"
+                )
 
     def _create_network(self, docker: DockerClient, session: Session, engine: Engine) -> None:
         name = session.runtime_state["network"]
-        with docker_errors(f"creating network {name!r}"):
+        with slow(docker), docker_errors(f"creating network {name!r}"):
             # the low-level call: the SDK's model would look the new network up again
-            docker.api.create_network(
+            created = docker.api.create_network(
                 name, driver="bridge", check_duplicate=True,
                 labels=self._labels(session, engine, "network"),
             )
+            # check_duplicate is best effort: two creates at once can both succeed
+            same = [n for n in docker.api.networks(names=[name]) if n["Name"] == name]
+            if len(same) > 1:
+                docker.api.remove_network(created["Id"])
+                raise self._not_ours(session, "network", name)
+
+    def _create_volume(self, docker: DockerClient, session: Session, engine: Engine) -> None:
+        name = session.runtime_state["volume"]
+        with slow(docker), docker_errors(f"creating volume {name!r}"):
+            created = docker.api.create_volume(name, labels=self._labels(session, engine, "data"))
+        # creating a volume that exists returns it (another state directory's, made just now)
+        if not self._ours(session, created.get("Labels")):
+            raise self._not_ours(session, "volume", name)
 
     def _ensure_network(self, docker: DockerClient, session: Session, engine: Engine) -> bool:
         """Make the session's network again if it was removed; whether it was."""
-        import docker as sdk
-
-        name = session.runtime_state["network"]
-        with docker_errors(f"looking up network {name!r}"):
-            try:
-                docker.networks.get(name)
-                return False
-            except sdk.errors.NotFound:
-                pass
+        if self._find(docker, session, "network", session.runtime_state["network"]) is not None:
+            return False
         self._create_network(docker, session, engine)
         return True
 
     def _run_database(self, docker: DockerClient, session: Session, engine: Engine) -> None:
+        """Create and start the database container; with ``--publish`` on the recorded
+        loopback port, else (first start, or the port was taken meanwhile) a free one."""
+        for attempt in range(PORT_ATTEMPTS):
+            created = self._create_database(docker, session, engine)
+            try:
+                with slow(docker), docker_errors(f"starting container {created!r}"):
+                    docker.api.start(created)
+                break
+            except ClaudeDbError as exc:
+                if not (session.publish and _port_taken(exc)) or attempt == PORT_ATTEMPTS - 1:
+                    raise
+                with slow(docker), docker_errors(f"removing container {created!r}"):
+                    docker.api.remove_container(created, force=True, v=True)
+                session.runtime_state["host_port"] = None
+        self._record_address(docker, session)
+
+    def _start_database(
+        self, docker: DockerClient, session: Session, engine: Engine, attrs: dict[str, Any]
+    ) -> None:
+        """Start the stopped database container; if its published port was taken meanwhile,
+        make it again on a free one (the data lives in the volume; .env follows)."""
+        try:
+            with slow(docker), docker_errors(f"starting container {attrs['Name'].lstrip('/')!r}"):
+                docker.api.start(attrs["Id"])
+        except ClaudeDbError as exc:
+            if not (session.publish and _port_taken(exc)):
+                raise
+            self._remove_container(docker, attrs)
+            session.runtime_state["host_port"] = None
+            self._run_database(docker, session, engine)
+            return
+        self._record_address(docker, session)
+
+    def _create_database(self, docker: DockerClient, session: Session, engine: Engine) -> str:
         from docker.types import Mount
 
         assert session.credentials is not None and session.image is not None
         state = session.runtime_state
         name, network = state["db_container"], state["network"]
         ports, bindings = None, None
-        if session.publish:  # 127.0.0.1 only; Docker picks the port the first time
+        if session.publish:
+            # 127.0.0.1 only, on an explicit port: Docker would pick a new one on every start
+            # of a container made with none (a `docker restart`, the daemon's restart)
+            state["host_port"] = state.get("host_port") or _free_port()
             ports = [(str(state["container_port"]), "tcp")]
-            bindings = {f"{state['container_port']}/tcp": ("127.0.0.1", state.get("host_port"))}
+            bindings = {f"{state['container_port']}/tcp": ("127.0.0.1", state["host_port"])}
         api = docker.api  # low-level calls: the SDK's models would inspect after each one
-        with docker_errors(f"creating container {name!r}"):
+        with slow(docker), docker_errors(f"creating container {name!r}"):
             created = api.create_container(
                 session.image,
                 name=name,
@@ -390,9 +516,7 @@ class DockerRuntime(Runtime):
                 ports=ports,
                 detach=True,
             )
-        with docker_errors(f"starting container {name!r}"):
-            api.start(created["Id"])
-        self._record_address(docker, session)
+        return str(created["Id"])
 
     def _run_session_container(
         self, docker: DockerClient, session: Session, engine: Engine
@@ -405,28 +529,31 @@ class DockerRuntime(Runtime):
         assert session.session_image is not None
         state = session.runtime_state
         name, network = state["session_container"], state["network"]
-        with docker_errors(f"creating container {name!r}"):
-            container = docker.containers.create(
+        api = docker.api
+        with slow(docker), docker_errors(f"creating container {name!r}"):
+            created = api.create_container(
                 session.session_image,
                 command=["sleep", "infinity"],  # stays up for `docker exec` and attach
-                init=True,  # a real PID 1: `sleep` stops on SIGTERM, zombies are reaped
                 name=name,
                 hostname=name,
                 environment=session_env(get_app(), session),
                 labels=self._labels(session, engine, "session"),
-                mounts=[Mount(WORKSPACE, session.workdir, type="bind")],
                 working_dir=WORKSPACE,
-                network=network,
+                host_config=api.create_host_config(
+                    init=True,  # a real PID 1: `sleep` stops on SIGTERM, zombies are reaped
+                    mounts=[Mount(WORKSPACE, session.workdir, type="bind")],
+                    network_mode=network,
+                ),
                 detach=True,
             )
-        with docker_errors(f"starting container {name!r}"):
-            container.start()
-            container.reload()
-        if container.status in ("exited", "dead"):
+        with slow(docker), docker_errors(f"starting container {name!r}"):
+            api.start(created["Id"])
+            attrs = api.inspect_container(created["Id"])
+        if attrs["State"]["Status"] in ("exited", "dead"):
             raise ClaudeDbError(
                 f"session container {name} from {session.session_image!r} exited at once "
-                f"(code {container.attrs['State'].get('ExitCode')}); last log lines: "
-                f"{self._log_tail(docker, name)}"
+                f"(code {attrs['State'].get('ExitCode')}); last log lines: "
+                f"{self._log_tail(docker, created['Id'])}"
             )
 
     def _wait_ready(self, session: Session, engine: Engine) -> None:
@@ -442,71 +569,47 @@ class DockerRuntime(Runtime):
         """Remember where the running database is (its address, its published port)."""
         state = session.runtime_state
         self._inspected.pop(state["db_container"], None)
-        attrs = self._inspect(docker, state["db_container"])
+        attrs = self._find(docker, session, "container", state["db_container"])
         if attrs is None or attrs["State"]["Status"] in ("exited", "dead"):
             self._failure_checked = 0.0
             details = self.failure_details(session)
             raise NotRunningError(f"the database of session {session.name!r} failed to start: "
                                   f"{details}")
         state["ip"] = _address(attrs, state["network"]) or state.get("ip")
-        if session.publish and attrs is not None:
-            bindings = (attrs["NetworkSettings"].get("Ports") or {}).get(
-                f"{state['container_port']}/tcp"
-            ) or []
-            for binding in bindings:
-                if binding.get("HostIp") in ("127.0.0.1", "") and binding.get("HostPort"):
-                    state["host_port"] = int(binding["HostPort"])
-                    break
-
-    def _container(self, docker: DockerClient, name: str | None) -> Container | None:
-        import docker as sdk
-
-        if not name:
-            return None
-        with docker_errors(f"looking up container {name!r}"):
-            try:
-                return docker.containers.get(name)
-            except sdk.errors.NotFound:
-                return None
-
-    def _inspect(self, docker: DockerClient, name: str) -> dict[str, Any] | None:
-        """The container's inspect data, once per command (``None`` if it does not exist)."""
-        import docker as sdk
-
-        if name not in self._inspected:
-            with docker_errors(f"looking up container {name!r}"):
-                try:
-                    self._inspected[name] = docker.api.inspect_container(name)
-                except sdk.errors.NotFound:
-                    self._inspected[name] = None
-        return self._inspected[name]
-
-    def _volume_exists(self, docker: DockerClient, session: Session) -> bool:
-        import docker as sdk
-
-        name = session.runtime_state["volume"]
-        with docker_errors(f"looking up volume {name!r}"):
-            try:
-                docker.volumes.get(name)
-            except sdk.errors.NotFound:
-                return False
-        return True
+        if session.publish:
+            state["host_port"] = _published_port(attrs, state) or state.get("host_port")
 
     def _require_volume(self, docker: DockerClient, session: Session) -> None:
-        if not self._volume_exists(docker, session):
+        if self._volume(docker, session) is None:
             raise NotRunningError(
                 f"the data volume {session.runtime_state['volume']} of session "
                 f"{session.name!r} is gone; delete the session and start a new one"
             )
 
-    def _log_tail(self, docker: DockerClient, name: str) -> str:
+    def _log_tail(self, docker: DockerClient, container: str) -> str:
         try:
-            raw = docker.api.logs(name, stdout=True, stderr=True, tail=LOG_TAIL_LINES * 4)
+            raw = docker.api.logs(container, stdout=True, stderr=True, tail=LOG_TAIL_LINES * 4)
         except Exception as exc:  # the logs are a courtesy: never hide the real failure
             return f"(no logs: {first_line(exc)})"
         text = raw.decode(errors="replace") if isinstance(raw, bytes) else str(raw)
         lines = [line.strip() for line in text.splitlines() if line.strip()]
         return " | ".join(lines[-LOG_TAIL_LINES:]) or "(empty log)"
+
+
+def _inspect(docker: DockerClient, kind: str, name: str) -> dict[str, Any] | None:
+    """Inspect data of the ``kind`` (container, network, volume) named ``name``, or ``None``."""
+    import docker as sdk
+
+    inspect = {"container": docker.api.inspect_container, "network": docker.api.inspect_network,
+               "volume": docker.api.inspect_volume}[kind]
+    with docker_errors(f"looking up {kind} {name!r}"):
+        try:
+            attrs: dict[str, Any] = inspect(name)
+        except sdk.errors.NotFound:
+            return None
+    if attrs.get("Name", "").lstrip("/") != name:
+        return None  # Docker also matches id prefixes: nothing is named so
+    return attrs
 
 
 def _address(attrs: dict[str, Any] | None, network: str) -> str | None:
@@ -516,3 +619,25 @@ def _address(attrs: dict[str, Any] | None, network: str) -> str | None:
     ip = (networks.get(network) or {}).get("IPAddress")
     return ip or None
 
+
+def _published_port(attrs: dict[str, Any], state: dict[str, Any]) -> int | None:
+    """The loopback port the running container publishes its database on."""
+    bindings = (attrs["NetworkSettings"].get("Ports") or {}).get(
+        f"{state['container_port']}/tcp"
+    ) or []
+    for binding in bindings:
+        if binding.get("HostIp") in ("127.0.0.1", "") and binding.get("HostPort"):
+            return int(binding["HostPort"])
+    return None
+
+
+def _free_port() -> int:
+    """A loopback port nothing listens on now (Docker binds it a moment later)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def _port_taken(exc: BaseException) -> bool:
+    text = str(exc)
+    return "address already in use" in text or "port is already allocated" in text

@@ -13,6 +13,7 @@ import contextlib
 import functools
 import json
 import os
+import re
 import socket
 import sys
 from collections.abc import Iterator
@@ -27,7 +28,10 @@ if TYPE_CHECKING:
 
 DEFAULT_SOCKET = "/var/run/docker.sock"
 PING_TIMEOUT = 2.0  # seconds: a daemon that answers at all answers a ping at once
-API_TIMEOUT = 120  # seconds for one API call (stopping a container can take a while)
+#: seconds for calls that should be instant (inspect, list, logs): a daemon that hangs
+#: fails these fast instead of blocking ``list``, ``status``, ``query`` for minutes
+QUICK_TIMEOUT = 5.0
+API_TIMEOUT = 120  # seconds for calls that do work: create, start, stop, remove, pull
 MAX_PING_ANSWER = 4096  # bytes: the status line and headers of GET /_ping fit easily
 
 #: the API version each engine's ping answered with (``Api-Version``), by host
@@ -75,8 +79,8 @@ def ping() -> str | None:
         return "no such socket"
     except PermissionError:
         return "permission denied on its socket (is your user in the docker group?)"
-    except TimeoutError:
-        return f"no answer within {PING_TIMEOUT:.0f}s"
+    except TimeoutError:  # it accepts connections but says nothing: hung, or not Docker
+        return f"the Docker engine at {host} does not answer ({PING_TIMEOUT:g} s)"
     except OSError as exc:
         return exc.strerror.lower() if exc.strerror else type(exc).__name__
     status, *headers = answer.decode(errors="replace").split("\r\n")
@@ -134,7 +138,7 @@ def _client_for(host: str | None, tls: bool) -> DockerClient:
     # the version the ping saw: the SDK would otherwise ask for it (GET /version) first
     version = _api_versions.get(host) if host is not None and not tls else None
     try:
-        return docker.from_env(timeout=API_TIMEOUT, version=version or "auto")
+        return docker.from_env(timeout=QUICK_TIMEOUT, version=version or "auto")
     except docker.errors.DockerException as exc:
         raise DockerUnavailableError(
             f"no Docker engine answers at {describe_host()} ({_connection_reason(exc)})"
@@ -142,8 +146,22 @@ def _client_for(host: str | None, tls: bool) -> DockerClient:
 
 
 def client() -> DockerClient:
-    """The docker SDK client for the current environment (made once per process)."""
+    """The docker SDK client for the current environment (made once per process).
+
+    Its calls time out after :data:`QUICK_TIMEOUT`; wrap calls that do work in :func:`slow`.
+    """
     return _client_for(docker_host(), _uses_tls())
+
+
+@contextlib.contextmanager
+def slow(docker_client: DockerClient) -> Iterator[None]:
+    """Give the calls in the block :data:`API_TIMEOUT` (the SDK reads it on every request)."""
+    api = docker_client.api
+    before, api.timeout = api.timeout, API_TIMEOUT
+    try:
+        yield
+    finally:
+        api.timeout = before
 
 
 @contextlib.contextmanager
@@ -156,6 +174,11 @@ def docker_errors(what: str) -> Iterator[None]:
         yield
     except docker.errors.APIError as exc:
         raise ClaudeDbError(f"{what} failed: {api_message(exc)}") from None
+    except requests.exceptions.Timeout as exc:  # before ConnectionError: ConnectTimeout is both
+        raise DockerUnavailableError(
+            f"{what} failed: the Docker engine at {describe_host()} does not answer "
+            f"({_timeout_of(exc)})"
+        ) from None
     except requests.exceptions.ConnectionError as exc:
         raise DockerUnavailableError(
             f"{what} failed: no Docker engine answers at {describe_host()} "
@@ -180,6 +203,12 @@ def api_message(exc: Any) -> str:
 def first_line(value: object) -> str:
     lines = str(value).strip().splitlines()
     return lines[0] if lines else type(value).__name__
+
+
+def _timeout_of(exc: BaseException) -> str:
+    """How long we waited, from the ``read timeout=5.0`` urllib3 puts in its message."""
+    found = re.search(r"timeout=([0-9.]+)", str(exc))
+    return f"{float(found.group(1)):g} s" if found else "timed out"
 
 
 def _connection_reason(exc: BaseException) -> str:
@@ -208,19 +237,21 @@ def ensure_image(docker_client: DockerClient, image: str, hint: str = "") -> Non
         except docker.errors.ImageNotFound:
             pass
     progress = _PullProgress(image) if sys.stderr.isatty() else None
-    try:
-        for event in docker_client.api.pull(image, stream=True, decode=True):
-            if "error" in event:
-                raise ClaudeDbError(_pull_failed(image, event.get("error"), hint))
+    # docker_errors: only what the handlers below leave (the engine stopped answering)
+    with slow(docker_client), docker_errors(f"pulling image {image!r}"):
+        try:
+            for event in docker_client.api.pull(image, stream=True, decode=True):
+                if "error" in event:
+                    raise ClaudeDbError(_pull_failed(image, event.get("error"), hint))
+                if progress is not None:
+                    progress.update(event)
+        except docker.errors.APIError as exc:
+            raise ClaudeDbError(_pull_failed(image, api_message(exc), hint)) from None
+        except docker.errors.DockerException as exc:
+            raise ClaudeDbError(_pull_failed(image, first_line(exc), hint)) from None
+        finally:
             if progress is not None:
-                progress.update(event)
-    except docker.errors.APIError as exc:
-        raise ClaudeDbError(_pull_failed(image, api_message(exc), hint)) from None
-    except docker.errors.DockerException as exc:
-        raise ClaudeDbError(_pull_failed(image, first_line(exc), hint)) from None
-    finally:
-        if progress is not None:
-            progress.done()
+                progress.done()
 
 
 def _pull_failed(image: str, reason: object, hint: str) -> str:

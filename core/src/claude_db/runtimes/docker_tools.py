@@ -1,4 +1,13 @@
-"""Running programs inside a session's containers with ``docker exec``.
+r"""Running a session's client tools: in a short-lived tools container when they may touch
+the user's files, else with ``docker exec`` in the database container.
+
+``psql -f q.sql``, ``\copy ... to 'out.csv'`` and an imported script's ``\i``, ``\ir`` and
+``\copy ... from`` name files on the user's machine. The tools container runs the database
+container's own image (the client matches the server) on the session's network, as the
+user (files it writes are theirs), with the current directory, the imported file's
+directory and the directories of files named in the arguments bind-mounted at the same
+paths. Dumps and restores that touch no file of the user's (snapshots) use ``docker exec``,
+which starts faster.
 
 The docker CLI, not the SDK: it streams stdin/stdout as a plain process does (dumps,
 imports) and handles the terminal for interactive clients. Secrets never go on the
@@ -7,14 +16,16 @@ command line: ``-e NAME`` without a value makes the CLI take it from its environ
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 import sys
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import IO, Any
 
 from claude_db.engine import Endpoint, Tools
-from claude_db.errors import ToolMissingError
+from claude_db.errors import ToolMissingError, UsageError
 from claude_db.processes import child_env, run_foreground
 
 
@@ -55,12 +66,21 @@ def terminal() -> bool:
     return sys.stdin.isatty() and sys.stdout.isatty()
 
 
-class DockerExecTools(Tools):
-    """The engine's client tools from the database container: their version always matches."""
+#: directories of the image a same-path bind mount must not hide (the tools live there)
+SYSTEM_DIRS = ("/bin", "/dev", "/etc", "/lib", "/lib32", "/lib64", "/proc", "/sbin", "/sys",
+               "/usr")
 
-    def __init__(self, container: str, endpoint: Endpoint) -> None:
-        self.container = container
-        self.endpoint = endpoint  # the database as seen from inside its own container
+
+class DockerTools(Tools):
+    """The engine's client tools for a session's database (see the module's docstring)."""
+
+    def __init__(self, container: str, image: str, network: str, endpoint: Endpoint,
+                 labels: Mapping[str, str]) -> None:
+        self.container = container  # the database container's id: docker exec
+        self.image = image  # its image's id: the tools container
+        self.network = network  # the session network's id
+        self.endpoint = endpoint  # the database by its name on the session's network
+        self.labels = labels  # the session's: delete and gc remove a tools container left over
         self._has: dict[str, bool] = {}
 
     def popen(
@@ -72,7 +92,11 @@ class DockerExecTools(Tools):
         stdout: int | IO[Any] | None = None,
         stderr: int | IO[Any] | None = None,
     ) -> subprocess.Popen[bytes]:
-        command = exec_argv(self.container, argv, env, stdin=stdin is not None, tty=False)
+        if self.workdir is not None:  # the user's files: an import
+            command = self._run_argv(argv, env, self.workdir, stdin=stdin is not None,
+                                     tty=False)
+        else:
+            command = exec_argv(self.container, argv, env, stdin=stdin is not None, tty=False)
         return subprocess.Popen(
             command,
             env=child_env(env),
@@ -82,8 +106,29 @@ class DockerExecTools(Tools):
         )
 
     def run_interactive(self, argv: Sequence[str], *, env: Mapping[str, str]) -> int:
-        command = exec_argv(self.container, argv, env, stdin=True, tty=terminal())
+        command = self._run_argv(argv, env, self.workdir or Path.cwd(), stdin=True,
+                                 tty=terminal())
         return run_foreground(command, env=child_env(env))
+
+    def _run_argv(self, argv: Sequence[str], env: Mapping[str, str], workdir: Path, *,
+                  stdin: bool, tty: bool) -> list[str]:
+        """``docker run`` of ``argv`` in a tools container working in ``workdir``."""
+        command = [docker_cli(), "run", "--rm", "--pull", "never", "--log-driver", "none",
+                   "--network", self.network, "--entrypoint", argv[0], "-w", str(workdir)]
+        if stdin:
+            command.append("-i")
+        if tty:
+            command.append("-t")
+        if os.getuid() != 0:  # as the user: what it writes is theirs; a HOME it may write
+            command += ["--user", f"{os.getuid()}:{os.getgid()}", "-e", "HOME=/tmp",
+                        *(f"--group-add={group}" for group in os.getgroups())]
+        for name, value in self.labels.items():
+            command += ["--label", f"{name}={value}"]
+        for directory in _directories(workdir, argv[1:]):
+            command += ["--mount", f"type=bind,source={directory},target={directory}"]
+        for name in env:
+            command += ["-e", name]
+        return [*command, self.image, *argv[1:]]
 
     def has(self, tool: str) -> bool:
         if tool not in self._has:
@@ -93,3 +138,35 @@ class DockerExecTools(Tools):
                 probe, stdin=subprocess.DEVNULL, capture_output=True
             ).returncode == 0
         return self._has[tool]
+
+
+def _directories(workdir: Path, args: Sequence[str]) -> list[Path]:
+    """What the tools container mounts: the current and the working directory, and the
+    directories of existing files (or of new files in existing directories) that
+    ``args`` name outside them; none inside another."""
+    wanted = [Path.cwd(), workdir]
+    for arg in args:
+        value = arg.split("=", 1)[1] if arg.startswith("-") and "=" in arg else arg
+        if "/" not in value or "\0" in value:
+            continue
+        path = (workdir / value).resolve()  # what the tool would open (or write)
+        directory = path if path.is_dir() else path.parent
+        if directory.is_dir():
+            wanted.append(directory)
+    chosen: list[Path] = []
+    for directory in sorted({d.resolve() for d in wanted}, key=lambda d: len(d.parts)):
+        if not any(directory.is_relative_to(outer) for outer in chosen):
+            _require_mountable(directory)
+            chosen.append(directory)
+    return chosen
+
+
+def _require_mountable(directory: Path) -> None:
+    hidden = [d for d in SYSTEM_DIRS if Path(d).is_relative_to(directory)
+              or directory.is_relative_to(d)]
+    if hidden or directory == Path("/"):
+        raise UsageError(
+            f"on the docker runtime the client sees your files by mounting {directory} into "
+            f"its container, where it would hide the image's {hidden[0] if hidden else '/'}; "
+            "run it from (and name files in) a project directory"
+        )

@@ -60,6 +60,9 @@ class PostgresEngine(Engine):
                 raise
         return self.check_ready(endpoint, timeout)
 
+    def never_ready(self, error: Exception) -> bool:
+        return NEVER_READY.search(str(error)) is not None
+
     def local_server(self) -> LocalServer:
         return PostgresLocalServer()
 
@@ -195,6 +198,14 @@ class PostgresEngine(Engine):
     def snapshot_keep(self, endpoint: Endpoint, directory: Path) -> None:
         snapshots.keep(endpoint, directory)
 
+
+#: connection refusals that waiting never clears; libpq gives no SQLSTATE for a failed
+#: connection, so the server's (English) message tells: wrong password, no such database
+#: or role, not allowed by pg_hba.conf or to log in
+NEVER_READY = re.compile(
+    r'FATAL: +(password authentication failed|(database|role) "[^"]*" does not exist'
+    r"|no pg_hba\.conf entry|role \S+ is not permitted to log in)"
+)
 
 #: a statement that ends our import's transaction or leaves its connection: COMMIT,
 #: END TRANSACTION/WORK (a bare ``END;`` is left out: every PL/pgSQL body pg_dump writes
