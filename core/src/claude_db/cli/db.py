@@ -23,7 +23,14 @@ from claude_db.cli.common import (
     print_json,
     run,
 )
-from claude_db.database import Target, export_to, import_from, listening, resolve
+from claude_db.database import (
+    Target,
+    check_source,
+    export_to,
+    import_from,
+    listening,
+    resolve,
+)
 from claude_db.engine import Endpoint, QueryResult
 from claude_db.errors import (
     ClaudeDbError,
@@ -325,7 +332,7 @@ def import_(
     if replace:
         from claude_db import snapshots
 
-        snapshots.check_source(source)
+        check_source(source)
         target.require_running()
         name = target.endpoint(database).database
         confirm(f"Replace all data in {name} of session {target.name}?", yes)
