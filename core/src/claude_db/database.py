@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import bz2
 import contextlib
+import glob
 import gzip
 import io
 import itertools
@@ -145,10 +146,12 @@ def export_to(target: Target, destination: str, database: str | None) -> int:
         raise UsageError(f"{destination} is a directory")
     if not path.parent.is_dir():
         raise UsageError(f"directory {path.parent} does not exist")
-    # a temporary file beside the target, renamed at the end: never a partial dump
+    _sweep_partials(path)
+    # a temporary file beside the target, renamed at the end: never a partial dump; the pid
+    # in its name lets the next export remove it if this one is killed
     try:
         fd, tmp_name = tempfile.mkstemp(
-            dir=path.parent, prefix=f".{path.name}.", suffix=".partial"
+            dir=path.parent, prefix=f".{path.name}.{os.getpid()}.", suffix=PARTIAL
         )
     except OSError as exc:
         raise ClaudeDbError(f"cannot write {destination}: {exc.strerror or exc}") from None
@@ -161,9 +164,7 @@ def export_to(target: Target, destination: str, database: str | None) -> int:
                 written = _copy(chunks, raw)
             raw.flush()
             os.fsync(raw.fileno())
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp_name, 0o666 & ~umask)  # mkstemp's 0600 would surprise: a dump like any file
+        os.chmod(tmp_name, _mode_for(path))
         os.replace(tmp_name, path)
     except BaseException as exc:
         with contextlib.suppress(FileNotFoundError):
@@ -175,6 +176,37 @@ def export_to(target: Target, destination: str, database: str | None) -> int:
             ) from None
         raise
     return written
+
+
+PARTIAL = ".partial"
+
+
+def _mode_for(path: Path) -> int:
+    """An existing file's mode (a 0600 dump stays private), else a new file's (umask)."""
+    with contextlib.suppress(OSError):
+        return path.stat().st_mode & 0o7777
+    umask = os.umask(0)
+    os.umask(umask)
+    return 0o666 & ~umask  # not mkstemp's 0600: a dump like any file
+
+
+def _sweep_partials(path: Path) -> None:
+    """Remove ``.NAME.PID.*.partial`` files that exports killed before their end left."""
+    for partial in path.parent.glob(f".{glob.escape(path.name)}.*{PARTIAL}"):
+        pid = partial.name[len(path.name) + 2:].split(".", 1)[0]
+        if pid.isdigit() and not _alive(int(pid)):
+            with contextlib.suppress(OSError):
+                partial.unlink()
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # another user's: alive
+        return True
+    return True
 
 
 def check_source(source: str) -> None:

@@ -9,6 +9,7 @@ import os
 import re
 import secrets
 import subprocess
+import sys
 import tempfile
 import threading
 from collections.abc import Generator, Iterable, Iterator
@@ -79,7 +80,10 @@ class PostgresEngine(Engine):
             raise ClaudeDbError(f"query failed: {_pg_message(exc)}") from None
 
     def dump(self, tools: Tools) -> Iterator[bytes]:
-        argv = ["pg_dump", "--no-owner", "--no-privileges", "--quote-all-identifiers"]
+        # Privileges are kept (a REVOKE ... FROM PUBLIC guards a SECURITY DEFINER function),
+        # but only those a fresh session can restore: see Privileges.
+        argv = ["pg_dump", "--no-owner", "--quote-all-identifiers"]
+        privileges = Privileges(tools.endpoint.user)
         with tempfile.TemporaryFile() as errors:
             proc = tools.popen(
                 argv, env=self.native_env(tools.endpoint), stdout=subprocess.PIPE, stderr=errors
@@ -88,12 +92,19 @@ class PostgresEngine(Engine):
             _widen(proc.stdout)
             try:
                 while chunk := proc.stdout.read(CHUNK):
-                    yield chunk
+                    yield privileges.filter(chunk)
+                yield privileges.filter(b"", end=True)
             finally:
                 proc.stdout.close()
                 code = proc.wait()
             if code != 0:
                 raise ClaudeDbError(f"pg_dump failed: {_tail(errors)}")
+        if privileges.left_out:
+            print(
+                f"note: left out {privileges.left_out} privilege statement"
+                f"{'s' if privileges.left_out != 1 else ''} naming roles a new session does "
+                f"not have: {', '.join(sorted(privileges.roles))}", file=sys.stderr,
+            )
 
     def restore(self, tools: Tools, chunks: Iterable[bytes]) -> None:
         # One transaction, stop at the first error: nothing of a failed import stays applied.
@@ -399,6 +410,84 @@ def _psql_knows_restrict(tools: Tools, env: dict[str, str]) -> bool:
         return True  # unknown: leave the file as it is
     major, minor = int(found.group(1)), int(found.group(2) or 0)
     return major >= 18 or minor >= RESTRICT_SINCE.get(major, 1 << 30)
+
+
+#: one privilege statement of pg_dump's (always one line, identifiers quoted): the roles it
+#: grants to or revokes from, and the role of ALTER DEFAULT PRIVILEGES FOR ROLE
+ROLE = rb'(?:PUBLIC|"(?:[^"]|"")+")'
+ACL_LINE = re.compile(
+    rb"(?:GRANT|REVOKE|ALTER DEFAULT PRIVILEGES)\b.* (?:TO|FROM) (" + ROLE
+    + rb"(?:, " + ROLE + rb")*)(?: WITH GRANT OPTION)?;\n"
+)
+FOR_ROLE = re.compile(rb"ALTER DEFAULT PRIVILEGES FOR ROLE (" + ROLE + rb")")
+ROLE_NAME = re.compile(ROLE)
+
+
+class Privileges:
+    """Filters a plain pg_dump stream: drops the privilege statements that name a role a
+    fresh session does not have (another role of this server), keeps those for PUBLIC, the
+    built-in ``pg_*`` roles and the session's own user. Works line by line outside COPY
+    data (whose lines are data, whatever they say), holding back a line cut in two."""
+
+    def __init__(self, user: str):
+        self.user = user
+        self.left_out = 0
+        self.roles: set[str] = set()
+        self._held = b""
+        self._in_copy = False
+
+    def filter(self, chunk: bytes, end: bool = False) -> bytes:
+        data = self._held + chunk
+        cut = len(data) if end else data.rfind(b"\n") + 1
+        data, self._held = data[:cut], data[cut:]
+        out: list[bytes] = []
+        pos = 0
+        while pos < len(data):
+            if self._in_copy:  # up to the line "\\." (pos is at a line start)
+                if data.startswith(b"\\.\n", pos):
+                    stop = pos + 3
+                elif (found := data.find(b"\n\\.\n", pos)) >= 0:
+                    stop = found + 4
+                else:
+                    out.append(data[pos:])
+                    break
+                out.append(data[pos:stop])
+                pos, self._in_copy = stop, False
+                continue
+            line_end = data.find(b"\n", pos) + 1 or len(data)
+            line = data[pos:line_end]
+            if line.startswith(b"COPY ") and line.rstrip().endswith(b" FROM stdin;"):
+                self._in_copy = True
+            if not (line[:1] in (b"G", b"R", b"A") and self._left_out(line)):
+                out.append(line)
+            pos = line_end
+        return b"".join(out)
+
+    def _left_out(self, line: bytes) -> bool:
+        found = ACL_LINE.fullmatch(line)
+        if found is None:
+            return False
+        roles = ROLE_NAME.findall(found.group(1))
+        if owner := FOR_ROLE.match(line):
+            roles.append(owner.group(1))
+        missing = {
+            name for name in map(_role_name, roles) if name and not self._restorable(name)
+        }
+        if not missing:
+            return False
+        self.left_out += 1
+        self.roles |= missing
+        return True
+
+    def _restorable(self, role: str) -> bool:
+        return role.startswith("pg_") or role == self.user
+
+
+def _role_name(quoted: bytes) -> str | None:
+    """``"app"`` as ``app``; None for PUBLIC."""
+    if quoted == b"PUBLIC":
+        return None
+    return quoted[1:-1].replace(b'""', b'"').decode(errors="replace")
 
 
 def _widen(pipe: Any) -> None:
