@@ -475,3 +475,23 @@ def test_export_keeps_a_files_mode_and_sweeps_what_a_killed_export_left(
     assert result.code == 0, result
     assert target.stat().st_mode & 0o777 == 0o600
     assert not left.exists() and live.exists()
+
+
+def test_a_query_may_start_with_a_dash_and_a_socket_url_is_taken(
+    cli: Cli, session: dict[str, str], tmp_path: Path
+) -> None:
+    shown = cli("claude-db", "query", "-- a note first\nselect 7 as n", "--csv")
+    assert shown.code == 0 and shown.stdout == "n\n7\n", shown
+    found = cli("claude-db", "query", "show unix_socket_directories", "--csv")
+    socket_dir = found.stdout.splitlines()[1].split(",")[0].strip()
+    assert socket_dir.startswith("/"), found
+    user, port, name = session["DB_USER"], session["DB_PORT"], session["DB_NAME"]
+    password = session["DB_PASSWORD"]
+    encoded = socket_dir.replace("/", "%2F")
+    for url in (f"postgresql://{user}:{password}@/{name}?host={socket_dir}&port={port}",
+                f"postgresql://{user}:{password}@{encoded}:{port}/{name}"):
+        elsewhere = tmp_path / "elsewhere"  # no .env here: the URL is the target
+        elsewhere.mkdir(exist_ok=True)
+        result = cli("claude-db", "query", "select current_database()", "--csv",
+                     cwd=elsewhere, env={"DATABASE_URL": url})
+        assert result.code == 0 and result.stdout.splitlines()[1] == name, (url, result)

@@ -61,7 +61,8 @@ def create_app() -> typer.Typer:
     app.command()(status)
     app.command()(info)
     app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})(shell)
-    app.command()(query)
+    # a query may start with "-" ("-- note" then SQL): text, not an unknown option
+    app.command(context_settings={"ignore_unknown_options": True})(query)
     app.command("import")(import_)
     app.command("export")(export)
     app.command()(reset)
@@ -201,6 +202,10 @@ def query(
         raise UsageError("--json and --csv exclude each other")
     if not text.strip():
         raise UsageError("the query is empty")
+    try:
+        text.encode()
+    except UnicodeEncodeError:  # bytes the locale could not decode arrive as surrogates
+        raise UsageError("the query is not valid UTF-8 text") from None
     target = _target(session)
     target.require_running()
     result = target.engine.query(target.endpoint(database), text)
