@@ -77,6 +77,8 @@ def world(tmp_path_factory: pytest.TempPathFactory, state_root: Path) -> Iterato
         whole = gzip.compress(b"CREATE TABLE gz (id int);\n" * 2000)
         (files / "truncated.sql.gz").write_bytes(whole[: len(whole) // 2])
         (files / "a-directory").mkdir()
+        (files / "dump.7z").write_bytes(b"7z\xbc\xaf\x27\x1c" + bytes(range(256)))
+        (files / "random.bin").write_bytes(b"\x00garbage\x01\x02" * 50)
         yield world
     finally:
         cleanup(state)
@@ -185,6 +187,11 @@ CASES: list[tuple[str, tuple[str, ...], int, dict[str, str]]] = [
     ("URL, nothing there: export", ("claude-db", "export", f"{F}/x.sql", "@nowhere"),
      NOT_RUNNING, {"DATABASE_URL": "postgresql://u:p@127.0.0.1:1/db"}),
     ("unknown claude-db command", ("claude-db", "frobnicate"), USAGE, {}),
+    ("query not UTF-8", ("claude-db", "query", os.fsdecode(b"SELECT '\xff'")), USAGE, {}),
+    ("URL with a malformed IPv6 host", ("claude-db", "status", "@nowhere"), USAGE,
+     {"DATABASE_URL": "postgresql://u:p@[::1/db"}),
+    ("import a 7z archive", ("claude-db", "import", f"{F}/dump.7z"), USAGE, {}),
+    ("import binary data", ("claude-db", "import", f"{F}/random.bin"), FAILED, {}),
 ]
 
 

@@ -397,3 +397,101 @@ def test_a_terminal_table_prints_brackets_as_text(
         os.close(reader)
     assert done.returncode == 0, done.stderr
     assert '{"k": [null]}' in shown.decode() and "[/x]" in shown.decode(), shown
+
+
+def test_export_keeps_the_privileges_a_new_session_can_restore(
+    cli: Cli, session: dict[str, str], workdir: Path
+) -> None:
+    """A SECURITY DEFINER function whose EXECUTE was revoked from PUBLIC stays uncallable by
+    others after a round trip; grants to built-in roles stay too."""
+    setup = (
+        "create function sd() returns int language sql security definer as 'select 1';"
+        "revoke all on function sd() from public;"
+        "create table shared(x int); grant select on shared to pg_read_all_data"
+    )
+    assert cli("claude-db", "query", setup).code == 0
+    exported = cli("claude-db", "export", "acl.sql")
+    assert exported.code == 0, exported
+    assert "left out" not in exported.stderr, exported
+    assert cli("claude-db", "reset", "--yes").code == 0
+    assert cli("claude-db", "import", "acl.sql").code == 0
+    shown = cli(
+        "claude-db", "query",
+        "select has_function_privilege('public', 'sd()', 'execute'), "
+        "has_table_privilege('pg_read_all_data', 'shared', 'select')", "--csv",
+    )
+    assert shown.stdout.splitlines()[1] == "f,t", shown
+
+
+def test_export_leaves_out_grants_to_roles_a_new_session_lacks() -> None:
+    """The filter on pg_dump's real output shapes, cut at every byte: COPY data lines that
+    look like privilege statements are data and stay."""
+    from claude_db_postgres.engine import Privileges
+
+    dump = (
+        b'CREATE TABLE "public"."t" ("x" "text");\n'
+        b'COPY "public"."t" ("x") FROM stdin;\n'
+        b'GRANT ALL ON TABLE "public"."t" TO "reader";\n'
+        b"\\.\n"
+        b'REVOKE ALL ON FUNCTION "public"."sd"() FROM PUBLIC;\n'
+        b'GRANT ALL ON FUNCTION "public"."sd"() TO "reader";\n'
+        b'GRANT SELECT ON TABLE "public"."t" TO "me";\n'
+        b'GRANT SELECT ON TABLE "public"."t" TO "pg_monitor";\n'
+        b'ALTER DEFAULT PRIVILEGES FOR ROLE "other" GRANT SELECT ON TABLES  TO PUBLIC;\n'
+        b'GRANT USAGE ON SCHEMA "public" TO "odd ""name""";\n'
+        b"-- the end"
+    )
+    expected = (
+        b'CREATE TABLE "public"."t" ("x" "text");\n'
+        b'COPY "public"."t" ("x") FROM stdin;\n'
+        b'GRANT ALL ON TABLE "public"."t" TO "reader";\n'
+        b"\\.\n"
+        b'REVOKE ALL ON FUNCTION "public"."sd"() FROM PUBLIC;\n'
+        b'GRANT SELECT ON TABLE "public"."t" TO "me";\n'
+        b'GRANT SELECT ON TABLE "public"."t" TO "pg_monitor";\n'
+        b"-- the end"
+    )
+    for cut in range(len(dump) + 1):
+        privileges = Privileges("me")
+        out = privileges.filter(dump[:cut]) + privileges.filter(dump[cut:])
+        out += privileges.filter(b"", end=True)
+        assert out == expected, cut
+        assert privileges.left_out == 3 and privileges.roles == {"reader", "other", 'odd "name"'}
+
+
+def test_export_keeps_a_files_mode_and_sweeps_what_a_killed_export_left(
+    cli: Cli, session: dict[str, str], workdir: Path
+) -> None:
+    target = workdir / "private.sql"
+    target.write_text("old")
+    os.chmod(target, 0o600)
+    dead = subprocess.Popen(["true"])
+    dead.wait()  # its pid names a process that is gone, as after a kill -9
+    left = workdir / f".private.sql.{dead.pid}.abc123.partial"
+    left.write_text("half a dump")
+    live = workdir / f".private.sql.{os.getpid()}.def456.partial"  # a running export's
+    live.write_text("being written")
+    result = cli("claude-db", "export", "private.sql")
+    assert result.code == 0, result
+    assert target.stat().st_mode & 0o777 == 0o600
+    assert not left.exists() and live.exists()
+
+
+def test_a_query_may_start_with_a_dash_and_a_socket_url_is_taken(
+    cli: Cli, session: dict[str, str], tmp_path: Path
+) -> None:
+    shown = cli("claude-db", "query", "-- a note first\nselect 7 as n", "--csv")
+    assert shown.code == 0 and shown.stdout == "n\n7\n", shown
+    found = cli("claude-db", "query", "show unix_socket_directories", "--csv")
+    socket_dir = found.stdout.splitlines()[1].split(",")[0].strip()
+    assert socket_dir.startswith("/"), found
+    user, port, name = session["DB_USER"], session["DB_PORT"], session["DB_NAME"]
+    password = session["DB_PASSWORD"]
+    encoded = socket_dir.replace("/", "%2F")
+    for url in (f"postgresql://{user}:{password}@/{name}?host={socket_dir}&port={port}",
+                f"postgresql://{user}:{password}@{encoded}:{port}/{name}"):
+        elsewhere = tmp_path / "elsewhere"  # no .env here: the URL is the target
+        elsewhere.mkdir(exist_ok=True)
+        result = cli("claude-db", "query", "select current_database()", "--csv",
+                     cwd=elsewhere, env={"DATABASE_URL": url})
+        assert result.code == 0 and result.stdout.splitlines()[1] == name, (url, result)

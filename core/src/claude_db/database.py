@@ -2,17 +2,26 @@
 
 from __future__ import annotations
 
+import bz2
 import contextlib
+import glob
 import gzip
+import io
+import itertools
+import lzma
 import os
+import shutil
 import socket
+import subprocess
 import sys
 import tempfile
+import threading
+import zipfile
 import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO
+from typing import IO, Any, Protocol
 
 from claude_db.app import App
 from claude_db.engine import Credentials, Endpoint, Engine, Tools
@@ -224,10 +233,12 @@ def export_to(target: Target, destination: str, database: str | None) -> int:
         raise UsageError(f"{destination} is a directory")
     if not path.parent.is_dir():
         raise UsageError(f"directory {path.parent} does not exist")
-    # a temporary file beside the target, renamed at the end: never a partial dump
+    _sweep_partials(path)
+    # a temporary file beside the target, renamed at the end: never a partial dump; the pid
+    # in its name lets the next export remove it if this one is killed
     try:
         fd, tmp_name = tempfile.mkstemp(
-            dir=path.parent, prefix=f".{path.name}.", suffix=".partial"
+            dir=path.parent, prefix=f".{path.name}.{os.getpid()}.", suffix=PARTIAL
         )
     except OSError as exc:
         raise ClaudeDbError(f"cannot write {destination}: {exc.strerror or exc}") from None
@@ -240,9 +251,7 @@ def export_to(target: Target, destination: str, database: str | None) -> int:
                 written = _copy(chunks, raw)
             raw.flush()
             os.fsync(raw.fileno())
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp_name, 0o666 & ~umask)  # mkstemp's 0600 would surprise: a dump like any file
+        os.chmod(tmp_name, _mode_for(path))
         os.replace(tmp_name, path)
     except BaseException as exc:
         with contextlib.suppress(FileNotFoundError):
@@ -256,37 +265,224 @@ def export_to(target: Target, destination: str, database: str | None) -> int:
     return written
 
 
-def import_from(target: Target, source: str, database: str | None) -> None:
-    """Apply a dump from ``source`` (``-`` = stdin; gzip detected), all or nothing."""
-    from claude_db.snapshots import check_source
+PARTIAL = ".partial"
 
+
+def _mode_for(path: Path) -> int:
+    """An existing file's mode (a 0600 dump stays private), else a new file's (umask)."""
+    with contextlib.suppress(OSError):
+        return path.stat().st_mode & 0o7777
+    umask = os.umask(0)
+    os.umask(umask)
+    return 0o666 & ~umask  # not mkstemp's 0600: a dump like any file
+
+
+def _sweep_partials(path: Path) -> None:
+    """Remove ``.NAME.PID.*.partial`` files that exports killed before their end left."""
+    for partial in path.parent.glob(f".{glob.escape(path.name)}.*{PARTIAL}"):
+        pid = partial.name[len(path.name) + 2:].split(".", 1)[0]
+        if pid.isdigit() and not _alive(int(pid)):
+            with contextlib.suppress(OSError):
+                partial.unlink()
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # another user's: alive
+        return True
+    return True
+
+
+def check_source(source: str) -> None:
+    """What ``import`` accepts: ``-``, or anything readable that is not a directory (a
+    file, a FIFO, ``/dev/stdin``, a shell's ``<(...)``)."""
+    if source == "-":
+        return
+    path = Path(source)
+    if path.is_dir():
+        hint = " (a pg_dump -Fd directory: pg_restore -f - DIR | claude-db import -)" if (
+            path / "toc.dat"
+        ).is_file() else ""
+        raise UsageError(f"{source} is a directory: give a dump file, or - for stdin{hint}")
+    if not path.exists():
+        raise UsageError(f"{source} does not exist: give a dump file, or - for stdin")
+
+
+def import_from(target: Target, source: str, database: str | None) -> None:
+    """Apply a dump from ``source`` (``-`` = stdin; compression detected), all or nothing."""
     check_source(source)
     target.require_running()
     tools = target.tools(database)
     # the script's \i, \ir and \copy find files beside it, as with psql -f FILE
-    tools.workdir = Path(source).resolve().parent if source != "-" else Path.cwd()
+    tools.workdir = Path(os.path.abspath(source)).parent if source != "-" else Path.cwd()
     try:
-        with _open_source(source) as stream:
-            target.engine.restore(tools, iter(lambda: stream.read(CHUNK), b""))
-    except (OSError, EOFError, zlib.error) as exc:  # unreadable or corrupt input (a bad .gz)
-        raise ClaudeDbError(f"cannot read {source}, nothing was applied: {exc}") from None
+        with _open_source(source) as chunks:
+            target.engine.restore(tools, chunks)
+    except (OSError, EOFError, zlib.error, lzma.LZMAError) as exc:  # unreadable or corrupt
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else exc
+        raise ClaudeDbError(f"cannot read {source}, nothing was applied: {reason}") from None
+
+
+#: compressed inputs, told by their first bytes (whatever the file is called)
+COMPRESSED: dict[bytes, str] = {
+    GZIP_MAGIC: "gzip",
+    b"BZh": "bzip2",
+    b"\xfd7zXZ\x00": "xz",
+    b"\x28\xb5\x2f\xfd": "zstd",
+    b"PK\x03\x04": "zip",
+}
+#: recognised only to be refused clearly
+UNSUPPORTED: dict[bytes, str] = {
+    b"7z\xbc\xaf\x27\x1c": "7z",
+    b"Rar!": "rar",
+    b"\x04\x22\x4d\x18": "lz4",
+    b"\x89LZO": "lzop",
+}
+UTF8_BOM = b"\xef\xbb\xbf"
+
+
+class Readable(Protocol):
+    def read(self, size: int = -1, /) -> bytes | None: ...
 
 
 @contextlib.contextmanager
-def _open_source(source: str) -> Iterator[IO[bytes] | gzip.GzipFile]:
+def _open_source(source: str) -> Iterator[Iterator[bytes]]:
+    """The input's bytes, decompressed (gzip, bzip2, xz, zstd, a one-member zip), without a
+    leading UTF-8 byte-order mark (psql ignores it too)."""
+    with contextlib.ExitStack() as stack:
+        raw: IO[bytes] = (
+            sys.stdin.buffer if source == "-" else stack.enter_context(open(source, "rb"))
+        )
+        head = raw.read(8)
+        kind = next((k for magic, k in COMPRESSED.items() if head.startswith(magic)), None)
+        if kind is None and (
+            other := next((k for m, k in UNSUPPORTED.items() if head.startswith(m)), None)
+        ):
+            raise UsageError(
+                f"{_label(source)} is {other}-compressed: decompress it first "
+                "(gzip, bzip2, xz, zstd and zip are read as they are)"
+            )
+        if kind is None:  # plain: no extra layer
+            rest = iter(lambda: raw.read(CHUNK), b"")  # the first chunk whole: engines look
+            yield _without_bom(itertools.chain([head + raw.read(CHUNK - len(head))], rest))
+            return
+        whole = io.BufferedReader(_Prefixed(head, raw), CHUNK)
+        stream: Readable = whole
+        if kind == "gzip":
+            stream = stack.enter_context(gzip.GzipFile(fileobj=whole))
+        elif kind == "bzip2":
+            stream = stack.enter_context(bz2.BZ2File(whole))
+        elif kind == "xz":
+            stream = stack.enter_context(lzma.LZMAFile(whole))
+        elif kind == "zstd":
+            stream = stack.enter_context(_unzstd(whole))
+        elif kind == "zip":
+            stream = stack.enter_context(_zip_member(source))
+        yield _without_bom(iter(lambda: stream.read(CHUNK) or b"", b""))
+
+
+def _label(source: str) -> str:
+    return "stdin" if source == "-" else source
+
+
+class _Prefixed(io.RawIOBase):
+    """``raw`` with ``head`` (already read from it) in front again: stdin cannot seek."""
+
+    def __init__(self, head: bytes, raw: IO[bytes]):
+        self._head, self._raw = head, raw
+
+    def readable(self) -> bool:
+        return True
+
+    def read(self, size: int = -1) -> bytes:
+        if self._head:
+            if size < 0:
+                data, self._head = self._head + self._raw.read(), b""
+                return data
+            data, self._head = self._head[:size], self._head[size:]
+            return data
+        return self._raw.read(size)
+
+    def readinto(self, buffer: Any) -> int:
+        data = self.read(len(buffer))
+        buffer[: len(data)] = data
+        return len(data)
+
+
+@contextlib.contextmanager
+def _zip_member(source: str) -> Iterator[IO[bytes]]:
     if source == "-":
-        raw: IO[bytes] = sys.stdin.buffer
-        head = raw.peek(2)[:2] if hasattr(raw, "peek") else b""
-        yield gzip.GzipFile(fileobj=raw) if head == GZIP_MAGIC else raw
-        return
-    with open(source, "rb") as raw_file:
-        compressed = source.endswith(".gz") or raw_file.read(2) == GZIP_MAGIC
-        raw_file.seek(0)
-        if compressed:
-            with gzip.GzipFile(fileobj=raw_file) as unzipped:
-                yield unzipped
-        else:
-            yield raw_file
+        raise UsageError("a zip archive cannot be read from stdin: give its file name")
+    with zipfile.ZipFile(source) as archive:
+        members = [m for m in archive.infolist() if not m.is_dir()]
+        if len(members) != 1:
+            raise UsageError(
+                f"{source} holds {len(members)} files: a zip archive must hold exactly one dump"
+            )
+        with archive.open(members[0]) as member:
+            yield member
+
+
+@contextlib.contextmanager
+def _unzstd(compressed: Readable) -> Iterator[Readable]:
+    """zstd through the ``zstd`` program (Python 3.11 has no zstd module), fed by a thread."""
+    program = shutil.which("zstd")
+    if program is None:
+        raise UsageError("the input is zstd-compressed and zstd is not installed: "
+                         "decompress it first (zstd -d FILE)")
+    proc = subprocess.Popen(
+        [program, "-dc"], stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE
+    )
+    assert proc.stdin is not None and proc.stdout is not None and proc.stderr is not None
+
+    def feed() -> None:
+        assert proc.stdin is not None
+        with contextlib.suppress(OSError):
+            while chunk := compressed.read(CHUNK) or b"":
+                proc.stdin.write(chunk)
+        with contextlib.suppress(OSError):
+            proc.stdin.close()
+
+    feeder = threading.Thread(target=feed, daemon=True)
+    feeder.start()
+    finished = False
+    try:
+        yield _Checked(proc)
+        finished = True
+    finally:
+        proc.stdout.close()
+        if not finished or proc.poll() is None:
+            proc.kill()
+        proc.wait()
+
+
+class _Checked(io.RawIOBase):
+    """A decompressor's output; its failure (a corrupt file) is an OSError at the end."""
+
+    def __init__(self, proc: subprocess.Popen[bytes]):
+        self._proc = proc
+
+    def readable(self) -> bool:
+        return True
+
+    def read(self, size: int = -1) -> bytes:
+        assert self._proc.stdout is not None and self._proc.stderr is not None
+        data = self._proc.stdout.read(size)
+        if not data and self._proc.wait() != 0:
+            message = self._proc.stderr.read().decode(errors="replace").strip().splitlines()
+            raise OSError(0, f"zstd: {message[-1] if message else 'failed'}")
+        return data
+
+
+def _without_bom(chunks: Iterator[bytes]) -> Iterator[bytes]:
+    first = next(chunks, b"")
+    while len(first) < len(UTF8_BOM) and (more := next(chunks, b"")):
+        first += more
+    yield first.removeprefix(UTF8_BOM)
+    yield from chunks
 
 
 def _copy(chunks: Iterator[bytes], out: IO[bytes] | gzip.GzipFile) -> int:

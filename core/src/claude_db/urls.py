@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from typing import TYPE_CHECKING
-from urllib.parse import quote, unquote, urlsplit
+from urllib.parse import parse_qs, quote, unquote, urlsplit
 
 from claude_db.errors import UsageError
 
@@ -21,19 +21,38 @@ def build_url(scheme: str, endpoint: Endpoint, query: str = "") -> str:
 
 
 def parse_url(url: str, default_port: int) -> tuple[str, str, int, str, str, str]:
-    """Split a URL into (scheme, host, port, user, password, database), decoding credentials."""
-    parts = urlsplit(url)
-    if not parts.scheme or not parts.hostname:
-        raise UsageError("DATABASE_URL is not a valid URL (expected scheme://user:pass@host/db)")
+    """Split a URL into (scheme, host, port, user, password, database), decoding credentials.
+
+    As libpq reads it: the host may be a socket directory, percent-encoded in place
+    (``postgresql://u@%2Frun%2Fpostgresql/db``) or as a ``host=`` parameter
+    (``postgresql://u@/db?host=/run/postgresql``); ``port``, ``user``, ``password`` and
+    ``dbname`` parameters count too.
+    """
     try:
-        port = parts.port or default_port
-    except ValueError as exc:
-        raise UsageError(f"DATABASE_URL has an invalid port: {exc}") from None
+        parts = urlsplit(url)
+        port = parts.port
+    except ValueError as exc:  # e.g. "Invalid IPv6 URL", a port out of range
+        raise UsageError(f"DATABASE_URL is not a valid URL: {exc}") from None
+    params = {key: values[-1] for key, values in parse_qs(parts.query).items()}
+    host = unquote(parts.netloc.rpartition("@")[2])
+    host = host if host.startswith("/") else (parts.hostname or "")  # a path keeps its case
+    if host.startswith("/") and ":" in host:  # a socket directory's :port
+        host = host.rsplit(":", 1)[0]
+    host = params.get("host") or host
+    if not parts.scheme or not host:
+        raise UsageError(
+            "DATABASE_URL is not a valid URL (expected scheme://user:pass@host/db, or a "
+            "socket directory: scheme://user@/db?host=/run/postgresql)"
+        )
+    try:
+        port = int(params["port"]) if "port" in params else port
+    except ValueError:
+        raise UsageError(f"DATABASE_URL has an invalid port: {params['port']!r}") from None
     return (
         parts.scheme,
-        parts.hostname,
-        port,
-        unquote(parts.username or ""),
-        unquote(parts.password or ""),
-        unquote(parts.path.lstrip("/")),
+        host,
+        port or default_port,
+        params.get("user") or unquote(parts.username or ""),
+        params.get("password") or unquote(parts.password or ""),
+        params.get("dbname") or unquote(parts.path.lstrip("/")),
     )

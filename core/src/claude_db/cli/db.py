@@ -26,6 +26,7 @@ from claude_db.cli.common import (
 from claude_db.database import (
     Target,
     check_destructive,
+    check_source,
     describe_url,
     export_to,
     import_from,
@@ -65,7 +66,8 @@ def create_app() -> typer.Typer:
     app.command()(status)
     app.command()(info)
     app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})(shell)
-    app.command()(query)
+    # a query may start with "-" ("-- note" then SQL): text, not an unknown option
+    app.command(context_settings={"ignore_unknown_options": True})(query)
     app.command("import")(import_)
     app.command("export")(export)
     app.command()(reset)
@@ -226,6 +228,10 @@ def query(
         raise UsageError("--json and --csv exclude each other")
     if not text.strip():
         raise UsageError("the query is empty")
+    try:
+        text.encode()
+    except UnicodeEncodeError:  # bytes the locale could not decode arrive as surrogates
+        raise UsageError("the query is not valid UTF-8 text") from None
     target = _target(session)
     target.require_running()
     result = target.engine.query(target.endpoint(database), text)
@@ -357,7 +363,7 @@ def import_(
     if replace:
         from claude_db import snapshots
 
-        snapshots.check_source(source)
+        check_source(source)
         target.require_running()
         name = target.endpoint(database).database
         confirm(f"Replace all data in {name} of session {target.name}?", yes)

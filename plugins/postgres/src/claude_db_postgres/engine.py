@@ -4,11 +4,15 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import itertools
 import os
 import re
+import secrets
 import subprocess
+import sys
 import tempfile
-from collections.abc import Iterable, Iterator
+import threading
+from collections.abc import Generator, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -88,7 +92,10 @@ class PostgresEngine(Engine):
             raise ClaudeDbError(f"query failed: {_pg_message(exc)}") from None
 
     def dump(self, tools: Tools) -> Iterator[bytes]:
-        argv = ["pg_dump", "--no-owner", "--no-privileges", "--quote-all-identifiers"]
+        # Privileges are kept (a REVOKE ... FROM PUBLIC guards a SECURITY DEFINER function),
+        # but only those a fresh session can restore: see Privileges.
+        argv = ["pg_dump", "--no-owner", "--quote-all-identifiers"]
+        privileges = Privileges(tools.endpoint.user)
         with tempfile.TemporaryFile() as errors:
             proc = tools.popen(
                 argv, env=self.native_env(tools.endpoint), stdout=subprocess.PIPE, stderr=errors
@@ -97,40 +104,57 @@ class PostgresEngine(Engine):
             _widen(proc.stdout)
             try:
                 while chunk := proc.stdout.read(CHUNK):
-                    yield chunk
+                    yield privileges.filter(chunk)
+                yield privileges.filter(b"", end=True)
             finally:
                 proc.stdout.close()
                 code = proc.wait()
             if code != 0:
                 raise ClaudeDbError(f"pg_dump failed: {_tail(errors)}")
+        if privileges.left_out:
+            print(
+                f"note: left out {privileges.left_out} privilege statement"
+                f"{'s' if privileges.left_out != 1 else ''} naming roles a new session does "
+                f"not have: {', '.join(sorted(privileges.roles))}", file=sys.stderr,
+            )
 
     def restore(self, tools: Tools, chunks: Iterable[bytes]) -> None:
         # One transaction, stop at the first error: nothing of a failed import stays applied.
-        # BEGIN and COMMIT are sent by us, COMMIT only once the whole input was read: psql's
-        # --single-transaction would commit at end of input, and an interrupted `docker exec`
-        # closes psql's input inside the container without killing psql.
-        argv = ["psql", "-X", "-q", "-v", "ON_ERROR_STOP=1", "-f", "-"]
+        # BEGIN comes before the file (-c), COMMIT after it in the same input, once the whole
+        # input was read: psql's --single-transaction would commit at end of input, and an
+        # interrupted `docker exec` closes psql's input inside the container without killing
+        # psql. The transaction's id (printed first) tells afterwards whether the file
+        # committed it on its own; the end mark (printed last) that psql read the file to its
+        # end: a \\q, or COPY data without its \\. line, stops psql early, silently.
+        mark = f"claude-db: end of input {secrets.token_hex(8)}"
+        argv = [
+            "psql", "-X", "-q", "-At", "-v", "ON_ERROR_STOP=1",
+            "-c", "BEGIN", "-c", "SELECT txid_current()", "-c", "\\o /dev/null", "-f", "-",
+        ]
+        # ";" ends a last statement the file left without one (psql runs it at the end of a
+        # file); the file's own line numbers hold, as BEGIN is not in its input
+        tail = f"\n;\nCOMMIT;\n\\echo {mark}\n".encode()
         # The local runtime's servers run with synchronous_commit=off: without this, a server
         # crash right after the import reported success would lose it whole.
         durable = {"PGOPTIONS": f"{os.environ.get('PGOPTIONS', '')} -c synchronous_commit=on"}
-        with tempfile.TemporaryFile() as errors:
+        sql = _sql_input(tools, self.native_env(tools.endpoint), iter(chunks))
+        with tempfile.TemporaryFile() as errors, tempfile.TemporaryFile() as output:
             proc = tools.popen(
                 argv,
                 env={**self.native_env(tools.endpoint), **durable},
                 stdin=subprocess.PIPE,
-                stdout=subprocess.DEVNULL,
+                stdout=output,
                 stderr=errors,
             )
             assert proc.stdin is not None
             _widen(proc.stdin)
             control = TransactionControl()
             try:
-                proc.stdin.write(b"BEGIN; ")  # same line as the file's first: line numbers hold
-                for chunk in chunks:
+                for chunk in sql:
                     control.scan(chunk)
                     proc.stdin.write(chunk)
                 control.finish()
-                proc.stdin.write(b"\nCOMMIT;\n")
+                proc.stdin.write(tail)
                 proc.stdin.close()
             except BrokenPipeError:
                 pass  # psql stopped at an error: its message says which
@@ -138,21 +162,62 @@ class PostgresEngine(Engine):
                 proc.kill()  # interrupted: psql's transaction never commits
                 proc.wait()
                 raise
-            if proc.wait() != 0:
-                error = _psql_error(errors)
-                failed_at = re.match(r"line (\d+):", error)
-                if control.found is None or (
-                    failed_at is not None and control.found[1] > int(failed_at.group(1))
-                ):  # nothing ended our transaction before the error: nothing stays
-                    raise ClaudeDbError(f"import failed, nothing was applied: {error}")
-                what, line = control.found
-                where = " at " if failed_at else ": "
-                raise PartlyAppliedError(
-                    f"import failed{where}{error}; the file has its own transaction "
-                    f"control ({what} at line {line}), so what it committed before the error "
-                    "stays applied",
-                    failure=f"import failed{where}{error}",
-                )
+            finally:
+                sql.close()
+            code = proc.wait()
+            output.seek(0)
+            printed = output.read().decode(errors="replace").splitlines()
+            error = _psql_error(errors)
+            if code == 0 and mark in printed and error is None:
+                return
+            xid = printed[0] if printed and printed[0].isdigit() else None
+            committed = xid is not None and self._xact_status(tools, xid) == "committed"
+            if error is None and code != 0:
+                error = _tail(errors)
+            self._failed(control, error, code, mark in printed, committed)
+
+    def _xact_status(self, tools: Tools, xid: str) -> str | None:
+        """``committed``, ``aborted`` or ``in progress`` for the import's transaction."""
+        proc = tools.popen(
+            ["psql", "-X", "-At", "-c", f"SELECT txid_status({xid})"],
+            env=self.native_env(tools.endpoint), stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+        )
+        out, _ = proc.communicate()
+        return out.decode().strip() if proc.returncode == 0 else None
+
+    @staticmethod
+    def _failed(
+        control: TransactionControl, error: str | None, code: int, reached_end: bool,
+        committed: bool,
+    ) -> None:
+        if error is None:
+            error = (
+                "psql stopped before the end of the file (a \\q, or COPY data without "
+                "its \\. end line)" if not reached_end else "psql reported no error"
+            )
+        failed_at = re.match(r"line (\d+):", error)
+        where = " at " if failed_at else ": "
+        found = control.found
+        if committed:  # the file's own COMMIT (or END) ended our transaction, committing it
+            told = f" ({found[0]} at line {found[1]})" if found else ""
+            raise PartlyAppliedError(
+                f"import failed{where}{error}; the file has its own transaction "
+                f"control{told}, so what it committed before the error stays applied",
+                failure=f"import failed{where}{error}",
+            )
+        ended = found is not None and found[0] not in ("COMMIT", "END TRANSACTION", "END WORK")
+        if ended and found is not None and (
+            failed_at is None or found[1] <= int(failed_at.group(1))
+        ):  # a ROLLBACK or \\c ended our transaction: what ran after it committed on its own
+            what, line = found
+            raise PartlyAppliedError(
+                f"import failed{where}{error}; the file has its own transaction "
+                f"control ({what} at line {line}), so what it committed before the error "
+                "stays applied",
+                failure=f"import failed{where}{error}",
+            )
+        raise ClaudeDbError(f"import failed, nothing was applied: {error}")
 
     def reset(self, endpoint: Endpoint) -> None:
         import psycopg
@@ -271,6 +336,191 @@ def _first(data: bytes) -> re.Match[bytes] | None:
     return min(matches, key=lambda m: m.start(), default=None)
 
 
+#: what pg_dump -Fc files start with; a -Ft file is a tar archive whose first member is
+#: toc.dat (a tar header: the name at 0, "ustar" at 257)
+ARCHIVE_MAGIC = b"PGDMP"
+#: pg_dump 17.6, 16.10, 15.14, 14.19, 13.22 and later write these around a plain dump;
+#: an older psql refuses them ("invalid command \\restrict")
+RESTRICT_LINE = re.compile(rb"^\\(?:un)?restrict [A-Za-z0-9]*(?:\r?\n|\Z)", re.MULTILINE)
+RESTRICT_SINCE = {13: 22, 14: 19, 15: 14, 16: 10, 17: 6}
+
+
+def _sql_input(
+    tools: Tools, env: dict[str, str], chunks: Iterator[bytes]
+) -> Generator[bytes, None, None]:
+    """The SQL to feed psql: a pg_dump archive (-Fc, -Ft) goes through the session's own
+    pg_restore; ``\\restrict`` lines go when this psql does not know them."""
+    first = next(chunks, b"")
+    stream: Iterator[bytes] = itertools.chain([first], chunks)
+    if first.startswith(ARCHIVE_MAGIC) or (
+        first[:8] == b"toc.dat\0" and first[257:262] == b"ustar"
+    ):
+        stream = _restored(tools, env, stream)
+    elif b"\0" in first:
+        raise ClaudeDbError(
+            "the input is binary data, not SQL text nor a pg_dump archive (-Fc, -Ft)"
+        )
+    return _restrict_lines(tools, env, stream)
+
+
+def _restored(tools: Tools, env: dict[str, str], archive: Iterator[bytes]) -> Iterator[bytes]:
+    """A pg_dump archive as plain SQL, by ``pg_restore -f -`` where psql runs (so of the
+    session server's version): fed from a thread while its output is read here."""
+    with tempfile.TemporaryFile() as errors:
+        proc = tools.popen(
+            ["pg_restore", "-f", "-"], env=env,
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=errors,
+        )
+        assert proc.stdin is not None and proc.stdout is not None
+        feed_error: list[BaseException] = []
+
+        def feed() -> None:
+            assert proc.stdin is not None
+            try:
+                for chunk in archive:
+                    proc.stdin.write(chunk)
+            except BrokenPipeError:
+                pass  # pg_restore stopped: its own error says why
+            except BaseException as exc:  # unreadable input: reported by the reader
+                feed_error.append(exc)
+                proc.kill()
+            finally:
+                with contextlib.suppress(OSError):
+                    proc.stdin.close()
+
+        feeder = threading.Thread(target=feed, daemon=True)
+        feeder.start()
+        finished = False
+        try:
+            while chunk := proc.stdout.read(CHUNK):
+                yield chunk
+            finished = True
+        finally:
+            proc.stdout.close()
+            if not finished:  # psql stopped first: stop pg_restore too
+                proc.kill()
+            code = proc.wait()
+        feeder.join()
+        if feed_error:
+            raise feed_error[0]
+        if code != 0:
+            raise ClaudeDbError(f"pg_restore failed: {_tail(errors)}")
+
+
+def _restrict_lines(
+    tools: Tools, env: dict[str, str], chunks: Iterator[bytes]
+) -> Generator[bytes, None, None]:
+    """``chunks`` without ``\\restrict KEY`` / ``\\unrestrict KEY`` lines if psql predates
+    them. A short meta-command line cut between two chunks is held back until its end."""
+    keep: bool | None = None  # asked at the first such line: most inputs have none
+    held = b""
+    try:
+        for chunk in itertools.chain(chunks, [b""]):
+            data, held = held + chunk, b""
+            cut = data.rfind(b"\n") + 1
+            if chunk and data.startswith(b"\\", cut) and len(data) - cut < 256:
+                data, held = data[:cut], data[cut:]
+            if b"restrict " in data:
+                if keep is None:
+                    keep = _psql_knows_restrict(tools, env)
+                if not keep:
+                    data = RESTRICT_LINE.sub(b"", data)
+            if data:
+                yield data
+    finally:
+        getattr(chunks, "close", lambda: None)()  # e.g. stop pg_restore
+
+
+def _psql_knows_restrict(tools: Tools, env: dict[str, str]) -> bool:
+    proc = tools.popen(
+        ["psql", "--version"], env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL
+    )
+    out, _ = proc.communicate()
+    found = re.search(rb"(\d+)(?:\.(\d+))?", out)
+    if found is None:
+        return True  # unknown: leave the file as it is
+    major, minor = int(found.group(1)), int(found.group(2) or 0)
+    return major >= 18 or minor >= RESTRICT_SINCE.get(major, 1 << 30)
+
+
+#: one privilege statement of pg_dump's (always one line, identifiers quoted): the roles it
+#: grants to or revokes from, and the role of ALTER DEFAULT PRIVILEGES FOR ROLE
+ROLE = rb'(?:PUBLIC|"(?:[^"]|"")+")'
+ACL_LINE = re.compile(
+    rb"(?:GRANT|REVOKE|ALTER DEFAULT PRIVILEGES)\b.* (?:TO|FROM) (" + ROLE
+    + rb"(?:, " + ROLE + rb")*)(?: WITH GRANT OPTION)?;\n"
+)
+FOR_ROLE = re.compile(rb"ALTER DEFAULT PRIVILEGES FOR ROLE (" + ROLE + rb")")
+ROLE_NAME = re.compile(ROLE)
+
+
+class Privileges:
+    """Filters a plain pg_dump stream: drops the privilege statements that name a role a
+    fresh session does not have (another role of this server), keeps those for PUBLIC, the
+    built-in ``pg_*`` roles and the session's own user. Works line by line outside COPY
+    data (whose lines are data, whatever they say), holding back a line cut in two."""
+
+    def __init__(self, user: str):
+        self.user = user
+        self.left_out = 0
+        self.roles: set[str] = set()
+        self._held = b""
+        self._in_copy = False
+
+    def filter(self, chunk: bytes, end: bool = False) -> bytes:
+        data = self._held + chunk
+        cut = len(data) if end else data.rfind(b"\n") + 1
+        data, self._held = data[:cut], data[cut:]
+        out: list[bytes] = []
+        pos = 0
+        while pos < len(data):
+            if self._in_copy:  # up to the line "\\." (pos is at a line start)
+                if data.startswith(b"\\.\n", pos):
+                    stop = pos + 3
+                elif (found := data.find(b"\n\\.\n", pos)) >= 0:
+                    stop = found + 4
+                else:
+                    out.append(data[pos:])
+                    break
+                out.append(data[pos:stop])
+                pos, self._in_copy = stop, False
+                continue
+            line_end = data.find(b"\n", pos) + 1 or len(data)
+            line = data[pos:line_end]
+            if line.startswith(b"COPY ") and line.rstrip().endswith(b" FROM stdin;"):
+                self._in_copy = True
+            if not (line[:1] in (b"G", b"R", b"A") and self._left_out(line)):
+                out.append(line)
+            pos = line_end
+        return b"".join(out)
+
+    def _left_out(self, line: bytes) -> bool:
+        found = ACL_LINE.fullmatch(line)
+        if found is None:
+            return False
+        roles = ROLE_NAME.findall(found.group(1))
+        if owner := FOR_ROLE.match(line):
+            roles.append(owner.group(1))
+        missing = {
+            name for name in map(_role_name, roles) if name and not self._restorable(name)
+        }
+        if not missing:
+            return False
+        self.left_out += 1
+        self.roles |= missing
+        return True
+
+    def _restorable(self, role: str) -> bool:
+        return role.startswith("pg_") or role == self.user
+
+
+def _role_name(quoted: bytes) -> str | None:
+    """``"app"`` as ``app``; None for PUBLIC."""
+    if quoted == b"PUBLIC":
+        return None
+    return quoted[1:-1].replace(b'""', b'"').decode(errors="replace")
+
+
 def _widen(pipe: Any) -> None:
     """Grow a pipe from 64 KiB to :data:`PIPE_BYTES` where the OS allows it (Linux)."""
     setpipe = getattr(fcntl, "F_SETPIPE_SZ", None)
@@ -358,15 +608,16 @@ def _tail(errors: Any) -> str:
     return lines[-1] if lines else "no error output"
 
 
-def _psql_error(errors: Any) -> str:
-    """psql's first ERROR line (``psql:<stdin>:3: ERROR:  ...``), tidied to one line."""
+#: psql's own messages: ``psql:<stdin>:3: ERROR:  ...`` from the server,
+#: ``psql:<stdin>:2: error: invalid command \\foo`` from psql itself
+PSQL_ERROR = re.compile(r"^(?:psql:[^:]*:(\d+): )?(?:ERROR|FATAL|error):\s*(.*)$")
+
+
+def _psql_error(errors: Any) -> str | None:
+    """psql's first error (``line 3: division by zero``), or None when it printed none."""
     errors.seek(0)
-    lines = errors.read().decode(errors="replace").strip().splitlines()
-    for line in lines:
-        for marker in ("ERROR:", "FATAL:"):
-            location, found, message = line.partition(marker)
-            if found:
-                line_no = re.search(r"^psql:[^:]*:(\d+):", location.strip())
-                where = f"line {line_no.group(1)}: " if line_no else ""
-                return f"{where}{message.strip()}"
-    return lines[-1] if lines else "psql failed"
+    for line in errors.read().decode(errors="replace").splitlines():
+        if found := PSQL_ERROR.match(line.strip()):
+            line_no, message = found.groups()
+            return f"line {line_no}: {message.strip()}" if line_no else message.strip()
+    return None

@@ -1,0 +1,205 @@
+"""``claude-db import`` takes what users have (archives, compressed files, pipes) and its
+outcome is told truthfully, against real local PostgreSQL sessions."""
+
+from __future__ import annotations
+
+import bz2
+import gzip
+import lzma
+import os
+import shutil
+import subprocess
+import zipfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from claude_db.envfile import read_env
+from claude_db.errors import ExitCode
+from conftest import Cli, assert_one_line_error
+
+ROWS = "create table t(id int primary key, v text); insert into t select g, 'v' || g " \
+       "from generate_series(1, 500) g"
+
+
+@pytest.fixture
+def session(cli: Cli, workdir: Path) -> Iterator[dict[str, str]]:
+    result = cli("claude-session", "start", "formats")
+    assert result.code == 0, result
+    yield read_env(workdir)
+    cli("claude-session", "delete", "formats", "--yes")
+
+
+def _tables(cli: Cli) -> list[str]:
+    listed = cli(
+        "claude-db", "query",
+        "select tablename from pg_tables where schemaname='public' order by 1", "--csv",
+    )
+    assert listed.code == 0, listed
+    return listed.stdout.splitlines()[1:]
+
+
+def _count(cli: Cli) -> str:
+    counted = cli("claude-db", "query", "select count(*) from t", "--csv")
+    assert counted.code == 0, counted
+    return counted.stdout.splitlines()[1]
+
+
+def _pg_dump(env: dict[str, str], *args: str) -> None:
+    """The session server's own pg_dump (the local runtime's binaries)."""
+    from claude_db_postgres.local import find_bindir
+
+    subprocess.run(
+        [str(find_bindir() / "pg_dump"), *args], check=True,
+        env={**os.environ, **{k: v for k, v in env.items() if k.startswith("PG")}},
+    )
+
+
+def test_archives_and_compressed_dumps_are_imported(
+    cli: Cli, session: dict[str, str], workdir: Path
+) -> None:
+    assert cli("claude-db", "query", ROWS).code == 0
+    _pg_dump(session, "-Fc", "-f", str(workdir / "custom.dump"))
+    _pg_dump(session, "-Ft", "-f", str(workdir / "tar.dump"))
+    assert cli("claude-db", "export", "plain.sql").code == 0
+    plain = (workdir / "plain.sql").read_bytes()
+    custom = (workdir / "custom.dump").read_bytes()
+    # named as users name them, or not at all: the content decides
+    (workdir / "dump.sql.bz2").write_bytes(bz2.compress(plain))
+    (workdir / "dump.xz").write_bytes(lzma.compress(plain))
+    (workdir / "custom.dump.gz").write_bytes(gzip.compress(custom))
+    zstd = shutil.which("zstd")
+    assert zstd, "the zstd program (a test dependency) is not installed"
+    subprocess.run([zstd, "-q", "-o", str(workdir / "dump.zst"), str(workdir / "plain.sql")],
+                   check=True)
+    with zipfile.ZipFile(workdir / "dump.zip", "w", zipfile.ZIP_DEFLATED) as archive:
+        archive.writestr("backup.sql", plain)
+    for name in ("custom.dump", "tar.dump", "dump.sql.bz2", "dump.xz", "custom.dump.gz",
+                 "dump.zst", "dump.zip"):
+        assert cli("claude-db", "query", "drop table t").code == 0
+        result = cli("claude-db", "import", name)
+        assert result.code == 0, (name, result)
+        assert _count(cli) == "500", name
+    # archives and zstd from stdin too
+    for data in (custom, (workdir / "dump.zst").read_bytes(), (workdir / "tar.dump").read_bytes()):
+        assert cli("claude-db", "query", "drop table t").code == 0
+        result = cli("claude-db", "import", "-", input=data)
+        assert result.code == 0, result
+        assert _count(cli) == "500"
+    # a cut archive: pg_restore's error, and nothing applied
+    assert cli("claude-db", "query", "drop table t").code == 0
+    (workdir / "cut.dump").write_bytes(custom[: len(custom) * 2 // 3])
+    result = cli("claude-db", "import", "cut.dump")
+    assert_one_line_error(result, ExitCode.FAILED)
+    assert "pg_restore" in result.stderr, result
+    assert _tables(cli) == []
+    # what cannot be read: one clear line, never binary garbage
+    (workdir / "dump.7z").write_bytes(b"7z\xbc\xaf\x27\x1c" + os.urandom(64))
+    result = cli("claude-db", "import", "dump.7z")
+    assert_one_line_error(result, ExitCode.USAGE)
+    assert "7z-compressed" in result.stderr, result
+    (workdir / "random.bin").write_bytes(b"\x00\x01garbage\x00" * 100)
+    result = cli("claude-db", "import", "random.bin")
+    assert_one_line_error(result, ExitCode.FAILED)
+    assert "binary data, not SQL text" in result.stderr, result
+    with zipfile.ZipFile(workdir / "two.zip", "w") as archive:
+        archive.writestr("a.sql", "select 1;")
+        archive.writestr("b.sql", "select 2;")
+    result = cli("claude-db", "import", "two.zip")
+    assert_one_line_error(result, ExitCode.USAGE)
+    assert "holds 2 files" in result.stderr, result
+    assert _tables(cli) == []
+
+
+def test_a_bom_a_fifo_and_dev_stdin_are_accepted(
+    cli: Cli, session: dict[str, str], workdir: Path
+) -> None:
+    (workdir / "bom.sql").write_bytes(b"\xef\xbb\xbfcreate table bom(x int);\n")
+    result = cli("claude-db", "import", "bom.sql")
+    assert result.code == 0, result
+    fifo = workdir / "fifo.sql"
+    os.mkfifo(fifo)
+    writer = subprocess.Popen(["sh", "-c", f"printf 'create table fifo(x int);' > {fifo}"])
+    result = cli("claude-db", "import", str(fifo))
+    writer.wait()
+    assert result.code == 0, result
+    result = cli("claude-db", "import", "/dev/stdin", input="create table devstdin(x int);")
+    assert result.code == 0, result
+    assert _tables(cli) == ["bom", "devstdin", "fifo"]
+
+
+def test_an_import_says_what_happened(
+    cli: Cli, session: dict[str, str], workdir: Path
+) -> None:
+    # a last statement without ';' runs, as psql runs it
+    (workdir / "open.sql").write_text("create table open1(x int);\ncreate table open2(x int)")
+    result = cli("claude-db", "import", "open.sql")
+    assert result.code == 0, result
+    assert _tables(cli) == ["open1", "open2"]
+    # psql's own control silently stopped it: never a success
+    stopped = {
+        "copy.sql": "create table c(x text);\nCOPY c FROM stdin;\nrow one\nrow two\n",
+        "quit.sql": "create table q(x int);\n\\q\ncreate table q2(x int);\n",
+    }
+    for name, text in stopped.items():
+        (workdir / name).write_text(text)
+        result = cli("claude-db", "import", name)
+        assert_one_line_error(result, ExitCode.FAILED)
+        assert "nothing was applied: psql stopped before the end of the file" in result.stderr
+        assert _tables(cli) == ["open1", "open2"], name
+    (workdir / "off.sql").write_text(
+        "\\set ON_ERROR_STOP off\ncreate table off1(x int);\nselect 1/0;\n"
+    )
+    result = cli("claude-db", "import", "off.sql")
+    assert_one_line_error(result, ExitCode.FAILED)
+    assert "nothing was applied: line 3: division by zero" in result.stderr, result
+    # --replace with such a file: the previous data is back, and no "replaced"
+    result = cli("claude-db", "import", "--replace", "--yes", "quit.sql")
+    assert_one_line_error(result, ExitCode.FAILED)
+    assert "the previous data is back" in result.stderr, result
+    assert _tables(cli) == ["open1", "open2"]
+    # COMMIT at a line start inside a PL/pgSQL body, a psql meta-command's error: nothing
+    # was applied, and the error says so
+    (workdir / "body.sql").write_text(
+        "create procedure p() language plpgsql as $$\nbegin\n  create table inner1(x int);\n"
+        "COMMIT;\nend $$;\ncreate table body1(x int);\nselect 1/0;\n"
+    )
+    (workdir / "meta.sql").write_text("create table meta1(x int);\n\\nosuchcommand\n")
+    for name, error in (("body.sql", "line 7: division by zero"),
+                        ("meta.sql", "line 2: invalid command \\nosuchcommand")):
+        result = cli("claude-db", "import", name)
+        assert_one_line_error(result, ExitCode.FAILED)
+        assert f"import failed, nothing was applied: {error}" in result.stderr, result
+        assert "stays applied" not in result.stderr
+    assert _tables(cli) == ["open1", "open2"]
+
+
+def test_restrict_lines_pass_an_older_psql(cli: Cli, workdir: Path) -> None:
+    """pg_dump 17.6/16.10/15.14 and later wrap a dump in \\restrict KEY ... \\unrestrict KEY;
+    the pgserver wheel's psql 16.2 refuses them: an export from one session must still import
+    into a session on those binaries."""
+    from claude_db_postgres.local import _wheel_bindirs
+
+    bindirs = [d for d in _wheel_bindirs() if (d / "psql").exists()]
+    assert bindirs, "pgserver (a dev dependency) is not installed"
+    env = {"CLAUDE_DB_POSTGRES_BINDIR": str(bindirs[0])}
+    version = subprocess.run([str(bindirs[0] / "psql"), "--version"], capture_output=True,
+                             text=True, check=True).stdout
+    assert " 16.2" in version, version  # older than 16.10: the case to prove
+    key = "AbCdEf0123456789aBcDeF0123456789aBcDeF0123456789aBcDeF012345678"
+    dump = (
+        f"--\n-- PostgreSQL database dump\n--\n\n\\restrict {key}\n\nSET client_encoding = "
+        "'UTF8';\nCREATE TABLE \"public\".\"r\" (\"x\" integer);\nCOPY \"public\".\"r\" (\"x\") "
+        f"FROM stdin;\n1\n2\n\\.\n\n--\n-- PostgreSQL database dump complete\n--\n\n"
+        f"\\unrestrict {key}\n"
+    )
+    (workdir / "restricted.sql").write_text(dump)
+    assert cli("claude-session", "start", "older", env=env).code == 0
+    try:
+        result = cli("claude-db", "import", "restricted.sql", env=env)
+        assert result.code == 0, result
+        counted = cli("claude-db", "query", "select count(*) from r", "--csv", env=env)
+        assert counted.stdout.splitlines()[1] == "2", counted
+    finally:
+        cli("claude-session", "delete", "older", "--yes", env=env)
