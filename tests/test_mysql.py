@@ -64,7 +64,7 @@ def connect(env: dict[str, str], database: str | None = None) -> Any:
     url = urlsplit(env["DATABASE_URL"])
     return pymysql.connect(
         host=url.hostname, port=url.port, user=unquote(url.username or ""),
-        password=unquote(url.password or ""),
+        password=unquote(url.password or "").encode(),  # UTF-8: PyMySQL's default is Latin-1
         database=database or unquote(url.path.lstrip("/")), autocommit=True, charset="utf8mb4",
     )
 
@@ -346,11 +346,12 @@ def test_import_applies_nothing_when_a_statement_fails(
     assert tables(session) == ["kept"]
     assert stable(cli("claude-db", "export", "-").stdout.encode()) == stable(before.encode())
 
-    # a file that changes other databases, creates one, drops the session's table, then fails
+    # a file that changes other databases, creates one (a USE of it would be refused: see
+    # test_mysql_fidelity.py), drops the session's table, then fails
     (tmp_path / "wide.sql").write_text(
         "DROP TABLE kept;\n"
         "INSERT INTO neighbour.n VALUES (8);\n"
-        "CREATE DATABASE fresh;\nUSE fresh;\nCREATE TABLE f (x INT);\n"
+        "CREATE DATABASE fresh;\nCREATE TABLE fresh.f (x INT);\nINSERT INTO fresh.f VALUES (1);\n"
         "SELEKT 1;\n"
     )
     wide = cli("claude-db", "import", str(tmp_path / "wide.sql"))

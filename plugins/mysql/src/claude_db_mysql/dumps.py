@@ -11,6 +11,7 @@ variables) are not part of the snapshot.
 from __future__ import annotations
 
 import functools
+import itertools
 import os
 import re
 import subprocess
@@ -21,11 +22,15 @@ from typing import IO, Any
 
 from claude_db import Tools
 from claude_db.errors import ClaudeDbError, NotRunningError
-from claude_db_mysql.sql import quote_ident
+from claude_db_mysql.sql import quote_ident, quote_literal
+from claude_db_mysql.switches import (
+    SYSTEM_SCHEMAS,
+    ImportRefusedError,
+    SwitchGuard,
+    created_databases,
+)
 
 CHUNK = 1 << 20
-#: schemas of the server itself: never dumped, never dropped
-SYSTEM_SCHEMAS = ("mysql", "information_schema", "performance_schema", "sys")
 #: every dump: one consistent InnoDB snapshot, with routines, triggers and events, no
 #: ``CREATE DATABASE``/``USE`` (it restores into any database name)
 DUMP_OPTIONS = (
@@ -38,7 +43,8 @@ DUMP_OPTIONS = (
     "--default-character-set=utf8mb4",
     "--loose-set-gtid-purged=OFF",  # MySQL: no GTID statements; MariaDB skips `loose-` options
 )
-CLIENT_OPTIONS = ("--default-character-set=utf8mb4", "--batch")
+#: ``--comments``: comments inside routine, trigger and event bodies are part of their code
+CLIENT_OPTIONS = ("--default-character-set=utf8mb4", "--batch", "--comments")
 #: "ERROR 2003 (HY000): Can't connect..." (mysql), "Got error: 2002: ..." (mysqldump)
 _CANNOT_CONNECT = re.compile(r"(?:^ERROR |Got error: )(?:2002|2003|2005)\b", re.MULTILINE)
 #: mariadb-dump (10.5.25+, 10.11.8+, 11.x) begins dumps with this line, which MySQL's client
@@ -102,13 +108,28 @@ class Clients:
         )
         return sorted(row[0] for row in rows if row and row[0])
 
+    def history_dumpable(self, databases: list[str]) -> bool:
+        """Whether the history of the system-versioned tables in ``databases`` can be
+        dumped: mariadb-dump refuses the whole dump if one is versioned by transaction."""
+        names = ", ".join(quote_literal(name) for name in databases)
+        rows = self.execute(
+            "SELECT COUNT(*) FROM information_schema.COLUMNS WHERE TABLE_SCHEMA IN "
+            f"({names}) AND GENERATION_EXPRESSION = 'ROW START' AND DATA_TYPE = 'bigint'"
+        )
+        return rows == [["0"]]
+
     # -- dumps ----------------------------------------------------------------------------
 
     def dump(self, databases: list[str] | None = None) -> Iterator[bytes]:
         """Stream a dump of the endpoint's database, or of ``databases`` with their
         ``DROP``/``CREATE DATABASE`` statements."""
+        names = databases or [self.database]
         argv = [self.dumper, *self.connection, *DUMP_OPTIONS]
-        argv += ["--add-drop-database", "--databases", *databases] if databases else [self.database]
+        if self.history_dumpable(names):
+            argv.append("--loose-dump-history")  # MariaDB 10.11+ (MySQL has no versioning)
+        if databases:
+            argv += ["--add-drop-database", "--databases"]
+        argv += ["--", *names]  # a name may begin with '-'
         with tempfile.TemporaryFile() as errors:
             proc = self.tools.popen(argv, env=self.env, stdin=subprocess.DEVNULL,
                                     stdout=subprocess.PIPE, stderr=errors)
@@ -150,7 +171,15 @@ class Clients:
     # -- all-or-nothing imports -----------------------------------------------------------
 
     def restore(self, chunks: Iterable[bytes]) -> None:
+        guard = SwitchGuard(self.database)
+        iterator = iter(chunks)
+        head = next(iterator, b"")
+        guard.check(head)  # a dump's CREATE DATABASE and USE come first: refused untouched
         before = self.user_databases()
+        # `import --database x` of a dump that makes x itself: x need not exist yet
+        connect_to: str | None = self.database
+        if self.database not in before and self.database in created_databases(head):
+            connect_to = None
         fd, name = tempfile.mkstemp(prefix="claude-db-mysql-snapshot-", suffix=".sql")
         snapshot = Path(name)
         safe = True  # False while the databases may hold part of the import
@@ -160,10 +189,12 @@ class Clients:
                     for chunk in self.dump(before):
                         out.write(chunk)
             try:
-                error = self.apply(chunks, database=self.database)
-            except BaseException:
+                error = self.apply(itertools.chain([head], guard.checked(iterator)),
+                                   database=connect_to)
+            except BaseException as exc:  # refused on a later line, or interrupted
                 safe = False
-                self._roll_back(snapshot, before, reason="interrupted")
+                refused = isinstance(exc, ImportRefusedError)
+                self._roll_back(snapshot, before, reason=str(exc) if refused else "interrupted")
                 safe = True
                 raise
             if error is not None:

@@ -151,7 +151,7 @@ def connect(
         host=endpoint.host,
         port=endpoint.port,
         user=endpoint.user,
-        password=endpoint.password,
+        password=endpoint.password.encode(),  # as UTF-8: PyMySQL encodes a str as Latin-1
         database=endpoint.database if database is _SAME_DATABASE else database,
         connect_timeout=seconds,
         read_timeout=read_timeout,

@@ -24,6 +24,9 @@ from claude_db.processes import run_checked
 from claude_db_mysql.sql import quote_ident, quote_literal
 
 SOCKET_NAME = "mysqld.sock"
+#: run by the server at every start (``--init-file``), beside the socket: the session's
+#: account back as it was made, whatever SQL or an import did to the grant tables
+ACCOUNTS_FILE = "claude-db-accounts.sql"
 #: a session's server is throwaway: speed over crash-safety, and little memory. Given to
 #: the template's bootstrap too (the redo log size and character set are set there).
 THROWAWAY_OPTIONS = (
@@ -69,7 +72,7 @@ class MariaDBLocalServer(LocalServer):
         )
 
     def server_argv(self, datadir: Path, port: int, socket_dir: Path) -> list[str]:
-        return [
+        argv = [
             str(find_server()), "--no-defaults",  # nothing from the host's my.cnf
             f"--datadir={datadir}", f"--port={port}", "--bind-address=127.0.0.1",
             f"--socket={socket_dir / SOCKET_NAME}", f"--pid-file={socket_dir / 'mariadbd.pid'}",
@@ -78,6 +81,9 @@ class MariaDBLocalServer(LocalServer):
             # outside the session's own private directory
             f"--secure-file-priv={socket_dir}",
         ]
+        if (accounts := socket_dir / ACCOUNTS_FILE).exists():  # not before set_password
+            argv.append(f"--init-file={accounts}")
+        return argv
 
     def set_password(self, socket_dir: Path, port: int, credentials: Credentials) -> None:
         import pymysql
@@ -85,21 +91,22 @@ class MariaDBLocalServer(LocalServer):
         def connect(password: str) -> Any:
             return pymysql.connect(
                 unix_socket=str(socket_dir / SOCKET_NAME), user=credentials.user,
-                password=password, connect_timeout=2, autocommit=True,
+                password=password.encode(), connect_timeout=2, autocommit=True,
             )
 
         try:
             conn = connect("")
         except pymysql.err.OperationalError as exc:
-            if exc.args and exc.args[0] == 1045:  # access denied: an earlier try set it
-                connect(credentials.password).close()
-                return
-            raise
-        with conn, conn.cursor() as cur:
-            cur.execute(
-                "ALTER USER %s@'localhost' IDENTIFIED BY %s, %s@'%%' IDENTIFIED BY %s",
-                (credentials.user, credentials.password) * 2,
-            )
+            if not (exc.args and exc.args[0] == 1045):
+                raise
+            connect(credentials.password).close()  # access denied: an earlier try set it
+        else:
+            with conn, conn.cursor() as cur:
+                cur.execute(
+                    "ALTER USER %s@'localhost' IDENTIFIED BY %s, %s@'%%' IDENTIFIED BY %s",
+                    (credentials.user, credentials.password) * 2,
+                )
+        write_private(socket_dir / ACCOUNTS_FILE, accounts_sql(credentials), owner=socket_dir)
 
 
 def init_sql(credentials: Credentials) -> str:
@@ -124,6 +131,28 @@ def init_sql(credentials: Credentials) -> str:
         f"CREATE DATABASE IF NOT EXISTS {quote_ident(credentials.database)}",
     ]
     return "".join(f"{statement};\n" for statement in statements)
+
+
+def accounts_sql(credentials: Credentials) -> str:
+    """The session's two accounts with its password and every privilege (``--init-file``)."""
+    user, password = quote_literal(credentials.user), quote_literal(credentials.password)
+    accounts = [f"{user}@'localhost'", f"{user}@'%'"]
+    statements = [f"CREATE USER IF NOT EXISTS {account}" for account in accounts]
+    statements.append("ALTER USER " + ", ".join(
+        f"{account} IDENTIFIED BY {password}" for account in accounts) + " ACCOUNT UNLOCK")
+    statements += [f"GRANT ALL PRIVILEGES ON *.* TO {account} WITH GRANT OPTION"
+                   for account in accounts]
+    return "".join(f"{statement};\n" for statement in statements)
+
+
+def write_private(path: Path, text: str, *, owner: Path) -> None:
+    """Write ``text`` to ``path`` readable by the owner of ``owner`` only."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w", encoding="utf-8") as out:
+        out.write(text)
+    if os.geteuid() == 0:
+        info = owner.stat()
+        os.chown(path, info.st_uid, info.st_gid)
 
 
 @functools.cache
