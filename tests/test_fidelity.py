@@ -1,0 +1,243 @@
+"""Data fidelity (issue 14): a database comes back the same after every path that copies it.
+
+For each item of SQL (the real corpus of tests/fidelity/corpus.py, fetched from Debian at
+test time, plus the small feature files of tests/fidelity/features.py), on each runtime,
+each path runs through the CLI as a user runs it, and the database's fingerprint
+(tests/fidelity/postgres.py, mysql.py: rows and catalog) must be the same afterwards:
+
+- ``import``: ``claude-db import FILE`` gives what the engine's own client gives
+  (``psql -f`` / ``mysql <``) on the same database;
+- ``export-import``: ``export``, ``reset``, ``import`` of that dump;
+- ``reset-undo``: ``reset``, then ``undo``;
+- ``snapshot-restore``: ``snapshot save``, a change, ``snapshot restore``;
+- ``replace-undo``: ``import --replace`` of another file (which must leave only that
+  file's content), then ``undo``.
+
+By default one corpus item per engine (and the feature files) run; the other corpus items
+are ``slow``. Known defects are strict xfails naming their item of issue 14, so each case
+turns red the moment its fix lands, to be unmarked then.
+"""
+
+from __future__ import annotations
+
+import itertools
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from claude_db.envfile import read_env
+from conftest import Cli
+from docker_support import DB_IMAGE, remove_everything
+from fidelity import features, mysql, postgres
+from fidelity.corpus import CORPUS, CorpusUnavailable
+from fidelity.fingerprint import Fingerprint, differences
+
+pytest_plugins = ["docker_fixtures"]
+
+MARIADB_IMAGE = "claude-db-test/mariadb:10.11"
+RUNTIMES = ("local", "docker")
+PATHS = ("import", "export-import", "reset-undo", "snapshot-restore", "replace-undo")
+#: what `import --replace` brings in, and what must then be all there is
+REPLACEMENT = "CREATE TABLE replaced (x int);\nINSERT INTO replaced VALUES (1);\n"
+CHANGE = "CREATE TABLE changed_after_save (x int)"
+
+
+@dataclass(frozen=True)
+class Item:
+    """SQL to load and compare: a corpus item or a feature file."""
+
+    name: str
+    engine: str
+    load: Callable[[Path], Path]  # writes or fetches the SQL; returns its path
+    slow: bool = False
+    #: tables whose rows record when they were loaded (now(), history periods): on the
+    #: `import` path, loaded twice, only their row counts can be compared
+    clock_tables: tuple[str, ...] = ()
+
+
+def _feature(name: str, engine: str, text: str, clock_tables: tuple[str, ...] = ()) -> Item:
+    def load(directory: Path) -> Path:
+        path = directory / f"{name}.sql"
+        path.write_text(text)
+        return path
+
+    return Item(name, engine, load, clock_tables=clock_tables)
+
+
+def _corpus(name: str, clock_tables: tuple[str, ...] = ()) -> Item:
+    found = next(each for each in CORPUS if each.name == name)
+
+    def load(directory: Path) -> Path:
+        try:
+            return found.sql()
+        except CorpusUnavailable as exc:
+            pytest.fail(str(exc))
+
+    return Item(name, found.engine, load, found.slow, clock_tables)
+
+
+ITEMS = (
+    _corpus("davical", clock_tables=("awl_db_revision", "usr")),
+    _corpus("ledgersmb"),
+    _corpus("zabbix-pgsql"),
+    _feature("pg-features", "postgres", features.POSTGRES),
+    _corpus("zoneminder"),
+    _corpus("zabbix-mysql"),
+    _feature("mysql-features", "mysql", features.MYSQL, clock_tables=("prices",)),
+)
+
+# The defects this harness found, by their item of issue 14 (fixes under way):
+PG_PRIVILEGES = (
+    "issue 14.1: export runs pg_dump --no-privileges: GRANTs on tables, columns, functions, "
+    "schemas and large objects, and ALTER DEFAULT PRIVILEGES, are not in the dump"
+)
+PG_DATABASE_STATE = (
+    "issue 14.2: the database's own state (ALTER DATABASE ... SET, COMMENT ON DATABASE, "
+    "GRANT ... ON DATABASE) is lost: snapshots copy the database as a template, which "
+    "carries none of it, and pg_dump without --create does not dump it"
+)
+MYSQL_DATABASE_COMMENT = (
+    "issue 14.3: the database's comment (ALTER DATABASE COMMENT) is lost: dumps carry no "
+    "CREATE DATABASE and reset recreates it with its character set only"
+)
+MYSQL_HISTORY = (
+    "issue 14.4: the history rows of system-versioned tables are lost: the dump has the "
+    "current rows only"
+)
+#: (item, path, runtime) -> the defect that breaks it ("*": any)
+KNOWN: dict[tuple[str, str, str], str] = {
+    ("pg-features", "export-import", "*"): f"{PG_PRIVILEGES}; {PG_DATABASE_STATE}",
+    ("pg-features", "reset-undo", "*"): PG_DATABASE_STATE,
+    ("pg-features", "snapshot-restore", "*"): PG_DATABASE_STATE,
+    ("pg-features", "replace-undo", "*"): PG_DATABASE_STATE,
+    ("mysql-features", "export-import", "*"): f"{MYSQL_DATABASE_COMMENT}; {MYSQL_HISTORY}",
+    ("mysql-features", "reset-undo", "*"): f"{MYSQL_DATABASE_COMMENT}; {MYSQL_HISTORY}",
+    ("mysql-features", "snapshot-restore", "*"): f"{MYSQL_DATABASE_COMMENT}; {MYSQL_HISTORY}",
+    ("mysql-features", "replace-undo", "*"): f"{MYSQL_DATABASE_COMMENT}; {MYSQL_HISTORY}",
+}
+
+
+def _known(item: str, path: str, runtime: str) -> str | None:
+    for (k_item, k_path, k_runtime), reason in KNOWN.items():
+        if k_item in (item, "*") and k_path in (path, "*") and k_runtime in (runtime, "*"):
+            return reason
+    return None
+
+
+def _cases() -> Iterator[object]:
+    for item, path, runtime in itertools.product(ITEMS, PATHS, RUNTIMES):
+        marks = []
+        if runtime == "docker":
+            marks.append(pytest.mark.docker)
+        if item.slow:
+            marks.append(pytest.mark.slow)
+        if reason := _known(item.name, path, runtime):
+            marks.append(pytest.mark.xfail(strict=True, reason=reason))
+        yield pytest.param(item, path, runtime, marks=marks, id=f"{item.name}-{path}-{runtime}")
+
+
+# -- the session and its fingerprint ----------------------------------------------------------
+
+
+@dataclass
+class Session:
+    cli: Cli
+    workdir: Path
+    engine: str
+
+    def run(self, *argv: str, input: bytes | None = None) -> None:
+        result = self.cli(*argv, input=input, timeout=600)
+        assert result.code == 0, result
+
+    def fingerprint(self) -> Fingerprint:
+        url = read_env(self.workdir)["DATABASE_URL"]
+        return (postgres if self.engine == "postgres" else mysql).fingerprint(url)
+
+    def load_natively(self, sql: Path) -> None:
+        """The file through the engine's own client, as one would without claude-db."""
+        if self.engine == "postgres":
+            self.run("claude-db", "psql", "-X", "-q", "-v", "ON_ERROR_STOP=1", "-f", "-",
+                     input=sql.read_bytes())
+        else:
+            # as claude-db import does: utf8mb4, not the client's default utf8mb3
+            self.run("claude-db", "mysql", "--default-character-set=utf8mb4",
+                     input=sql.read_bytes())
+
+
+@pytest.fixture
+def session(request: pytest.FixtureRequest, cli: Cli, workdir: Path) -> Iterator[Session]:
+    item, runtime = request.node.callspec.params["item"], request.node.callspec.params["runtime"]
+    name = f"fid-{uuid.uuid4().hex[:10]}"
+    env = {}
+    if runtime == "docker":
+        request.getfixturevalue("docker_daemon")
+        env["CLAUDE_DB_IMAGE"] = DB_IMAGE if item.engine == "postgres" else MARIADB_IMAGE
+    started = cli("claude-session", "start", name, "--db", item.engine, "--runtime", runtime,
+                  env=env)
+    assert started.code == 0, started
+    try:
+        yield Session(cli, workdir, item.engine)
+    finally:
+        cli("claude-session", "delete", name, "--yes")
+        if runtime == "docker":
+            remove_everything(name)
+
+
+def _without_clock(fingerprint: Fingerprint, tables: tuple[str, ...]) -> Fingerprint:
+    """``fingerprint`` with the digests of ``tables`` (matched by bare name) left out."""
+    def bare(table: str) -> str:
+        return table.rsplit(".", 1)[-1].strip('"`')
+
+    rows = [(table, count, "<clock>" if bare(table) in tables else digest)
+            for table, count, digest in fingerprint["rows"]]
+    return {**fingerprint, "rows": rows}
+
+
+def assert_same(expected: Fingerprint, actual: Fingerprint, what: str) -> None:
+    assert expected["rows"], f"{what}: the reference has no tables: the item did not load"
+    found = differences(expected, actual)
+    assert not found, f"{what} changed the database:\n{found}"
+
+
+# -- the test ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("item", "path", "runtime"), list(_cases()))
+def test_round_trip_keeps_everything(item: Item, path: str, runtime: str, session: Session,
+                                     tmp_path: Path) -> None:
+    sql = item.load(tmp_path)
+    if path == "import":
+        session.load_natively(sql)
+        expected = _without_clock(session.fingerprint(), item.clock_tables)
+        session.run("claude-db", "reset", "--yes")
+        session.run("claude-db", "import", str(sql))
+        actual = _without_clock(session.fingerprint(), item.clock_tables)
+        assert_same(expected, actual, f"claude-db import (against {session.engine}'s client)")
+        return
+
+    session.run("claude-db", "import", str(sql))
+    expected = session.fingerprint()
+    if path == "export-import":
+        dump = tmp_path / "dump.sql"
+        session.run("claude-db", "export", str(dump))
+        session.run("claude-db", "reset", "--yes")
+        session.run("claude-db", "import", str(dump))
+    elif path == "reset-undo":
+        session.run("claude-db", "reset", "--yes")
+        assert session.fingerprint()["rows"] == [], "reset left tables"
+        session.run("claude-db", "undo")
+    elif path == "snapshot-restore":
+        session.run("claude-db", "snapshot", "save", "before")
+        session.run("claude-db", "query", CHANGE)
+        session.run("claude-db", "snapshot", "restore", "before")
+    elif path == "replace-undo":
+        replacement = tmp_path / "replacement.sql"
+        replacement.write_text(REPLACEMENT)
+        session.run("claude-db", "import", "--replace", "--yes", str(replacement))
+        tables = [row[0].rsplit(".", 1)[-1] for row in session.fingerprint()["rows"]]
+        assert tables == ["replaced"], f"import --replace left {tables}"
+        session.run("claude-db", "undo")
+    assert_same(expected, session.fingerprint(), path)
