@@ -20,6 +20,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import IO
@@ -29,9 +30,14 @@ import pytest
 from claude_db.locks import lock_for
 from claude_db.processes import is_running
 from conftest import BIN, Cli, assert_one_line_error
+from docker_fixtures import docker_daemon  # noqa: F401 - a fixture
+from docker_support import remove_everything
 from safety_support import (
+    NOTHING_IN_DOCKER,
     NOTHING_LEFT,
     cli_env,
+    docker_env,
+    docker_leftovers,
     leftovers,
     listening,
     own_state,  # noqa: F401 - the state fixture
@@ -233,6 +239,8 @@ def test_a_session_another_user_made_is_never_acted_on(
 
         assert cli("claude-session", "start", "sec-mine").code == 0  # its cheap sweep
         swept = cli("claude-session", "gc", "--json")
+        assert is_running(pid)
+        assert (victim / "precious").read_text() == "root's"
         assert swept.code == 0 and json.loads(swept.stdout) == [], swept
         listed = cli("claude-session", "list", "--json")
         assert listed.code == 0, listed
@@ -242,9 +250,7 @@ def test_a_session_another_user_made_is_never_acted_on(
         refused = cli("claude-session", "delete", "evil", "--yes")
         assert_one_line_error(refused, 2)
         assert "session directory" in refused.stderr and attacker in refused.stderr, refused
-
         assert is_running(pid)
-        assert (victim / "precious").read_text() == "root's"
     shutil.rmtree(state / "sessions" / "evil")
     assert cli("claude-session", "delete", "sec-mine", "--yes").code == 0
 
@@ -346,6 +352,25 @@ def test_a_truncated_session_record_breaks_only_its_session(cli: Cli, state: Pat
     assert cli("claude-db", "status", "--session", "sec-ok").code == 0
     assert cli("claude-session", "delete", "sec-ok", "--yes").code == 0
     assert leftovers(state, [record["port"]]) == NOTHING_LEFT
+
+
+@pytest.mark.docker
+@pytest.mark.usefixtures("docker_daemon")
+def test_deleting_a_broken_docker_session_removes_its_docker_resources(
+    cli: Cli, state: Path
+) -> None:
+    name = f"secb{uuid.uuid4().hex[:8]}"
+    try:
+        assert cli("claude-session", "start", name, env=docker_env(state)).code == 0
+        left = docker_leftovers(name)
+        assert left["container"] and left["network"] and left["volume"], left
+        (state / "sessions" / name / "session.json").write_text("{")
+        deleted = cli("claude-session", "delete", name, "--yes")
+        assert deleted.code == 0, deleted
+        assert docker_leftovers(name) == NOTHING_IN_DOCKER
+        assert leftovers(state, []) == NOTHING_LEFT
+    finally:
+        remove_everything(name)
 
 
 # -- 12.22: a start killed late is shown as unfinished; --verbose keeps the exit code ---------
