@@ -134,3 +134,19 @@ def test_env_in_a_glob_named_directory_is_ignored_by_git(
             assert f"{lookalike.name}/.env" in untracked, untracked
     finally:
         assert cli("claude-session", "delete", "globbed", "--yes").code == 0
+
+
+def test_an_env_made_a_symlink_later_is_never_written_through(
+    cli: Cli, workdir: Path, tmp_path: Path
+) -> None:
+    assert cli("claude-session", "start", "relinked").code == 0
+    target = tmp_path / "shared.env"
+    target.write_text("SHARED=1\n")
+    (workdir / ".env").unlink()
+    (workdir / ".env").symlink_to(target)
+    attached = cli("claude-session", "attach", "relinked", "--no-shell")
+    assert attached.code == 0, attached  # the database runs all the same
+    assert "is a symlink" in attached.stderr, attached
+    deleted = cli("claude-session", "delete", "relinked", "--yes")
+    assert deleted.code == 0, deleted
+    assert target.read_text() == "SHARED=1\n" and (workdir / ".env").is_symlink()

@@ -51,7 +51,7 @@ def killed_start(state: Path, name: str, workdir: Path) -> tuple[str, int, int]:
     return session, server, session_json(state, session)["runtime_state"]["port"]
 
 
-def test_gc_removes_what_a_killed_start_left(cli: Cli, state: Path, workdir: Path) -> None:
+def test_gc_removes_what_a_killed_start_left(cli: Cli, state: Path, tmp_path: Path) -> None:
     live = cli("claude-session", "start", "gc-live")
     assert live.code == 0, live
     assert cli("claude-db", "query", "CREATE TABLE keep AS SELECT 1 AS x",
@@ -59,7 +59,9 @@ def test_gc_removes_what_a_killed_start_left(cli: Cli, state: Path, workdir: Pat
     live_data = pg_fingerprint(database_url(cli, "gc-live"))
     live_port = session_json(state, "gc-live")["runtime_state"]["port"]
 
-    name, server, port = killed_start(state, "gc-dead", workdir)
+    elsewhere = tmp_path / "dead"  # the work directory is gc-live's
+    elsewhere.mkdir()
+    name, server, port = killed_start(state, "gc-dead", elsewhere)
     assert session_leader_servers(state, name) == [server]
 
     dry = cli("claude-session", "gc", "--dry-run", "--json")
@@ -246,8 +248,11 @@ def test_gc_removes_docker_leftovers_and_only_ours(
     other = fresh_state(tmp_path / "other", state_root)
     try:
         env = {**docker_env(other), "CLAUDE_DB_STATE_DIR": str(other)}
-        assert cli("claude-session", "start", theirs, env=env).code == 0
-        assert cli("claude-session", "start", lost, env=docker_env(state)).code == 0
+        for name in (theirs, lost):  # each its own work directory (.env is one session's)
+            (tmp_path / name).mkdir()
+        assert cli("claude-session", "start", theirs, cwd=tmp_path / theirs, env=env).code == 0
+        assert cli("claude-session", "start", lost, cwd=tmp_path / lost,
+                   env=docker_env(state)).code == 0
         proc = start_docker_with_frozen_database(state, killed, workdir)
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()

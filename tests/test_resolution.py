@@ -19,6 +19,8 @@ from claude_db.errors import ExitCode
 from conftest import Cli, assert_one_line_error
 from safety_support import fresh_state
 
+pytest_plugins = ["docker_fixtures"]  # the docker case at the end
+
 USAGE = ExitCode.USAGE
 
 
@@ -275,9 +277,6 @@ def test_the_rule_is_in_the_help(cli: Cli) -> None:
 
 
 # -- the docker runtime: a re-created container, another image -------------------------------
-
-pytest_plugins = ["docker_fixtures"]
-
 
 @pytest.mark.docker
 def test_status_and_start_on_a_recreated_docker_session(

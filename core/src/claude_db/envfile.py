@@ -98,7 +98,10 @@ def refresh_env(workdir: Path, values: Mapping[str, str], me: Owner) -> list[str
     path = workdir / ".env"
     if not workdir.is_dir():
         return [f"note: the work directory {workdir} is gone; no .env written"]
-    parsed = _Parsed(_read_text(path) or "")
+    try:
+        parsed = _Parsed(_read_text(path) or "")
+    except UsageError as exc:  # a symlink: the database runs all the same
+        return [f"warning: {exc}"]
     if parsed.owner is not None and not _same(parsed.owner, me):
         return [f"note: {path} belongs to {parsed.owner.describe()}; left alone"]
     if parsed.owner is None:

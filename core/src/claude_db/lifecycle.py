@@ -105,10 +105,10 @@ def _create(
 ) -> list[str]:
     """Make the session (its lock held): database, state, ``.env``; all or nothing."""
     store, name = app.store, session.name
+    dotenv_before = dotenv_text(workdir) if write_dotenv else None
     # until start is done: if this process dies (kill -9), gc knows the session never was
     starting = store.reserve(name) / STARTING_MARKER
     starting.touch()
-    dotenv_before = dotenv_text(workdir) if write_dotenv else None
     try:
         notes: list[str] = []
         if engine is not None and runtime is not None:
