@@ -92,6 +92,22 @@ def test_restore_and_undo_killed_at_each_step(
     assert pg_fingerprint(url) == target
 
 
+def test_import_replace_killed_after_the_move_then_undo(
+    cli: Cli, session: str, tmp_path: Path
+) -> None:
+    """12.19: import --replace no longer drops the database: killed between moving it
+    aside and making it again, undo (not refusing) brings the data back."""
+    url = database_url(cli, session)
+    before = pg_fingerprint(url)
+    good = tmp_path / "good.sql"
+    good.write_text("CREATE TABLE fresh (id int);\n")
+    killed_at(cli, "moved", "import", str(good), "--replace", "--yes", "--session", session)
+    undone = cli("claude-db", "undo", "--session", session)
+    assert undone.code == 0, undone
+    assert pg_fingerprint(url) == before
+    assert [s["reason"] for s in listed(cli, session)] == ["import", "undo"]
+
+
 def test_attach_finishes_a_reset_killed_with_the_database_renamed(
     cli: Cli, session: str
 ) -> None:
