@@ -192,6 +192,10 @@ CASES: list[tuple[str, tuple[str, ...], int, dict[str, str]]] = [
      {"DATABASE_URL": "postgresql://u:p@[::1/db"}),
     ("import a 7z archive", ("claude-db", "import", f"{F}/dump.7z"), USAGE, {}),
     ("import binary data", ("claude-db", "import", f"{F}/random.bin"), FAILED, {}),
+    ("replace and skip ownership", ("claude-db", "import", "--replace", "--yes",
+                                    "--skip-ownership", f"{F}/broken.sql"), USAGE, {}),
+    ("export format unknown", ("claude-db", "export", f"{F}/x.sql", "--format", "xml"),
+     USAGE, {}),
 ]
 
 

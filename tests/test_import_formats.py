@@ -10,7 +10,7 @@ import os
 import shutil
 import subprocess
 import zipfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -18,6 +18,8 @@ import pytest
 from claude_db.envfile import read_env
 from claude_db.errors import ExitCode
 from conftest import Cli, assert_one_line_error
+
+pytest_plugins = ["docker_fixtures"]  # the docker runtime's case, at the end
 
 ROWS = "create table t(id int primary key, v text); insert into t select g, 'v' || g " \
        "from generate_series(1, 500) g"
@@ -203,3 +205,102 @@ def test_restrict_lines_pass_an_older_psql(cli: Cli, workdir: Path) -> None:
         assert counted.stdout.splitlines()[1] == "2", counted
     finally:
         cli("claude-session", "delete", "older", "--yes", env=env)
+
+
+def test_statements_no_transaction_may_hold(
+    cli: Cli, session: dict[str, str], workdir: Path
+) -> None:
+    assert cli("claude-db", "query", ROWS).code == 0
+    (workdir / "concurrently.sql").write_text(
+        "create table c(x int);\nCREATE INDEX CONCURRENTLY c_x ON c(x);\n"
+        "create type mood as enum ('ok');\nalter type mood add value 'meh';\n"
+        "create table m(v mood default 'meh');\nVACUUM t;\n"
+    )
+    result = cli("claude-db", "import", "concurrently.sql")
+    assert_one_line_error(result, ExitCode.FAILED)
+    assert "nothing was applied: line 2: CREATE INDEX CONCURRENTLY cannot run inside a " \
+           "transaction block; import --no-transaction runs it" in result.stderr, result
+    assert _tables(cli) == ["t"]
+    result = cli("claude-db", "import", "--no-transaction", "concurrently.sql")
+    assert result.code == 0, result
+    assert "outside one transaction" in result.stderr, result
+    assert _tables(cli) == ["c", "m", "t"]
+    # a failure half way: the snapshot taken first is put back, all or nothing still
+    (workdir / "half.sql").write_text(
+        "create table h(x int);\nCREATE INDEX CONCURRENTLY h_x ON h(x);\ndelete from t;\n"
+        "select 1/0;\n"
+    )
+    result = cli("claude-db", "import", "--no-transaction", "half.sql")
+    assert_one_line_error(result, ExitCode.FAILED)
+    assert result.stderr.endswith("line 4: division by zero; the previous data is back\n")
+    assert _tables(cli) == ["c", "m", "t"] and _count(cli) == "500"
+    # undo brings back what was there before the successful one
+    assert cli("claude-db", "undo", "--yes").code == 0
+    assert _tables(cli) == ["t"]
+
+
+def test_roles_the_session_lacks(cli: Cli, session: dict[str, str], workdir: Path) -> None:
+    (workdir / "owned.sql").write_text(
+        'CREATE TABLE "public"."o" ("x" integer);\n'
+        'ALTER TABLE "public"."o" OWNER TO "app";\n'
+        "COPY \"public\".\"o\" (\"x\") FROM stdin;\n1\n\\.\n"
+        'REVOKE ALL ON TABLE "public"."o" FROM PUBLIC;\n'
+        'GRANT SELECT ON TABLE "public"."o" TO "reader";\n'
+        'ALTER DEFAULT PRIVILEGES FOR ROLE "app" GRANT SELECT ON TABLES  TO "reader";\n'
+    )
+    result = cli("claude-db", "import", "owned.sql")
+    assert_one_line_error(result, ExitCode.FAILED)
+    assert 'line 2: role "app" does not exist; import --skip-ownership' in result.stderr, result
+    assert _tables(cli) == []
+    result = cli("claude-db", "import", "--skip-ownership", "owned.sql")
+    assert result.code == 0, result
+    counted = cli("claude-db", "query", "select count(*) from o", "--csv")
+    assert counted.stdout.splitlines()[1] == "1", counted
+
+
+def test_export_format_custom_round_trips(
+    cli: Cli, session: dict[str, str], workdir: Path
+) -> None:
+    assert cli("claude-db", "query", ROWS).code == 0
+    result = cli("claude-db", "export", "--format", "custom", "backup.dump")
+    assert result.code == 0, result
+    assert (workdir / "backup.dump").read_bytes().startswith(b"PGDMP")
+    assert cli("claude-db", "reset", "--yes").code == 0
+    result = cli("claude-db", "import", "backup.dump")
+    assert result.code == 0, result
+    assert _count(cli) == "500"
+    result = cli("claude-db", "export", "--format", "directory", "x")
+    assert_one_line_error(result, ExitCode.USAGE)
+    assert "plain, custom" in result.stderr, result
+
+
+@pytest.mark.docker
+def test_the_docker_runtime_imports_archives_and_tells_the_truth(
+    cli: Cli, new_name: Callable[[], str], workdir: Path
+) -> None:
+    """pg_restore and psql run in the database container: the same promises hold there."""
+    name = new_name()
+    assert cli("claude-session", "start", name).code == 0
+    assert cli("claude-db", "query", ROWS).code == 0
+    assert cli("claude-db", "export", "--format", "custom", "backup.dump").code == 0
+    assert cli("claude-db", "export", "plain.sql").code == 0
+    zstd = shutil.which("zstd")
+    assert zstd, "the zstd program (a test dependency) is not installed"
+    subprocess.run([zstd, "-q", "-o", str(workdir / "plain.zst"), str(workdir / "plain.sql")],
+                   check=True)
+    for dump in ("backup.dump", "plain.zst"):
+        assert cli("claude-db", "reset", "--yes").code == 0
+        result = cli("claude-db", "import", dump)
+        assert result.code == 0, (dump, result)
+        assert _count(cli) == "500", dump
+    (workdir / "body.sql").write_text(
+        "create procedure p() language plpgsql as $$\nbegin\nCOMMIT;\nend $$;\n"
+        "create table b(x int);\n\\q\n"
+    )
+    result = cli("claude-db", "import", "body.sql")
+    assert_one_line_error(result, ExitCode.FAILED)
+    assert "nothing was applied: psql stopped before the end of the file" in result.stderr
+    (workdir / "concurrently.sql").write_text("CREATE INDEX CONCURRENTLY t_v ON t(v);\n")
+    result = cli("claude-db", "import", "--no-transaction", "concurrently.sql")
+    assert result.code == 0, result
+    assert _tables(cli) == ["t"]

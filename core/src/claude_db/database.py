@@ -19,18 +19,21 @@ import threading
 import zipfile
 import zlib
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import IO, Any, Protocol
+from typing import IO, TYPE_CHECKING, Any, Protocol
 
 from claude_db.app import App
-from claude_db.engine import Credentials, Endpoint, Engine, Tools
+from claude_db.engine import Credentials, Endpoint, Engine, ImportOptions, Tools
 from claude_db.envfile import MARKER, find_env
 from claude_db.errors import ClaudeDbError, NotRunningError, SessionNotFoundError, UsageError
 from claude_db.processes import HostTools
 from claude_db.runtime import Runtime
 from claude_db.session import Session, validate_name
 from claude_db.urls import parse_url
+
+if TYPE_CHECKING:
+    from claude_db.snapshots import Snapshot
 
 CHUNK = 1 << 20
 GZIP_MAGIC = b"\x1f\x8b"
@@ -217,10 +220,12 @@ def _target_from_url(app: App, url: str, label: str) -> Target:
 # -- dumps --------------------------------------------------------------------------------
 
 
-def export_to(target: Target, destination: str, database: str | None) -> int:
+def export_to(
+    target: Target, destination: str, database: str | None, export_format: str = "plain"
+) -> int:
     """Write a dump to ``destination`` (``-`` = stdout); ``.gz`` compresses. Returns bytes."""
     target.require_running()
-    chunks = target.engine.dump(target.tools(database))
+    chunks = target.engine.dump_as(target.tools(database), export_format)
     if destination == "-":
         try:
             return _copy(chunks, sys.stdout.buffer)
@@ -311,7 +316,10 @@ def check_source(source: str) -> None:
         raise UsageError(f"{source} does not exist: give a dump file, or - for stdin")
 
 
-def import_from(target: Target, source: str, database: str | None) -> None:
+def import_from(
+    target: Target, source: str, database: str | None,
+    options: ImportOptions = ImportOptions(),
+) -> None:
     """Apply a dump from ``source`` (``-`` = stdin; compression detected), all or nothing."""
     check_source(source)
     target.require_running()
@@ -320,10 +328,46 @@ def import_from(target: Target, source: str, database: str | None) -> None:
     tools.workdir = Path(os.path.abspath(source)).parent if source != "-" else Path.cwd()
     try:
         with _open_source(source) as chunks:
-            target.engine.restore(tools, chunks)
+            target.engine.restore_with(tools, chunks, options)
     except (OSError, EOFError, zlib.error, lzma.LZMAError) as exc:  # unreadable or corrupt
         reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else exc
         raise ClaudeDbError(f"cannot read {source}, nothing was applied: {reason}") from None
+
+
+def import_outside_a_transaction(
+    app: App, target: Target, source: str, database: str | None, options: ImportOptions
+) -> Snapshot:
+    """``import --no-transaction``: for statements no transaction block may hold (CREATE
+    INDEX CONCURRENTLY, VACUUM, a new enum value used at once). All or nothing still: an
+    automatic snapshot first, put back if the import fails. Returns that snapshot."""
+    from claude_db import snapshots
+
+    check_source(source)
+    target.require_running()
+    taken = snapshots.before_destroying(app, target, database, snapshots.IMPORT)
+    if taken is None:
+        raise UsageError(
+            "import --no-transaction needs the automatic snapshot it would put back on "
+            "failure: CLAUDE_DB_AUTO_SNAPSHOTS is 0"
+        )
+    try:
+        import_from(target, source, database, replace(options, transaction=False))
+    except BaseException as exc:
+        try:
+            _, safety = snapshots.restore(app, target, taken.name)
+        except Exception as again:
+            raise ClaudeDbError(
+                f"{exc}; putting the previous data back failed too ({again}): it is in "
+                f"snapshot {taken.name} (claude-db snapshot restore {taken.name})"
+            ) from None
+        for done in (safety, taken):  # the data is back: the copies add nothing
+            if done is not None:
+                with contextlib.suppress(Exception):
+                    snapshots.delete(app, target, done.name)
+        if isinstance(exc, ClaudeDbError):
+            raise ClaudeDbError(f"{exc}; the previous data is back") from None
+        raise
+    return taken
 
 
 #: compressed inputs, told by their first bytes (whatever the file is called)

@@ -10,6 +10,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import IO, Any, ClassVar
 
+from claude_db.errors import UsageError
 from claude_db.urls import build_url
 
 
@@ -44,6 +45,16 @@ class Endpoint:
         if not database:
             return self
         return replace(self, credentials=replace(self.credentials, database=database))
+
+
+@dataclass(frozen=True)
+class ImportOptions:
+    """How ``claude-db import`` applies a dump, beyond the default (``Engine.restore``)."""
+
+    #: leave out ownership and privileges (``OWNER TO``, ``GRANT``, ``REVOKE``)
+    skip_ownership: bool = False
+    #: statements outside one transaction; the caller restores a snapshot on failure
+    transaction: bool = True
 
 
 @dataclass
@@ -210,6 +221,25 @@ class Engine(ABC):
     @abstractmethod
     def restore(self, tools: Tools, chunks: Iterable[bytes]) -> None:
         """Apply a dump: stop at the first error and leave nothing of it applied."""
+
+    #: export formats :meth:`dump_as` writes besides ``plain`` (e.g. PostgreSQL's ``custom``)
+    export_formats: ClassVar[tuple[str, ...]] = ()
+
+    def restore_with(
+        self, tools: Tools, chunks: Iterable[bytes], options: ImportOptions
+    ) -> None:
+        """:meth:`restore` as ``options`` say; an engine that honours none refuses them."""
+        if options != ImportOptions():
+            raise UsageError(
+                f"import --skip-ownership and --no-transaction are not for {self.name}"
+            )
+        self.restore(tools, chunks)
+
+    def dump_as(self, tools: Tools, export_format: str) -> Iterator[bytes]:
+        """:meth:`dump` in ``export_format`` (``plain`` or one of :attr:`export_formats`)."""
+        if export_format != "plain":
+            raise UsageError(f"export --format {export_format} is not for {self.name}")
+        return self.dump(tools)
 
     @abstractmethod
     def reset(self, endpoint: Endpoint) -> None:

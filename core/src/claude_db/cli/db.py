@@ -30,10 +30,11 @@ from claude_db.database import (
     describe_url,
     export_to,
     import_from,
+    import_outside_a_transaction,
     listening,
     resolve,
 )
-from claude_db.engine import Endpoint, QueryResult
+from claude_db.engine import Endpoint, ImportOptions, QueryResult
 from claude_db.errors import (
     ClaudeDbError,
     ConfirmationRequiredError,
@@ -349,7 +350,9 @@ def _cell(value: Any) -> str:
 
 def import_(
     source: str = typer.Argument(
-        ..., metavar="FILE|-", help="Dump to apply (.sql, .sql.gz, - for stdin)."
+        ..., metavar="FILE|-",
+        help="Dump to apply: SQL, a pg_dump archive (-Fc, -Ft), compressed or not "
+        "(gzip, bzip2, xz, zstd, zip); - for stdin.",
     ),
     session: str | None = SessionOption,
     database: str | None = DatabaseOption,
@@ -357,9 +360,29 @@ def import_(
         False, "--replace", help="Empty the database first (a snapshot is taken: undo works)."
     ),
     yes: bool = typer.Option(False, "--yes", "-y", help="With --replace: do not ask."),
+    skip_ownership: bool = typer.Option(
+        False, "--skip-ownership",
+        help="Leave out OWNER TO, GRANT and REVOKE (roles this server lacks).",
+    ),
+    no_transaction: bool = typer.Option(
+        False, "--no-transaction",
+        help="Run outside one transaction (CREATE INDEX CONCURRENTLY, VACUUM...): a snapshot "
+        "is taken first and put back if the import fails.",
+    ),
 ) -> None:
     """Apply a dump or SQL script: stops at the first error, applies all or nothing."""
-    target = _target(session, destructive="replace its data" if replace else None)
+    destructive = ("replace its data" if replace
+                   else "import outside one transaction" if no_transaction else None)
+    target = _target(session, destructive=destructive)
+    options = ImportOptions(skip_ownership=skip_ownership)
+    if replace and (skip_ownership or no_transaction):
+        raise UsageError("--replace takes neither --skip-ownership nor --no-transaction")
+    if no_transaction:
+        before = import_outside_a_transaction(get_app(), target, source, database, options)
+        note(f"imported {source if source != '-' else 'stdin'} into {target.name} "
+             f"(outside one transaction; the previous data is in snapshot {before.name}: "
+             "claude-db undo)")
+        return
     if replace:
         from claude_db import snapshots
 
@@ -371,7 +394,7 @@ def import_(
         kept = f" (the previous data is in snapshot {taken.name}: claude-db undo)" if taken else ""
         note(f"replaced {name} of {target.name} with {source if source != '-' else 'stdin'}{kept}")
         return
-    import_from(target, source, database)
+    import_from(target, source, database, options)
     note(f"imported {source if source != '-' else 'stdin'} into {target.name}")
 
 
@@ -381,10 +404,20 @@ def export(
     ),
     session: str | None = SessionOption,
     database: str | None = DatabaseOption,
+    export_format: str = typer.Option(
+        "plain", "--format", "-F",
+        help="plain (SQL), or the engine's own archive: custom (PostgreSQL's pg_dump -Fc).",
+    ),
 ) -> None:
     """Dump the database to a file (written to a temporary file, then renamed)."""
     target = _target(session)
-    written = export_to(target, destination, database)
+    formats = ("plain", *target.engine.export_formats)
+    if export_format not in formats:
+        raise UsageError(
+            f"unknown export format {export_format!r} for {target.engine.name}: "
+            f"{', '.join(formats)}"
+        )
+    written = export_to(target, destination, database, export_format)
     if destination != "-":
         note(f"exported {target.name} to {destination} ({written:,} bytes before compression)")
 

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from claude_db import Credentials, Endpoint, Engine, LocalServer, QueryResult, Tools
+from claude_db.engine import ImportOptions
 from claude_db.errors import ClaudeDbError, PartlyAppliedError
 from claude_db_postgres import snapshots
 from claude_db_postgres.local import PostgresLocalServer
@@ -94,31 +95,47 @@ class PostgresEngine(Engine):
     def dump(self, tools: Tools) -> Iterator[bytes]:
         # Privileges are kept (a REVOKE ... FROM PUBLIC guards a SECURITY DEFINER function),
         # but only those a fresh session can restore: see Privileges.
-        argv = ["pg_dump", "--no-owner", "--quote-all-identifiers"]
-        privileges = Privileges(tools.endpoint.user)
+        return self._pg_dump(tools, [], Privileges(tools.endpoint.user))
+
+    def _pg_dump(
+        self, tools: Tools, extra: list[str], privileges: Privileges | None
+    ) -> Iterator[bytes]:
+        argv = ["pg_dump", "--no-owner", "--quote-all-identifiers", *extra]
         with tempfile.TemporaryFile() as errors:
             proc = tools.popen(
                 argv, env=self.native_env(tools.endpoint), stdout=subprocess.PIPE, stderr=errors
             )
-            assert proc.stdout is not None
-            _widen(proc.stdout)
+            stdout = proc.stdout
+            assert stdout is not None
+            _widen(stdout)
             try:
-                while chunk := proc.stdout.read(CHUNK):
-                    yield privileges.filter(chunk)
-                yield privileges.filter(b"", end=True)
+                output = iter(lambda: stdout.read(CHUNK), b"")
+                yield from privileges.lines(output) if privileges else output
             finally:
-                proc.stdout.close()
+                stdout.close()
                 code = proc.wait()
             if code != 0:
                 raise ClaudeDbError(f"pg_dump failed: {_tail(errors)}")
-        if privileges.left_out:
+        if privileges and privileges.left_out:
             print(
                 f"note: left out {privileges.left_out} privilege statement"
                 f"{'s' if privileges.left_out != 1 else ''} naming roles a new session does "
                 f"not have: {', '.join(sorted(privileges.roles))}", file=sys.stderr,
             )
 
+    export_formats = ("custom",)
+
+    def dump_as(self, tools: Tools, export_format: str) -> Iterator[bytes]:
+        if export_format == "custom":  # pg_dump -Fc: every privilege kept, as in the database
+            return self._pg_dump(tools, ["-Fc"], None)
+        return super().dump_as(tools, export_format)
+
     def restore(self, tools: Tools, chunks: Iterable[bytes]) -> None:
+        self.restore_with(tools, chunks, ImportOptions())
+
+    def restore_with(
+        self, tools: Tools, chunks: Iterable[bytes], options: ImportOptions
+    ) -> None:
         # One transaction, stop at the first error: nothing of a failed import stays applied.
         # BEGIN comes before the file (-c), COMMIT after it in the same input, once the whole
         # input was read: psql's --single-transaction would commit at end of input, and an
@@ -127,17 +144,19 @@ class PostgresEngine(Engine):
         # committed it on its own; the end mark (printed last) that psql read the file to its
         # end: a \\q, or COPY data without its \\. line, stops psql early, silently.
         mark = f"claude-db: end of input {secrets.token_hex(8)}"
+        begin = ["-c", "BEGIN", "-c", "SELECT txid_current()"] if options.transaction else []
         argv = [
             "psql", "-X", "-q", "-At", "-v", "ON_ERROR_STOP=1",
-            "-c", "BEGIN", "-c", "SELECT txid_current()", "-c", "\\o /dev/null", "-f", "-",
+            *begin, "-c", "\\o /dev/null", "-f", "-",
         ]
         # ";" ends a last statement the file left without one (psql runs it at the end of a
         # file); the file's own line numbers hold, as BEGIN is not in its input
-        tail = f"\n;\nCOMMIT;\n\\echo {mark}\n".encode()
+        commit = "COMMIT;\n" if options.transaction else ""
+        tail = f"\n;\n{commit}\\echo {mark}\n".encode()
         # The local runtime's servers run with synchronous_commit=off: without this, a server
         # crash right after the import reported success would lose it whole.
         durable = {"PGOPTIONS": f"{os.environ.get('PGOPTIONS', '')} -c synchronous_commit=on"}
-        sql = _sql_input(tools, self.native_env(tools.endpoint), iter(chunks))
+        sql = _sql_input(tools, self.native_env(tools.endpoint), iter(chunks), options)
         with tempfile.TemporaryFile() as errors, tempfile.TemporaryFile() as output:
             proc = tools.popen(
                 argv,
@@ -170,11 +189,16 @@ class PostgresEngine(Engine):
             error = _psql_error(errors)
             if code == 0 and mark in printed and error is None:
                 return
+            if error is None:
+                error = _tail(errors) if code != 0 else (
+                    "psql stopped before the end of the file (a \\q, or COPY data without "
+                    "its \\. end line)"
+                )
+            if not options.transaction:  # the caller puts the snapshot back
+                raise ClaudeDbError(f"import failed: {error}")
             xid = printed[0] if printed and printed[0].isdigit() else None
             committed = xid is not None and self._xact_status(tools, xid) == "committed"
-            if error is None and code != 0:
-                error = _tail(errors)
-            self._failed(control, error, code, mark in printed, committed)
+            self._failed(control, error, committed)
 
     def _xact_status(self, tools: Tools, xid: str) -> str | None:
         """``committed``, ``aborted`` or ``in progress`` for the import's transaction."""
@@ -187,15 +211,7 @@ class PostgresEngine(Engine):
         return out.decode().strip() if proc.returncode == 0 else None
 
     @staticmethod
-    def _failed(
-        control: TransactionControl, error: str | None, code: int, reached_end: bool,
-        committed: bool,
-    ) -> None:
-        if error is None:
-            error = (
-                "psql stopped before the end of the file (a \\q, or COPY data without "
-                "its \\. end line)" if not reached_end else "psql reported no error"
-            )
+    def _failed(control: TransactionControl, error: str, committed: bool) -> None:
         failed_at = re.match(r"line (\d+):", error)
         where = " at " if failed_at else ": "
         found = control.found
@@ -217,7 +233,7 @@ class PostgresEngine(Engine):
                 "stays applied",
                 failure=f"import failed{where}{error}",
             )
-        raise ClaudeDbError(f"import failed, nothing was applied: {error}")
+        raise ClaudeDbError(f"import failed, nothing was applied: {error}{_way_out(error)}")
 
     def reset(self, endpoint: Endpoint) -> None:
         import psycopg
@@ -346,7 +362,7 @@ RESTRICT_SINCE = {13: 22, 14: 19, 15: 14, 16: 10, 17: 6}
 
 
 def _sql_input(
-    tools: Tools, env: dict[str, str], chunks: Iterator[bytes]
+    tools: Tools, env: dict[str, str], chunks: Iterator[bytes], options: ImportOptions
 ) -> Generator[bytes, None, None]:
     """The SQL to feed psql: a pg_dump archive (-Fc, -Ft) goes through the session's own
     pg_restore; ``\\restrict`` lines go when this psql does not know them."""
@@ -355,20 +371,25 @@ def _sql_input(
     if first.startswith(ARCHIVE_MAGIC) or (
         first[:8] == b"toc.dat\0" and first[257:262] == b"ustar"
     ):
-        stream = _restored(tools, env, stream)
+        stream = _restored(tools, env, stream, options)
     elif b"\0" in first:
         raise ClaudeDbError(
             "the input is binary data, not SQL text nor a pg_dump archive (-Fc, -Ft)"
         )
+    if options.skip_ownership:
+        stream = Ownership().lines(stream)
     return _restrict_lines(tools, env, stream)
 
 
-def _restored(tools: Tools, env: dict[str, str], archive: Iterator[bytes]) -> Iterator[bytes]:
+def _restored(
+    tools: Tools, env: dict[str, str], archive: Iterator[bytes], options: ImportOptions
+) -> Iterator[bytes]:
     """A pg_dump archive as plain SQL, by ``pg_restore -f -`` where psql runs (so of the
     session server's version): fed from a thread while its output is read here."""
     with tempfile.TemporaryFile() as errors:
         proc = tools.popen(
-            ["pg_restore", "-f", "-"], env=env,
+            ["pg_restore", "-f", "-",
+             *(["--no-owner", "--no-privileges"] if options.skip_ownership else [])], env=env,
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=errors,
         )
         assert proc.stdin is not None and proc.stdout is not None
@@ -454,18 +475,25 @@ FOR_ROLE = re.compile(rb"ALTER DEFAULT PRIVILEGES FOR ROLE (" + ROLE + rb")")
 ROLE_NAME = re.compile(ROLE)
 
 
-class Privileges:
-    """Filters a plain pg_dump stream: drops the privilege statements that name a role a
-    fresh session does not have (another role of this server), keeps those for PUBLIC, the
-    built-in ``pg_*`` roles and the session's own user. Works line by line outside COPY
-    data (whose lines are data, whatever they say), holding back a line cut in two."""
+class SqlLines:
+    """Leaves out whole lines of a SQL stream that :meth:`_left_out` names, as pg_dump
+    writes the statements filtered (one line each). Lines of COPY data are data, whatever
+    they say: passed as they are. A line cut between two chunks is held back."""
 
-    def __init__(self, user: str):
-        self.user = user
+    def __init__(self) -> None:
         self.left_out = 0
-        self.roles: set[str] = set()
         self._held = b""
         self._in_copy = False
+
+    def _left_out(self, line: bytes) -> bool:
+        raise NotImplementedError
+
+    def lines(self, chunks: Iterable[bytes]) -> Iterator[bytes]:
+        for chunk in chunks:
+            if kept := self.filter(chunk):
+                yield kept
+        if kept := self.filter(b"", end=True):
+            yield kept
 
     def filter(self, chunk: bytes, end: bool = False) -> bytes:
         data = self._held + chunk
@@ -489,10 +517,22 @@ class Privileges:
             line = data[pos:line_end]
             if line.startswith(b"COPY ") and line.rstrip().endswith(b" FROM stdin;"):
                 self._in_copy = True
-            if not (line[:1] in (b"G", b"R", b"A") and self._left_out(line)):
+            if not (line[:1] and line[:1] in b"GRASgras" and self._left_out(line)):
                 out.append(line)
             pos = line_end
         return b"".join(out)
+
+
+
+class Privileges(SqlLines):
+    """Drops from a plain pg_dump stream the privilege statements that name a role a fresh
+    session does not have (another role of this server); keeps those for PUBLIC, the
+    built-in ``pg_*`` roles and the session's own user."""
+
+    def __init__(self, user: str):
+        super().__init__()
+        self.user = user
+        self.roles: set[str] = set()
 
     def _left_out(self, line: bytes) -> bool:
         found = ACL_LINE.fullmatch(line)
@@ -512,6 +552,38 @@ class Privileges:
 
     def _restorable(self, role: str) -> bool:
         return role.startswith("pg_") or role == self.user
+
+
+#: what ``import --skip-ownership`` leaves out: ALTER ... OWNER TO, GRANT, REVOKE, ALTER
+#: DEFAULT PRIVILEGES, SET SESSION AUTHORIZATION (one line each, as pg_dump writes them)
+OWNERSHIP_LINE = re.compile(
+    rb"(?:ALTER\b[^\n]* OWNER TO [^\n]*|(?:GRANT|REVOKE|ALTER DEFAULT PRIVILEGES)\b[^\n]*"
+    rb"|SET SESSION AUTHORIZATION\b[^\n]*|RESET SESSION AUTHORIZATION);[ \t]*\r?\n?",
+    re.IGNORECASE,
+)
+
+
+class Ownership(SqlLines):
+    def _left_out(self, line: bytes) -> bool:
+        if OWNERSHIP_LINE.fullmatch(line) is None:
+            return False
+        self.left_out += 1
+        return True
+
+
+def _way_out(error: str) -> str:
+    """The import option that gets past ``error``, if one does."""
+    if re.search(r'role ".*" does not exist', error):
+        return (
+            "; import --skip-ownership leaves out ownership and privileges (OWNER TO, GRANT, "
+            "REVOKE); a policy or membership naming the role needs it created first"
+        )
+    if "cannot run inside a transaction block" in error or "unsafe use of new value" in error:
+        return (
+            "; import --no-transaction runs it (a snapshot is taken first and put back if "
+            "the import fails)"
+        )
+    return ""
 
 
 def _role_name(quoted: bytes) -> str | None:
