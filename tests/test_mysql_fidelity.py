@@ -282,6 +282,10 @@ def test_a_non_ascii_password_authenticates(cli: Cli, workdir: Path, runtime: st
         assert cli("claude-db", "import", "-", input="INSERT INTO t VALUES (1);\n").code == 0
         assert "INSERT INTO `t` VALUES" in cli("claude-db", "export", "-").stdout
         assert fetch(env, "SELECT x FROM t") == [(1,)]  # PyMySQL, given the password as UTF-8
+        # and after a restart (on the local runtime the account is made again at start)
+        assert cli("claude-session", "stop", name).code == 0
+        assert cli("claude-session", "attach", name, "--no-shell").code == 0
+        assert cli("claude-db", "status").code == 0
     finally:
         cli("claude-session", "delete", name, "--yes")
 
