@@ -22,6 +22,7 @@ import pytest
 
 from claude_db.envfile import read_env
 from claude_db.errors import ExitCode
+from claude_db_mysql.switches import ImportRefusedError, SwitchGuard
 from conftest import Cli, assert_one_line_error
 from test_mysql import DOCKER_IMAGE, RUNTIMES, connect, databases, fetch, tables
 
@@ -205,6 +206,25 @@ def test_a_switch_late_in_the_file_is_rolled_back(cli: Cli, local_session: dict[
     same = cli("claude-db", "import", "-", input="USE appdb;\nCREATE TABLE here (x INT);\n")
     assert same.code == 0, same
     assert tables(local_session) == ["here"]
+
+
+def test_the_guard_sees_lines_cut_between_chunks() -> None:
+    """Core reads a file in 1 MiB chunks: a USE cut in two is still seen, at its line."""
+    text = b"SELECT 1;\n" * 3 + b"USE `sh``op`;\nSELECT 2;\n"
+    for cut in range(len(text) + 1):
+        guard = SwitchGuard("appdb")
+        with pytest.raises(ImportRefusedError, match=r"line 4 \(USE `sh``op`;\) switches to "
+                           r"database 'sh`op'.*--database='sh`op'"):
+            list(guard.checked([text[:cut], text[cut:]]))
+    assert list(SwitchGuard("appdb").checked([b"use appdb", b"\n  USE `appdb` ;"]))
+    # a line that only begins like USE, and CREATE DATABASE of a user database, pass
+    for harmless in (b"use_count = 1;\n", b"CREATE DATABASE IF NOT EXISTS other;\n",
+                     b"INSERT INTO t VALUES ('\\nUSE mysql;');\n"):
+        assert list(SwitchGuard("appdb").checked([harmless])) == [harmless]
+    for system in (b"CREATE DATABASE /*!32312 IF NOT EXISTS*/ `mysql`;\n", b"\\u sys\n",
+                   b"create schema PERFORMANCE_SCHEMA;\n"):
+        with pytest.raises(ImportRefusedError, match="a system schema of the server"):
+            list(SwitchGuard("appdb").checked([system]))
 
 
 # -- 14.4: comments in stored code ---------------------------------------------------------
