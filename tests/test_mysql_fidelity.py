@@ -7,6 +7,9 @@
   ``--database x``, which loads them.
 - 14.3: system-versioned tables keep their history through export/import and snapshots.
 - 14.4: comments inside routine, trigger and event bodies survive every import.
+- 14.5: on the local runtime big databases are snapshotted as their table files, which
+  bring back rows, history, counters, keys and code; a writer's open transaction makes it
+  a dump instead of a wait.
 - 12.22: a non-ASCII password authenticates; a database named ``-x`` is not an option.
 """
 
