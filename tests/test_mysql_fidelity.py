@@ -7,11 +7,15 @@
   ``--database x``, which loads them.
 - 14.3: system-versioned tables keep their history through export/import and snapshots.
 - 14.4: comments inside routine, trigger and event bodies survive every import.
+- 14.5: on the local runtime big databases are snapshotted as their table files, which
+  bring back rows, history, counters, keys and code; a writer's open transaction makes it
+  a dump instead of a wait.
 - 12.22: a non-ASCII password authenticates; a database named ``-x`` is not an option.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 from collections.abc import Iterator
@@ -21,8 +25,9 @@ import pytest
 
 from claude_db.envfile import read_env
 from claude_db.errors import ExitCode
+from claude_db_mysql.switches import ImportRefusedError, SwitchGuard
 from conftest import Cli, assert_one_line_error
-from test_mysql import DOCKER_IMAGE, RUNTIMES, databases, fetch, tables
+from test_mysql import DOCKER_IMAGE, RUNTIMES, connect, databases, fetch, tables
 
 COMMENTED = """
 DELIMITER //
@@ -206,6 +211,25 @@ def test_a_switch_late_in_the_file_is_rolled_back(cli: Cli, local_session: dict[
     assert tables(local_session) == ["here"]
 
 
+def test_the_guard_sees_lines_cut_between_chunks() -> None:
+    """Core reads a file in 1 MiB chunks: a USE cut in two is still seen, at its line."""
+    text = b"SELECT 1;\n" * 3 + b"USE `sh``op`;\nSELECT 2;\n"
+    for cut in range(len(text) + 1):
+        guard = SwitchGuard("appdb")
+        with pytest.raises(ImportRefusedError, match=r"line 4 \(USE `sh``op`;\) switches to "
+                           r"database 'sh`op'.*--database='sh`op'"):
+            list(guard.checked([text[:cut], text[cut:]]))
+    assert list(SwitchGuard("appdb").checked([b"use appdb", b"\n  USE `appdb` ;"]))
+    # a line that only begins like USE, and CREATE DATABASE of a user database, pass
+    for harmless in (b"use_count = 1;\n", b"CREATE DATABASE IF NOT EXISTS other;\n",
+                     b"INSERT INTO t VALUES ('\\nUSE mysql;');\n"):
+        assert list(SwitchGuard("appdb").checked([harmless])) == [harmless]
+    for system in (b"CREATE DATABASE /*!32312 IF NOT EXISTS*/ `mysql`;\n", b"\\u sys\n",
+                   b"create schema PERFORMANCE_SCHEMA;\n"):
+        with pytest.raises(ImportRefusedError, match="a system schema of the server"):
+            list(SwitchGuard("appdb").checked([system]))
+
+
 # -- 14.4: comments in stored code ---------------------------------------------------------
 
 
@@ -281,6 +305,10 @@ def test_a_non_ascii_password_authenticates(cli: Cli, workdir: Path, runtime: st
         assert cli("claude-db", "import", "-", input="INSERT INTO t VALUES (1);\n").code == 0
         assert "INSERT INTO `t` VALUES" in cli("claude-db", "export", "-").stdout
         assert fetch(env, "SELECT x FROM t") == [(1,)]  # PyMySQL, given the password as UTF-8
+        # and after a restart (on the local runtime the account is made again at start)
+        assert cli("claude-session", "stop", name).code == 0
+        assert cli("claude-session", "attach", name, "--no-shell").code == 0
+        assert cli("claude-db", "status").code == 0
     finally:
         cli("claude-session", "delete", name, "--yes")
 
@@ -299,3 +327,90 @@ def test_a_database_named_like_an_option_is_dumped(
     assert "nothing was applied: line 2" in failed.stderr, failed
     assert tables(local_session, "-x") == ["dashed"]
 
+
+
+# -- 14.5: physical snapshots (table files) on the local runtime ------------------------------
+
+#: over tablespaces.MIN_BYTES (32 MiB): 40,000 rows of ~1 KB, a versioned table, a foreign key
+PHYSICAL = """
+CREATE TABLE owners (id INT PRIMARY KEY);
+INSERT INTO owners VALUES (1), (2);
+CREATE TABLE bulk (
+  id INT AUTO_INCREMENT PRIMARY KEY, owner INT NOT NULL, payload VARCHAR(1000),
+  FOREIGN KEY (owner) REFERENCES owners (id)
+);
+INSERT INTO bulk (owner, payload) SELECT 1 + seq % 2, REPEAT(SHA2(seq, 256), 15)
+FROM seq_1_to_40000;
+CREATE TABLE prices (id INT PRIMARY KEY, amount INT) WITH SYSTEM VERSIONING;
+INSERT INTO prices VALUES (1, 10);
+UPDATE prices SET amount = 20;
+CREATE VIEW heavy AS SELECT owner, COUNT(*) AS n FROM bulk GROUP BY owner;
+"""
+BULK_SUM = "SELECT COUNT(*), SUM(CRC32(payload)), MAX(id) FROM bulk"
+
+
+def snapshot_files(name: str) -> list[str]:
+    root = Path(os.environ["CLAUDE_DB_STATE_DIR"]) / "sessions" / "fid-local" / "snapshots"
+    return sorted(path.name for path in (root / name).iterdir())
+
+
+def test_big_snapshots_are_table_files_and_keep_everything(
+    cli: Cli, local_session: dict[str, str]
+) -> None:
+    assert cli("claude-db", "import", "-", input=PHYSICAL + COMMENTED.replace(
+        "ON t FOR EACH ROW", "ON owners FOR EACH ROW").replace("SET NEW.x = NEW.x + 1",
+        "SET NEW.id = NEW.id").replace("FROM t WHERE x < 0", "FROM owners WHERE id < 0")
+    ).code == 0
+    bulk = fetch(local_session, BULK_SUM)
+    code = routine_code(local_session)
+    counter = fetch(local_session, "SELECT AUTO_INCREMENT FROM information_schema.TABLES "
+                                   "WHERE TABLE_SCHEMA = 'appdb' AND TABLE_NAME = 'bulk'")
+    assert cli("claude-db", "snapshot", "save", "big").code == 0
+    assert snapshot_files("big") == [
+        "bulk.cfg", "bulk.ibd", "owners.cfg", "owners.ibd", "prices.cfg", "prices.ibd",
+        "schema.sql.gz", "snapshot.json", "tablespaces.json"]
+
+    cli("claude-db", "query", "DELETE FROM bulk WHERE id < 100; UPDATE prices SET amount = 99")
+    restored = cli("claude-db", "snapshot", "restore", "big")
+    assert restored.code == 0, restored
+    assert fetch(local_session, BULK_SUM) == bulk
+    assert fetch(local_session, ALL_VERSIONS) == [(10,), (20,)]
+    assert routine_code(local_session) == code
+    assert fetch(local_session, "SELECT owner, n FROM heavy ORDER BY owner") == [
+        (1, 20000), (2, 20000)]
+    # the tables work on: the counter goes on where it was, the foreign key holds
+    cli("claude-db", "query", "INSERT INTO bulk (owner, payload) VALUES (2, 'new')")
+    assert fetch(local_session, "SELECT MAX(id) FROM bulk") == counter
+    orphan = cli("claude-db", "query", "INSERT INTO bulk (owner) VALUES (3)")
+    assert_one_line_error(orphan, ExitCode.FAILED)
+    assert "foreign key constraint fails" in orphan.stderr, orphan
+    assert fetch(local_session, "CHECK TABLE bulk, owners, prices")[-1][3] == "OK"
+
+    # reset then undo: the automatic snapshot is table files too; a small one is a dump
+    assert cli("claude-db", "reset", "--yes").code == 0
+    assert tables(local_session) == []
+    assert cli("claude-db", "undo").code == 0
+    assert fetch(local_session, "SELECT COUNT(*) FROM bulk") == [(bulk[0][0] + 1,)]
+    assert fetch(local_session, ALL_VERSIONS) == [(10,), (20,)]
+    kinds = {snapshot["name"]: snapshot_files(snapshot["name"]) for snapshot in json.loads(
+        cli("claude-db", "snapshot", "list", "--json").stdout)}
+    assert [name for name, files in kinds.items() if "dump.gz" in files] == [
+        name for name in kinds if name.endswith("-undo")], kinds
+
+
+def test_a_snapshot_never_waits_for_a_writer(cli: Cli, local_session: dict[str, str]) -> None:
+    """A client's open write transaction would hold FLUSH TABLES ... FOR EXPORT until it
+    ends: after a few seconds the snapshot is a dump instead (which does not wait)."""
+    assert cli("claude-db", "import", "-", input=PHYSICAL).code == 0
+    writer = connect(local_session)
+    try:
+        with writer.cursor() as cur:
+            cur.execute("BEGIN")
+            cur.execute("UPDATE owners SET id = id WHERE id = 1")
+        saved = cli("claude-db", "snapshot", "save", "busy")
+        assert saved.code == 0, saved
+        assert snapshot_files("busy") == ["dump.gz", "snapshot.json"]
+    finally:
+        writer.close()
+    assert cli("claude-db", "snapshot", "save", "quiet").code == 0
+    assert "tablespaces.json" in snapshot_files("quiet")

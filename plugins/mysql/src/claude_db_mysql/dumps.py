@@ -120,12 +120,16 @@ class Clients:
 
     # -- dumps ----------------------------------------------------------------------------
 
-    def dump(self, databases: list[str] | None = None) -> Iterator[bytes]:
+    def dump(
+        self, databases: list[str] | None = None, *, schema_only: bool = False
+    ) -> Iterator[bytes]:
         """Stream a dump of the endpoint's database, or of ``databases`` with their
-        ``DROP``/``CREATE DATABASE`` statements."""
+        ``DROP``/``CREATE DATABASE`` statements; ``schema_only``: without rows."""
         names = databases or [self.database]
         argv = [self.dumper, *self.connection, *DUMP_OPTIONS]
-        if self.history_dumpable(names):
+        if schema_only:
+            argv.append("--no-data")
+        elif self.history_dumpable(names):
             argv.append("--loose-dump-history")  # MariaDB 10.11+ (MySQL has no versioning)
         if databases:
             argv += ["--add-drop-database", "--databases"]

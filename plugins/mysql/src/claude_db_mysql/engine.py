@@ -5,10 +5,12 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterable, Iterator
+from pathlib import Path
 from typing import Any
 
 from claude_db import Credentials, Endpoint, Engine, LocalServer, QueryResult, Tools
 from claude_db.errors import ClaudeDbError, NotRunningError
+from claude_db_mysql import tablespaces
 from claude_db_mysql.dumps import Clients
 from claude_db_mysql.local import MariaDBLocalServer
 from claude_db_mysql.sql import quote_ident
@@ -124,6 +126,23 @@ class MySQLEngine(Engine):
         except pymysql.MySQLError as exc:
             raise _error("reset failed", endpoint, exc) from None
 
+    # -- snapshots: table files where the data directory is ours (claude_db_mysql.tablespaces),
+    # else core's dumps
+
+    def snapshot_save(self, endpoint: Endpoint, tools: Tools, directory: Path) -> None:
+        with _maintenance(endpoint, "snapshot failed") as conn:
+            physical = tablespaces.save(conn, Clients(tools), directory)
+        if not physical:
+            super().snapshot_save(endpoint, tools, directory)
+
+    def snapshot_restore(self, endpoint: Endpoint, tools: Tools, directory: Path) -> None:
+        if not tablespaces.saved(directory):
+            super().snapshot_restore(endpoint, tools, directory)
+            return
+        self.reset(endpoint)
+        with _maintenance(endpoint, "restoring the snapshot failed") as conn:
+            tablespaces.restore(conn, Clients(tools), directory)
+
     def shell_argv(self, endpoint: Endpoint) -> list[str]:
         # MariaDB 11 images have only `mariadb`, MySQL's only `mysql`: take what is there.
         # Host, port and password come from native_env; user and database have no variable.
@@ -160,6 +179,18 @@ def connect(
         client_flag=CLIENT.MULTI_STATEMENTS if multi_statements else 0,
         program_name="claude-db",
     )
+
+
+@contextlib.contextmanager
+def _maintenance(endpoint: Endpoint, what: str) -> Iterator[Any]:
+    """A connection to ``endpoint``'s database whose driver errors become ours."""
+    import pymysql
+
+    try:
+        with connect(endpoint, timeout=10) as conn:
+            yield conn
+    except pymysql.MySQLError as exc:
+        raise _error(what, endpoint, exc) from None
 
 
 def _result(cursor: Any) -> QueryResult:
