@@ -200,8 +200,12 @@ def test_a_port_taken_while_stopped_moves_the_session(cli: Cli, tmp_path: Path) 
             squatter.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # past TIME_WAIT
             squatter.bind(("127.0.0.1", old_port))
             squatter.listen()
+            # a stopped session's commands say so, without knocking at its old port
+            stopped = cli("claude-db", "query", "SELECT 1", cwd=workdir)
+            assert_one_line_error(stopped, ExitCode.NOT_RUNNING)
             attach = cli("claude-session", "attach", "iso-port", "--no-shell", cwd=workdir)
             assert attach.code == 0, attach
+            assert "updated DATABASE_URL" in attach.stderr, attach
             new_port = _runtime_state("iso-port")["port"]
             assert new_port != old_port
             env = read_env(workdir)
