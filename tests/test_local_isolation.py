@@ -287,3 +287,14 @@ def test_a_mariadb_sessions_sql_reaches_no_file_outside_its_server(
         pid = _runtime_state("iso-maria")["pid"]
         environ = Path(f"/proc/{pid}/environ").read_bytes()
         assert b"s3cret-maria" not in environ
+
+
+def test_the_admin_roles_name_is_not_a_session_user(cli: Cli, tmp_path: Path) -> None:
+    workdir = tmp_path / "w"
+    workdir.mkdir()
+    result = cli("claude-session", "start", "iso-admin", cwd=workdir,
+                 env={"CLAUDE_DB_USER": "claude_admin"})
+    assert_one_line_error(result, ExitCode.USAGE)
+    assert "CLAUDE_DB_USER" in result.stderr
+    assert json.loads(cli("claude-session", "list", "--json").stdout) == []
+    assert not (workdir / ".env").exists()
