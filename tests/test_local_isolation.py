@@ -298,3 +298,52 @@ def test_the_admin_roles_name_is_not_a_session_user(cli: Cli, tmp_path: Path) ->
     assert "CLAUDE_DB_USER" in result.stderr
     assert json.loads(cli("claude-session", "list", "--json").stdout) == []
     assert not (workdir / ".env").exists()
+
+
+def _autovacuum_workers(server_pid: int) -> list[int]:
+    """The session server's autovacuum workers (its children named so)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            status = (entry / "status").read_text()
+            command = (entry / "cmdline").read_bytes()
+        except OSError:
+            continue
+        parent = next(line.split()[1] for line in status.splitlines() if line.startswith("PPid:"))
+        if int(parent) == server_pid and command.startswith(b"postgres: autovacuum worker"):
+            found.append(int(entry.name))
+    return found
+
+
+def test_snapshots_and_reset_work_while_autovacuum_runs(cli: Cli, tmp_path: Path) -> None:
+    """The owner may not end autovacuum workers (they have no role): ending "every other
+    backend" before a snapshot failed with "must be a superuser to terminate superuser
+    process" while one ran; CREATE DATABASE and DROP DATABASE end them by themselves."""
+    from safety_support import wait_for
+
+    workdir = tmp_path / "w"
+    with _session(cli, "iso-vacuum", workdir):
+        conf = Path(_runtime_state("iso-vacuum")["datadir"]) / "postgresql.conf"
+        with open(conf, "a") as out:
+            out.write("autovacuum_naptime = 1\n")  # a worker comes within a second or so
+        assert cli("claude-session", "stop", "iso-vacuum", cwd=workdir).code == 0
+        assert cli("claude-session", "attach", "iso-vacuum", "--no-shell", cwd=workdir).code == 0
+        slow = ("autovacuum_vacuum_cost_delay = 100, autovacuum_vacuum_cost_limit = 1, "
+                "autovacuum_vacuum_threshold = 0, autovacuum_vacuum_scale_factor = 0")
+        made = cli("claude-db", "query",
+                   f"CREATE TABLE t (x int) WITH ({slow}); "
+                   "INSERT INTO t SELECT generate_series(1, 100000); DELETE FROM t WHERE x % 2 = 0",
+                   cwd=workdir)
+        assert made.code == 0, made
+        server = _runtime_state("iso-vacuum")["pid"]
+        wait_for("an autovacuum worker", lambda: _autovacuum_workers(server))
+        saved = cli("claude-db", "snapshot", "save", "during-vacuum", cwd=workdir)
+        assert saved.code == 0, saved
+        reset = cli("claude-db", "reset", "--yes", cwd=workdir)
+        assert reset.code == 0, reset
+        restored = cli("claude-db", "snapshot", "restore", "during-vacuum", "--yes", cwd=workdir)
+        assert restored.code == 0, restored
+        counted = cli("claude-db", "query", "SELECT count(*) AS n FROM t", "--csv", cwd=workdir)
+        assert counted.stdout == "n\n50000\n", counted
