@@ -299,7 +299,7 @@ def test_ctrl_c_in_psql_cancels_the_query_not_the_client(
             return bool(row and row[0])
 
     try:
-        read_until(b"=#")
+        read_until(b"appdb=>")  # the prompt of a role that is no superuser
         os.write(terminal, b"select pg_sleep(600);\n")
         wait_for("the query to run", sleeping)
         os.write(terminal, b"\x03")  # Ctrl-C

@@ -200,8 +200,12 @@ def test_a_port_taken_while_stopped_moves_the_session(cli: Cli, tmp_path: Path) 
             squatter.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # past TIME_WAIT
             squatter.bind(("127.0.0.1", old_port))
             squatter.listen()
+            # a stopped session's commands say so, without knocking at its old port
+            stopped = cli("claude-db", "query", "SELECT 1", cwd=workdir)
+            assert_one_line_error(stopped, ExitCode.NOT_RUNNING)
             attach = cli("claude-session", "attach", "iso-port", "--no-shell", cwd=workdir)
             assert attach.code == 0, attach
+            assert "updated DATABASE_URL" in attach.stderr, attach
             new_port = _runtime_state("iso-port")["port"]
             assert new_port != old_port
             env = read_env(workdir)
@@ -283,3 +287,63 @@ def test_a_mariadb_sessions_sql_reaches_no_file_outside_its_server(
         pid = _runtime_state("iso-maria")["pid"]
         environ = Path(f"/proc/{pid}/environ").read_bytes()
         assert b"s3cret-maria" not in environ
+
+
+def test_the_admin_roles_name_is_not_a_session_user(cli: Cli, tmp_path: Path) -> None:
+    workdir = tmp_path / "w"
+    workdir.mkdir()
+    result = cli("claude-session", "start", "iso-admin", cwd=workdir,
+                 env={"CLAUDE_DB_USER": "claude_admin"})
+    assert_one_line_error(result, ExitCode.USAGE)
+    assert "CLAUDE_DB_USER" in result.stderr
+    assert json.loads(cli("claude-session", "list", "--json").stdout) == []
+    assert not (workdir / ".env").exists()
+
+
+def _autovacuum_workers(server_pid: int) -> list[int]:
+    """The session server's autovacuum workers (its children named so)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            status = (entry / "status").read_text()
+            command = (entry / "cmdline").read_bytes()
+        except OSError:
+            continue
+        parent = next(line.split()[1] for line in status.splitlines() if line.startswith("PPid:"))
+        if int(parent) == server_pid and command.startswith(b"postgres: autovacuum worker"):
+            found.append(int(entry.name))
+    return found
+
+
+def test_snapshots_and_reset_work_while_autovacuum_runs(cli: Cli, tmp_path: Path) -> None:
+    """The owner may not end autovacuum workers (they have no role): ending "every other
+    backend" before a snapshot failed with "must be a superuser to terminate superuser
+    process" while one ran; CREATE DATABASE and DROP DATABASE end them by themselves."""
+    from safety_support import wait_for
+
+    workdir = tmp_path / "w"
+    with _session(cli, "iso-vacuum", workdir):
+        conf = Path(_runtime_state("iso-vacuum")["datadir"]) / "postgresql.conf"
+        with open(conf, "a") as out:
+            out.write("autovacuum_naptime = 1\n")  # a worker comes within a second or so
+        assert cli("claude-session", "stop", "iso-vacuum", cwd=workdir).code == 0
+        assert cli("claude-session", "attach", "iso-vacuum", "--no-shell", cwd=workdir).code == 0
+        slow = ("autovacuum_vacuum_cost_delay = 100, autovacuum_vacuum_cost_limit = 1, "
+                "autovacuum_vacuum_threshold = 0, autovacuum_vacuum_scale_factor = 0")
+        made = cli("claude-db", "query",
+                   f"CREATE TABLE t (x int) WITH ({slow}); "
+                   "INSERT INTO t SELECT generate_series(1, 100000); DELETE FROM t WHERE x % 2 = 0",
+                   cwd=workdir)
+        assert made.code == 0, made
+        server = _runtime_state("iso-vacuum")["pid"]
+        wait_for("an autovacuum worker", lambda: _autovacuum_workers(server))
+        saved = cli("claude-db", "snapshot", "save", "during-vacuum", cwd=workdir)
+        assert saved.code == 0, saved
+        reset = cli("claude-db", "reset", "--yes", cwd=workdir)
+        assert reset.code == 0, reset
+        restored = cli("claude-db", "snapshot", "restore", "during-vacuum", "--yes", cwd=workdir)
+        assert restored.code == 0, restored
+        counted = cli("claude-db", "query", "SELECT count(*) AS n FROM t", "--csv", cwd=workdir)
+        assert counted.stdout == "n\n50000\n", counted

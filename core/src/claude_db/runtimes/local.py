@@ -72,7 +72,9 @@ class LocalRuntime(Runtime):
             run_checked(
                 ["cp", "-a", "--reflink=auto", str(template), str(datadir)], what="copy cluster"
             )
-        _chown_tree(datadir, run_as)  # the template is root's: the copy is the server's own
+        # the template and its spare are root's (a server could change a spare of its own
+        # before the next session claims it): only the session's copy is the server's
+        _chown_tree(datadir, run_as)
         socket_dir = _socket_dir(server_dir, run_as)
         session.runtime_state = {
             "port": free_port(),

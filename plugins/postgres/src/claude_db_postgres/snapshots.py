@@ -295,9 +295,11 @@ def _with_clients_ended(conn: Any, database: str, step: Any) -> None:
         print(f"ending {others} other connection{'s' if others > 1 else ''} to {database}",
               file=sys.stderr)
     for _ in range(COPY_ATTEMPTS):
+        # only backends of roles we may end: a database's owner that is no superuser may
+        # not end autovacuum workers (no role), which the statement ends by itself
         conn.execute(
             "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
-            "WHERE datname = %s AND pid <> pg_backend_pid()",
+            "WHERE datname = %s AND pid <> pg_backend_pid() AND pg_has_role(usesysid, 'MEMBER')",
             [database],
         )
         try:
