@@ -73,6 +73,21 @@ def test_another_owner_s_container_of_the_session_s_name_is_left_alone(
     assert resources(name)["volumes"] == []  # ours went with the session
 
 
+def test_start_refuses_a_name_another_owner_s_container_has(
+    cli: Cli, new_name: Callable[[], str], others: list[str]
+) -> None:
+    name = new_name()
+    others.append(f"{name}-db")
+    docker("create", "--name", f"{name}-db", "-v", "/data", DB_IMAGE, "sleep", "infinity")
+    theirs, their_volumes = inspect(f"{name}-db")["Id"], volumes_of(f"{name}-db")
+    refused = cli("claude-session", "start", name, "--publish")
+    assert_one_line_error(refused, 1)
+    assert f"container named '{name}-db'" in refused.stderr, refused
+    assert inspect(f"{name}-db")["Id"] == theirs and volumes_of(f"{name}-db") == their_volumes
+    assert resources(name) == {"containers": [f"{name}-db"], "networks": [], "volumes": []}
+    assert name not in cli("claude-session", "list").stdout
+
+
 def test_a_volume_of_the_session_s_name_that_is_not_ours_is_never_used(
     cli: Cli, new_name: Callable[[], str], others: list[str]
 ) -> None:

@@ -75,6 +75,11 @@ def test_psql_runs_beside_the_database_with_the_user_s_files(
     assert loaded.code == 0 and "COPY 2" in loaded.stdout, loaded
     written = cli("claude-db", "psql", "-XAt", "-o", "result.txt", "-c", "SELECT sum(v) FROM n")
     assert written.code == 0 and (workdir / "result.txt").read_text() == "15\n", written
+    # a directory mounted at its own path must not hide the image's programs
+    for where, argv in ((workdir, ("-f", "/etc/hostname")), (Path("/"), ("-c", "SELECT 1"))):
+        refused = cli("claude-db", "psql", "--session", name, *argv, cwd=where)
+        assert_one_line_error(refused, 2)
+        assert "where it would hide the image's" in refused.stderr, refused
 
 
 def test_export_reset_import_round_trip(
