@@ -14,13 +14,16 @@ each path runs through the CLI as a user runs it, and the database's fingerprint
   file's content), then ``undo``.
 
 By default one corpus item per engine (and the feature files) run; the other corpus items
-are ``slow``. Known defects are strict xfails naming their item of issue 14, so each case
+are ``slow``. The paths of one item share its two sessions (local, docker): each test
+begins with ``reset``. Known defects are strict xfails naming their item of issue 14, so each case
 turns red the moment its fix lands, to be unmarked then.
 """
 
 from __future__ import annotations
 
 import itertools
+import os
+import subprocess
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -29,7 +32,7 @@ from pathlib import Path
 import pytest
 
 from claude_db.envfile import read_env
-from conftest import Cli
+from conftest import BIN, Cli
 from docker_support import DB_IMAGE, remove_everything
 from fidelity import features, mysql, postgres
 from fidelity.corpus import CORPUS, CorpusUnavailable
@@ -144,12 +147,15 @@ def _cases() -> Iterator[object]:
 
 @dataclass
 class Session:
-    cli: Cli
-    workdir: Path
+    name: str
+    runtime: str
     engine: str
+    workdir: Path  # where `claude-session start` ran: its .env names the session
+    cli: Cli
 
-    def run(self, *argv: str, input: bytes | None = None) -> None:
-        result = self.cli(*argv, input=input, timeout=600)
+    def run(self, *argv: str, input: bytes | None = None,
+            env: dict[str, str] | None = None) -> None:
+        result = self.cli(*argv, cwd=self.workdir, input=input, env=env, timeout=600)
         assert result.code == 0, result
 
     def fingerprint(self) -> Fingerprint:
@@ -167,23 +173,49 @@ class Session:
                      input=sql.read_bytes())
 
 
+def _delete(session: Session, state_root: Path) -> None:
+    # also at the module's end, when the test's environment (isolated_env) is gone
+    subprocess.run([str(BIN / "claude-session"), "delete", session.name, "--yes"],
+                   cwd=session.workdir, env={**os.environ, "CLAUDE_DB_STATE_DIR": str(state_root)},
+                   capture_output=True, stdin=subprocess.DEVNULL, timeout=300)
+    if session.runtime == "docker":
+        remove_everything(session.name)
+
+
+@pytest.fixture(scope="module")
+def running(state_root: Path) -> Iterator[dict[tuple[str, str], Session]]:
+    """The sessions of the item under test, one per runtime: the paths of an item share
+    them (each test starts with `reset`), a new item's first test deletes them."""
+    sessions: dict[tuple[str, str], Session] = {}
+    yield sessions
+    for session in sessions.values():
+        _delete(session, state_root)
+
+
 @pytest.fixture
-def session(request: pytest.FixtureRequest, cli: Cli, workdir: Path) -> Iterator[Session]:
+def session(request: pytest.FixtureRequest, cli: Cli, state_root: Path,
+            tmp_path_factory: pytest.TempPathFactory,
+            running: dict[tuple[str, str], Session]) -> Session:
     item, runtime = request.node.callspec.params["item"], request.node.callspec.params["runtime"]
-    name = f"fid-{uuid.uuid4().hex[:10]}"
-    env = {}
     if runtime == "docker":
         request.getfixturevalue("docker_daemon")
-        env["CLAUDE_DB_IMAGE"] = DB_IMAGE if item.engine == "postgres" else MARIADB_IMAGE
-    started = cli("claude-session", "start", name, "--db", item.engine, "--runtime", runtime,
-                  env=env)
-    assert started.code == 0, started
-    try:
-        yield Session(cli, workdir, item.engine)
-    finally:
-        cli("claude-session", "delete", name, "--yes")
-        if runtime == "docker":
-            remove_everything(name)
+    found = running.get((item.name, runtime))
+    if found is None:
+        for key in [key for key in running if key[0] != item.name]:
+            _delete(running.pop(key), state_root)
+        found = Session(f"fid-{uuid.uuid4().hex[:10]}", runtime, item.engine,
+                        tmp_path_factory.mktemp(f"fidelity-{item.name}-{runtime}"), cli)
+        image = {"CLAUDE_DB_IMAGE": DB_IMAGE if item.engine == "postgres" else MARIADB_IMAGE}
+        started = cli("claude-session", "start", found.name, "--db", item.engine,
+                      "--runtime", runtime, cwd=found.workdir,
+                      env=image if runtime == "docker" else None)
+        assert started.code == 0, started
+        running[(item.name, runtime)] = found
+    else:
+        found.cli = cli
+        # the harness's own clean-up: no automatic snapshot of it
+        found.run("claude-db", "reset", "--yes", env={"CLAUDE_DB_AUTO_SNAPSHOTS": "0"})
+    return found
 
 
 def _without_clock(fingerprint: Fingerprint, tables: tuple[str, ...]) -> Fingerprint:

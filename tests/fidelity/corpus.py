@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import gzip
 import hashlib
+import inspect
 import os
 import re
 import shutil
@@ -169,8 +170,11 @@ def fetch(package: DebianPackage, cache: Path) -> Path:
     debs = cache / "debs"
     debs.mkdir(parents=True, exist_ok=True)
     os.chmod(debs, 0o755)  # apt's _apt user downloads into it when we are root
-    proc = subprocess.run(["apt-get", "download", package.spec], cwd=debs, capture_output=True,
-                          text=True, stdin=subprocess.DEVNULL, timeout=600)
+    proc = _download(package, debs)
+    if proc.returncode != 0 and os.geteuid() == 0:  # a new machine: apt has no lists yet
+        subprocess.run(["apt-get", "update", "-qq"], capture_output=True,
+                       stdin=subprocess.DEVNULL, timeout=600)
+        proc = _download(package, debs)
     found = sorted(debs.glob(f"{package.name}_*.deb"))
     if proc.returncode != 0 or not found:
         raise CorpusUnavailable(
@@ -187,10 +191,19 @@ def fetch(package: DebianPackage, cache: Path) -> Path:
     partial = Path(tempfile.mkdtemp(prefix="unpacking-", dir=cache))
     subprocess.run(["dpkg-deb", "-x", str(deb), str(partial)], check=True, timeout=600)
     (partial / ".complete").touch()
-    shutil.rmtree(unpacked, ignore_errors=True)
     unpacked.parent.mkdir(parents=True, exist_ok=True)
-    partial.rename(unpacked)
+    try:
+        partial.rename(unpacked)
+    except OSError:  # another run unpacked it meanwhile
+        shutil.rmtree(partial)
+        if not (unpacked / ".complete").exists():
+            raise
     return unpacked
+
+
+def _download(package: DebianPackage, directory: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(["apt-get", "download", package.spec], cwd=directory,
+                          capture_output=True, text=True, stdin=subprocess.DEVNULL, timeout=600)
 
 
 def _version_in(deb: Path) -> str:
@@ -199,7 +212,10 @@ def _version_in(deb: Path) -> str:
 
 def build(corpus_item: CorpusItem, cache: Path) -> Path:
     """Concatenate the item's files (in load order, edited) into one SQL file."""
-    target = cache / "sql" / f"{corpus_item.name}.sql"
+    # named by its recipe: a changed recipe builds anew
+    recipe = repr((corpus_item.packages, corpus_item.files, inspect.getsource(corpus_item.edit)))
+    digest = hashlib.sha256(recipe.encode()).hexdigest()[:12]
+    target = cache / "sql" / f"{corpus_item.name}-{digest}.sql"
     if target.exists():
         return target
     roots = [fetch(package, cache) for package in corpus_item.packages]
@@ -212,7 +228,7 @@ def build(corpus_item: CorpusItem, cache: Path) -> Path:
         parts.append(data.decode())
     text = corpus_item.edit("\n".join(parts), roots)
     target.parent.mkdir(parents=True, exist_ok=True)
-    partial = target.with_suffix(".partial")
+    partial = target.with_name(f"{target.name}.{os.getpid()}.partial")
     partial.write_text(text)
     partial.rename(target)
     return target
