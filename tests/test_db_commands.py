@@ -482,9 +482,11 @@ def test_a_query_may_start_with_a_dash_and_a_socket_url_is_taken(
 ) -> None:
     shown = cli("claude-db", "query", "-- a note first\nselect 7 as n", "--csv")
     assert shown.code == 0 and shown.stdout == "n\n7\n", shown
-    found = cli("claude-db", "query", "show unix_socket_directories", "--csv")
-    socket_dir = found.stdout.splitlines()[1].split(",")[0].strip()
-    assert socket_dir.startswith("/"), found
+    # the session's role is no superuser (it may not read the setting): its record says it
+    record = Path(os.environ["CLAUDE_DB_STATE_DIR"], "sessions", session["CLAUDE_SESSION"],
+                  "session.json")
+    socket_dir = json.loads(record.read_text())["runtime_state"]["socket_dir"]
+    assert socket_dir.startswith("/"), record
     user, port, name = session["DB_USER"], session["DB_PORT"], session["DB_NAME"]
     password = session["DB_PASSWORD"]
     encoded = socket_dir.replace("/", "%2F")

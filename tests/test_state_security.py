@@ -404,3 +404,27 @@ def test_verbose_shows_the_traceback_and_keeps_the_exit_code(
         "(see claude-session list)"
     bad = cli("claude-session", "start", "Bad_Name", *how, env=env)
     assert bad.code == 2 and "Traceback" in bad.stderr, bad
+
+
+@pytest.mark.parametrize("victim_in_tmp", [True, False], ids=["tmp lookalike", "elsewhere"])
+def test_delete_never_follows_a_socket_link_the_server_user_changed(
+    cli: Cli, workdir: Path, victim_in_tmp: bool
+) -> None:
+    """``server/run`` is the server user's (it owns ``server/``): pointed at a directory
+    of root's, ``delete`` (run by root) must leave that directory alone."""
+    assert cli("claude-session", "start", "relinked").code == 0
+    server = Path(os.environ["CLAUDE_DB_STATE_DIR"], "sessions", "relinked", "server")
+    assert cli("claude-session", "stop", "relinked").code == 0
+    parent = Path("/tmp") if victim_in_tmp else workdir
+    victim = Path(tempfile.mkdtemp(prefix="claude-db-" if victim_in_tmp else "victim-",
+                                   dir=parent))
+    (victim / "precious").write_text("root's")
+    try:
+        run = server / "run"
+        shutil.rmtree(run) if run.is_dir() and not run.is_symlink() else run.unlink()
+        run.symlink_to(victim)  # as the server's user could
+        result = cli("claude-session", "delete", "relinked", "--yes")
+        assert result.code == 0, result
+        assert (victim / "precious").read_text() == "root's"
+    finally:
+        shutil.rmtree(victim, ignore_errors=True)

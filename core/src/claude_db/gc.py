@@ -42,6 +42,7 @@ from claude_db.errors import ClaudeDbError
 from claude_db.lifecycle import STARTING_MARKER
 from claude_db.locks import LOCKS_DIR, lock_for, try_hold
 from claude_db.processes import is_running, process_identity, process_started_at
+from claude_db.runtimes.local import remove_socket_dir
 from claude_db.session import NAME_PATTERN, Session
 from claude_db.statedir import UnsafeStateError, unsafe
 
@@ -53,7 +54,6 @@ if TYPE_CHECKING:
 STATE_LABEL = "claude-db.state"
 SESSION_LABEL = "claude-db.session"
 STOP_WAIT = 5.0  # seconds a stray server gets to exit after SIGTERM before SIGKILL
-SOCKET_DIR_PREFIX = "/tmp/claude-db-"  # the local runtime's socket directories outside
 
 
 @dataclass
@@ -377,24 +377,8 @@ def _abandon_start(app: App, name: str) -> None:
 
 
 def _remove_session_dir(directory: Path) -> None:
-    socket_dir = _socket_dir_outside(directory / "server")
-    if socket_dir is not None:
-        shutil.rmtree(socket_dir)
+    remove_socket_dir(directory / "server")  # the local runtime's, when it is in /tmp
     shutil.rmtree(directory)
-
-
-def _socket_dir_outside(server: Path) -> Path | None:
-    """The local runtime's socket directory in /tmp that ``server/run`` links to, if it
-    is one: a directory of the server's own user (the link is that user's to change:
-    what it leads to must be nothing that user could not remove itself)."""
-    try:
-        target = Path(os.readlink(server / "run"))
-        info, owner = target.lstat(), server.lstat().st_uid
-    except OSError:
-        return None
-    ours = (str(target).startswith(SOCKET_DIR_PREFIX) and target.parent == Path("/tmp")
-            and stat.S_ISDIR(info.st_mode) and info.st_uid == owner)
-    return target if ours else None
 
 
 def _remove_docker(kind: str, resource: Any) -> None:

@@ -283,7 +283,7 @@ def replace_from(app: App, target: Target, source: str, database: str | None) ->
     """``claude-db import --replace``: snapshot, empty the database, import; all or nothing.
 
     If the import fails the snapshot is restored, so the database is as it was. The caller
-    has checked the source (``check_source``) and that the server runs, before asking.
+    has checked the source (``database.check_source``) and that the server runs, before asking.
     """
     from claude_db.database import import_from
 
@@ -315,12 +315,6 @@ def replace_from(app: App, target: Target, source: str, database: str | None) ->
         if snapshot is not None:  # only now: a failed command leaves every snapshot there
             _prune(app, target, store, keep=snapshot)
         return snapshot
-
-
-def check_source(source: str) -> None:
-    if source != "-" and not Path(source).is_file():
-        what = "is a directory" if Path(source).is_dir() else "does not exist"
-        raise UsageError(f"{source} {what}: give a .sql or .sql.gz file, or - for stdin")
 
 
 def unfinished(root: Path) -> list[Path]:

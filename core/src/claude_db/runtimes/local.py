@@ -40,6 +40,7 @@ from claude_db.runtime import Runtime, Status
 from claude_db.session import Session, SessionStore
 
 SOCKET_PATH_MAX = 100  # sun_path is 108 bytes; leave room for the socket's own file name
+SOCKET_DIR_PREFIX = "claude-db-"  # socket directories in /tmp (long state paths)
 LOG_TAIL_LINES = 5
 SPARE_SUFFIX = ".spare"  # a ready copy of a template, beside it, for the next session
 SERVER_PATH = "/usr/local/bin:/usr/bin:/bin"
@@ -329,7 +330,7 @@ def _socket_dir(server_dir: Path, run_as: RunAs) -> Path:
         os.chmod(run, 0o700)  # inside our own state dir: made private again if it was not
         _chown(run, run_as)
         return run
-    made = Path(tempfile.mkdtemp(prefix="claude-db-", dir="/tmp"))  # mode 0700
+    made = Path(tempfile.mkdtemp(prefix=SOCKET_DIR_PREFIX, dir="/tmp"))  # mode 0700
     _chown(made, run_as)
     with contextlib.suppress(FileNotFoundError):
         run.unlink()  # the link to a directory that is gone
@@ -348,15 +349,25 @@ def _private_dir(path: Path, run_as: RunAs) -> bool:
 
 
 def remove_socket_dir(server_dir: Path, recorded: str | None = None) -> None:
-    """Remove a session's socket directories outside ``server_dir``: the one ``recorded``
-    in its runtime state and the one its ``server/run`` links to (see :func:`_socket_dir`)."""
-    link = server_dir / "run"
+    """Remove a session's socket directory outside ``server_dir`` (see :func:`_socket_dir`):
+    the one ``recorded`` in its runtime state and the one ``server/run`` links to.
+
+    The link and the directory are the server user's to change, so a path is only removed
+    if it is what we made: a real directory ``/tmp/claude-db-*`` of ``server_dir``'s owner
+    (nothing that user could not remove itself)."""
     found = {recorded} if recorded else set()
     with contextlib.suppress(OSError):
-        found.add(os.readlink(link))
-    for path in found:
-        if not path.startswith(f"{server_dir}/"):
-            shutil.rmtree(path, ignore_errors=True)  # never follows a link
+        found.add(os.readlink(server_dir / "run"))
+    try:
+        owner = server_dir.lstat().st_uid
+    except OSError:
+        return
+    for path in map(Path, found):
+        if path.parent == Path("/tmp") and path.name.startswith(SOCKET_DIR_PREFIX):
+            with contextlib.suppress(OSError):
+                info = path.lstat()
+                if stat.S_ISDIR(info.st_mode) and info.st_uid == owner:
+                    shutil.rmtree(path, ignore_errors=True)  # never follows a link
 
 
 def free_port() -> int:
