@@ -91,6 +91,25 @@ def test_gc_removes_what_a_killed_start_left(cli: Cli, state: Path, tmp_path: Pa
     assert leftovers(state, [live_port, port]) == NOTHING_LEFT
 
 
+def test_a_start_killed_after_writing_env_leaves_no_keys_behind(
+    cli: Cli, state: Path, workdir: Path
+) -> None:
+    """Killed between writing ``.env`` and finishing: ``list`` says unfinished (not
+    running), and gc takes the session's block out of ``.env``, the user's line back."""
+    (workdir / ".env").write_text("DATABASE_URL=postgresql://mine@db.example/prod\n")
+    killed = cli("claude-session", "start", "gc-late",
+                 env={"CLAUDE_DB_TEST_KILL_AT": "dotenv-written"})
+    assert killed.code == -signal.SIGKILL, killed
+    assert "CLAUDE_SESSION=gc-late" in (workdir / ".env").read_text()
+    [shown] = json.loads(cli("claude-session", "list", "--json").stdout)
+    assert (shown["name"], shown["status"]) == ("gc-late", "unfinished"), shown
+    port = session_json(state, "gc-late")["runtime_state"]["port"]
+    swept = cli("claude-session", "gc")
+    assert swept.code == 0, swept
+    assert (workdir / ".env").read_text() == "DATABASE_URL=postgresql://mine@db.example/prod\n"
+    assert leftovers(state, [port]) == NOTHING_LEFT
+
+
 def test_gc_removes_lost_directories_locks_and_half_made_snapshots(
     cli: Cli, state: Path, tmp_path: Path
 ) -> None:

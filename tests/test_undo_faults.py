@@ -168,7 +168,9 @@ def test_one_history_for_host_and_a_recreated_container(
     for container in ("first", "re-created"):
         elsewhere = tmp_path / container
         elsewhere.mkdir()
-        inside = {"DATABASE_URL": url, "CLAUDE_DB_STATE_DIR": str(elsewhere / "state")}
+        # a session container's environment: its own URL and session, and no state of it
+        inside = {"DATABASE_URL": url, "CLAUDE_SESSION": session,
+                  "CLAUDE_DB_STATE_DIR": str(elsewhere / "state")}
         seen = cli("claude-db", "snapshot", "list", "--json", cwd=elsewhere, env=inside)
         assert seen.code == 0, seen
         assert [s["reason"] for s in json.loads(seen.stdout)] == ["reset"]

@@ -366,12 +366,13 @@ def _stop_process(pid: int, identity: str) -> None:
 
 def _abandon_start(app: App, name: str) -> None:
     """Delete a session whose start died half-way (its lock is held by the sweep)."""
-    from claude_db.lifecycle import parts
+    from claude_db.lifecycle import parts, remove_session_env
 
     session = app.store.load(name)
     if session.has_database:
         engine, runtime = parts(app, session)
         runtime.delete(session, engine, keep_data=False)
+    remove_session_env(app, session)  # a start killed late had written it already
     _remove_session_dir(app.store.directory(name))
     app.store.release(name)
 

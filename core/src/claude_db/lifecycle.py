@@ -21,6 +21,7 @@ from claude_db.envfile import (
     write_env,
 )
 from claude_db.errors import ClaudeDbError, SessionExistsError, UsageError
+from claude_db.faults import checkpoint
 from claude_db.processes import signals_held
 from claude_db.readiness import wait_until_ready
 from claude_db.runtime import Runtime
@@ -125,6 +126,7 @@ def _create(
         if write_dotenv:
             notes += write_env(workdir, session_env(app, session, for_dotenv=True),
                                _owner(app, session))
+            checkpoint("dotenv-written")
         starting.unlink()
         return notes
     except BaseException:
@@ -319,11 +321,17 @@ def delete_session(app: App, name: str, *, keep_data: bool = False) -> tuple[Ses
             runtime.delete(session, engine, keep_data=keep_data)
             if kept := session.runtime_state.get("kept_data"):
                 notes.append(f"kept the data of {name!r} in {kept}")
-        if remove_env(Path(session.workdir), _owner(app, session)):
+        if remove_session_env(app, session):
             notes.append(f"removed the session's variables from {Path(session.workdir) / '.env'}")
         store.release(name)
     app.plugins.hook.session_deleted(session=session)
     return session, notes
+
+
+def remove_session_env(app: App, session: Session) -> bool:
+    """Take the session's block out of its ``.env`` (the user's own lines come back), if
+    the block is this session's of this state directory."""
+    return remove_env(Path(session.workdir), _owner(app, session))
 
 
 def parts(app: App, session: Session) -> tuple[Engine, Runtime]:

@@ -29,7 +29,6 @@ import json
 import os
 import re
 import shutil
-import signal
 import sys
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -39,6 +38,7 @@ from typing import TYPE_CHECKING, Any
 
 from claude_db.engine import Engine
 from claude_db.errors import ClaudeDbError, PartlyAppliedError, UsageError
+from claude_db.faults import checkpoint
 from claude_db.locks import hold, lock_for
 from claude_db.processes import signals_held
 
@@ -59,8 +59,6 @@ NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 RESET, IMPORT, RESTORE, UNDO = "reset", "import", "restore", "undo"
 #: the reason of a snapshot the server holds without a record (a save cut short elsewhere)
 UNRECORDED = "unrecorded"
-#: test hook: the name of a step (see :func:`checkpoint`) at which the process kills itself
-KILL_AT = "CLAUDE_DB_TEST_KILL_AT"
 
 
 class SnapshotNotFoundError(UsageError):
@@ -115,13 +113,6 @@ def validate_snapshot_name(name: str) -> str:
             "starting with a letter or digit"
         )
     return name
-
-
-def checkpoint(step: str) -> None:
-    """Test hook: with CLAUDE_DB_TEST_KILL_AT=<step> the process dies here, as by SIGKILL
-    (the OOM killer, a cancelled CI job), to test that every step can be recovered from."""
-    if os.environ.get(KILL_AT) == step:
-        os.kill(os.getpid(), signal.SIGKILL)
 
 
 class SnapshotStore:

@@ -37,7 +37,8 @@ from typing import Any
 
 from claude_db import Endpoint, Tools
 from claude_db.errors import ClaudeDbError
-from claude_db.snapshots import META, checkpoint
+from claude_db.faults import checkpoint
+from claude_db.snapshots import META
 
 PREFIX = "claude_snapshot_"
 RECORD = "postgres.json"  # in the snapshot's directory: {"template": <its database>}

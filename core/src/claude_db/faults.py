@@ -1,0 +1,19 @@
+"""A test hook for the kill-at-every-step tests: the process dies at a named step.
+
+With ``CLAUDE_DB_TEST_KILL_AT=<step>`` set, :func:`checkpoint` ``(step)`` kills the
+process with SIGKILL, as the OOM killer or a cancelled CI job would, so that the tests
+can check that every side effect of every command can be recovered from.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+
+KILL_AT = "CLAUDE_DB_TEST_KILL_AT"
+
+
+def checkpoint(step: str) -> None:
+    """Die here (SIGKILL) if the test hook names ``step``."""
+    if os.environ.get(KILL_AT) == step:
+        os.kill(os.getpid(), signal.SIGKILL)
