@@ -62,6 +62,13 @@ def attacker() -> str:
     return ATTACKER
 
 
+def own_dir(tmp_path: Path, name: str) -> str:
+    """A work directory of its own (a directory holds one session's .env)."""
+    path = tmp_path / name
+    path.mkdir(exist_ok=True)
+    return str(path)
+
+
 def as_attacker(*argv: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(["runuser", "-u", ATTACKER, "--", *argv], capture_output=True,
                           text=True, timeout=60, stdin=subprocess.DEVNULL)
@@ -98,7 +105,7 @@ def attackers_processes(marker: str) -> list[int]:
 
 
 def test_a_process_naming_dotdot_in_its_arguments_is_not_taken_for_a_server(
-    cli: Cli, state: Path, attacker: str
+    cli: Cli, state: Path, attacker: str, tmp_path: Path
 ) -> None:
     """Once, gc took any process with an argument under ``<state>/sessions/`` for a
     server, and the directory it named for the session's: ``..`` made that the whole
@@ -106,7 +113,8 @@ def test_a_process_naming_dotdot_in_its_arguments_is_not_taken_for_a_server(
     assert cli("claude-session", "start", "sec-live").code == 0
     assert cli("claude-db", "query", "CREATE TABLE keep AS SELECT 1 AS x",
                "--session", "sec-live").code == 0
-    assert cli("claude-session", "start", "sec-kept").code == 0
+    kept_dir = own_dir(tmp_path, "kept")
+    assert cli("claude-session", "start", "sec-kept", "--workdir", kept_dir).code == 0
     assert cli("claude-session", "delete", "sec-kept", "--yes", "--keep-data").code == 0
     kept = sorted((state / "kept").iterdir())
     bait = f"{state}/sessions/../x"
@@ -122,7 +130,8 @@ def test_a_process_naming_dotdot_in_its_arguments_is_not_taken_for_a_server(
 
         planned = cli("claude-session", "gc", "--dry-run", "--json")
         assert planned.code == 0 and json.loads(planned.stdout) == [], planned
-        started = cli("claude-session", "start", "sec-next")  # its cheap sweep
+        started = cli("claude-session", "start", "sec-next",  # its cheap sweep
+                      "--workdir", own_dir(tmp_path, "next"))
         assert started.code == 0 and "leftovers" not in started.stderr, started
         swept = cli("claude-session", "gc", "--json")
         assert swept.code == 0 and json.loads(swept.stdout) == [], swept
@@ -321,9 +330,12 @@ def _line_within(stream: IO[str], seconds: float) -> str:
 # -- 12.20: an unreadable session.json breaks only its own session -----------------------------
 
 
-def test_a_truncated_session_record_breaks_only_its_session(cli: Cli, state: Path) -> None:
+def test_a_truncated_session_record_breaks_only_its_session(
+    cli: Cli, state: Path, tmp_path: Path
+) -> None:
     assert cli("claude-session", "start", "sec-ok").code == 0
-    assert cli("claude-session", "start", "sec-cut").code == 0
+    cut_dir = own_dir(tmp_path, "cut")
+    assert cli("claude-session", "start", "sec-cut", "--workdir", cut_dir).code == 0
     record_path = state / "sessions" / "sec-cut" / "session.json"
     record = json.loads(record_path.read_text())["runtime_state"]
     record_path.write_text(record_path.read_text()[:40])
@@ -428,3 +440,46 @@ def test_delete_never_follows_a_socket_link_the_server_user_changed(
         assert (victim / "precious").read_text() == "root's"
     finally:
         shutil.rmtree(victim, ignore_errors=True)
+
+
+def test_an_env_another_user_planted_above_the_work_directory_names_nothing(
+    cli: Cli, attacker: str, tmp_path: Path
+) -> None:
+    """``.env`` is looked for up the tree: one another user put in a directory everybody
+    may write (``/tmp``) must not choose the database of whoever works below it."""
+    own = tmp_path / "own"  # the victim's session works elsewhere
+    own.mkdir()
+    assert cli("claude-session", "start", "planted-victim", "--workdir", str(own)).code == 0
+    try:
+        shared = tmp_path / "shared"
+        shared.mkdir()
+        os.chmod(shared, 0o1777)  # as /tmp
+        planted = shared / ".env"
+        planted.write_text("CLAUDE_SESSION=planted-victim\n")
+        shutil.chown(planted, attacker, attacker)
+        work = shared / "project"
+        work.mkdir()
+        result = cli("claude-db", "reset", "--yes", cwd=work)
+        assert_one_line_error(result, 3)  # no session here: the planted file names nothing
+        assert "planted-victim" not in result.stderr
+    finally:
+        cli("claude-session", "delete", "planted-victim", "--yes")
+
+
+def test_root_never_writes_the_server_log_through_a_link(cli: Cli, workdir: Path) -> None:
+    """``server/`` is the server user's, who could put a link to a file of root's where
+    the log goes: the next start refuses it, the file stays as it was."""
+    assert cli("claude-session", "start", "loglink").code == 0
+    log = Path(os.environ["CLAUDE_DB_STATE_DIR"], "sessions", "loglink", "server",
+               "server.log")
+    assert cli("claude-session", "stop", "loglink").code == 0
+    victim = workdir.parent / "roots-file"
+    victim.write_text("root's\n")
+    log.unlink()
+    log.symlink_to(victim)  # as the server's user could
+    try:
+        result = cli("claude-session", "attach", "loglink", "--no-shell")
+        assert_one_line_error(result, 1)
+        assert victim.read_text() == "root's\n"
+    finally:
+        cli("claude-session", "delete", "loglink", "--yes")

@@ -324,8 +324,8 @@ def import_from(
     check_source(source)
     target.require_running()
     tools = target.tools(database)
-    # the script's \i, \ir and \copy find files beside it, as with psql -f FILE
-    tools.workdir = Path(os.path.abspath(source)).parent if source != "-" else Path.cwd()
+    if source != "-":  # the script's \i, \ir and \copy find files beside it
+        tools.workdir = Path(os.path.abspath(source)).parent
     try:
         with _open_source(source) as chunks:
             target.engine.restore_with(tools, chunks, options)
@@ -343,13 +343,18 @@ def import_outside_a_transaction(
     from claude_db import snapshots
 
     check_source(source)
-    target.require_running()
-    taken = snapshots.before_destroying(app, target, database, snapshots.IMPORT)
-    if taken is None:
+    # refused before the snapshot: a refusal must not cost an undo point (nor record a
+    # command that took none)
+    if type(target.engine).restore_with is Engine.restore_with:
+        raise UsageError(f"import --no-transaction is not for {target.engine.name}")
+    if app.settings.auto_snapshots == 0:
         raise UsageError(
             "import --no-transaction needs the automatic snapshot it would put back on "
             "failure: CLAUDE_DB_AUTO_SNAPSHOTS is 0"
         )
+    target.require_running()
+    taken = snapshots.before_destroying(app, target, database, snapshots.IMPORT)
+    assert taken is not None  # automatic snapshots are on
     try:
         import_from(target, source, database, replace(options, transaction=False))
     except BaseException as exc:

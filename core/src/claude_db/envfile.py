@@ -24,6 +24,7 @@ import io
 import logging
 import os
 import re
+import stat
 import subprocess
 import tempfile
 from collections.abc import Mapping
@@ -167,13 +168,31 @@ def find_env(start: Path) -> tuple[Path, dict[str, str]] | None:
     passed by."""
     for directory in (start, *start.parents):
         path = directory / ".env"
+        if not _trusted(path):
+            continue
         try:
             values = _values(path)
-        except OSError:  # unreadable: someone else's
+        except (OSError, ValueError):  # unreadable, or not text: not one of ours
             continue
         if values.get(MARKER):
             return path, values
     return None
+
+
+def _trusted(path: Path) -> bool:
+    """Whether ``path`` is a ``.env`` to take a session from: a file (not a link) of ours,
+    root's, or its directory's owner's when nobody else may write that directory (a
+    ``.env`` another user planted in ``/tmp`` above the work directory names nothing)."""
+    try:
+        info = path.lstat()
+        if not stat.S_ISREG(info.st_mode):
+            return False
+        if info.st_uid in (os.geteuid(), 0):
+            return True
+        parent = path.parent.stat()
+    except OSError:
+        return False
+    return info.st_uid == parent.st_uid and not parent.st_mode & 0o022
 
 
 # -- the file ------------------------------------------------------------------------------
@@ -305,8 +324,9 @@ def _replace(path: Path, text: str) -> None:
         with os.fdopen(fd, "w", encoding="utf-8", errors="surrogateescape") as out:
             out.write(text)
             out.flush()
-            if previous is not None and os.geteuid() == 0:  # root keeps the owner's file theirs
-                os.fchown(out.fileno(), previous.st_uid, previous.st_gid)
+            if os.geteuid() == 0:  # root keeps the owner's file theirs (a new one: the
+                owner = previous or path.parent.stat()  # work directory's owner's)
+                os.fchown(out.fileno(), owner.st_uid, owner.st_gid)
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):

@@ -7,6 +7,7 @@ import contextlib
 import os
 import shutil
 import signal
+import stat
 import subprocess
 import threading
 from collections.abc import Iterator, Mapping, Sequence
@@ -50,15 +51,16 @@ def run_checked(
 
 
 def spawn_daemon(
-    argv: Sequence[str], *, log: Path, run_as: RunAs | None, cwd: Path, env: Mapping[str, str]
+    argv: Sequence[str], *, log: Path | None, run_as: RunAs | None, cwd: Path,
+    env: Mapping[str, str],
 ) -> int:
     """Start a long-running server detached from this process; return its pid.
 
     The child gets its own session so it outlives the CLI and ignores our
-    terminal's signals; its output goes to ``log``. ``env`` is its whole environment:
-    nothing of ours (tokens, passwords) is passed on unless named there.
+    terminal's signals; its output goes to ``log`` (None: nowhere). ``env`` is its whole
+    environment: nothing of ours (tokens, passwords) is passed on unless named there.
     """
-    with open(log, "ab") as out:
+    with open_log(log) if log else open(os.devnull, "wb") as out:
         proc = subprocess.Popen(
             list(argv),
             stdin=subprocess.DEVNULL,
@@ -71,6 +73,33 @@ def spawn_daemon(
             **_identity(run_as),
         )
     return proc.pid
+
+
+def open_log(path: Path) -> IO[bytes]:
+    """``path`` opened to append, never through a link and only if it is a plain file: it
+    lies in a directory the server's user owns, and we may be root (that user could put a
+    link to ``/etc/...`` there, or a FIFO that would block us)."""
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC
+                 | os.O_NONBLOCK, 0o600)
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise ClaudeDbError(f"{path} is not a plain file: refusing to write the server log")
+    return os.fdopen(fd, "ab")
+
+
+def read_log_tail(path: Path, size: int = 64 * 1024) -> str | None:
+    """The last ``size`` bytes of a log in a directory the server's user owns (no link, no
+    FIFO: see :func:`open_log`); None when there is no such file."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK)
+    except OSError:
+        return None
+    with os.fdopen(fd, "rb") as log:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            return None
+        log.seek(max(info.st_size - size, 0))
+        return log.read().decode(errors="replace")
 
 
 def _identity(run_as: RunAs | None) -> dict[str, Any]:

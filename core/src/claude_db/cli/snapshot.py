@@ -91,7 +91,7 @@ def delete(
 ) -> None:
     """Delete snapshot NAME."""
     app = get_app()
-    target = _target(session)
+    target = _target(session, destructive="delete a snapshot")
     snapshot = snapshots.delete(app, target, name)
     note(f"deleted snapshot {snapshot.name} of {target.name}")
 

@@ -125,7 +125,8 @@ class DockerTools(Tools):
         for name, value in self.labels.items():
             command += ["--label", f"{name}={value}"]
         for directory in _directories(workdir, argv[1:]):
-            command += ["--mount", f"type=bind,source={directory},target={directory}"]
+            command += ["--mount", ",".join(["type=bind", _csv(f"source={directory}"),
+                                             _csv(f"target={directory}")])]
         for name in env:
             command += ["-e", name]
         return [*command, self.image, *argv[1:]]
@@ -138,6 +139,11 @@ class DockerTools(Tools):
                 probe, stdin=subprocess.DEVNULL, capture_output=True
             ).returncode == 0
         return self._has[tool]
+
+
+def _csv(field: str) -> str:
+    """One field of ``--mount``'s value, which Docker reads as CSV (a path may hold ``,``)."""
+    return '"' + field.replace('"', '""') + '"' if any(c in field for c in ',"') else field
 
 
 def _directories(workdir: Path, args: Sequence[str]) -> list[Path]:

@@ -32,6 +32,7 @@ from claude_db.processes import (
     HostTools,
     is_running,
     process_identity,
+    read_log_tail,
     run_checked,
     spawn_daemon,
 )
@@ -246,7 +247,7 @@ def _prepare_spare(template: Path) -> None:
             "sh", "-c", script, "sh", str(template), str(building), str(spare)]
     with contextlib.suppress(OSError):
         spawn_daemon(
-            argv, log=Path(os.devnull), run_as=None, cwd=template.parent, env=server_env()
+            argv, log=None, run_as=None, cwd=template.parent, env=server_env()
         )
 
 
@@ -421,11 +422,10 @@ def _wait_until_reaped(pid: int, datadir: str, timeout: float) -> None:
 
 
 def log_tail(path: Path, lines: int = LOG_TAIL_LINES) -> str:
-    try:
-        text = path.read_text(errors="replace").strip().splitlines()
-    except FileNotFoundError:
+    text = read_log_tail(path)
+    if text is None:
         return "(no log)"
-    return " | ".join(text[-lines:]) or "(empty log)"
+    return " | ".join(text.strip().splitlines()[-lines:]) or "(empty log)"
 
 
 def state_summary(session: Session) -> dict[str, Any]:

@@ -49,10 +49,19 @@ class MariaDBLocalServer(LocalServer):
     stop_signal = signal.SIGTERM  # mariadbd shuts down cleanly on SIGTERM
 
     def bindir(self) -> Path:
-        return find_server().parent
+        return self.server().parent
 
     def version(self) -> str:
-        return server_version(find_server())
+        return server_version(self.server())
+
+    def server(self) -> Path:
+        """The server binary: the session's recorded one (``pinned_bindir``), else found."""
+        if self.pinned_bindir is not None:
+            for name in ("mariadbd", "mysqld"):
+                if (self.pinned_bindir / name).is_file():
+                    return self.pinned_bindir / name
+            return self.pinned_bindir / "mariadbd"  # gone: the runtime says what to do
+        return find_server()
 
     def init_template(self, datadir: Path, credentials: Credentials, run_as: RunAs) -> None:
         script = datadir.parent / "claude-db-init.sql"
@@ -73,7 +82,7 @@ class MariaDBLocalServer(LocalServer):
 
     def server_argv(self, datadir: Path, port: int, socket_dir: Path) -> list[str]:
         argv = [
-            str(find_server()), "--no-defaults",  # nothing from the host's my.cnf
+            str(self.server()), "--no-defaults",  # nothing from the host's my.cnf
             f"--datadir={datadir}", f"--port={port}", "--bind-address=127.0.0.1",
             f"--socket={socket_dir / SOCKET_NAME}", f"--pid-file={socket_dir / 'mariadbd.pid'}",
             "--skip-name-resolve", *THROWAWAY_OPTIONS,
@@ -147,12 +156,14 @@ def accounts_sql(credentials: Credentials) -> str:
 
 def write_private(path: Path, text: str, *, owner: Path) -> None:
     """Write ``text`` to ``path`` readable by the owner of ``owner`` only."""
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    # the directory is the server user's: never through a link it may have put there
+    path.unlink(missing_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
     with os.fdopen(fd, "w", encoding="utf-8") as out:
         out.write(text)
-    if os.geteuid() == 0:
-        info = owner.stat()
-        os.chown(path, info.st_uid, info.st_gid)
+        if os.geteuid() == 0:
+            info = owner.stat()
+            os.fchown(out.fileno(), info.st_uid, info.st_gid)
 
 
 @functools.cache
