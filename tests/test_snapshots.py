@@ -82,12 +82,12 @@ def test_reset_then_undo_gives_back_every_table_and_row(
     undone = cli("claude-db", "undo", "--session", session)
     assert undone.code == 0, undone
     assert fingerprint(cli, engine, session=session) == before
-    # undo again is harmless: it skips its own safety snapshot and restores the same data
+    # undo again is harmless: the reset is undone already, and what was done since stays
     again = cli("claude-db", "undo", "--session", session)
-    assert again.code == 0, again
+    assert again.code == 1 and "the last reset was undone already" in again.stderr, again
     assert fingerprint(cli, engine, session=session) == before
     kinds = [(s["automatic"], s["reason"]) for s in snapshots(cli, session)]
-    assert kinds == [(True, "reset"), (False, ""), (True, "undo"), (True, "undo")]
+    assert kinds == [(True, "reset"), (False, ""), (True, "undo")]
 
 
 @pytest.mark.parametrize("engine", EVERYWHERE)

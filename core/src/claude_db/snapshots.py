@@ -227,7 +227,7 @@ def find(app: App, target: Target, name: str | None) -> Snapshot:
 
 def _undo_candidate(store: SnapshotStore) -> Snapshot:
     """The snapshot taken before the last reset, import --replace or restore: snapshots
-    saved by name are not operations to undo, and undo's own are skipped (twice is harmless).
+    saved by name are not operations to undo, nor is one undone already (twice is harmless).
     A later such command that took no snapshot leaves nothing to undo, not an older one."""
     candidates = [s for s in store.all() if s.automatic and s.reason != UNDO and s.readable]
     unsnapshotted = _read_unsnapshotted(store)
@@ -240,6 +240,13 @@ def _undo_candidate(store: SnapshotStore) -> Snapshot:
         raise NothingToUndoError(
             "nothing to undo: no reset, import --replace or restore was made "
             "(claude-db snapshot list; claude-db snapshot restore NAME)"
+        )
+    undos = [s for s in store.all() if s.automatic and s.reason == UNDO and s.readable]
+    if undos and undos[-1].created_at > candidates[-1].created_at:
+        # undone already: restoring it again would throw away what was done since
+        raise NothingToUndoError(
+            f"nothing to undo: the last {candidates[-1].reason} was undone already "
+            f"(claude-db snapshot restore {undos[-1].name} goes back to before that undo)"
         )
     return candidates[-1]
 
