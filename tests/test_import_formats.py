@@ -304,3 +304,21 @@ def test_the_docker_runtime_imports_archives_and_tells_the_truth(
     result = cli("claude-db", "import", "--no-transaction", "concurrently.sql")
     assert result.code == 0, result
     assert _tables(cli) == ["t"]
+
+
+@pytest.mark.parametrize("ending", ["", "\n"], ids=["no final newline", "final newline"])
+def test_an_error_names_its_line_and_file(
+    cli: Cli, session: dict[str, str], workdir: Path, ending: str
+) -> None:
+    """The line psql would name: a last statement without ``;`` fails on its own line (not
+    on the one of the ``;`` claude-db adds); an error in an included file names that file."""
+    (workdir / "last.sql").write_text("select 1;\nselec 2" + ending)
+    failed = cli("claude-db", "import", "last.sql")
+    assert_one_line_error(failed, ExitCode.FAILED)
+    assert "line 2: syntax error" in failed.stderr, failed
+    (workdir / "inc").mkdir(exist_ok=True)
+    (workdir / "inc" / "child.sql").write_text("select 1;\nselect 2;\nselect 3;\nselec 4;\n")
+    (workdir / "parent.sql").write_text("select 0;\n\\ir inc/child.sql\n")
+    nested = cli("claude-db", "import", "parent.sql")
+    assert_one_line_error(nested, ExitCode.FAILED)
+    assert "line 4 of inc/child.sql: syntax error" in nested.stderr, nested

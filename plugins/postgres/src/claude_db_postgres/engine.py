@@ -168,9 +168,12 @@ class PostgresEngine(Engine):
             assert proc.stdin is not None
             _widen(proc.stdin)
             control = TransactionControl()
+            lines, ends_line = 0, True  # where the input ends: a line psql may report
             try:
                 for chunk in sql:
                     control.scan(chunk)
+                    lines += chunk.count(b"\n")
+                    ends_line = chunk.endswith(b"\n") if chunk else ends_line
                     proc.stdin.write(chunk)
                 control.finish()
                 proc.stdin.write(tail)
@@ -186,7 +189,7 @@ class PostgresEngine(Engine):
             code = proc.wait()
             output.seek(0)
             printed = output.read().decode(errors="replace").splitlines()
-            error = _psql_error(errors)
+            error = _psql_error(errors, last_line=lines + (not ends_line) or None)
             if code == 0 and mark in printed and error is None:
                 return
             if error is None:
@@ -682,14 +685,21 @@ def _tail(errors: Any) -> str:
 
 #: psql's own messages: ``psql:<stdin>:3: ERROR:  ...`` from the server,
 #: ``psql:<stdin>:2: error: invalid command \\foo`` from psql itself
-PSQL_ERROR = re.compile(r"^(?:psql:[^:]*:(\d+): )?(?:ERROR|FATAL|error):\s*(.*)$")
+PSQL_ERROR = re.compile(r"^(?:psql:(.*?):(\d+): )?(?:ERROR|FATAL|error):\s*(.*)$")
 
 
-def _psql_error(errors: Any) -> str | None:
-    """psql's first error (``line 3: division by zero``), or None when it printed none."""
+def _psql_error(errors: Any, last_line: int | None = None) -> str | None:
+    """psql's first error (``line 3: division by zero``; ``line 4 of inc/x.sql: ...`` in a
+    file the script includes), or None when it printed none. ``last_line``: the input's
+    last line, which a last statement without ``;`` ends on (not on the ``;`` we add)."""
     errors.seek(0)
     for line in errors.read().decode(errors="replace").splitlines():
         if found := PSQL_ERROR.match(line.strip()):
-            line_no, message = found.groups()
-            return f"line {line_no}: {message.strip()}" if line_no else message.strip()
+            source, line_no, message = found.groups()
+            if not line_no:
+                return str(message).strip()
+            if source not in ("<stdin>", "-"):
+                return f"line {line_no} of {source}: {message.strip()}"
+            number = min(int(line_no), last_line) if last_line else int(line_no)
+            return f"line {number}: {message.strip()}"
     return None
