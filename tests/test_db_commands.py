@@ -497,3 +497,12 @@ def test_a_query_may_start_with_a_dash_and_a_socket_url_is_taken(
         result = cli("claude-db", "query", "select current_database()", "--csv",
                      cwd=elsewhere, env={"DATABASE_URL": url})
         assert result.code == 0 and result.stdout.splitlines()[1] == name, (url, result)
+
+
+def test_a_query_read_from_stdin(cli: Cli, session: dict[str, str]) -> None:
+    piped = cli("claude-db", "query", "-", "--csv", input="select 41 + 1 as n;\n")
+    assert piped.code == 0 and piped.stdout == "n\n42\n", piped
+    empty = cli("claude-db", "query", "-", input="")
+    assert_one_line_error(empty, ExitCode.USAGE)
+    plain = cli("claude-db", "export", "plain.sql")
+    assert plain.code == 0 and "compression" not in plain.stderr, plain

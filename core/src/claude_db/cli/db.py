@@ -218,7 +218,8 @@ def open_shell(
 
 
 def query(
-    text: str = typer.Argument(..., help="SQL (or the engine's query language)."),
+    text: str = typer.Argument(..., help="SQL (or the engine's query language); - reads it "
+                               "from stdin."),
     session: str | None = SessionOption,
     database: str | None = DatabaseOption,
     as_json: bool = typer.Option(False, "--json", help="Rows as a JSON array of objects."),
@@ -227,6 +228,8 @@ def query(
     """Run a query and print its result (several statements: the last one's)."""
     if as_json and as_csv:
         raise UsageError("--json and --csv exclude each other")
+    if text == "-":  # a script from a pipe or a heredoc
+        text = sys.stdin.buffer.read().decode(errors="surrogateescape")
     if not text.strip():
         raise UsageError("the query is empty")
     try:
@@ -419,7 +422,8 @@ def export(
         )
     written = export_to(target, destination, database, export_format)
     if destination != "-":
-        note(f"exported {target.name} to {destination} ({written:,} bytes before compression)")
+        compressed = " before compression" if destination.endswith(".gz") else ""
+        note(f"exported {target.name} to {destination} ({written:,} bytes{compressed})")
 
 
 def reset(
