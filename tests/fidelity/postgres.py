@@ -10,6 +10,7 @@ is not part of it, so two databases of one server can be compared.
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 from fidelity.fingerprint import Fingerprint
@@ -134,6 +135,8 @@ CATALOG: dict[str, str] = {
           FROM pg_largeobject_metadata m""",
 }
 
+EXTRACT_FIELD = re.compile(r"\bEXTRACT\(\w+ FROM", re.IGNORECASE)
+
 TABLES = """
     SELECT c.oid::regclass::text FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
      WHERE {user_schema} AND c.relkind IN ('r', 'm') AND (c.relkind <> 'm' OR c.relispopulated)
@@ -148,7 +151,8 @@ def fingerprint(url: str) -> Fingerprint:
     with psycopg.connect(url, autocommit=True) as conn:
         conn.execute("SET search_path = ''")  # every name printed schema-qualified
         for section, query in CATALOG.items():
-            result[section] = _sorted(conn.execute(query).fetchall())
+            result[section] = _sorted([tuple(_canonical(value) for value in row)
+                                       for row in conn.execute(query).fetchall()])
         rows = []
         for (table,) in conn.execute(TABLES).fetchall():
             count, digest = conn.execute(
@@ -158,6 +162,17 @@ def fingerprint(url: str) -> Fingerprint:
             rows.append((table, count, digest))
         result["rows"] = _sorted(rows)
     return result
+
+
+def _canonical(value: Any) -> Any:
+    """``value`` without a difference of spelling only PostgreSQL's own printing makes.
+
+    ``EXTRACT('YEAR' FROM x)`` is printed ``EXTRACT(YEAR FROM x)``, which reads back as
+    ``'year'``: the same expression, printed differently after one dump and reload.
+    """
+    if not isinstance(value, str):
+        return value
+    return EXTRACT_FIELD.sub(lambda match: match.group(0).lower(), value)
 
 
 def _sorted(rows: list[tuple[Any, ...]]) -> list[tuple[Any, ...]]:
