@@ -10,6 +10,9 @@ they load the same every time.
 
 from __future__ import annotations
 
+#: roles the PostgreSQL file uses (it makes them itself where it may)
+POSTGRES_ROLES = ("fidelity_reader",)
+
 POSTGRES = r"""
 CREATE EXTENSION IF NOT EXISTS citext;
 CREATE EXTENSION IF NOT EXISTS hstore;

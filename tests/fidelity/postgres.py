@@ -21,7 +21,8 @@ DATABASE_OID = "(SELECT oid FROM pg_database WHERE datname = current_database())
 CATALOG: dict[str, str] = {
     "database": """
         SELECT pg_get_userbyid(datdba), pg_encoding_to_char(encoding), datcollate, datctype,
-               datconnlimit, datallowconn, datacl::text[],
+               datconnlimit, datallowconn,
+               ARRAY(SELECT unnest(datacl::text[]) ORDER BY 1),  -- a set: order is no state
                (SELECT description FROM pg_shdescription
                  WHERE objoid = d.oid AND classoid = 'pg_database'::regclass)
           FROM pg_database d WHERE datname = current_database()""",
