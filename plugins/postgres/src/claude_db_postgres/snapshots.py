@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import re
 import secrets
 import subprocess
 import sys
@@ -38,13 +39,16 @@ from typing import Any
 from claude_db import Endpoint, Tools
 from claude_db.errors import ClaudeDbError
 from claude_db.faults import checkpoint
-from claude_db.snapshots import META
+from claude_db.snapshots import META, validate_snapshot_name
 
 PREFIX = "claude_snapshot_"
 RECORD = "postgres.json"  # in the snapshot's directory: {"template": <its database>}
 MARK = "claude_db_snapshot"  # in a record: tells it from any other comment
 COPY_ATTEMPTS = 20  # CREATE DATABASE itself waits ~5 s for ended clients to go each time
 INVALID = -2  # datconnlimit of a database whose DROP was cut short (PostgreSQL >= 15.4)
+TEMPLATE_NAME = f"^{PREFIX}[0-9a-f]{{12}}$"  # what save and move name a snapshot's database
+TEXT_FIELDS = ("name", "database", "engine", "created_at", "reason")  # and bool "automatic"
+PRIVILEGES = ("CREATE", "CONNECT", "TEMPORARY")  # what a database's grants hold
 
 
 def save(endpoint: Endpoint, tools: Tools, directory: Path) -> None:
@@ -174,7 +178,8 @@ def recover(endpoint: Endpoint) -> list[str]:
                 done.append(f"finished deleting the snapshot database {template}")
         for template, record in _records(conn).items():
             pending = (record or {}).get("pending")
-            if record and pending:
+            # only this session's database: a record never names what we act on
+            if record and pending and pending["database"] == endpoint.database:
                 database = pending["database"]
                 left = not _usable(conn, database)
                 _finish(conn, template)
@@ -361,6 +366,8 @@ def _apply(conn: Any, database: str, state: dict[str, Any] | None) -> list[str]:
     if state.get("grants") is not None:
         statements.append((sql.SQL("REVOKE ALL ON DATABASE {} FROM PUBLIC").format(name), None))
         for grantee, privilege, grantable in state["grants"]:
+            if privilege not in PRIVILEGES:  # never SQL text from a record
+                continue
             statement = sql.SQL("GRANT {} ON DATABASE {} TO {}").format(
                 sql.SQL(privilege), name, sql.Identifier(grantee) if grantee else sql.SQL("PUBLIC"))
             if grantable:
@@ -401,12 +408,15 @@ def _refuse_connections(conn: Any, template: str) -> None:
 
 
 def _records(conn: Any, invalid: bool = False) -> dict[str, dict[str, Any] | None]:
-    """The role's snapshot databases and their records (None: none readable); with
-    ``invalid`` only those a drop cut short, as ``{"invalid": True}``."""
+    """The role's own snapshot databases and their records (None: none valid); with
+    ``invalid`` only those a drop cut short, as ``{"invalid": True}``. Only databases the
+    role itself owns, named as :func:`save` names them: anyone with CREATEDB can make
+    others and write their comments (on a shared server, for a superuser to act on)."""
     rows = conn.execute(
         "SELECT datname, shobj_description(oid, 'pg_database'), datconnlimit = %s "
-        "FROM pg_database WHERE starts_with(datname, %s) "
-        "AND pg_has_role(datdba, 'MEMBER') ORDER BY datname", [INVALID, PREFIX]).fetchall()
+        "FROM pg_database WHERE datname ~ %s "
+        "AND datdba = (SELECT oid FROM pg_roles WHERE rolname = current_user) "
+        "ORDER BY datname", [INVALID, TEMPLATE_NAME]).fetchall()
     found: dict[str, dict[str, Any] | None] = {}
     for name, comment, broken in rows:
         if broken != invalid:
@@ -414,9 +424,45 @@ def _records(conn: Any, invalid: bool = False) -> dict[str, dict[str, Any] | Non
         record = None
         with contextlib.suppress(ValueError, TypeError):
             record = json.loads(comment)
-        found[name] = ({"invalid": True} if broken else
-                       record if isinstance(record, dict) and record.get(MARK) else None)
+        found[name] = {"invalid": True} if broken else _valid(record)
     return found
+
+
+def _valid(record: Any) -> dict[str, Any] | None:
+    """``record`` if it is one :func:`_record` writes, every part of the expected type
+    (the comment is anyone's to write: nothing in it may become a path or SQL text)."""
+    def strings(value: Any) -> bool:
+        return isinstance(value, list) and all(isinstance(v, str) for v in value)
+
+    def optional(value: Any) -> bool:
+        return value is None or isinstance(value, str)
+
+    if not isinstance(record, dict) or record.get(MARK) != 1:
+        return None
+    with contextlib.suppress(ClaudeDbError):
+        if not (all(isinstance(record.get(k), str) for k in TEXT_FIELDS)
+                and isinstance(record.get("automatic"), bool)
+                and validate_snapshot_name(record["name"]) and optional(record.get("owner"))):
+            return None
+        state = record.get("state")
+        if state is not None and not (
+            isinstance(state, dict) and optional(state.get("comment"))
+            and all(isinstance(s, list) and len(s) == 2 and optional(s[0]) and strings(s[1])
+                    for s in state.get("settings") or [])
+            and (state.get("grants") is None or all(
+                isinstance(g, list) and len(g) == 3 and optional(g[0])
+                and g[1] in PRIVILEGES and isinstance(g[2], bool) for g in state["grants"]))
+        ):
+            return None
+        pending = record.get("pending")
+        if pending is not None and not (
+            isinstance(pending, dict) and isinstance(pending.get("database"), str)
+            and (pending.get("source") is None
+                 or re.fullmatch(TEMPLATE_NAME, str(pending["source"])))
+        ):
+            return None
+        return record
+    return None
 
 
 def _public(record: dict[str, Any]) -> dict[str, Any]:
