@@ -246,7 +246,7 @@ class PostgresEngine(Engine):
         try:
             with _connect(maintenance, timeout=10) as conn:
                 conn.autocommit = True
-                conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(name))
+                snapshots.drop_database(conn, endpoint.database)
                 conn.execute(sql.SQL("CREATE DATABASE {} OWNER {}").format(name, owner))
         except psycopg.Error as exc:
             raise ClaudeDbError(f"reset failed: {_pg_message(exc)}") from None

@@ -107,7 +107,6 @@ def move(endpoint: Endpoint, directory: Path, source: Path | None) -> bool:
 def restore(endpoint: Endpoint, directory: Path) -> None:
     """Replace the database by a copy of the snapshot (when it could not be moved aside)."""
     import psycopg
-    from psycopg import sql
 
     template = _template(directory)
     try:
@@ -118,12 +117,7 @@ def restore(endpoint: Endpoint, directory: Path) -> None:
             # marked first: a drop cut short is finished by recover(), from this snapshot
             _comment(conn, template, {**record, "pending": {"database": endpoint.database,
                                                             "source": template}})
-
-            def drop() -> None:
-                conn.execute(sql.SQL("DROP DATABASE IF EXISTS {}").format(
-                    sql.Identifier(endpoint.database)))
-
-            _with_clients_ended(conn, endpoint.database, drop)
+            drop_database(conn, endpoint.database)
             checkpoint("dropped")
             _finish(conn, template)
     except psycopg.Error as exc:
@@ -289,6 +283,16 @@ def _copy_by_dump(conn: Any, endpoint: Endpoint, tools: Tools, template: str) ->
         if dumped != 0 or loaded != 0:
             failed = _tail(dump_errors) if dumped != 0 else _tail(load_errors)
             raise ClaudeDbError(f"copying {endpoint.database} while it is in use failed: {failed}")
+
+
+def drop_database(conn: Any, database: str) -> None:
+    """Drop ``database`` as its owner that is no superuser may: its other clients ended
+    first (DROP ... WITH (FORCE) would end autovacuum workers too, which such an owner may
+    not; a plain DROP makes them stop)."""
+    from psycopg import sql
+
+    _with_clients_ended(conn, database, lambda: conn.execute(
+        sql.SQL("DROP DATABASE IF EXISTS {}").format(sql.Identifier(database))))
 
 
 def _with_clients_ended(conn: Any, database: str, step: Any) -> None:
