@@ -124,6 +124,30 @@ def test_attach_finishes_a_reset_killed_with_the_database_renamed(
     assert pg_fingerprint(url) == before
 
 
+def test_status_leaves_a_missing_database_to_the_command_holding_the_session(
+    cli: Cli, session: str
+) -> None:
+    """Finishing a killed reset makes the database again: never while another command
+    holds the session (a restore between its DROP and its copy would find the database
+    there, empty, skip the copy and report success). ``status`` only reports; the next
+    attach, with the session free, finishes it."""
+    from claude_db.locks import hold, lock_for
+
+    url = database_url(cli, session)
+    database = url.rsplit("/", 1)[1]
+    killed_at(cli, "moved", "reset", "--yes", "--session", session)
+    state = Path(os.environ["CLAUDE_DB_STATE_DIR"])
+    with hold(lock_for(state / "sessions" / session), "the test's command"):
+        cli("claude-db", "status", "--session", session)
+        with psycopg.connect(url.rsplit("/", 1)[0] + "/postgres") as conn:
+            row = conn.execute("SELECT 1 FROM pg_database WHERE datname = %s",
+                               [database]).fetchone()
+        assert row is None  # left as the killed command left it
+    attached = cli("claude-session", "attach", session, "--no-shell")
+    assert attached.code == 0, attached
+    assert pg_fingerprint(url) == {}
+
+
 def test_import_replace_failing_and_killed_while_putting_the_data_back(
     cli: Cli, session: str, tmp_path: Path
 ) -> None:

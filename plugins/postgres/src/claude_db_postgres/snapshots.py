@@ -189,18 +189,6 @@ def recover(endpoint: Endpoint) -> list[str]:
     return done
 
 
-def repair(endpoint: Endpoint) -> bool:
-    """If the server answers but ``endpoint``'s database is missing or invalid after a
-    killed command or a crash, :func:`recover`; True if that made it usable."""
-    with contextlib.suppress(Exception), _maintenance(endpoint) as conn:
-        if _usable(conn, endpoint.database):
-            return False
-        for done in recover(endpoint):
-            print(done, file=sys.stderr)
-        return _usable(conn, endpoint.database)
-    return False
-
-
 # -- the server's side ---------------------------------------------------------------------
 
 
