@@ -6,7 +6,7 @@ database's owner, and the database-level state a copy does not carry (``ALTER DA
 and ``ALTER ROLE ... IN DATABASE`` settings, the database's comment, its grants). So the
 server is the history: the host and a session container see the same snapshots, and they
 outlive a re-created container; core's directories only cache them (:func:`catalog`).
-Only the role's own snapshots are listed (those of roles it is a member of), and nothing
+Only the role's own snapshots are listed (databases it owns itself), and nothing
 here needs more than the database's owner with CREATEDB.
 
 ``save`` copies with ``CREATE DATABASE <snapshot> TEMPLATE <db>``, which needs the database
