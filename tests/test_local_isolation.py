@@ -347,3 +347,22 @@ def test_snapshots_and_reset_work_while_autovacuum_runs(cli: Cli, tmp_path: Path
         assert restored.code == 0, restored
         counted = cli("claude-db", "query", "SELECT count(*) AS n FROM t", "--csv", cwd=workdir)
         assert counted.stdout == "n\n50000\n", counted
+        # without snapshots reset drops the database itself: as the owner may, too
+        deleted = cli("claude-db", "query", "DELETE FROM t WHERE x % 5 = 1", cwd=workdir)
+        assert deleted.code == 0, deleted
+        named = cli("claude-db", "query", "SELECT current_database()", "--csv", cwd=workdir)
+        title = f"postgres: autovacuum worker {named.stdout.splitlines()[1]}\0".encode()
+
+        def vacuuming() -> bool:  # a worker in the very database reset drops
+            with contextlib.suppress(OSError):
+                return any(Path(f"/proc/{pid}/cmdline").read_bytes().startswith(title)
+                           for pid in _autovacuum_workers(server))
+            return False
+
+        wait_for("an autovacuum worker in the database", vacuuming)
+        plain = cli("claude-db", "reset", "--yes", cwd=workdir,
+                    env={"CLAUDE_DB_AUTO_SNAPSHOTS": "0"})
+        assert plain.code == 0, plain
+        gone = cli("claude-db", "query", "SELECT count(*) FROM pg_class WHERE relname = 't'",
+                   "--csv", cwd=workdir)
+        assert gone.stdout.splitlines()[1:] == ["0"], gone

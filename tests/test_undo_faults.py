@@ -22,6 +22,7 @@ from typing import Any
 
 import psycopg
 import pytest
+from psycopg import sql
 
 from conftest import BIN, Cli, assert_one_line_error
 from safety_support import database_url, pg_fingerprint, seed, session_json, wait_for
@@ -121,6 +122,30 @@ def test_attach_finishes_a_reset_killed_with_the_database_renamed(
     assert pg_fingerprint(url) == {}
     assert cli("claude-db", "undo", "--session", session).code == 0
     assert pg_fingerprint(url) == before
+
+
+def test_status_leaves_a_missing_database_to_the_command_holding_the_session(
+    cli: Cli, session: str
+) -> None:
+    """Finishing a killed reset makes the database again: never while another command
+    holds the session (a restore between its DROP and its copy would find the database
+    there, empty, skip the copy and report success). ``status`` only reports; the next
+    attach, with the session free, finishes it."""
+    from claude_db.locks import hold, lock_for
+
+    url = database_url(cli, session)
+    database = url.rsplit("/", 1)[1]
+    killed_at(cli, "moved", "reset", "--yes", "--session", session)
+    state = Path(os.environ["CLAUDE_DB_STATE_DIR"])
+    with hold(lock_for(state / "sessions" / session), "the test's command"):
+        cli("claude-db", "status", "--session", session)
+        with psycopg.connect(url.rsplit("/", 1)[0] + "/postgres") as conn:
+            row = conn.execute("SELECT 1 FROM pg_database WHERE datname = %s",
+                               [database]).fetchone()
+        assert row is None  # left as the killed command left it
+    attached = cli("claude-session", "attach", session, "--no-shell")
+    assert attached.code == 0, attached
+    assert pg_fingerprint(url) == {}
 
 
 def test_import_replace_failing_and_killed_while_putting_the_data_back(
@@ -265,3 +290,64 @@ def test_server_killed_while_dropping_the_database_is_repaired(
     assert f"{database} was left invalid by a drop cut short" in attached.stderr
     assert pg_fingerprint(url) == {}
     assert cli("claude-db", "query", "SELECT 1", "--session", session).code == 0
+
+
+def _plant(url: str, record: Any) -> str:
+    """What the session's own SQL may do: make a snapshot-named database and write its
+    comment. Returns the database's name."""
+    template = f"claude_snapshot_{uuid.uuid4().hex[:12]}"
+    with psycopg.connect(url.rsplit("/", 1)[0] + "/postgres", autocommit=True) as conn:
+        conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(template)))
+        conn.execute(sql.SQL("COMMENT ON DATABASE {} IS {}").format(
+            sql.Identifier(template), sql.Literal(json.dumps(record))))
+    return template
+
+
+def test_records_written_from_the_session_are_neither_paths_nor_trusted(
+    cli: Cli, session: str, tmp_path: Path
+) -> None:
+    """A snapshot's record lives in a database COMMENT the session's role may write: a name
+    that is a path, a record missing a field, none becomes a host path or breaks a command;
+    each such database is listed unrecorded (by its own name) and deletable."""
+    url = database_url(cli, session)
+    outside = tmp_path / "outside"
+    base = {"claude_db_snapshot": 1, "database": "x", "engine": "postgres",
+            "created_at": "2026-01-01T00:00:00", "automatic": False, "reason": ""}
+    planted = [
+        _plant(url, {**base, "name": str(outside)}),
+        _plant(url, {**base, "name": "../../../escaped"}),
+        _plant(url, {k: v for k, v in base.items() if k != "automatic"} | {"name": "partial"}),
+    ]
+    found = listed(cli, session)
+    assert sorted(s["name"] for s in found) == sorted(planted), found
+    assert {s["reason"] for s in found} == {"unrecorded"}
+    assert not outside.exists()
+    state = Path(os.environ["CLAUDE_DB_STATE_DIR"])
+    assert not (state / "sessions" / "escaped").exists() and not (state / "escaped").exists()
+    for template in planted:
+        deleted = cli("claude-db", "snapshot", "delete", template, "--session", session)
+        assert deleted.code == 0, deleted
+    assert listed(cli, session) == []
+
+
+def test_grants_in_a_record_are_never_sql_text(cli: Cli, session: str) -> None:
+    """A pending record (a killed reset's) whose grants hold SQL instead of a privilege:
+    the command that finishes the reset runs none of it."""
+    url = database_url(cli, session)
+    database = url.rsplit("/", 1)[1]
+    maintenance = url.rsplit("/", 1)[0] + "/postgres"
+    injected = (f'TEMPORARY ON DATABASE "{database}" TO PUBLIC; '
+                "ALTER ROLE CURRENT_USER SET work_mem = '7777kB'; --")
+    _plant(url, {"claude_db_snapshot": 1, "name": "planted", "database": database,
+                 "engine": "postgres", "created_at": "2026-01-01T00:00:00", "automatic": False,
+                 "reason": "", "owner": None,
+                 "state": {"settings": [], "comment": None, "grants": [[None, injected, False]]},
+                 "pending": {"database": database, "source": None}})
+    with psycopg.connect(maintenance, autocommit=True) as conn:
+        conn.execute(f'DROP DATABASE "{database}" WITH (FORCE)')
+    assert listed(cli, session) is not None
+    with psycopg.connect(maintenance, autocommit=True) as conn:
+        settings = conn.execute(
+            "SELECT setconfig FROM pg_db_role_setting WHERE setrole = "
+            "(SELECT oid FROM pg_roles WHERE rolname = current_user)").fetchall()
+    assert not any("work_mem=7777kB" in config for (config,) in settings), settings

@@ -22,6 +22,7 @@ from claude_db.envfile import (
 )
 from claude_db.errors import ClaudeDbError, SessionExistsError, UsageError
 from claude_db.faults import checkpoint
+from claude_db.locks import try_hold
 from claude_db.processes import signals_held
 from claude_db.readiness import wait_until_ready
 from claude_db.runtime import Runtime
@@ -287,15 +288,30 @@ def ensure_running(app: App, session: Session) -> list[str]:
     with app.store.lock(session.name):
         runtime.start(session, engine)
         app.store.save(session)
-    wait_until_ready(
-        engine,
-        runtime.endpoint(session, engine),
-        timeout=app.settings.ready_timeout,
-        failure=lambda: runtime.failure_details(session),
-        what=f"the {engine.name} database of session {session.name!r}",
-    )
+    endpoint = runtime.endpoint(session, engine)
+
+    def wait() -> None:
+        wait_until_ready(
+            engine, endpoint, timeout=app.settings.ready_timeout,
+            failure=lambda: runtime.failure_details(session),
+            what=f"the {engine.name} database of session {session.name!r}",
+        )
+
+    notes: list[str] = []
+    try:
+        wait()
+    except ClaudeDbError:
+        # the server answers, the database not: a killed reset or a crash while dropping
+        # left it missing or invalid. Finished only while no other command holds the
+        # session (one restoring it would see its work undone)
+        with try_hold(app.store.lock_file(session.name)) as locked, \
+                contextlib.suppress(Exception):
+            notes = engine.snapshot_recover(endpoint) if locked else []
+        if not notes:
+            raise
+        wait()
     values = session_env(app, session, for_dotenv=True)
-    return refresh_env(Path(session.workdir), values, _owner(app, session))
+    return notes + refresh_env(Path(session.workdir), values, _owner(app, session))
 
 
 def stale_dotenv(app: App, session: Session) -> tuple[str, str] | None:

@@ -367,13 +367,27 @@ def _sync(target: Target, store: SnapshotStore) -> None:
         held = engine.snapshot_catalog(endpoint) or []
     kept = set()
     for entry in held:
-        record = entry["record"] or _unrecorded(engine, entry["key"])
-        record = {k: record[k] for k in RECORD_FIELDS}
+        record = _checked(entry["record"]) or _unrecorded(engine, entry["key"])
+        if not NAME_PATTERN.fullmatch(record["name"]):  # the server's names become paths
+            continue
         kept.add(record["name"])
         _write_cached(store.root / record["name"], record, entry["files"])
     for snapshot in store.all():
         if snapshot.name not in kept:  # deleted elsewhere, or the server is a new one
             shutil.rmtree(snapshot.path, ignore_errors=True)
+
+
+def _checked(record: dict[str, Any] | None) -> dict[str, Any] | None:
+    """A server's record as snapshot.json, if it is a whole one with a valid name (anyone
+    who may write on the server may have written it); None otherwise."""
+    if not isinstance(record, dict):
+        return None
+    fields = {k: record.get(k) for k in RECORD_FIELDS}
+    if not (all(isinstance(fields[k], str) for k in RECORD_FIELDS if k != "automatic")
+            and isinstance(fields["automatic"], bool)
+            and NAME_PATTERN.fullmatch(str(fields["name"]))):
+        return None
+    return fields
 
 
 def _unrecorded(engine: Engine, key: str) -> dict[str, Any]:

@@ -53,17 +53,8 @@ class PostgresEngine(Engine):
         }
 
     def check_ready(self, endpoint: Endpoint, timeout: float) -> str:
-        import psycopg
-
-        try:
-            with _connect(endpoint, timeout) as conn:
-                return str(conn.info.parameter_status("server_version") or "")
-        except psycopg.OperationalError:
-            # the server answers but a killed reset or a crash during a drop left the
-            # database missing or invalid: finish that (so attach repairs it)
-            if not snapshots.repair(endpoint):
-                raise
-        return self.check_ready(endpoint, timeout)
+        with _connect(endpoint, timeout) as conn:
+            return str(conn.info.parameter_status("server_version") or "")
 
     def never_ready(self, error: Exception) -> bool:
         return NEVER_READY.search(str(error)) is not None
@@ -249,7 +240,7 @@ class PostgresEngine(Engine):
         try:
             with _connect(maintenance, timeout=10) as conn:
                 conn.autocommit = True
-                conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(name))
+                snapshots.drop_database(conn, endpoint.database)
                 conn.execute(sql.SQL("CREATE DATABASE {} OWNER {}").format(name, owner))
         except psycopg.Error as exc:
             raise ClaudeDbError(f"reset failed: {_pg_message(exc)}") from None
@@ -285,10 +276,12 @@ class PostgresEngine(Engine):
 
 #: connection refusals that waiting never clears; libpq gives no SQLSTATE for a failed
 #: connection, so the server's (English) message tells: wrong password, no such database
-#: or role, not allowed by pg_hba.conf or to log in
+#: or role, not allowed by pg_hba.conf or to log in, a database a drop cut short (core's
+#: ensure_running then has the snapshot code finish what was left)
 NEVER_READY = re.compile(
     r'FATAL: +(password authentication failed|(database|role) "[^"]*" does not exist'
-    r"|no pg_hba\.conf entry|role \S+ is not permitted to log in)"
+    r"|no pg_hba\.conf entry|role \S+ is not permitted to log in"
+    r'|cannot connect to invalid database "[^"]*")'
 )
 
 #: a statement that ends our import's transaction or leaves its connection: COMMIT,

@@ -6,7 +6,7 @@ database's owner, and the database-level state a copy does not carry (``ALTER DA
 and ``ALTER ROLE ... IN DATABASE`` settings, the database's comment, its grants). So the
 server is the history: the host and a session container see the same snapshots, and they
 outlive a re-created container; core's directories only cache them (:func:`catalog`).
-Only the role's own snapshots are listed (those of roles it is a member of), and nothing
+Only the role's own snapshots are listed (databases it owns itself), and nothing
 here needs more than the database's owner with CREATEDB.
 
 ``save`` copies with ``CREATE DATABASE <snapshot> TEMPLATE <db>``, which needs the database
@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import re
 import secrets
 import subprocess
 import sys
@@ -38,13 +39,16 @@ from typing import Any
 from claude_db import Endpoint, Tools
 from claude_db.errors import ClaudeDbError
 from claude_db.faults import checkpoint
-from claude_db.snapshots import META
+from claude_db.snapshots import META, validate_snapshot_name
 
 PREFIX = "claude_snapshot_"
 RECORD = "postgres.json"  # in the snapshot's directory: {"template": <its database>}
 MARK = "claude_db_snapshot"  # in a record: tells it from any other comment
 COPY_ATTEMPTS = 20  # CREATE DATABASE itself waits ~5 s for ended clients to go each time
 INVALID = -2  # datconnlimit of a database whose DROP was cut short (PostgreSQL >= 15.4)
+TEMPLATE_NAME = f"^{PREFIX}[0-9a-f]{{12}}$"  # what save and move name a snapshot's database
+TEXT_FIELDS = ("name", "database", "engine", "created_at", "reason")  # and bool "automatic"
+PRIVILEGES = ("CREATE", "CONNECT", "TEMPORARY")  # what a database's grants hold
 
 
 def save(endpoint: Endpoint, tools: Tools, directory: Path) -> None:
@@ -103,7 +107,6 @@ def move(endpoint: Endpoint, directory: Path, source: Path | None) -> bool:
 def restore(endpoint: Endpoint, directory: Path) -> None:
     """Replace the database by a copy of the snapshot (when it could not be moved aside)."""
     import psycopg
-    from psycopg import sql
 
     template = _template(directory)
     try:
@@ -114,12 +117,7 @@ def restore(endpoint: Endpoint, directory: Path) -> None:
             # marked first: a drop cut short is finished by recover(), from this snapshot
             _comment(conn, template, {**record, "pending": {"database": endpoint.database,
                                                             "source": template}})
-
-            def drop() -> None:
-                conn.execute(sql.SQL("DROP DATABASE IF EXISTS {}").format(
-                    sql.Identifier(endpoint.database)))
-
-            _with_clients_ended(conn, endpoint.database, drop)
+            drop_database(conn, endpoint.database)
             checkpoint("dropped")
             _finish(conn, template)
     except psycopg.Error as exc:
@@ -174,7 +172,8 @@ def recover(endpoint: Endpoint) -> list[str]:
                 done.append(f"finished deleting the snapshot database {template}")
         for template, record in _records(conn).items():
             pending = (record or {}).get("pending")
-            if record and pending:
+            # only this session's database: a record never names what we act on
+            if record and pending and pending["database"] == endpoint.database:
                 database = pending["database"]
                 left = not _usable(conn, database)
                 _finish(conn, template)
@@ -188,18 +187,6 @@ def recover(endpoint: Endpoint) -> list[str]:
             done.append(f"{endpoint.database} was left invalid by a drop cut short (a server "
                         "crash): made again, empty")
     return done
-
-
-def repair(endpoint: Endpoint) -> bool:
-    """If the server answers but ``endpoint``'s database is missing or invalid after a
-    killed command or a crash, :func:`recover`; True if that made it usable."""
-    with contextlib.suppress(Exception), _maintenance(endpoint) as conn:
-        if _usable(conn, endpoint.database):
-            return False
-        for done in recover(endpoint):
-            print(done, file=sys.stderr)
-        return _usable(conn, endpoint.database)
-    return False
 
 
 # -- the server's side ---------------------------------------------------------------------
@@ -286,6 +273,16 @@ def _copy_by_dump(conn: Any, endpoint: Endpoint, tools: Tools, template: str) ->
             raise ClaudeDbError(f"copying {endpoint.database} while it is in use failed: {failed}")
 
 
+def drop_database(conn: Any, database: str) -> None:
+    """Drop ``database`` as its owner that is no superuser may: its other clients ended
+    first (DROP ... WITH (FORCE) would end autovacuum workers too, which such an owner may
+    not; a plain DROP makes them stop)."""
+    from psycopg import sql
+
+    _with_clients_ended(conn, database, lambda: conn.execute(
+        sql.SQL("DROP DATABASE IF EXISTS {}").format(sql.Identifier(database))))
+
+
 def _with_clients_ended(conn: Any, database: str, step: Any) -> None:
     """Run ``step``, which needs ``database`` free of other connections: end them first
     (saying so), and again while clients keep reconnecting in between."""
@@ -361,6 +358,8 @@ def _apply(conn: Any, database: str, state: dict[str, Any] | None) -> list[str]:
     if state.get("grants") is not None:
         statements.append((sql.SQL("REVOKE ALL ON DATABASE {} FROM PUBLIC").format(name), None))
         for grantee, privilege, grantable in state["grants"]:
+            if privilege not in PRIVILEGES:  # never SQL text from a record
+                continue
             statement = sql.SQL("GRANT {} ON DATABASE {} TO {}").format(
                 sql.SQL(privilege), name, sql.Identifier(grantee) if grantee else sql.SQL("PUBLIC"))
             if grantable:
@@ -401,12 +400,15 @@ def _refuse_connections(conn: Any, template: str) -> None:
 
 
 def _records(conn: Any, invalid: bool = False) -> dict[str, dict[str, Any] | None]:
-    """The role's snapshot databases and their records (None: none readable); with
-    ``invalid`` only those a drop cut short, as ``{"invalid": True}``."""
+    """The role's own snapshot databases and their records (None: none valid); with
+    ``invalid`` only those a drop cut short, as ``{"invalid": True}``. Only databases the
+    role itself owns, named as :func:`save` names them: anyone with CREATEDB can make
+    others and write their comments (on a shared server, for a superuser to act on)."""
     rows = conn.execute(
         "SELECT datname, shobj_description(oid, 'pg_database'), datconnlimit = %s "
-        "FROM pg_database WHERE starts_with(datname, %s) "
-        "AND pg_has_role(datdba, 'MEMBER') ORDER BY datname", [INVALID, PREFIX]).fetchall()
+        "FROM pg_database WHERE datname ~ %s "
+        "AND datdba = (SELECT oid FROM pg_roles WHERE rolname = current_user) "
+        "ORDER BY datname", [INVALID, TEMPLATE_NAME]).fetchall()
     found: dict[str, dict[str, Any] | None] = {}
     for name, comment, broken in rows:
         if broken != invalid:
@@ -414,9 +416,45 @@ def _records(conn: Any, invalid: bool = False) -> dict[str, dict[str, Any] | Non
         record = None
         with contextlib.suppress(ValueError, TypeError):
             record = json.loads(comment)
-        found[name] = ({"invalid": True} if broken else
-                       record if isinstance(record, dict) and record.get(MARK) else None)
+        found[name] = {"invalid": True} if broken else _valid(record)
     return found
+
+
+def _valid(record: Any) -> dict[str, Any] | None:
+    """``record`` if it is one :func:`_record` writes, every part of the expected type
+    (the comment is anyone's to write: nothing in it may become a path or SQL text)."""
+    def strings(value: Any) -> bool:
+        return isinstance(value, list) and all(isinstance(v, str) for v in value)
+
+    def optional(value: Any) -> bool:
+        return value is None or isinstance(value, str)
+
+    if not isinstance(record, dict) or record.get(MARK) != 1:
+        return None
+    with contextlib.suppress(ClaudeDbError):
+        if not (all(isinstance(record.get(k), str) for k in TEXT_FIELDS)
+                and isinstance(record.get("automatic"), bool)
+                and validate_snapshot_name(record["name"]) and optional(record.get("owner"))):
+            return None
+        state = record.get("state")
+        if state is not None and not (
+            isinstance(state, dict) and optional(state.get("comment"))
+            and all(isinstance(s, list) and len(s) == 2 and optional(s[0]) and strings(s[1])
+                    for s in state.get("settings") or [])
+            and (state.get("grants") is None or all(
+                isinstance(g, list) and len(g) == 3 and optional(g[0])
+                and g[1] in PRIVILEGES and isinstance(g[2], bool) for g in state["grants"]))
+        ):
+            return None
+        pending = record.get("pending")
+        if pending is not None and not (
+            isinstance(pending, dict) and isinstance(pending.get("database"), str)
+            and (pending.get("source") is None
+                 or re.fullmatch(TEMPLATE_NAME, str(pending["source"])))
+        ):
+            return None
+        return record
+    return None
 
 
 def _public(record: dict[str, Any]) -> dict[str, Any]:
