@@ -369,26 +369,26 @@ def _sql_input(
 ) -> Generator[bytes, None, None]:
     """The SQL to feed psql: a pg_dump archive (-Fc, -Ft, a -Fd directory) goes through the
     session's own pg_restore; ``\\restrict`` lines go when this psql does not know them."""
+    stream: Iterator[bytes]
     if isinstance(source, DumpDirectory):
-        # pg_restore reads the directory itself, so per-file compression (gzip, lz4, zstd)
-        # is its business. Not streamed as a tar: a -Fd toc.dat says "directory format",
-        # which pg_restore's tar reader refuses, and a tar holds no compressed members.
-        # On docker the tools container mounts the directory, named in pg_restore's argv.
-        stream: Iterator[bytes] = _restored(tools, env, None, options, str(source.path))
-        if options.skip_ownership:
-            stream = Ownership().lines(stream)
-        return _restrict_lines(tools, env, stream)
-    chunks = iter(source)
-    first = next(chunks, b"")
-    stream = itertools.chain([first], chunks)
-    if first.startswith(ARCHIVE_MAGIC) or (
-        first[:8] == b"toc.dat\0" and first[257:262] == b"ustar"
-    ):
-        stream = _restored(tools, env, stream, options)
-    elif b"\0" in first:
-        raise ClaudeDbError(
-            "the input is binary data, not SQL text nor a pg_dump archive (-Fc, -Ft)"
-        )
+        # pg_restore opens the directory itself, so per-file compression (.gz, .lz4, .zst)
+        # is its business. Not streamed to it as a tar: the toc.dat of a -Fd dump names the
+        # directory format, which pg_restore's tar reader refuses, and that reader looks
+        # for N.dat, never N.dat.gz. On docker, naming the directory in pg_restore's argv makes
+        # the tools container mount it (tools.workdir is its parent).
+        stream = _restored(tools, env, None, options, str(source.path))
+    else:
+        chunks = iter(source)
+        first = next(chunks, b"")
+        stream = itertools.chain([first], chunks)
+        if first.startswith(ARCHIVE_MAGIC) or (
+            first[:8] == b"toc.dat\0" and first[257:262] == b"ustar"
+        ):
+            stream = _restored(tools, env, stream, options)
+        elif b"\0" in first:
+            raise ClaudeDbError(
+                "the input is binary data, not SQL text nor a pg_dump archive (-Fc, -Ft)"
+            )
     if options.skip_ownership:
         stream = Ownership().lines(stream)
     return _restrict_lines(tools, env, stream)
