@@ -372,10 +372,10 @@ def _sql_input(
     stream: Iterator[bytes]
     if isinstance(source, DumpDirectory):
         # pg_restore opens the directory itself, so per-file compression (.gz, .lz4, .zst)
-        # is its business. Not streamed to it as a tar: the toc.dat of a -Fd dump names the
-        # directory format, which pg_restore's tar reader refuses, and that reader looks
-        # for N.dat, never N.dat.gz. On docker, naming the directory in pg_restore's argv makes
-        # the tools container mount it (tools.workdir is its parent).
+        # is its business. Not streamed to it as a tar: its tar reader takes an uncompressed
+        # -Fd dump's files but refuses compressed ones ("compression is not supported by
+        # tar archive format"), and pg_dump -Fd compresses by default. On docker, naming
+        # the directory in pg_restore's argv makes the tools container mount it.
         stream = _restored(tools, env, None, options, str(source.path))
     else:
         chunks = iter(source)
