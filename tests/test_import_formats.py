@@ -114,6 +114,49 @@ def test_archives_and_compressed_dumps_are_imported(
     assert _tables(cli) == []
 
 
+def test_a_directory_dump_is_imported(cli: Cli, session: dict[str, str], workdir: Path) -> None:
+    """pg_dump -Fd: per-file compressed (its default) or not, all or nothing."""
+    assert cli("claude-db", "query", ROWS).code == 0
+    _pg_dump(session, "-Fd", "-f", str(workdir / "gz.d"))
+    _pg_dump(session, "-Fd", "-Z", "0", "-f", str(workdir / "plain.d"))
+    assert list((workdir / "gz.d").glob("*.dat.gz")), "pg_dump -Fd compresses by default"
+    assert not list((workdir / "plain.d").glob("*.gz"))
+    for name, *options in (("gz.d",), ("plain.d/", "--skip-ownership")):
+        assert cli("claude-db", "query", "drop table t").code == 0
+        result = cli("claude-db", "import", *options, name)
+        assert result.code == 0, (name, result)
+        assert _count(cli) == "500", name
+    assert cli("claude-db", "query", "delete from t where id > 10").code == 0
+    result = cli("claude-db", "import", "--replace", "--yes", "gz.d")
+    assert result.code == 0, result
+    assert _count(cli) == "500"
+    # a dump of a table whose foreign key needs a table the target lacks: nothing applied
+    assert cli("claude-db", "query",
+               "create table r(id int references t, v text); insert into r values (1, 'x')"
+               ).code == 0
+    _pg_dump(session, "-Fd", "-t", "r", "-f", str(workdir / "r.d"))
+    assert cli("claude-db", "reset", "--yes").code == 0
+    result = cli("claude-db", "import", "r.d")
+    assert_one_line_error(result, ExitCode.FAILED)
+    assert 'relation "public.t" does not exist' in result.stderr, result
+    assert _tables(cli) == []
+    # a damaged directory: pg_restore's own error, nothing applied
+    shutil.copytree(workdir / "plain.d", workdir / "damaged.d")
+    for data in (workdir / "damaged.d").glob("[0-9]*.dat"):  # the data, not toc.dat
+        data.unlink()
+    result = cli("claude-db", "import", "damaged.d")
+    assert_one_line_error(result, ExitCode.FAILED)
+    assert "pg_restore" in result.stderr, result
+    assert _tables(cli) == []
+    # a directory that is no dump: refused before anything runs
+    (workdir / "notes").mkdir()
+    (workdir / "notes" / "a.sql").write_text("create table n(x int);\n")
+    result = cli("claude-db", "import", "notes")
+    assert_one_line_error(result, ExitCode.USAGE)
+    assert "without a toc.dat" in result.stderr, result
+    assert _tables(cli) == []
+
+
 def test_a_bom_a_fifo_and_dev_stdin_are_accepted(
     cli: Cli, session: dict[str, str], workdir: Path
 ) -> None:
@@ -304,6 +347,35 @@ def test_the_docker_runtime_imports_archives_and_tells_the_truth(
     result = cli("claude-db", "import", "--no-transaction", "concurrently.sql")
     assert result.code == 0, result
     assert _tables(cli) == ["t"]
+
+
+@pytest.mark.docker
+def test_the_docker_runtime_imports_a_directory_dump(
+    cli: Cli, new_name: Callable[[], str], workdir: Path
+) -> None:
+    """pg_restore runs in a tools container that mounts the dump directory."""
+    assert cli("claude-session", "start", new_name()).code == 0
+    assert cli("claude-db", "query", ROWS).code == 0
+    (workdir / "dumps").mkdir()
+    _pg_dump(read_env(workdir), "-Fd", "-f", str(workdir / "dumps" / "all.d"))
+    assert list((workdir / "dumps" / "all.d").glob("*.dat.gz"))
+    assert cli("claude-db", "reset", "--yes").code == 0
+    result = cli("claude-db", "import", "--skip-ownership", "dumps/all.d")
+    assert result.code == 0, result
+    assert _count(cli) == "500"
+    assert cli("claude-db", "query", "delete from t where id > 10").code == 0
+    result = cli("claude-db", "import", "--replace", "--yes", str(workdir / "dumps" / "all.d"))
+    assert result.code == 0, result
+    assert _count(cli) == "500"
+    assert cli("claude-db", "query",
+               "create table r(id int references t, v text); insert into r values (1, 'x')"
+               ).code == 0
+    _pg_dump(read_env(workdir), "-Fd", "-t", "r", "-f", str(workdir / "r.d"))
+    assert cli("claude-db", "reset", "--yes").code == 0
+    result = cli("claude-db", "import", "r.d")
+    assert_one_line_error(result, ExitCode.FAILED)
+    assert 'relation "public.t" does not exist' in result.stderr, result
+    assert _tables(cli) == []
 
 
 @pytest.mark.parametrize("ending", ["", "\n"], ids=["no final newline", "final newline"])

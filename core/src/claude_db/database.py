@@ -24,7 +24,14 @@ from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any, Protocol
 
 from claude_db.app import App
-from claude_db.engine import Credentials, Endpoint, Engine, ImportOptions, Tools
+from claude_db.engine import (
+    Credentials,
+    DumpDirectory,
+    Endpoint,
+    Engine,
+    ImportOptions,
+    Tools,
+)
 from claude_db.envfile import MARKER, find_env
 from claude_db.errors import ClaudeDbError, NotRunningError, SessionNotFoundError, UsageError
 from claude_db.processes import HostTools
@@ -302,18 +309,23 @@ def _alive(pid: int) -> bool:
 
 
 def check_source(source: str) -> None:
-    """What ``import`` accepts: ``-``, or anything readable that is not a directory (a
-    file, a FIFO, ``/dev/stdin``, a shell's ``<(...)``)."""
+    """What ``import`` accepts: ``-``, anything readable that is not a directory (a file, a
+    FIFO, ``/dev/stdin``, a shell's ``<(...)``), or a ``pg_dump -Fd`` directory."""
     if source == "-":
         return
     path = Path(source)
-    if path.is_dir():
-        hint = " (a pg_dump -Fd directory: pg_restore -f - DIR | claude-db import -)" if (
-            path / "toc.dat"
-        ).is_file() else ""
-        raise UsageError(f"{source} is a directory: give a dump file, or - for stdin{hint}")
+    if path.is_dir() and not _dump_directory(path):
+        raise UsageError(
+            f"{source} is a directory without a toc.dat (not a pg_dump -Fd dump): give a "
+            "dump file, or - for stdin"
+        )
     if not path.exists():
         raise UsageError(f"{source} does not exist: give a dump file, or - for stdin")
+
+
+def _dump_directory(path: Path) -> bool:
+    """Whether ``path`` is a ``pg_dump -Fd`` directory (its table of contents in it)."""
+    return path.is_dir() and (path / "toc.dat").is_file()
 
 
 def import_from(
@@ -327,6 +339,12 @@ def import_from(
     if source != "-":  # the script's \i, \ir and \copy find files beside it
         tools.workdir = Path(os.path.abspath(source)).parent
     try:
+        if source != "-" and _dump_directory(Path(source)):
+            # its files are read where the engine's tools run (mounted on docker)
+            target.engine.restore_with(
+                tools, DumpDirectory(Path(os.path.abspath(source))), options
+            )
+            return
         with _open_source(source) as chunks:
             target.engine.restore_with(tools, chunks, options)
     except (OSError, EOFError, zlib.error, lzma.LZMAError) as exc:  # unreadable or corrupt

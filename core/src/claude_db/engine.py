@@ -67,6 +67,18 @@ class QueryResult:
     documents: list[Any] | None = None  # document engines: the raw JSON result
 
 
+class DumpDirectory(Iterable[bytes]):
+    """An import's source that is a directory dump (``pg_dump -Fd``) where ``restore_with``
+    takes chunks: an engine that reads such directories takes ``path`` (its tools open it,
+    as ``Tools.workdir`` is its parent); to any other, its bytes are a refusal."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def __iter__(self) -> Iterator[bytes]:
+        raise UsageError(f"{self.path} is a directory: give a dump file, or - for stdin")
+
+
 class Tools(ABC):
     """Runs an engine's native client tools (psql, pg_dump, ...) where they belong.
 

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from claude_db import Credentials, Endpoint, Engine, LocalServer, QueryResult, Tools
-from claude_db.engine import ImportOptions
+from claude_db.engine import DumpDirectory, ImportOptions
 from claude_db.errors import ClaudeDbError, PartlyAppliedError
 from claude_db_postgres import snapshots
 from claude_db_postgres.local import PostgresLocalServer
@@ -147,7 +147,7 @@ class PostgresEngine(Engine):
         # The local runtime's servers run with synchronous_commit=off: without this, a server
         # crash right after the import reported success would lose it whole.
         durable = {"PGOPTIONS": f"{os.environ.get('PGOPTIONS', '')} -c synchronous_commit=on"}
-        sql = _sql_input(tools, self.native_env(tools.endpoint), iter(chunks), options)
+        sql = _sql_input(tools, self.native_env(tools.endpoint), chunks, options)
         with tempfile.TemporaryFile() as errors, tempfile.TemporaryFile() as output:
             proc = tools.popen(
                 argv,
@@ -358,41 +358,55 @@ RESTRICT_SINCE = {13: 22, 14: 19, 15: 14, 16: 10, 17: 6}
 
 
 def _sql_input(
-    tools: Tools, env: dict[str, str], chunks: Iterator[bytes], options: ImportOptions
+    tools: Tools, env: dict[str, str], source: Iterable[bytes], options: ImportOptions
 ) -> Generator[bytes, None, None]:
-    """The SQL to feed psql: a pg_dump archive (-Fc, -Ft) goes through the session's own
-    pg_restore; ``\\restrict`` lines go when this psql does not know them."""
-    first = next(chunks, b"")
-    stream: Iterator[bytes] = itertools.chain([first], chunks)
-    if first.startswith(ARCHIVE_MAGIC) or (
-        first[:8] == b"toc.dat\0" and first[257:262] == b"ustar"
-    ):
-        stream = _restored(tools, env, stream, options)
-    elif b"\0" in first:
-        raise ClaudeDbError(
-            "the input is binary data, not SQL text nor a pg_dump archive (-Fc, -Ft)"
-        )
+    """The SQL to feed psql: a pg_dump archive (-Fc, -Ft, a -Fd directory) goes through the
+    session's own pg_restore; ``\\restrict`` lines go when this psql does not know them."""
+    stream: Iterator[bytes]
+    if isinstance(source, DumpDirectory):
+        # pg_restore opens the directory itself, so per-file compression (.gz, .lz4, .zst)
+        # is its business. Not streamed to it as a tar: its tar reader takes an uncompressed
+        # -Fd dump's files but refuses compressed ones ("compression is not supported by
+        # tar archive format"), and pg_dump -Fd compresses by default. On docker, naming
+        # the directory in pg_restore's argv makes the tools container mount it.
+        stream = _restored(tools, env, None, options, str(source.path))
+    else:
+        chunks = iter(source)
+        first = next(chunks, b"")
+        stream = itertools.chain([first], chunks)
+        if first.startswith(ARCHIVE_MAGIC) or (
+            first[:8] == b"toc.dat\0" and first[257:262] == b"ustar"
+        ):
+            stream = _restored(tools, env, stream, options)
+        elif b"\0" in first:
+            raise ClaudeDbError(
+                "the input is binary data, not SQL text nor a pg_dump archive (-Fc, -Ft)"
+            )
     if options.skip_ownership:
         stream = Ownership().lines(stream)
     return _restrict_lines(tools, env, stream)
 
 
 def _restored(
-    tools: Tools, env: dict[str, str], archive: Iterator[bytes], options: ImportOptions
+    tools: Tools, env: dict[str, str], archive: Iterator[bytes] | None,
+    options: ImportOptions, directory: str | None = None,
 ) -> Iterator[bytes]:
-    """A pg_dump archive as plain SQL, by ``pg_restore -f -`` where psql runs (so of the
-    session server's version): fed from a thread while its output is read here."""
+    """A pg_dump archive (or ``directory`` dump) as plain SQL, by ``pg_restore -f -`` where
+    psql runs (so of the session server's version): fed from a thread while its output is
+    read here."""
     with tempfile.TemporaryFile() as errors:
         proc = tools.popen(
             ["pg_restore", "-f", "-",
-             *(["--no-owner", "--no-privileges"] if options.skip_ownership else [])], env=env,
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=errors,
+             *(["--no-owner", "--no-privileges"] if options.skip_ownership else []),
+             *([directory] if directory else [])], env=env,
+            stdin=subprocess.PIPE if archive is not None else None,
+            stdout=subprocess.PIPE, stderr=errors,
         )
-        assert proc.stdin is not None and proc.stdout is not None
+        assert proc.stdout is not None
         feed_error: list[BaseException] = []
 
         def feed() -> None:
-            assert proc.stdin is not None
+            assert proc.stdin is not None and archive is not None
             try:
                 for chunk in archive:
                     proc.stdin.write(chunk)
@@ -406,7 +420,8 @@ def _restored(
                     proc.stdin.close()
 
         feeder = threading.Thread(target=feed, daemon=True)
-        feeder.start()
+        if archive is not None:
+            feeder.start()
         finished = False
         try:
             while chunk := proc.stdout.read(CHUNK):
@@ -417,7 +432,8 @@ def _restored(
             if not finished:  # psql stopped first: stop pg_restore too
                 proc.kill()
             code = proc.wait()
-        feeder.join()
+        if archive is not None:
+            feeder.join()
         if feed_error:
             raise feed_error[0]
         if code != 0:
