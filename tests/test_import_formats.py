@@ -323,6 +323,20 @@ def test_create_roles_makes_the_roles_a_dump_names(
     )
     result = cli("claude-db", "import", "--create-roles", "more.sql")
     assert result.code == 0 and "created roles (NOLOGIN): writer\n" in result.stderr, result
+    # an archive's roles are found in pg_restore's SQL (on a new server, without them)
+    assert cli("claude-db", "export", "--format", "custom", "roles.dump").code == 0
+    assert cli("claude-session", "delete", "formats", "--yes").code == 0
+    assert cli("claude-session", "start", "formats").code == 0
+    result = cli("claude-db", "import", "roles.dump")
+    assert_one_line_error(result, ExitCode.FAILED)
+    result = cli("claude-db", "import", "--create-roles", "roles.dump")
+    assert result.code == 0, result
+    created = [line for line in result.stderr.splitlines() if "created roles" in line]
+    # pg_dump --no-owner: app owns nothing there, but the table's privileges name it
+    assert sorted(created[0].split(": ")[1].split(", ")) == [
+        'Odd "One"', "app", "authenticated", "reader", "writer"
+    ], result
+    assert _count(cli) == "1" and len(_roles(cli)) == 4
 
 
 def test_export_format_custom_round_trips(
@@ -389,3 +403,19 @@ def test_an_error_names_its_line_and_file(
     nested = cli("claude-db", "import", "parent.sql")
     assert_one_line_error(nested, ExitCode.FAILED)
     assert "line 4 of inc/child.sql: syntax error" in nested.stderr, nested
+
+
+@pytest.mark.docker
+def test_the_docker_runtime_creates_roles(
+    cli: Cli, new_name: Callable[[], str], workdir: Path
+) -> None:
+    """The container's superuser (the session's user) creates the roles."""
+    assert cli("claude-session", "start", new_name()).code == 0
+    (workdir / "roles.sql").write_text(ROLES_DUMP)
+    result = cli("claude-db", "import", "roles.sql")
+    assert_one_line_error(result, ExitCode.FAILED)
+    assert "import --create-roles" in result.stderr and "--skip-ownership" in result.stderr
+    result = cli("claude-db", "import", "--create-roles", "roles.sql")
+    assert result.code == 0, result
+    assert f"created roles (NOLOGIN): {ROLES}" in result.stderr, result
+    _created_as_nologin(cli)
