@@ -301,6 +301,9 @@ def test_create_roles_makes_the_roles_a_dump_names(
     assert_one_line_error(result, ExitCode.FAILED)
     assert 'role "app" does not exist; import --create-roles' in result.stderr, result
     assert "--skip-ownership" in result.stderr, result
+    for other in ("--replace", "--no-transaction"):  # the roles would outlive a failure
+        result = cli("claude-db", "import", "--create-roles", other, "roles.sql")
+        assert_one_line_error(result, ExitCode.USAGE)
     assert _tables(cli) == [] and _roles(cli) == []
     # a failed import drops again the roles it created (the transaction left nothing)
     (workdir / "fails.sql").write_text(

@@ -652,6 +652,9 @@ class MissingRoles(SqlLines):
         try:
             if kind is not None and not issubclass(kind, PartlyAppliedError):
                 self._drop()
+            elif kind is not None and self.created:  # what the file committed may use them
+                print(f"note: the created roles stay (NOLOGIN): {', '.join(self.created)}",
+                      file=sys.stderr)
         finally:
             if self._conn is not None:
                 self._conn.close()
