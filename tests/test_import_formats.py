@@ -293,12 +293,96 @@ def test_roles_the_session_lacks(cli: Cli, session: dict[str, str], workdir: Pat
     )
     result = cli("claude-db", "import", "owned.sql")
     assert_one_line_error(result, ExitCode.FAILED)
-    assert 'line 2: role "app" does not exist; import --skip-ownership' in result.stderr, result
+    assert 'line 2: role "app" does not exist; import --create-roles' in result.stderr, result
+    assert "--skip-ownership" in result.stderr, result
     assert _tables(cli) == []
     result = cli("claude-db", "import", "--skip-ownership", "owned.sql")
     assert result.code == 0, result
     counted = cli("claude-db", "query", "select count(*) from o", "--csv")
     assert counted.stdout.splitlines()[1] == "1", counted
+
+
+ROLES_DUMP = (
+    'CREATE TABLE "public"."t" ("x" integer);\n'
+    'ALTER TABLE "public"."t" OWNER TO app;\n'
+    "COPY \"public\".\"t\" (\"x\") FROM stdin;\n1\n\\.\n"
+    'GRANT SELECT ON t TO reader, "Odd ""One""";\n'
+    "ALTER TABLE t ENABLE ROW LEVEL SECURITY;\n"
+    "CREATE POLICY p ON t TO authenticated USING (true);\n"
+)
+ROLES = "app, reader, Odd \"One\", authenticated"
+
+
+def _roles(cli: Cli) -> list[str]:
+    """The roles that are neither built in nor the session's, and what they may do."""
+    listed = cli(
+        "claude-db", "query",
+        "select rolname, rolcanlogin, rolsuper, rolcreaterole, rolcreatedb, rolinherit "
+        "from pg_roles where rolname in ('app', 'reader', 'Odd \"One\"', 'authenticated', "
+        "'ghost')", "--csv",
+    )
+    assert listed.code == 0, listed
+    return listed.stdout.splitlines()[1:]
+
+
+def _created_as_nologin(cli: Cli) -> None:
+    """ROLES_DUMP's roles exist, NOLOGIN with nothing else; its policy and row are there."""
+    assert sorted(_roles(cli)) == sorted([
+        "app,f,f,f,f,t", "reader,f,f,f,f,t", '"Odd ""One""",f,f,f,f,t', "authenticated,f,f,f,f,t",
+    ])
+    policy = cli("claude-db", "query",
+                 "select policyname, array_to_string(roles, ' ') from pg_policies", "--csv")
+    assert policy.stdout.splitlines()[1:] == ["p,authenticated"], policy
+    assert _count(cli) == "1"
+
+
+def test_create_roles_makes_the_roles_a_dump_names(
+    cli: Cli, session: dict[str, str], workdir: Path
+) -> None:
+    (workdir / "roles.sql").write_text(ROLES_DUMP)
+    result = cli("claude-db", "import", "roles.sql")
+    assert_one_line_error(result, ExitCode.FAILED)
+    assert 'role "app" does not exist; import --create-roles' in result.stderr, result
+    assert "--skip-ownership" in result.stderr, result
+    for other in ("--replace", "--no-transaction"):  # the roles would outlive a failure
+        result = cli("claude-db", "import", "--create-roles", other, "roles.sql")
+        assert_one_line_error(result, ExitCode.USAGE)
+    assert _tables(cli) == [] and _roles(cli) == []
+    # a failed import drops again the roles it created (the transaction left nothing)
+    (workdir / "fails.sql").write_text(
+        "CREATE TABLE g (x int);\nALTER TABLE g OWNER TO ghost;\nSELECT 1/0;\n"
+    )
+    result = cli("claude-db", "import", "--create-roles", "fails.sql")
+    assert_one_line_error(result, ExitCode.FAILED)
+    assert "line 3: division by zero" in result.stderr, result
+    assert _tables(cli) == [] and _roles(cli) == []
+    result = cli("claude-db", "import", "--create-roles", "roles.sql")
+    assert result.code == 0, result
+    assert f"created roles (NOLOGIN): {ROLES}" in result.stderr, result
+    _created_as_nologin(cli)
+    owner = cli("claude-db", "query", "select tableowner from pg_tables where tablename='t'",
+                "--csv")
+    assert owner.stdout.splitlines()[1] == "app", owner
+    # only the roles the server lacks are created
+    (workdir / "more.sql").write_text(
+        "CREATE TABLE u (x int);\nGRANT SELECT ON u TO reader, writer;\n"
+    )
+    result = cli("claude-db", "import", "--create-roles", "more.sql")
+    assert result.code == 0 and "created roles (NOLOGIN): writer\n" in result.stderr, result
+    # an archive's roles are found in pg_restore's SQL (on a new server, without them)
+    assert cli("claude-db", "export", "--format", "custom", "roles.dump").code == 0
+    assert cli("claude-session", "delete", "formats", "--yes").code == 0
+    assert cli("claude-session", "start", "formats").code == 0
+    result = cli("claude-db", "import", "roles.dump")
+    assert_one_line_error(result, ExitCode.FAILED)
+    result = cli("claude-db", "import", "--create-roles", "roles.dump")
+    assert result.code == 0, result
+    created = [line for line in result.stderr.splitlines() if "created roles" in line]
+    # pg_dump --no-owner: app owns nothing there, but the table's privileges name it
+    assert sorted(created[0].split(": ")[1].split(", ")) == [
+        'Odd "One"', "app", "authenticated", "reader", "writer"
+    ], result
+    assert _count(cli) == "1" and len(_roles(cli)) == 4
 
 
 def test_export_format_custom_round_trips(
@@ -394,3 +478,19 @@ def test_an_error_names_its_line_and_file(
     nested = cli("claude-db", "import", "parent.sql")
     assert_one_line_error(nested, ExitCode.FAILED)
     assert "line 4 of inc/child.sql: syntax error" in nested.stderr, nested
+
+
+@pytest.mark.docker
+def test_the_docker_runtime_creates_roles(
+    cli: Cli, new_name: Callable[[], str], workdir: Path
+) -> None:
+    """The container's superuser (the session's user) creates the roles."""
+    assert cli("claude-session", "start", new_name()).code == 0
+    (workdir / "roles.sql").write_text(ROLES_DUMP)
+    result = cli("claude-db", "import", "roles.sql")
+    assert_one_line_error(result, ExitCode.FAILED)
+    assert "import --create-roles" in result.stderr and "--skip-ownership" in result.stderr
+    result = cli("claude-db", "import", "--create-roles", "roles.sql")
+    assert result.code == 0, result
+    assert f"created roles (NOLOGIN): {ROLES}" in result.stderr, result
+    _created_as_nologin(cli)

@@ -53,6 +53,9 @@ class ImportOptions:
 
     #: leave out ownership and privileges (``OWNER TO``, ``GRANT``, ``REVOKE``)
     skip_ownership: bool = False
+    #: first create the roles the dump names that the server lacks (NOLOGIN, nothing else);
+    #: dropped again if the import fails
+    create_roles: bool = False
     #: statements outside one transaction; the caller restores a snapshot on failure
     transaction: bool = True
 
@@ -94,6 +97,9 @@ class Tools(ABC):
     #: set when the tools work on the user's files (an import): the directory their
     #: relative paths resolve against (the imported file's, as ``psql -f FILE``'s ``\ir``)
     workdir: Path | None = None
+    #: the server's superuser as seen from claude-db's process, when the session's own user
+    #: may not create roles (the local runtime's admin, through the server's unix socket)
+    admin_endpoint: Endpoint | None = None
 
     @abstractmethod
     def popen(
@@ -130,6 +136,9 @@ class LocalServer(ABC):
     #: not only the owner of its database.
     pinned_bindir: Path | None = None
     superuser: bool = False
+    #: the server's own administrator, reached through its unix socket without a password
+    #: (None: the engine has none): ``Tools.admin_endpoint``
+    admin_user: ClassVar[str | None] = None
 
     @abstractmethod
     def version(self) -> str:
@@ -243,7 +252,8 @@ class Engine(ABC):
         """:meth:`restore` as ``options`` say; an engine that honours none refuses them."""
         if options != ImportOptions():
             raise UsageError(
-                f"import --skip-ownership and --no-transaction are not for {self.name}"
+                f"import --skip-ownership, --create-roles and --no-transaction are not for "
+                f"{self.name}"
             )
         self.restore(tools, chunks)
 

@@ -367,6 +367,11 @@ def import_(
         False, "--skip-ownership",
         help="Leave out OWNER TO, GRANT and REVOKE (roles this server lacks).",
     ),
+    create_roles: bool = typer.Option(
+        False, "--create-roles",
+        help="First create the roles the dump names that this server lacks (NOLOGIN); "
+        "dropped again if the import fails.",
+    ),
     no_transaction: bool = typer.Option(
         False, "--no-transaction",
         help="Run outside one transaction (CREATE INDEX CONCURRENTLY, VACUUM...): a snapshot "
@@ -376,10 +381,16 @@ def import_(
     """Apply a dump or SQL script: stops at the first error, applies all or nothing."""
     destructive = ("replace its data" if replace
                    else "import outside one transaction" if no_transaction else None)
+    options = ImportOptions(skip_ownership=skip_ownership, create_roles=create_roles)
+    if replace and (skip_ownership or create_roles or no_transaction):
+        raise UsageError(
+            "--replace takes none of --skip-ownership, --create-roles, --no-transaction"
+        )
+    if create_roles and no_transaction:
+        # the roles would outlive a failed import: its objects (owned by them) are gone only
+        # once the snapshot is put back
+        raise UsageError("--create-roles takes no --no-transaction")
     target = _target(session, destructive=destructive)
-    options = ImportOptions(skip_ownership=skip_ownership)
-    if replace and (skip_ownership or no_transaction):
-        raise UsageError("--replace takes neither --skip-ownership nor --no-transaction")
     if no_transaction:
         before = import_outside_a_transaction(get_app(), target, source, database, options)
         note(f"imported {source if source != '-' else 'stdin'} into {target.name} "

@@ -160,7 +160,15 @@ class LocalRuntime(Runtime):
 
     def tools(self, session: Session, engine: Engine) -> Tools:
         # the server's own bin directory: client tools always match the server's version
-        return HostTools(self.endpoint(session, engine), Path(session.runtime_state["bindir"]))
+        tools = HostTools(self.endpoint(session, engine), Path(session.runtime_state["bindir"]))
+        server = engine.local_server()
+        if server is not None and (admin := server.admin_user) is not None:
+            assert session.credentials is not None
+            tools.admin_endpoint = Endpoint(
+                session.runtime_state["socket_dir"], session.runtime_state["port"],
+                Credentials(admin, "", session.credentials.database),
+            )
+        return tools
 
     # -- internals ------------------------------------------------------------------------
 

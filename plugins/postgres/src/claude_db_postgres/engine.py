@@ -127,6 +127,20 @@ class PostgresEngine(Engine):
     def restore_with(
         self, tools: Tools, chunks: Iterable[bytes], options: ImportOptions
     ) -> None:
+        if not options.create_roles:
+            return self._apply(tools, chunks, options, None)
+        admin = tools.admin_endpoint or tools.client_endpoint or tools.endpoint
+        admin = admin.with_database(tools.endpoint.database)  # where schema public is
+        with MissingRoles(admin, tools.endpoint.user) as roles:
+            self._apply(tools, chunks, options, roles)
+        if roles.created:
+            print(f"created roles (NOLOGIN): {', '.join(roles.created)}", file=sys.stderr)
+        return None
+
+    def _apply(
+        self, tools: Tools, chunks: Iterable[bytes], options: ImportOptions,
+        roles: MissingRoles | None,
+    ) -> None:
         # One transaction, stop at the first error: nothing of a failed import stays applied.
         # BEGIN comes before the file (-c), COMMIT after it in the same input, once the whole
         # input was read: psql's --single-transaction would commit at end of input, and an
@@ -147,7 +161,7 @@ class PostgresEngine(Engine):
         # The local runtime's servers run with synchronous_commit=off: without this, a server
         # crash right after the import reported success would lose it whole.
         durable = {"PGOPTIONS": f"{os.environ.get('PGOPTIONS', '')} -c synchronous_commit=on"}
-        sql = _sql_input(tools, self.native_env(tools.endpoint), chunks, options)
+        sql = _sql_input(tools, self.native_env(tools.endpoint), chunks, options, roles)
         with tempfile.TemporaryFile() as errors, tempfile.TemporaryFile() as output:
             proc = tools.popen(
                 argv,
@@ -358,7 +372,8 @@ RESTRICT_SINCE = {13: 22, 14: 19, 15: 14, 16: 10, 17: 6}
 
 
 def _sql_input(
-    tools: Tools, env: dict[str, str], source: Iterable[bytes], options: ImportOptions
+    tools: Tools, env: dict[str, str], source: Iterable[bytes], options: ImportOptions,
+    roles: MissingRoles | None = None,
 ) -> Generator[bytes, None, None]:
     """The SQL to feed psql: a pg_dump archive (-Fc, -Ft, a -Fd directory) goes through the
     session's own pg_restore; ``\\restrict`` lines go when this psql does not know them."""
@@ -384,6 +399,8 @@ def _sql_input(
             )
     if options.skip_ownership:
         stream = Ownership().lines(stream)
+    if roles is not None:
+        stream = roles.lines(stream)
     return _restrict_lines(tools, env, stream)
 
 
@@ -492,6 +509,9 @@ class SqlLines:
     writes the statements filtered (one line each). Lines of COPY data are data, whatever
     they say: passed as they are. A line cut between two chunks is held back."""
 
+    #: the first letters of the lines :meth:`_left_out` looks at
+    first_letters = b"GRASgras"
+
     def __init__(self) -> None:
         self.left_out = 0
         self._held = b""
@@ -529,7 +549,7 @@ class SqlLines:
             line = data[pos:line_end]
             if line.startswith(b"COPY ") and line.rstrip().endswith(b" FROM stdin;"):
                 self._in_copy = True
-            if not (line[:1] and line[:1] in b"GRASgras" and self._left_out(line)):
+            if not (line[:1] and line[:1] in self.first_letters and self._left_out(line)):
                 out.append(line)
             pos = line_end
         return b"".join(out)
@@ -583,12 +603,162 @@ class Ownership(SqlLines):
         return True
 
 
+#: an identifier naming a role: quoted ("App ""x""") or not (folded to lower case)
+IDENT = rb'"(?:[^"]|"")+"|[A-Za-z_][A-Za-z0-9_$]*'
+IDENTS = rb"(?:" + IDENT + rb")(?:\s*,\s*(?:" + IDENT + rb"))*"
+#: where a statement names roles that must exist (a whole line of it, as pg_dump writes
+#: them): OWNER TO, GRANT ... TO, GRANTED BY, REVOKE ... FROM, CREATE/ALTER POLICY ... TO,
+#: ALTER DEFAULT PRIVILEGES FOR ROLE, ALTER ROLE, SET ROLE, SET SESSION AUTHORIZATION,
+#: GRANT role TO role
+ROLE_USES = [
+    re.compile(rb"^ALTER\b.*?\bOWNER\s+TO\s+(" + IDENT + rb")", re.IGNORECASE),
+    re.compile(rb"^(?:ALTER\s+DEFAULT\b.*?\b)?GRANT\b.*?\bTO\s+(" + IDENTS + rb")",
+               re.IGNORECASE),
+    re.compile(rb"^GRANT\s+(" + IDENTS + rb")\s+TO\b", re.IGNORECASE),  # a membership
+    re.compile(rb"^(?:GRANT|REVOKE)\b.*?\bGRANTED\s+BY\s+(" + IDENT + rb")", re.IGNORECASE),
+    re.compile(rb"^(?:ALTER\s+DEFAULT\b.*?\b)?REVOKE\b.*?\bFROM\s+(" + IDENTS + rb")",
+               re.IGNORECASE),
+    re.compile(rb"^(?:CREATE|ALTER)\s+POLICY\b.*?\bTO\s+(" + IDENTS + rb")", re.IGNORECASE),
+    re.compile(rb"^ALTER\s+DEFAULT\s+PRIVILEGES\s+FOR\s+(?:ROLE|USER)\s+(" + IDENTS + rb")",
+               re.IGNORECASE),
+    re.compile(rb"^ALTER\s+(?:ROLE|USER)\s+(" + IDENT + rb")", re.IGNORECASE),
+    re.compile(rb"^SET\s+(?:SESSION\s+AUTHORIZATION|ROLE)\s+(" + IDENT + rb")", re.IGNORECASE),
+]
+#: a role the dump creates itself: not ours to create
+ROLE_CREATED = re.compile(rb"^CREATE\s+(?:ROLE|USER|GROUP)\s+(" + IDENT + rb")", re.IGNORECASE)
+#: words where a role name may stand that name none
+NOT_ROLES = frozenset({"public", "current_user", "current_role", "session_user", "none",
+                       "default", "group"})
+
+
+class MissingRoles(SqlLines):
+    """``import --create-roles``: creates, as NOLOGIN roles with nothing else, the roles the
+    dump names that the server lacks, each before psql reads the line naming it (the import's
+    transaction sees a role another session committed from its next statement on).
+
+    The stream is scanned rather than the import retried on each ``role "x" does not
+    exist``: a scan reads the input once (stdin and FIFOs cannot be read again) and needs
+    no round per role; pg_dump writes each statement naming roles on one line. A role the
+    scan misses fails the import as before, naming the options. The roles are created
+    through ``admin`` (a superuser), committed, and granted to the session's ``user`` when
+    that is another (no superuser: ``OWNER TO x`` needs membership in x); if the import
+    fails they are dropped again (as the import rolled back, nothing depends on them)."""
+
+    first_letters = b"ACGRSacgrs"
+
+    def __init__(self, admin: Endpoint, user: str) -> None:
+        super().__init__()
+        self.admin, self.user = admin, user
+        self.created: list[str] = []
+        self._seen: set[str] = set()
+        self._wanted: list[str] = []
+        self._conn: Any = None
+
+    def __enter__(self) -> MissingRoles:
+        return self
+
+    def __exit__(self, kind: type[BaseException] | None, *_: object) -> None:
+        try:
+            if kind is not None and not issubclass(kind, PartlyAppliedError):
+                self._drop()
+            elif kind is not None and self.created:  # what the file committed may use them
+                print(f"note: the created roles stay (NOLOGIN): {', '.join(self.created)}",
+                      file=sys.stderr)
+        finally:
+            if self._conn is not None:
+                self._conn.close()
+
+    def _left_out(self, line: bytes) -> bool:
+        if created := ROLE_CREATED.match(line):
+            self._seen.add(_identifier(created.group(1)))
+            return False
+        for use in ROLE_USES:
+            if found := use.match(line):
+                for quoted in re.findall(IDENT, found.group(1)):
+                    name = _identifier(quoted)
+                    if name not in self._seen and not (
+                        quoted[:1] != b'"' and name in NOT_ROLES
+                    ):
+                        self._seen.add(name)
+                        self._wanted.append(name)
+        return False
+
+    def filter(self, chunk: bytes, end: bool = False) -> bytes:
+        kept = super().filter(chunk, end)
+        if self._wanted:
+            self._create(self._wanted)
+            self._wanted = []
+        return kept
+
+    def _create(self, names: list[str]) -> None:
+        import psycopg
+        from psycopg import sql
+
+        try:
+            if self._conn is None:
+                self._conn = _connect(self.admin, timeout=10)
+                self._conn.autocommit = True
+            for name in names:
+                if self._conn.execute(
+                    "SELECT 1 FROM pg_roles WHERE rolname = %s", (name,)
+                ).fetchone():
+                    continue
+                role = sql.Identifier(name)
+                self._conn.execute(sql.SQL("CREATE ROLE {} NOLOGIN").format(role))
+                if self.user != self.admin.user:
+                    # a user who is no superuser gives an object only to its own roles, and
+                    # only to one that may create in the object's schema (PG15+: schema
+                    # public's CREATE is its owner's only)
+                    self._conn.execute(
+                        sql.SQL("GRANT {} TO {}").format(role, sql.Identifier(self.user))
+                    )
+                    if self._public_schema():
+                        self._conn.execute(
+                            sql.SQL("GRANT CREATE ON SCHEMA public TO {}").format(role)
+                        )
+                self.created.append(name)
+        except psycopg.Error as exc:
+            raise ClaudeDbError(
+                f"import failed, nothing was applied: cannot create the roles the dump "
+                f"names: {_pg_message(exc)}"
+            ) from None
+
+    def _drop(self) -> None:
+        import psycopg
+        from psycopg import sql
+
+        for name in reversed(self.created):
+            role = sql.Identifier(name)
+            try:
+                if self.user != self.admin.user and self._public_schema():
+                    self._conn.execute(
+                        sql.SQL("REVOKE CREATE ON SCHEMA public FROM {}").format(role)
+                    )
+                self._conn.execute(sql.SQL("DROP ROLE IF EXISTS {}").format(role))
+            except psycopg.Error as exc:
+                print(f"note: role {name} stays: {_pg_message(exc)}", file=sys.stderr)
+
+
+    def _public_schema(self) -> bool:
+        return self._conn.execute(
+            "SELECT 1 FROM pg_namespace WHERE nspname = 'public'"
+        ).fetchone() is not None
+
+
+def _identifier(name: bytes) -> str:
+    """A SQL identifier's name: ``"App"`` as ``App``, ``App`` as ``app``."""
+    if name[:1] == b'"':
+        return name[1:-1].replace(b'""', b'"').decode(errors="replace")
+    return name.decode(errors="replace").lower()
+
+
 def _way_out(error: str) -> str:
     """The import option that gets past ``error``, if one does."""
     if re.search(r'role ".*" does not exist', error):
         return (
-            "; import --skip-ownership leaves out ownership and privileges (OWNER TO, GRANT, "
-            "REVOKE); a policy or membership naming the role needs it created first"
+            "; import --create-roles creates the roles it names that this server lacks "
+            "(NOLOGIN), or --skip-ownership leaves out ownership and privileges (OWNER TO, "
+            "GRANT, REVOKE; a policy naming the role still needs it)"
         )
     if "cannot run inside a transaction block" in error or "unsafe use of new value" in error:
         return (

@@ -43,6 +43,8 @@ class PostgresLocalServer(LocalServer):
     """A session's server: the session's user owns its database and is no superuser (it
     runs no programs, reads no files and reaches no other server), unless ``superuser``."""
 
+    admin_user = ADMIN_ROLE
+
     service_users = ("postgres",)
     stop_signal = signal.SIGINT  # "fast" shutdown: roll back clients, then exit cleanly
 
