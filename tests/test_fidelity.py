@@ -95,22 +95,12 @@ ITEMS = (
 
 # What a round trip still loses (each case a strict xfail naming why, so it fails once fixed):
 PG_EXPORT_LEAVES_OUT = (
-    "export leaves out what a new session could not restore: grants to roles other than "
-    "PUBLIC, pg_* and the session's user (fidelity_reader), said in one note; and a plain "
-    "pg_dump carries no database-level state (ALTER DATABASE ... SET, COMMENT ON DATABASE, "
-    "GRANT ... ON DATABASE)"
-)
-MYSQL_DATABASE_COMMENT = (
-    "the database's comment (ALTER DATABASE COMMENT) is lost: dumps carry no CREATE "
-    "DATABASE and reset recreates the database with its character set only"
+    "export leaves out grants to roles other than PUBLIC, pg_* and the session's user "
+    "(here fidelity_reader), which a new session lacks; it says so in one note"
 )
 #: (item, path, runtime) -> what breaks it ("*": any)
 KNOWN: dict[tuple[str, str, str], str] = {
     ("pg-features", "export-import", "*"): PG_EXPORT_LEAVES_OUT,
-    ("mysql-features", "export-import", "*"): MYSQL_DATABASE_COMMENT,
-    ("mysql-features", "reset-undo", "*"): MYSQL_DATABASE_COMMENT,
-    ("mysql-features", "snapshot-restore", "*"): MYSQL_DATABASE_COMMENT,
-    ("mysql-features", "replace-undo", "*"): MYSQL_DATABASE_COMMENT,
 }
 
 

@@ -112,6 +112,7 @@ class MySQLEngine(Engine):
                 )
                 found = cur.fetchone()
                 options = f" CHARACTER SET {found[0]} COLLATE {found[1]}" if found else ""
+                comment = _database_comment(cur, name)  # kept, as its character set is
                 # like PostgreSQL's DROP DATABASE ... WITH (FORCE): end the sessions using it,
                 # or DROP waits for their metadata locks
                 cur.execute(
@@ -123,6 +124,8 @@ class MySQLEngine(Engine):
                         cur.execute(f"KILL CONNECTION {int(thread)}")
                 cur.execute(f"DROP DATABASE IF EXISTS {quote_ident(name)}")
                 cur.execute(f"CREATE DATABASE {quote_ident(name)}{options}")
+                if comment:
+                    cur.execute(f"ALTER DATABASE {quote_ident(name)} COMMENT %s", (comment,))
         except pymysql.MySQLError as exc:
             raise _error("reset failed", endpoint, exc) from None
 
@@ -225,3 +228,18 @@ def _error(what: str, endpoint: Endpoint, exc: Exception) -> ClaudeDbError:
         where = f"{endpoint.host}:{endpoint.port}"
         return NotRunningError(f"no MySQL server answers at {where}: {text}")
     return ClaudeDbError(f"{what}: ERROR {code}: {text}" if code else f"{what}: {text}")
+
+
+def _database_comment(cursor: Any, name: str) -> str | None:
+    """The database's comment (MariaDB 10.5+; MySQL has none, and no such column)."""
+    import pymysql
+
+    try:
+        cursor.execute(
+            "SELECT SCHEMA_COMMENT FROM information_schema.SCHEMATA WHERE SCHEMA_NAME = %s",
+            (name,),
+        )
+    except pymysql.MySQLError:
+        return None
+    found = cursor.fetchone()
+    return str(found[0]) if found and found[0] else None
