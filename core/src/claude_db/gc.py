@@ -42,7 +42,7 @@ from claude_db.errors import ClaudeDbError
 from claude_db.lifecycle import STARTING_MARKER
 from claude_db.locks import LOCKS_DIR, lock_for, try_hold
 from claude_db.processes import is_running, process_identity, process_started_at
-from claude_db.runtimes.local import remove_socket_dir
+from claude_db.runtimes.local.runtime import remove_socket_dir
 from claude_db.session import NAME_PATTERN, Session
 from claude_db.statedir import UnsafeStateError, unsafe
 
@@ -262,7 +262,7 @@ class _Sweeper:
             return {}  # no docker runtime registered
         if not runtime.available():
             return {}
-        from claude_db.runtimes.docker_client import client
+        from claude_db.runtimes.docker.client import client
 
         docker = client()
         state = str(self.app.settings.state_dir)

@@ -10,7 +10,7 @@ the session's only with all three. Docker names are global (other users, other s
 directories share the daemon), so a lookup by name that finds one without them refuses
 with one line and never touches it, and everything acts by id after the check.
 
-The docker SDK is imported on first use only (see ``docker_client``).
+The docker SDK is imported on first use only (see ``client``).
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ from claude_db.errors import (
 from claude_db.processes import child_env, run_foreground
 from claude_db.readiness import wait_until_ready
 from claude_db.runtime import Runtime, Status
-from claude_db.runtimes.docker_client import (
+from claude_db.runtimes.docker.client import (
     client,
     describe_host,
     docker_errors,
@@ -40,7 +40,7 @@ from claude_db.runtimes.docker_client import (
     ping,
     slow,
 )
-from claude_db.runtimes.docker_tools import DockerTools, exec_argv, terminal
+from claude_db.runtimes.docker.tools import DockerTools, exec_argv, terminal
 from claude_db.session import Session
 
 if TYPE_CHECKING:
