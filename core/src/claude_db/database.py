@@ -11,7 +11,6 @@ import itertools
 import lzma
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -19,88 +18,30 @@ import threading
 import zipfile
 import zlib
 from collections.abc import Iterator
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, TYPE_CHECKING, Any, Protocol
+from typing import IO, Any, Protocol
 
 from claude_db.app import App
 from claude_db.engine import (
     Credentials,
     DumpDirectory,
     Endpoint,
-    Engine,
     ImportOptions,
-    Tools,
 )
 from claude_db.envfile import MARKER, find_env
-from claude_db.errors import ClaudeDbError, NotRunningError, SessionNotFoundError, UsageError
-from claude_db.processes import HostTools
-from claude_db.runtime import Runtime
-from claude_db.session import Session, validate_name
-from claude_db.urls import parse_url
+from claude_db.errors import ClaudeDbError, SessionNotFoundError, UsageError
+from claude_db.session import validate_name
 
-if TYPE_CHECKING:
-    from claude_db.snapshots import Snapshot
+# Target and listening are imported from here too (they lived here)
+from claude_db.target import Target as Target
+from claude_db.target import listening as listening
+from claude_db.target import parts
+from claude_db.urls import parse_url
 
 CHUNK = 1 << 20
 GZIP_MAGIC = b"\x1f\x8b"
 GZIP_LEVEL = 6  # gzip(1)'s default: Python's 9 is several times slower for little gain
-
-
-@dataclass
-class Target:
-    """A session's database as claude-db reaches it (``runtime`` is None for a bare URL)."""
-
-    name: str
-    engine: Engine
-    runtime: Runtime | None
-    session: Session | None
-    url_endpoint: Endpoint | None = None
-    #: an inherited variable names another database than the one resolved (see resolve)
-    conflict: str | None = None
-    #: a bare URL that is a session's own (its session container's environment)
-    owned: bool = False
-
-    def endpoint(self, database: str | None = None) -> Endpoint:
-        if self.runtime is None or self.session is None:
-            assert self.url_endpoint is not None
-            return self.url_endpoint.with_database(database)
-        return self.runtime.endpoint(self.session, self.engine).with_database(database)
-
-    def tools(self, database: str | None = None) -> Tools:
-        if self.runtime is None or self.session is None:
-            return HostTools(self.endpoint(database))
-        tools = self.runtime.tools(self.session, self.engine)
-        tools.endpoint = tools.endpoint.with_database(database)
-        tools.client_endpoint = self.endpoint(database)
-        return tools
-
-    def require_running(self) -> None:
-        if self.runtime is None or self.session is None:
-            endpoint = self.endpoint()
-            if not listening(endpoint):  # a bare URL has no session to ask
-                raise NotRunningError(
-                    f"nothing answers at {endpoint.host}:{endpoint.port} ({self.name})"
-                )
-            return
-        status = self.runtime.status(self.session)
-        if status != "running":
-            raise NotRunningError(
-                f"the database of session {self.name!r} is {status}; "
-                f"start it with: claude-session attach {self.name} --no-shell"
-            )
-
-
-def listening(endpoint: Endpoint, timeout: float = 5) -> bool:
-    """Whether something accepts TCP connections at ``endpoint`` (a unix socket directory
-    is taken as yes: the engine's own connection tells)."""
-    if not endpoint.host or endpoint.host.startswith("/"):
-        return True
-    try:
-        socket.create_connection((endpoint.host, endpoint.port), timeout=timeout).close()
-    except OSError:  # refused, unreachable, unresolvable, timed out
-        return False
-    return True
 
 
 def resolve(app: App, session_name: str | None) -> Target:
@@ -206,8 +147,6 @@ def _session_target(app: App, name: str) -> Target:
         raise UsageError(
             f"session {name!r} has no database (it started with CLAUDE_DB_ENABLED=false)"
         )
-    from claude_db.lifecycle import parts
-
     engine, runtime = parts(app, session)
     return Target(name, engine, runtime, session)
 
@@ -350,47 +289,6 @@ def import_from(
     except (OSError, EOFError, zlib.error, lzma.LZMAError) as exc:  # unreadable or corrupt
         reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else exc
         raise ClaudeDbError(f"cannot read {source}, nothing was applied: {reason}") from None
-
-
-def import_outside_a_transaction(
-    app: App, target: Target, source: str, database: str | None, options: ImportOptions
-) -> Snapshot:
-    """``import --no-transaction``: for statements no transaction block may hold (CREATE
-    INDEX CONCURRENTLY, VACUUM, a new enum value used at once). All or nothing still: an
-    automatic snapshot first, put back if the import fails. Returns that snapshot."""
-    from claude_db import snapshots
-
-    check_source(source)
-    # refused before the snapshot: a refusal must not cost an undo point (nor record a
-    # command that took none)
-    if type(target.engine).restore_with is Engine.restore_with:
-        raise UsageError(f"import --no-transaction is not for {target.engine.name}")
-    if app.settings.auto_snapshots == 0:
-        raise UsageError(
-            "import --no-transaction needs the automatic snapshot it would put back on "
-            "failure: CLAUDE_DB_AUTO_SNAPSHOTS is 0"
-        )
-    target.require_running()
-    taken = snapshots.before_destroying(app, target, database, snapshots.IMPORT)
-    assert taken is not None  # automatic snapshots are on
-    try:
-        import_from(target, source, database, replace(options, transaction=False))
-    except BaseException as exc:
-        try:
-            _, safety = snapshots.restore(app, target, taken.name)
-        except Exception as again:
-            raise ClaudeDbError(
-                f"{exc}; putting the previous data back failed too ({again}): it is in "
-                f"snapshot {taken.name} (claude-db snapshot restore {taken.name})"
-            ) from None
-        for done in (safety, taken):  # the data is back: the copies add nothing
-            if done is not None:
-                with contextlib.suppress(Exception):
-                    snapshots.delete(app, target, done.name)
-        if isinstance(exc, ClaudeDbError):
-            raise ClaudeDbError(f"{exc}; the previous data is back") from None
-        raise
-    return taken
 
 
 #: compressed inputs, told by their first bytes (whatever the file is called)

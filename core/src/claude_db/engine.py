@@ -6,45 +6,16 @@ import gzip
 import subprocess
 from abc import ABC, abstractmethod
 from collections.abc import Iterable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any, ClassVar
 
 from claude_db.errors import UsageError
+
+# part of the engine contract, defined with the URLs they make
+from claude_db.urls import Credentials as Credentials
+from claude_db.urls import Endpoint as Endpoint
 from claude_db.urls import build_url
-
-
-@dataclass(frozen=True)
-class Credentials:
-    user: str
-    password: str
-    database: str
-
-
-@dataclass(frozen=True)
-class Endpoint:
-    """Where a client connects: address plus credentials and the database to use."""
-
-    host: str
-    port: int
-    credentials: Credentials
-
-    @property
-    def user(self) -> str:
-        return self.credentials.user
-
-    @property
-    def password(self) -> str:
-        return self.credentials.password
-
-    @property
-    def database(self) -> str:
-        return self.credentials.database
-
-    def with_database(self, database: str | None) -> Endpoint:
-        if not database:
-            return self
-        return replace(self, credentials=replace(self.credentials, database=database))
 
 
 @dataclass(frozen=True)

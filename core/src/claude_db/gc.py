@@ -34,15 +34,17 @@ from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from claude_db.envfile import Owner, remove_env
 from claude_db.errors import ClaudeDbError
-from claude_db.lifecycle import STARTING_MARKER
 from claude_db.locks import LOCKS_DIR, lock_for, try_hold
 from claude_db.runtime import Orphan
+from claude_db.session import STARTING_MARKER
+from claude_db.snapshots import discard_unfinished, unfinished
 from claude_db.statedir import UnsafeStateError, unsafe
+from claude_db.target import Target, parts
 
 if TYPE_CHECKING:
     from claude_db.app import App
-    from claude_db.database import Target
 
 __all__ = ["Orphan", "collect_garbage", "remove_broken"]
 
@@ -214,8 +216,6 @@ class _Sweeper:
         What they hold on the server (a template database) goes with them, so only while
         the session's server runs; otherwise the next snapshot command frees them.
         """
-        from claude_db.snapshots import discard_unfinished, unfinished
-
         found = unfinished(snapshots)
         target = self._running_target(name) if found else None
         if target is None:
@@ -226,9 +226,6 @@ class _Sweeper:
 
     def _running_target(self, name: str) -> Target | None:
         """Session ``name``'s database if its server runs (None if not, or unreadable)."""
-        from claude_db.database import Target
-        from claude_db.lifecycle import parts
-
         with contextlib.suppress(Exception):
             session = self.app.store.load(name)
             if session.has_database:
@@ -243,12 +240,11 @@ class _Sweeper:
 
 def _abandon_start(app: App, name: str) -> None:
     """Delete a session whose start died half-way (its lock is held by the sweep)."""
-    from claude_db.lifecycle import parts, remove_session_env
-
     session = app.store.load(name)
     if session.has_database:
         engine, runtime = parts(app, session)
         runtime.delete(session, engine, keep_data=False)
-    remove_session_env(app, session)  # a start killed late had written it already
+    # a start killed late had written it already (as lifecycle.remove_session_env)
+    remove_env(Path(session.workdir), Owner(name, str(app.settings.state_dir)))
     shutil.rmtree(app.store.directory(name))
     app.store.release(name)

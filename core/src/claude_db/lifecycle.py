@@ -22,12 +22,17 @@ from claude_db.envfile import (
 )
 from claude_db.errors import ClaudeDbError, SessionExistsError, UsageError
 from claude_db.faults import checkpoint
+from claude_db.gc import collect_garbage
 from claude_db.locks import try_hold
 from claude_db.processes import signals_held
 from claude_db.readiness import wait_until_ready
 from claude_db.runtime import Runtime
+
+# STARTING_MARKER and parts are imported from here too (they lived here)
+from claude_db.session import STARTING_MARKER as STARTING_MARKER
 from claude_db.session import Session, validate_name
 from claude_db.settings import Settings
+from claude_db.target import parts as parts
 
 
 def start_session(
@@ -217,9 +222,6 @@ def _owner_named(app: App, name: str) -> Owner:
 #: the note of a start that found its session already there
 ALREADY_HERE = "already exists here; making sure it runs"
 
-#: in a session's directory while its start runs (see claude_db.gc)
-STARTING_MARKER = ".starting"
-
 
 def _ignored_container_options(
     runtime: Runtime, image: str | None, session_image: str | None, publish: bool,
@@ -255,8 +257,6 @@ def _require_quotable(settings: Settings) -> None:
 def _sweep_orphans(app: App, runtimes: list[str]) -> list[str]:
     """The cheap orphan sweep every start runs (see claude_db.gc), asking also the runtimes
     the new session uses; never fails a start."""
-    from claude_db.gc import collect_garbage
-
     try:
         removed = [o for o in collect_garbage(app, cheap=True, runtimes=runtimes)
                    if o.removed]
@@ -350,11 +350,6 @@ def remove_session_env(app: App, session: Session) -> bool:
     """Take the session's block out of its ``.env`` (the user's own lines come back), if
     the block is this session's of this state directory."""
     return remove_env(Path(session.workdir), _owner(app, session))
-
-
-def parts(app: App, session: Session) -> tuple[Engine, Runtime]:
-    assert session.engine is not None and session.runtime is not None
-    return app.plugins.engine(session.engine), app.runtime(session.runtime)
 
 
 def session_env(app: App, session: Session, *, for_dotenv: bool = False) -> dict[str, str]:

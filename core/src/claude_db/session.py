@@ -20,6 +20,8 @@ from claude_db.statedir import check_owned, make_dirs
 
 # Docker names allow more, but these also make valid DNS labels and file names.
 NAME_PATTERN = re.compile(r"^[a-z0-9][a-z0-9-]{0,47}$")
+#: in a session's directory while its start runs (see claude_db.gc)
+STARTING_MARKER = ".starting"
 
 
 def validate_name(name: str) -> str:

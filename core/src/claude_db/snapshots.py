@@ -31,20 +31,21 @@ import re
 import shutil
 import sys
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from claude_db.engine import Engine
+from claude_db.database import check_source, import_from
+from claude_db.engine import Engine, ImportOptions
 from claude_db.errors import ClaudeDbError, PartlyAppliedError, UsageError
 from claude_db.faults import checkpoint
 from claude_db.locks import hold, lock_for
 from claude_db.processes import signals_held
+from claude_db.target import Target
 
 if TYPE_CHECKING:
     from claude_db.app import App
-    from claude_db.database import Target
 
 META = "snapshot.json"
 PARTIAL = ".partial"  # suffix of a snapshot being saved (``.<name>.<pid>.partial``)
@@ -283,8 +284,6 @@ def replace_from(app: App, target: Target, source: str, database: str | None) ->
     If the import fails the snapshot is restored, so the database is as it was. The caller
     has checked the source (``database.check_source``) and that the server runs, before asking.
     """
-    from claude_db.database import import_from
-
     store = store_for(app, target)
     with store.lock():
         _sync(target, store)
@@ -589,3 +588,42 @@ def _message(exc: BaseException) -> str:
     if isinstance(exc, KeyboardInterrupt):
         return "interrupted"
     return str(exc).rstrip(".") or type(exc).__name__
+
+
+def import_outside_a_transaction(
+    app: App, target: Target, source: str, database: str | None, options: ImportOptions
+) -> Snapshot:
+    """``import --no-transaction``: for statements no transaction block may hold (CREATE
+    INDEX CONCURRENTLY, VACUUM, a new enum value used at once). All or nothing still: an
+    automatic snapshot first, put back if the import fails. Returns that snapshot."""
+    check_source(source)
+    # refused before the snapshot: a refusal must not cost an undo point (nor record a
+    # command that took none)
+    if type(target.engine).restore_with is Engine.restore_with:
+        raise UsageError(f"import --no-transaction is not for {target.engine.name}")
+    if app.settings.auto_snapshots == 0:
+        raise UsageError(
+            "import --no-transaction needs the automatic snapshot it would put back on "
+            "failure: CLAUDE_DB_AUTO_SNAPSHOTS is 0"
+        )
+    target.require_running()
+    taken = before_destroying(app, target, database, IMPORT)
+    assert taken is not None  # automatic snapshots are on
+    try:
+        import_from(target, source, database, replace(options, transaction=False))
+    except BaseException as exc:
+        try:
+            _, safety = restore(app, target, taken.name)
+        except Exception as again:
+            raise ClaudeDbError(
+                f"{exc}; putting the previous data back failed too ({again}): it is in "
+                f"snapshot {taken.name} (claude-db snapshot restore {taken.name})"
+            ) from None
+        for done in (safety, taken):  # the data is back: the copies add nothing
+            if done is not None:
+                with contextlib.suppress(Exception):
+                    delete(app, target, done.name)
+        if isinstance(exc, ClaudeDbError):
+            raise ClaudeDbError(f"{exc}; the previous data is back") from None
+        raise
+    return taken

@@ -1,14 +1,46 @@
-"""The one place connection URLs are built and parsed."""
+"""Where a database is: credentials, endpoint, and the one place connection URLs are built
+and parsed (``claude_db.engine`` re-exports ``Credentials`` and ``Endpoint``)."""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from dataclasses import dataclass, replace
 from urllib.parse import parse_qs, quote, unquote, urlsplit
 
 from claude_db.errors import UsageError
 
-if TYPE_CHECKING:
-    from claude_db.engine import Endpoint
+
+@dataclass(frozen=True)
+class Credentials:
+    user: str
+    password: str
+    database: str
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    """Where a client connects: address plus credentials and the database to use."""
+
+    host: str
+    port: int
+    credentials: Credentials
+
+    @property
+    def user(self) -> str:
+        return self.credentials.user
+
+    @property
+    def password(self) -> str:
+        return self.credentials.password
+
+    @property
+    def database(self) -> str:
+        return self.credentials.database
+
+    def with_database(self, database: str | None) -> Endpoint:
+        if not database:
+            return self
+        return replace(self, credentials=replace(self.credentials, database=database))
+
 
 
 def build_url(scheme: str, endpoint: Endpoint, query: str = "") -> str:

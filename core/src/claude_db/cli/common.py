@@ -21,7 +21,9 @@ except ImportError:  # pragma: no cover - older typer depends on click
         NoArgsIsHelpError,
     )
 
-from claude_db.errors import ClaudeDbError, ExitCode
+from claude_db.app import get_app
+from claude_db.database import Target, check_destructive, resolve
+from claude_db.errors import ClaudeDbError, ConfirmationRequiredError, ExitCode
 from claude_db.settings import TRUE
 
 SessionOption = typer.Option(
@@ -181,3 +183,27 @@ def note(message: str) -> None:
 
 def print_json(data: Any) -> None:
     print(json.dumps(data, indent=2, default=str, ensure_ascii=False))
+
+
+def resolve_target(session: str | None, destructive: str | None = None) -> Target:
+    """The database a ``claude-db`` command works on (see resolve); a ``destructive``
+    command refuses when it is in doubt (see check_destructive)."""
+    app = get_app()
+    target = resolve(app, session)
+    if destructive:
+        check_destructive(app, target, destructive)
+    elif target.conflict:
+        note(f"note: {target.conflict}; using {target.name}")
+    return target
+
+
+def confirm(question: str, yes: bool) -> None:
+    """Ask on a terminal; without one, refuse unless --yes was given."""
+    if yes:
+        return
+    if not sys.stdin.isatty():
+        raise ConfirmationRequiredError(
+            f"{question.rstrip('?')}: no terminal to confirm; pass --yes"
+        )
+    if not typer.confirm(question, default=False):
+        fail("cancelled", ExitCode.CONFIRMATION_NEEDED)

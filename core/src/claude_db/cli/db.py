@@ -12,33 +12,30 @@ from urllib.parse import quote
 
 import typer
 
+from claude_db import snapshots
 from claude_db.app import get_app
 from claude_db.cli.common import (
     DatabaseOption,
     JsonOption,
     SessionOption,
     add_version_option,
-    fail,
+    confirm,
     note,
     print_json,
+    resolve_target,
     run,
 )
+from claude_db.cli.snapshot import create_snapshot_app, undo
 from claude_db.database import (
-    Target,
-    check_destructive,
     check_source,
     describe_url,
     export_to,
     import_from,
-    import_outside_a_transaction,
     listening,
-    resolve,
 )
 from claude_db.engine import Endpoint, ImportOptions, QueryResult
 from claude_db.errors import (
     ClaudeDbError,
-    ConfirmationRequiredError,
-    ExitCode,
     NotRunningError,
     UsageError,
 )
@@ -72,8 +69,6 @@ def create_app() -> typer.Typer:
     app.command("import")(import_)
     app.command("export")(export)
     app.command()(reset)
-    from claude_db.cli.snapshot import create_snapshot_app, undo
-
     app.add_typer(create_snapshot_app(), name="snapshot")
     app.command()(undo)
     app.command()(plugins)
@@ -88,25 +83,13 @@ def main() -> None:
     run(create_app, "claude-db")
 
 
-def _target(session: str | None, destructive: str | None = None) -> Target:
-    """The database to work on (see resolve); a ``destructive`` command refuses when it is
-    in doubt (see check_destructive)."""
-    app = get_app()
-    target = resolve(app, session)
-    if destructive:
-        check_destructive(app, target, destructive)
-    elif target.conflict:
-        note(f"note: {target.conflict}; using {target.name}")
-    return target
-
-
 def status(
     session: str | None = SessionOption,
     database: str | None = DatabaseOption,
     as_json: bool = JsonOption,
 ) -> None:
     """Check that the database answers an authenticated query."""
-    target = _target(session)
+    target = resolve_target(session)
     target.require_running()
     endpoint = target.endpoint(database)
     try:
@@ -159,7 +142,7 @@ def info(
     as_json: bool = JsonOption,
 ) -> None:
     """Show connection details (the password is masked unless --show-password)."""
-    target = _target(session)
+    target = resolve_target(session)
     engine = target.engine
     here = target.endpoint(database)
     inside = here
@@ -204,7 +187,7 @@ def open_shell(
     session: str | None, database: str | None, extra: list[str], engine_name: str | None = None
 ) -> None:
     """Run the session engine's interactive client; extra arguments are passed on."""
-    target = _target(session)
+    target = resolve_target(session)
     if engine_name and target.engine.name != engine_name:
         raise UsageError(
             f"session {target.name!r} uses {target.engine.name}, not {engine_name}; "
@@ -236,7 +219,7 @@ def query(
         text.encode()
     except UnicodeEncodeError:  # bytes the locale could not decode arrive as surrogates
         raise UsageError("the query is not valid UTF-8 text") from None
-    target = _target(session)
+    target = resolve_target(session)
     target.require_running()
     result = target.engine.query(target.endpoint(database), text)
     if as_json:
@@ -390,16 +373,16 @@ def import_(
         # the roles would outlive a failed import: its objects (owned by them) are gone only
         # once the snapshot is put back
         raise UsageError("--create-roles takes no --no-transaction")
-    target = _target(session, destructive=destructive)
+    target = resolve_target(session, destructive=destructive)
     if no_transaction:
-        before = import_outside_a_transaction(get_app(), target, source, database, options)
+        before = snapshots.import_outside_a_transaction(
+            get_app(), target, source, database, options
+        )
         note(f"imported {source if source != '-' else 'stdin'} into {target.name} "
              f"(outside one transaction; the previous data is in snapshot {before.name}: "
              "claude-db undo)")
         return
     if replace:
-        from claude_db import snapshots
-
         check_source(source)
         target.require_running()
         name = target.endpoint(database).database
@@ -424,7 +407,7 @@ def export(
     ),
 ) -> None:
     """Dump the database to a file (written to a temporary file, then renamed)."""
-    target = _target(session)
+    target = resolve_target(session)
     formats = ("plain", *target.engine.export_formats)
     if export_format not in formats:
         raise UsageError(
@@ -445,29 +428,15 @@ def reset(
     """Drop the database with everything in it and create it again, empty.
 
     Ends the database's other connections first (clients reconnect)."""
-    target = _target(session, destructive="reset")
+    target = resolve_target(session, destructive="reset")
     target.require_running()
     endpoint = target.endpoint(database)
     confirm(f"Destroy all data in {endpoint.database} of session {target.name}?", yes)
-    from claude_db import snapshots
-
     taken = snapshots.before_destroying(get_app(), target, database, snapshots.RESET, empty=True)
     if taken is None or not taken.emptied:  # PostgreSQL moves the data instead: no copy
         target.engine.reset(endpoint)
     kept = f" (snapshot {taken.name} taken first: claude-db undo brings it back)" if taken else ""
     note(f"reset {endpoint.database} of session {target.name}{kept}")
-
-
-def confirm(question: str, yes: bool) -> None:
-    """Ask on a terminal; without one, refuse unless --yes was given."""
-    if yes:
-        return
-    if not sys.stdin.isatty():
-        raise ConfirmationRequiredError(
-            f"{question.rstrip('?')}: no terminal to confirm; pass --yes"
-        )
-    if not typer.confirm(question, default=False):
-        fail("cancelled", ExitCode.CONFIRMATION_NEEDED)
 
 
 def plugins(as_json: bool = JsonOption) -> None:

@@ -8,7 +8,14 @@ from pathlib import Path
 import typer
 
 from claude_db.app import App, get_app
-from claude_db.cli.common import JsonOption, add_version_option, note, print_json, run
+from claude_db.cli.common import (
+    JsonOption,
+    add_version_option,
+    confirm,
+    note,
+    print_json,
+    run,
+)
 from claude_db.database import locate
 from claude_db.envfile import format_value
 from claude_db.errors import ExitCode, SessionNotFoundError, UsageError
@@ -188,8 +195,6 @@ def delete(
     keep_data: bool = typer.Option(False, "--keep-data", help="Keep the database's data."),
 ) -> None:
     """Delete a session: its database, containers, network and (unless --keep-data) data."""
-    from claude_db.cli.db import confirm
-
     app = get_app()
     session_name = _name(name, destructive="delete it")
     try:

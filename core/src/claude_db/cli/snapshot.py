@@ -6,8 +6,15 @@ import typer
 
 from claude_db import snapshots
 from claude_db.app import get_app
-from claude_db.cli.common import DatabaseOption, JsonOption, SessionOption, note, print_json
-from claude_db.cli.db import _target, confirm
+from claude_db.cli.common import (
+    DatabaseOption,
+    JsonOption,
+    SessionOption,
+    confirm,
+    note,
+    print_json,
+    resolve_target,
+)
 from claude_db.snapshots import Snapshot
 
 HELP = (
@@ -41,7 +48,7 @@ def save(
 ) -> None:
     """Save the database as it is now, under NAME (other clients are not disturbed)."""
     app = get_app()
-    target = _target(session)
+    target = resolve_target(session)
     snapshot = snapshots.save(app, target, name, database)
     if as_json:
         print_json(snapshot.to_json())
@@ -53,7 +60,7 @@ def save(
 def list_(session: str | None = SessionOption, as_json: bool = JsonOption) -> None:
     """List the snapshots, oldest first."""
     app = get_app()
-    target = _target(session)
+    target = resolve_target(session)
     found = snapshots.list_snapshots(app, target)
     if as_json:
         print_json([s.to_json() for s in found])
@@ -78,7 +85,7 @@ def restore(
 
     Ends the database's other connections first (clients reconnect)."""
     app = get_app()
-    target = _target(session, destructive="restore a snapshot")
+    target = resolve_target(session, destructive="restore a snapshot")
     snapshots.find(app, target, name)  # an unknown name fails before any question
     _confirm_without_safety(app.settings.auto_snapshots, f"Replace the data of {target.name}", yes)
     restored, safety = snapshots.restore(app, target, name)
@@ -91,7 +98,7 @@ def delete(
 ) -> None:
     """Delete snapshot NAME."""
     app = get_app()
-    target = _target(session, destructive="delete a snapshot")
+    target = resolve_target(session, destructive="delete a snapshot")
     snapshot = snapshots.delete(app, target, name)
     note(f"deleted snapshot {snapshot.name} of {target.name}")
 
@@ -105,7 +112,7 @@ def undo(
 
     Ends the database's other connections first (clients reconnect)."""
     app = get_app()
-    target = _target(session, destructive="undo")
+    target = resolve_target(session, destructive="undo")
     snapshots.find(app, target, None)  # nothing to undo fails before any question
     _confirm_without_safety(app.settings.auto_snapshots, f"Replace the data of {target.name}", yes)
     restored, safety = snapshots.undo(app, target)

@@ -20,6 +20,10 @@ from claude_db import Credentials, Endpoint, Engine, LocalServer, QueryResult, T
 from claude_db.engine import DumpDirectory, ImportOptions
 from claude_db.errors import ClaudeDbError, PartlyAppliedError
 from claude_db_postgres import snapshots
+from claude_db_postgres.connection import connect as _connect
+from claude_db_postgres.connection import native_env
+from claude_db_postgres.connection import pg_message as _pg_message
+from claude_db_postgres.connection import tail as _tail
 from claude_db_postgres.local import PostgresLocalServer
 
 CHUNK = 1 << 20
@@ -37,13 +41,7 @@ class PostgresEngine(Engine):
     shell_name = "psql"
 
     def native_env(self, endpoint: Endpoint) -> dict[str, str]:
-        return {
-            "PGHOST": endpoint.host,
-            "PGPORT": str(endpoint.port),
-            "PGUSER": endpoint.user,
-            "PGPASSWORD": endpoint.password,
-            "PGDATABASE": endpoint.database,
-        }
+        return native_env(endpoint)
 
     def container_env(self, credentials: Credentials) -> dict[str, str]:
         return {
@@ -783,20 +781,6 @@ def _widen(pipe: Any) -> None:
             fcntl.fcntl(pipe.fileno(), setpipe, PIPE_BYTES)
 
 
-def _connect(endpoint: Endpoint, timeout: float) -> Any:
-    import psycopg
-
-    return psycopg.connect(
-        host=endpoint.host,
-        port=endpoint.port,
-        user=endpoint.user,
-        password=endpoint.password,
-        dbname=endpoint.database,
-        connect_timeout=max(1, int(timeout)),
-        application_name="claude-db",
-    )
-
-
 #: types whose psycopg values are JSON-native (arrays of them load as lists of them)
 JSON_NATIVE = frozenset({
     "bool", "int2", "int4", "int8", "oid", "xid", "xid8", "cid", "float4", "float8",
@@ -847,19 +831,6 @@ def _plain(value: Any) -> Any:
     if isinstance(value, list):
         return [_plain(v) for v in value]
     return value
-
-
-def _pg_message(exc: Exception) -> str:
-    diag = getattr(exc, "diag", None)
-    primary = getattr(diag, "message_primary", None) if diag else None
-    lines = str(primary or exc).strip().splitlines()
-    return lines[0] if lines else type(exc).__name__
-
-
-def _tail(errors: Any) -> str:
-    errors.seek(0)
-    lines = errors.read().decode(errors="replace").strip().splitlines()
-    return lines[-1] if lines else "no error output"
 
 
 #: psql's own messages: ``psql:<stdin>:3: ERROR:  ...`` from the server,

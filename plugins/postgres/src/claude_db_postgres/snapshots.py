@@ -40,6 +40,7 @@ from claude_db import Endpoint, Tools
 from claude_db.errors import ClaudeDbError
 from claude_db.faults import checkpoint
 from claude_db.snapshots import META, validate_snapshot_name
+from claude_db_postgres.connection import connect, native_env, pg_message, tail
 
 PREFIX = "claude_snapshot_"
 RECORD = "postgres.json"  # in the snapshot's directory: {"template": <its database>}
@@ -249,15 +250,13 @@ def _copy_by_dump(conn: Any, endpoint: Endpoint, tools: Tools, template: str) ->
     snapshot read, no other client disturbed. Same encoding and collation as the source."""
     from psycopg import sql
 
-    from claude_db_postgres.engine import PostgresEngine, _tail
-
     row = conn.execute(
         "SELECT pg_encoding_to_char(encoding), datcollate, datctype FROM pg_database "
         "WHERE datname = %s", [endpoint.database]).fetchone()
     conn.execute(sql.SQL(
         "CREATE DATABASE {} TEMPLATE template0 ENCODING {} LC_COLLATE {} LC_CTYPE {}"
     ).format(sql.Identifier(template), *map(sql.Literal, row)))
-    env = PostgresEngine().native_env(tools.endpoint)
+    env = native_env(tools.endpoint)
     with tempfile.TemporaryFile() as dump_errors, tempfile.TemporaryFile() as load_errors:
         dump = tools.popen(["pg_dump", "--quote-all-identifiers"], env=env,
                            stdout=subprocess.PIPE, stderr=dump_errors)
@@ -269,7 +268,7 @@ def _copy_by_dump(conn: Any, endpoint: Endpoint, tools: Tools, template: str) ->
         dump.stdout.close()  # psql has it: pg_dump gets SIGPIPE if psql stops
         loaded, dumped = load.wait(), dump.wait()
         if dumped != 0 or loaded != 0:
-            failed = _tail(dump_errors) if dumped != 0 else _tail(load_errors)
+            failed = tail(dump_errors) if dumped != 0 else tail(load_errors)
             raise ClaudeDbError(f"copying {endpoint.database} while it is in use failed: {failed}")
 
 
@@ -480,10 +479,8 @@ def _invalid(conn: Any, database: str) -> bool:
 
 def _maintenance(endpoint: Endpoint) -> Any:
     """An autocommit connection to another database of the same server."""
-    from claude_db_postgres.engine import _connect
-
     other = "postgres" if endpoint.database != "postgres" else "template1"
-    conn = _connect(endpoint.with_database(other), timeout=10)
+    conn = connect(endpoint.with_database(other), timeout=10)
     conn.autocommit = True
     # local servers commit asynchronously: a snapshot reported saved must survive a crash
     conn.execute("SET synchronous_commit = on")
@@ -516,6 +513,4 @@ def _meta(directory: Path) -> dict[str, Any]:
 
 
 def _message(exc: Exception) -> str:
-    from claude_db_postgres.engine import _pg_message
-
-    return _pg_message(exc)
+    return pg_message(exc)
