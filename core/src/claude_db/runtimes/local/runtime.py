@@ -8,6 +8,7 @@ The server listens on 127.0.0.1 only, on a port chosen at creation and kept
 across restarts (unless another program took it meanwhile). As root, servers run as an
 unprivileged user, and the cached templates belong to root: a server cannot change them.
 A server always runs the binaries its session was created with, in a minimal environment.
+Linux only: servers are found and checked through ``/proc`` (see ``claude_db.processes``).
 """
 
 from __future__ import annotations
