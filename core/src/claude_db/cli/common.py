@@ -104,6 +104,12 @@ def _interruptible() -> list[int]:
     return received
 
 
+#: typer releases the patch below was written for and tested with (its private modules
+#: ``typer._coercion``, ``typer._param_types`` and ``typer.core.build_runtime_param``):
+#: with any other, typer runs unpatched (correct, only slower to start)
+PATCHED_TYPER = ("0.29.",)
+
+
 def _coerce_plain_values_first() -> None:
     """Keep pydantic out of start-up: typer checks parsed values with it only when needed.
 
@@ -113,8 +119,10 @@ def _coerce_plain_values_first() -> None:
     flag's ``bool``) is returned as pydantic would return it; a string for a plain
     ``Path`` becomes ``Path(value)`` (what pydantic makes of it) and gets typer's own path
     checks; any other value still goes through typer's own coercion. With another typer
-    this does nothing.
+    (see PATCHED_TYPER) this does nothing.
     """
+    if not typer.__version__.startswith(PATCHED_TYPER):
+        return
     try:
         import typer.core as core
         from typer._coercion import PassThroughRuntimeParam, resolve_type_descriptor

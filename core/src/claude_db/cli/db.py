@@ -6,6 +6,7 @@ import csv
 import json
 import math
 import sys
+from collections.abc import Callable, Iterable
 from dataclasses import replace
 from typing import Any
 from urllib.parse import quote
@@ -33,7 +34,7 @@ from claude_db.database import (
     import_from,
     listening,
 )
-from claude_db.engine import Endpoint, ImportOptions, QueryResult
+from claude_db.engine import Endpoint, Engine, ImportOptions, QueryResult
 from claude_db.errors import (
     ClaudeDbError,
     NotRunningError,
@@ -73,6 +74,7 @@ def create_app() -> typer.Typer:
     app.command()(undo)
     app.command()(plugins)
     context = get_app()
+    add_shell_aliases(app, context.plugins.engines.items())
     add_commands(context.plugins, app, context.settings.strict_plugins)
     for error in context.plugins.errors:
         note(f"warning: {error}")
@@ -181,6 +183,33 @@ def shell(
 ) -> None:
     """Open the engine's interactive client (psql, mysql, mongosh...)."""
     open_shell(session, database, list(ctx.args))
+
+
+def add_shell_aliases(app: typer.Typer, engines: Iterable[tuple[str, type[Engine]]]) -> None:
+    """``claude-db psql``, ``claude-db mysql``...: ``shell`` for one engine's sessions, named
+    after its client (``Engine.shell_name``); the first engine to claim a name keeps it."""
+    taken = {command.name for command in app.registered_commands}
+    for engine_name, engine in engines:
+        if engine.shell_name in taken:
+            continue
+        taken.add(engine.shell_name)
+        app.command(
+            engine.shell_name,
+            help=f"Open {engine.shell_name} on the session's database (extra arguments go "
+                 f"to {engine.shell_name}).",
+            context_settings={"allow_extra_args": True, "ignore_unknown_options": True},
+        )(_shell_alias(engine_name))
+
+
+def _shell_alias(engine_name: str) -> Callable[..., None]:
+    def alias(
+        ctx: typer.Context,
+        session: str | None = typer.Option(None, "--session", "-s", help="Session name."),
+        database: str | None = typer.Option(None, "--database", "-d", help="Database to open."),
+    ) -> None:
+        open_shell(session, database, list(ctx.args), engine_name=engine_name)
+
+    return alias
 
 
 def open_shell(
