@@ -128,6 +128,7 @@ def _create(
                 failure=lambda: runtime.failure_details(session),
                 what=f"the {engine.name} database of session {name!r}",
             )
+            runtime.start_workspace(session, engine, session_env(app, session))
         store.save(session)
         if write_dotenv:
             notes += write_env(workdir, session_env(app, session, for_dotenv=True),
@@ -312,6 +313,9 @@ def ensure_running(app: App, session: Session) -> list[str]:
         if not notes:
             raise
         wait()
+    with app.store.lock(session.name):
+        runtime.start_workspace(session, engine, session_env(app, session))
+        app.store.save(session)
     values = session_env(app, session, for_dotenv=True)
     return notes + refresh_env(Path(session.workdir), values, _owner(app, session))
 

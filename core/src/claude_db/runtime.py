@@ -81,7 +81,15 @@ class Runtime(ABC):
 
     @abstractmethod
     def start(self, session: Session, engine: Engine) -> None:
-        """Start whatever of the session stopped; a no-op when all runs."""
+        """Start whatever of the session stopped; a no-op when all runs (readiness is
+        checked by core)."""
+
+    def start_workspace(self, session: Session, engine: Engine, env: dict[str, str]) -> None:
+        """Once the database answers (after :meth:`create` or :meth:`start`): start what
+        the session's programs run in, if this runtime makes one (the docker runtime's
+        session container), with ``env``, the environment core computed for them
+        (``DATABASE_URL``...); a no-op when it runs already."""
+        return  # most runtimes make none
 
     @abstractmethod
     def stop(self, session: Session, engine: Engine) -> None:

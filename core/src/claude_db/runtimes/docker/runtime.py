@@ -31,7 +31,6 @@ from claude_db.errors import (
     SessionExistsError,
 )
 from claude_db.processes import child_env, run_foreground
-from claude_db.readiness import wait_until_ready
 from claude_db.runtime import Orphan, Runtime, Status
 from claude_db.runtimes.docker.client import (
     client,
@@ -92,6 +91,7 @@ class DockerRuntime(Runtime):
         self._pinged = False
         self._inspected: dict[str, dict[str, Any] | None] = {}
         self._failure_checked = 0.0
+        self._new_network = False
 
     # -- availability ---------------------------------------------------------------------
 
@@ -130,10 +130,6 @@ class DockerRuntime(Runtime):
         self._create_network(docker, session, engine)
         self._create_volume(docker, session, engine)
         self._run_database(docker, session, engine)
-        if session.session_image:
-            # the agent's programs may use the database as soon as their container runs
-            self._wait_ready(session, engine)
-            self._run_session_container(docker, session, engine)
 
     def start(self, session: Session, engine: Engine) -> None:
         docker = self._client()
@@ -142,34 +138,36 @@ class DockerRuntime(Runtime):
         new_network = self._ensure_network(docker, session, engine)
         database = self._find(docker, session, "container", state["db_container"])
         status = database["State"]["Status"] if database else None
-        started = False
         if database is None or (new_network and status != "running"):
             # Re-created from its volume: a re-made network needs new endpoints.
             self._require_volume(docker, session)
             if database is not None:
                 self._remove_container(docker, database)
             self._run_database(docker, session, engine)
-            started = True
         elif status == "paused":
             with docker_errors(f"resuming container {state['db_container']!r}"):
                 docker.api.unpause(database["Id"])
         elif status != "running":
             self._start_database(docker, session, engine, database)
-            started = True
         else:
             self._record_address(docker, session)  # follows a port Docker moved (old sessions)
+        self._new_network = new_network  # the session container must move to it
+
+    def start_workspace(self, session: Session, engine: Engine, env: dict[str, str]) -> None:
+        """The session container (with ``--image``), once the database answers: the
+        agent's programs may use it as soon as their container runs."""
         if not session.session_image:
             return
+        docker = self._client()
+        state = session.runtime_state
         container = self._find(docker, session, "container", state["session_container"])
         status = container["State"]["Status"] if container else None
         if status == "running":
             return
-        if started:
-            self._wait_ready(session, engine)
-        if container is None or new_network:
+        if container is None or self._new_network:
             if container is not None:
                 self._remove_container(docker, container)
-            self._run_session_container(docker, session, engine)
+            self._run_session_container(docker, session, engine, env)
         elif status == "paused":
             with docker_errors(f"resuming container {state['session_container']!r}"):
                 docker.api.unpause(container["Id"])
@@ -546,12 +544,9 @@ class DockerRuntime(Runtime):
         return str(created["Id"])
 
     def _run_session_container(
-        self, docker: DockerClient, session: Session, engine: Engine
+        self, docker: DockerClient, session: Session, engine: Engine, env: dict[str, str]
     ) -> None:
         from docker.types import Mount
-
-        from claude_db.app import get_app
-        from claude_db.lifecycle import session_env
 
         assert session.session_image is not None
         state = session.runtime_state
@@ -563,7 +558,7 @@ class DockerRuntime(Runtime):
                 command=["sleep", "infinity"],  # stays up for `docker exec` and attach
                 name=name,
                 hostname=name,
-                environment=session_env(get_app(), session),
+                environment=env,
                 labels=self._labels(session, engine, "session"),
                 working_dir=WORKSPACE,
                 host_config=api.create_host_config(
@@ -582,15 +577,6 @@ class DockerRuntime(Runtime):
                 f"(code {attrs['State'].get('ExitCode')}); last log lines: "
                 f"{self._log_tail(docker, created['Id'])}"
             )
-
-    def _wait_ready(self, session: Session, engine: Engine) -> None:
-        wait_until_ready(
-            engine,
-            self.endpoint(session, engine),
-            timeout=self.settings.ready_timeout,
-            failure=lambda: self.failure_details(session),
-            what=f"the {engine.name} database of session {session.name!r}",
-        )
 
     def _record_address(self, docker: DockerClient, session: Session) -> None:
         """Remember where the running database is (its address, its published port)."""
