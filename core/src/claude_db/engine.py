@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import gzip
 import subprocess
+import tempfile
 from abc import ABC, abstractmethod
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Generator, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any, ClassVar
@@ -91,6 +94,80 @@ class Tools(ABC):
     @abstractmethod
     def has(self, tool: str) -> bool:
         """Whether ``tool`` can be run here."""
+
+    def stream(
+        self, argv: Sequence[str], *, env: Mapping[str, str],
+        failed: Callable[[str], BaseException],
+    ) -> Generator[bytes, None, None]:
+        """Run ``argv`` and yield its output in chunks (a dump going out). If it exits
+        non-zero, ``failed(its stderr)`` is raised after the last chunk; if the reader stops
+        early (an interrupt, a full disk), the tool is killed."""
+        with tempfile.TemporaryFile() as errors:
+            proc = self.popen(argv, env=env, stdout=subprocess.PIPE, stderr=errors)
+            stdout = proc.stdout
+            assert stdout is not None
+            widen_pipe(stdout)
+            finished = False
+            try:
+                while chunk := stdout.read(PIPE_BYTES):
+                    yield chunk
+                finished = True
+            finally:
+                if not finished:
+                    proc.kill()
+                stdout.close()
+                code = proc.wait()
+            if code != 0:
+                errors.seek(0)
+                raise failed(errors.read().decode(errors="replace"))
+
+    def feed(
+        self, argv: Sequence[str], chunks: Iterable[bytes], *, env: Mapping[str, str],
+        stdout: int | IO[Any] = subprocess.DEVNULL,
+    ) -> tuple[int, str]:
+        """Run ``argv`` with ``chunks`` on its stdin (a dump coming in); return its exit
+        status and its stderr. A tool that stops reading (it stopped at an error) ends the
+        feeding; anything raised meanwhile (an interrupt, an unreadable input) kills the
+        tool before it is raised. Killing ends the tool, not what it started: a client that
+        commits at the end of its input must be told to commit after the last chunk, never
+        by the end of input (see the postgres engine's restore)."""
+        with tempfile.TemporaryFile() as errors:
+            proc = self.popen(argv, env=env, stdin=subprocess.PIPE, stdout=stdout,
+                              stderr=errors)
+            stdin = proc.stdin
+            assert stdin is not None
+            widen_pipe(stdin)
+            try:
+                for chunk in chunks:
+                    stdin.write(chunk)
+                stdin.close()
+            except BrokenPipeError:
+                pass  # the tool stopped at an error: its message says which
+            except BaseException:
+                proc.kill()
+                proc.wait()
+                raise
+            code = proc.wait()
+            errors.seek(0)
+            return code, errors.read().decode(errors="replace")
+
+
+#: pipe capacity to and from a tool: it runs ahead while a chunk is (de)compressed
+PIPE_BYTES = 1 << 20
+
+
+def widen_pipe(pipe: IO[Any]) -> None:
+    """Grow a pipe from 64 KiB to :data:`PIPE_BYTES` where the OS allows it (Linux)."""
+    setpipe = getattr(fcntl, "F_SETPIPE_SZ", None)
+    if setpipe is not None:
+        with contextlib.suppress(OSError, ValueError):
+            fcntl.fcntl(pipe.fileno(), setpipe, PIPE_BYTES)
+
+
+def last_line(stderr: str) -> str:
+    """A tool's last line of error output (what names its failure)."""
+    lines = stderr.strip().splitlines()
+    return lines[-1] if lines else "no error output"
 
 
 class LocalServer(ABC):

@@ -7,13 +7,11 @@ string from an environment variable into a private temporary file that the tool 
 
 from __future__ import annotations
 
-import subprocess
-import tempfile
 from collections.abc import Iterable, Iterator
 from dataclasses import replace
-from typing import IO
 
 from claude_db import ClaudeDbError, Endpoint, Tools
+from claude_db.engine import last_line
 from claude_db.urls import build_url
 from claude_db_mongo.client import AUTH_SOURCE
 
@@ -43,18 +41,10 @@ def wrapped(argv: list[str]) -> list[str]:
 def mongodump(tools: Tools) -> Iterator[bytes]:
     """``mongodump --archive`` of ``tools.endpoint``'s database, streamed."""
     argv = wrapped(["mongodump", "--archive", f"--db={tools.endpoint.database}", "--quiet"])
-    with tempfile.TemporaryFile() as errors:
-        proc = tools.popen(argv, env=tool_env(tools.endpoint), stdout=subprocess.PIPE,
-                           stderr=errors)
-        assert proc.stdout is not None
-        try:
-            while chunk := proc.stdout.read(CHUNK):
-                yield chunk
-        finally:
-            proc.stdout.close()
-            code = proc.wait()
-        if code != 0:
-            raise ClaudeDbError(f"mongodump failed: {last_line(errors)}")
+    yield from tools.stream(
+        argv, env=tool_env(tools.endpoint),
+        failed=lambda stderr: ClaudeDbError(f"mongodump failed: {last_line(stderr)}"),
+    )
 
 
 def mongorestore(tools: Tools, chunks: Iterable[bytes], source_db: str, staged_prefix: str) -> None:
@@ -66,25 +56,6 @@ def mongorestore(tools: Tools, chunks: Iterable[bytes], source_db: str, staged_p
         f"--nsInclude={source_db}.*",
         f"--nsFrom={source_db}.$coll$", f"--nsTo={target}.{staged_prefix}$coll$",
     ])
-    with tempfile.TemporaryFile() as errors:
-        proc = tools.popen(argv, env=tool_env(tools.endpoint), stdin=subprocess.PIPE,
-                           stdout=subprocess.DEVNULL, stderr=errors)
-        assert proc.stdin is not None
-        try:
-            for chunk in chunks:
-                proc.stdin.write(chunk)
-            proc.stdin.close()
-        except BrokenPipeError:
-            pass  # mongorestore stopped at an error: its message says which
-        except BaseException:
-            proc.kill()
-            proc.wait()
-            raise
-        if proc.wait() != 0:
-            raise ClaudeDbError(f"mongorestore failed: {last_line(errors)}")
-
-
-def last_line(errors: IO[bytes]) -> str:
-    errors.seek(0)
-    lines = errors.read().decode(errors="replace").strip().splitlines()
-    return lines[-1] if lines else "no error output"
+    code, stderr = tools.feed(argv, chunks, env=tool_env(tools.endpoint))
+    if code != 0:
+        raise ClaudeDbError(f"mongorestore failed: {last_line(stderr)}")

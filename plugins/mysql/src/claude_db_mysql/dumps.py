@@ -18,7 +18,6 @@ import subprocess
 import tempfile
 from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import IO, Any
 
 from claude_db import Tools
 from claude_db.errors import ClaudeDbError, NotRunningError
@@ -134,18 +133,9 @@ class Clients:
         if databases:
             argv += ["--add-drop-database", "--databases"]
         argv += ["--", *names]  # a name may begin with '-'
-        with tempfile.TemporaryFile() as errors:
-            proc = self.tools.popen(argv, env=self.env, stdin=subprocess.DEVNULL,
-                                    stdout=subprocess.PIPE, stderr=errors)
-            assert proc.stdout is not None
-            try:
-                while chunk := proc.stdout.read(CHUNK):
-                    yield chunk
-            finally:
-                proc.stdout.close()
-                code = proc.wait()
-            if code != 0:
-                raise tool_error(self.dumper, _read(errors))
+        dumper = self.dumper
+        yield from self.tools.stream(argv, env=self.env,
+                                     failed=lambda stderr: tool_error(dumper, stderr))
 
     def apply(self, chunks: Iterable[bytes], *, database: str | None) -> str | None:
         """Feed SQL to the client, which stops at the first error; return that error or None."""
@@ -154,23 +144,8 @@ class Clients:
             argv.append(f"--database={database}")
         if self.client == "mysql":  # MySQL's client (MariaDB's is called `mariadb`)
             chunks = without_sandbox_line(chunks)
-        with tempfile.TemporaryFile() as errors:
-            proc = self.tools.popen(argv, env=self.env, stdin=subprocess.PIPE,
-                                    stdout=subprocess.DEVNULL, stderr=errors)
-            assert proc.stdin is not None
-            try:
-                for chunk in chunks:
-                    proc.stdin.write(chunk)
-                proc.stdin.close()
-            except BrokenPipeError:
-                pass  # the client stopped at an error: its message says which
-            except BaseException:
-                proc.kill()
-                proc.wait()
-                raise
-            if proc.wait() == 0:
-                return None
-            return client_error(_read(errors))
+        code, stderr = self.tools.feed(argv, chunks, env=self.env)
+        return None if code == 0 else client_error(stderr)
 
     # -- all-or-nothing imports -----------------------------------------------------------
 
@@ -268,9 +243,3 @@ def _is_noise(line: str) -> bool:
     # warnings about `loose-` options one flavour lacks, or MariaDB 11's renamed programs
     return ("unknown variable 'loose-" in line or "unknown option '--loose-" in line
             or "Deprecated program name" in line)
-
-
-def _read(errors: IO[Any]) -> str:
-    errors.seek(0)
-    data: bytes = errors.read()
-    return data.decode(errors="replace")

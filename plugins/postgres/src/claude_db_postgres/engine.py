@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from claude_db import Credentials, Endpoint, Engine, LocalServer, QueryResult, Tools
-from claude_db.engine import DumpDirectory, ImportOptions
+from claude_db.engine import DumpDirectory, ImportOptions, last_line
 from claude_db.errors import ClaudeDbError, PartlyAppliedError
 from claude_db_postgres import snapshots
 from claude_db_postgres.connection import connect as _connect
@@ -90,21 +90,12 @@ class PostgresEngine(Engine):
         self, tools: Tools, extra: list[str], privileges: Privileges | None
     ) -> Iterator[bytes]:
         argv = ["pg_dump", "--no-owner", "--quote-all-identifiers", *extra]
-        with tempfile.TemporaryFile() as errors:
-            proc = tools.popen(
-                argv, env=self.native_env(tools.endpoint), stdout=subprocess.PIPE, stderr=errors
-            )
-            stdout = proc.stdout
-            assert stdout is not None
-            _widen(stdout)
-            try:
-                output = iter(lambda: stdout.read(CHUNK), b"")
-                yield from privileges.lines(output) if privileges else output
-            finally:
-                stdout.close()
-                code = proc.wait()
-            if code != 0:
-                raise ClaudeDbError(f"pg_dump failed: {_tail(errors)}")
+        output = tools.stream(
+            argv, env=self.native_env(tools.endpoint),
+            failed=lambda stderr: ClaudeDbError(f"pg_dump failed: {last_line(stderr)}"),
+        )
+        with contextlib.closing(output):  # pg_dump is killed if the reader stops early
+            yield from privileges.lines(output) if privileges else output
         if privileges and privileges.left_out:
             print(
                 f"note: left out {privileges.left_out} privilege statement"

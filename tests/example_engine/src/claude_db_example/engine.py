@@ -7,8 +7,7 @@ plugin's :class:`~claude_db_postgres.local.PostgresLocalServer` to run locally.
 
 from __future__ import annotations
 
-import subprocess
-import tempfile
+import itertools
 from collections.abc import Iterable, Iterator
 from typing import Any
 
@@ -16,6 +15,7 @@ import psycopg
 from psycopg import sql
 
 from claude_db import ClaudeDbError, Credentials, Endpoint, Engine, LocalServer, QueryResult, Tools
+from claude_db.engine import last_line
 from claude_db_postgres.local import PostgresLocalServer
 
 
@@ -72,42 +72,22 @@ class ExampleEngine(Engine):
             raise ClaudeDbError(f"query failed: {_first_line(exc)}") from None
 
     def dump(self, tools: Tools) -> Iterator[bytes]:
-        with tempfile.TemporaryFile() as errors:
-            proc = tools.popen(
-                ["pg_dump", "--no-owner", "--no-privileges"],
-                env=self.native_env(tools.endpoint), stdout=subprocess.PIPE, stderr=errors,
-            )
-            assert proc.stdout is not None
-            try:
-                while chunk := proc.stdout.read(1 << 20):
-                    yield chunk
-            finally:
-                proc.stdout.close()
-                code = proc.wait()
-            if code != 0:
-                raise ClaudeDbError(f"pg_dump failed: {_last_line(errors)}")
+        return tools.stream(
+            ["pg_dump", "--no-owner", "--no-privileges"], env=self.native_env(tools.endpoint),
+            failed=lambda stderr: ClaudeDbError(f"pg_dump failed: {last_line(stderr)}"),
+        )
 
     def restore(self, tools: Tools, chunks: Iterable[bytes]) -> None:
-        # one transaction that stops at the first error: a failed import applies nothing
-        with tempfile.TemporaryFile() as errors:
-            proc = tools.popen(
-                ["psql", "-X", "-q", "-v", "ON_ERROR_STOP=1", "--single-transaction", "-f", "-"],
-                env=self.native_env(tools.endpoint), stdin=subprocess.PIPE,
-                stdout=subprocess.DEVNULL, stderr=errors,
-            )
-            assert proc.stdin is not None
-            try:
-                for chunk in chunks:
-                    proc.stdin.write(chunk)
-                proc.stdin.close()
-            except BrokenPipeError:
-                pass  # psql stopped at an error; its message says which
-            except BaseException:
-                proc.kill()
-                proc.wait()
-                raise
-            if proc.wait() != 0:
-                raise ClaudeDbError(f"import failed, nothing was applied: {_last_line(errors)}")
+        # one transaction that stops at the first error: a failed import applies nothing.
+        # COMMIT is sent after the whole input, not by --single-transaction: that commits at
+        # the end of psql's input, and an interrupted `docker exec` ends the input early
+        # without killing psql (a partial import would commit)
+        code, stderr = tools.feed(
+            ["psql", "-X", "-q", "-v", "ON_ERROR_STOP=1", "-c", "BEGIN", "-f", "-"],
+            itertools.chain(chunks, [b"\n;\nCOMMIT;\n"]), env=self.native_env(tools.endpoint),
+        )
+        if code != 0:
+            raise ClaudeDbError(f"import failed, nothing was applied: {last_line(stderr)}")
 
     def reset(self, endpoint: Endpoint) -> None:
         maintenance = endpoint.with_database("postgres")
@@ -140,9 +120,3 @@ def _plain(value: Any) -> Any:
 def _first_line(exc: BaseException) -> str:
     lines = str(exc).strip().splitlines()
     return lines[0] if lines else type(exc).__name__
-
-
-def _last_line(errors: Any) -> str:
-    errors.seek(0)
-    lines = errors.read().decode(errors="replace").strip().splitlines()
-    return lines[-1] if lines else "no error output"
