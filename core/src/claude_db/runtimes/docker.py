@@ -19,7 +19,7 @@ import contextlib
 import socket
 import time
 import uuid
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from claude_db.engine import Endpoint, Engine, Tools
 from claude_db.errors import (
@@ -82,6 +82,8 @@ class DockerRuntime(Runtime):
     name = "docker"
     auto_priority = 10  # the seed's way: preferred whenever a Docker engine answers
     runs_containers = True
+    #: runs the engine's client tools; another Docker-compatible engine names its subclass
+    tools_class: ClassVar[type[DockerTools]] = DockerTools
 
     def __init__(self, settings: Settings) -> None:
         super().__init__(settings)
@@ -197,14 +199,20 @@ class DockerRuntime(Runtime):
             state["kept_data"] = f"the Docker volume {self._keep_volume(docker, session, engine)}"
         mine = {"label": [f"{LABEL_INSTANCE}={instance}",
                           f"{LABEL_STATE}={self.settings.state_dir}"]}
+        def labelled(found: list[dict[str, Any]]) -> list[dict[str, Any]]:
+            # the filter's labels checked again: Podman 4.3 ORs the label filters of volumes
+            return [item for item in found
+                    if (item.get("Labels") or {}).get(LABEL_INSTANCE) == instance
+                    and (item.get("Labels") or {}).get(LABEL_STATE) == str(self.settings.state_dir)]
+
         with slow(docker), docker_errors(f"removing the containers of session {session.name!r}"):
-            for container in docker.api.containers(all=True, filters=mine):
+            for container in labelled(docker.api.containers(all=True, filters=mine)):
                 docker.api.remove_container(container["Id"], force=True, v=True)  # v: anonymous
         with slow(docker), docker_errors(f"removing network {state['network']!r}"):
-            for network in docker.api.networks(filters=mine):
+            for network in labelled(docker.api.networks(filters=mine)):
                 docker.api.remove_network(network["Id"])
         with slow(docker), docker_errors(f"removing volume {state['volume']!r}"):
-            for volume in docker.api.volumes(filters=mine).get("Volumes") or []:
+            for volume in labelled(docker.api.volumes(filters=mine).get("Volumes") or []):
                 docker.api.remove_volume(volume["Name"], force=True)
 
     def status(self, session: Session) -> Status:
@@ -286,7 +294,7 @@ class DockerRuntime(Runtime):
         # by its name on the session's network: the same from a tools container and from
         # inside the database container (docker exec)
         endpoint = Endpoint(state["db_container"], state["container_port"], session.credentials)
-        return DockerTools(attrs["Id"], attrs["Image"], network["NetworkID"], endpoint,
+        return self.tools_class(attrs["Id"], attrs["Image"], network["NetworkID"], endpoint,
                            self._labels(session, engine, "tools"))
 
     def enter_shell(self, session: Session, env: dict[str, str]) -> int:
@@ -298,7 +306,7 @@ class DockerRuntime(Runtime):
             raise NotRunningError(f"the session container {name} is gone; "
                                   f"attach again to make it: claude-session attach {name}")
         argv = exec_argv(attrs["Id"], ["sh", "-c", SHELL], env, stdin=True, tty=terminal(),
-                         workdir=WORKSPACE)
+                         workdir=WORKSPACE, cli=self.tools_class.cli())
         return run_foreground(argv, env=child_env(env))
 
     # -- internals ------------------------------------------------------------------------
@@ -309,6 +317,11 @@ class DockerRuntime(Runtime):
         if not self.available():
             raise DockerUnavailableError(self.unavailable_reason())
         return client()
+
+    def _host_options(self) -> dict[str, Any]:
+        """Extra ``create_host_config`` options of every container made (none for Docker;
+        another Docker-compatible engine's subclass adds what it needs, e.g. ulimits)."""
+        return {}
 
     def _labels(self, session: Session, engine: Engine, role: str) -> dict[str, str]:
         return {
@@ -389,6 +402,7 @@ class DockerRuntime(Runtime):
                         mounts=[Mount("/from", state["volume"], type="volume", read_only=True),
                                 Mount("/to", kept, type="volume")],
                         network_mode="none",
+                        **self._host_options(),
                     ),
                 )
                 try:
@@ -508,6 +522,7 @@ class DockerRuntime(Runtime):
                     mounts=[Mount(engine.container_data_dir, state["volume"], type="volume")],
                     network_mode=network,
                     port_bindings=bindings,
+                    **self._host_options(),
                 ),
                 # attached to its network as it is made: no connect call after
                 networking_config=api.create_networking_config(
@@ -543,6 +558,7 @@ class DockerRuntime(Runtime):
                     init=True,  # a real PID 1: `sleep` stops on SIGTERM, zombies are reaped
                     mounts=[Mount(WORKSPACE, session.workdir, type="bind")],
                     network_mode=network,
+                    **self._host_options(),
                 ),
                 detach=True,
             )
