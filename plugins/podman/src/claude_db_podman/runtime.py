@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 from claude_db.engine import Endpoint, Engine, Tools
 from claude_db.gc import Orphan
 from claude_db.runtimes.docker import LABEL_SESSION, LABEL_STATE, DockerRuntime
-from claude_db.runtimes.docker_client import QUICK_TIMEOUT, docker_errors
+from claude_db.runtimes.docker_client import docker_errors
 from claude_db.runtimes.docker_tools import DockerTools
 from claude_db.session import NAME_PATTERN, Session
 from claude_db_podman.limits import container_ulimits
@@ -30,6 +30,12 @@ if TYPE_CHECKING:
     from docker import DockerClient
 
     from claude_db.settings import Settings
+
+#: the Docker API version Podman 4 and 5 serve: named, the client asks no ``GET /version``
+API_VERSION = "1.41"
+#: seconds for calls that should be instant (inspect, list): Podman's service answers them
+#: only between the locked steps of other containers' starts, seconds apart on a busy host
+QUICK_TIMEOUT = 30.0
 
 
 class PodmanRuntime(DockerRuntime):
@@ -100,7 +106,7 @@ class PodmanRuntime(DockerRuntime):
             ensure_service(path)
             with docker_errors(f"connecting to Podman's API service at unix://{path}"):
                 self._podman = docker.DockerClient(base_url=f"unix://{path}",
-                                                   timeout=QUICK_TIMEOUT, version="auto")
+                                                   timeout=QUICK_TIMEOUT, version=API_VERSION)
         return self._podman
 
     def _host_options(self) -> dict[str, Any]:
