@@ -113,8 +113,8 @@ def test_creating_a_volume_that_appeared_meanwhile_refuses_it(
     state directory between our check and our create must not become ours (its gc would
     delete it under us, or ours would delete theirs)."""
     from claude_db.app import get_app
-    from claude_db.runtimes.docker import NotOursError, names
-    from claude_db.runtimes.docker_client import client
+    from claude_db.runtimes.docker.client import client
+    from claude_db.runtimes.docker.runtime import NotOursError, names
     from claude_db.session import Session
 
     name = new_name()

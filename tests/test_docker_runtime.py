@@ -312,7 +312,7 @@ def test_the_ping_names_the_api_version_the_client_then_uses(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """A start asks the engine for its API version once (the ping), not again (GET /version)."""
-    from claude_db.runtimes import docker_client
+    from claude_db.runtimes.docker import client as docker_client
 
     monkeypatch.delenv("DOCKER_CONTEXT", raising=False)
     monkeypatch.delenv("DOCKER_CERT_PATH", raising=False)

@@ -24,7 +24,7 @@ from conftest import Cli, assert_one_line_error
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="needs root: servers of other users")
 
-#: what a server may inherit from us (claude_db.runtimes.local.server_env)
+#: what a server may inherit from us (claude_db.runtimes.local.runtime.server_env)
 SERVER_VARIABLES = {"PATH", "LANG", "LC_ALL", "TZ"}
 
 

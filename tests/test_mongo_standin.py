@@ -35,7 +35,7 @@ from claude_db import ClaudeDbError, Credentials, Endpoint
 from claude_db.errors import ExitCode, NotRunningError, UsageError
 from claude_db.processes import HostTools
 from claude_db.readiness import wait_until_ready
-from claude_db.runtimes.local import free_port
+from claude_db.runtimes.local.runtime import free_port
 from claude_db.testing import CONTRACT_PASSWORD
 from claude_db_mongo import MongoEngine
 from claude_db_mongo.archive import MAGIC, ByteReader

@@ -17,7 +17,7 @@ import shutil
 import signal
 import subprocess
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +26,6 @@ import pytest
 from claude_db.lifecycle import STARTING_MARKER
 from claude_db.settings import Settings
 from claude_db.testing import (
-    CONTRACT_PASSWORD,
     ClaudeCli,
     CliResult,
     EngineContract,
@@ -106,25 +105,9 @@ def cli(tmp_path_factory: pytest.TempPathFactory) -> ClaudeCli:
 
 
 class PodmanContract(EngineContract):
-    """The contract suite with ``--runtime podman`` and the image of :attr:`docker_image`."""
+    """The contract suite with ``--runtime podman`` (the image: :attr:`docker_image`)."""
 
     runtimes = ("podman",)
-
-    @pytest.fixture(scope="class")
-    @classmethod
-    def contract_cli_factory(
-        cls, contract_bin_dir: Path, contract_state_dir: Path,
-        tmp_path_factory: pytest.TempPathFactory,
-    ) -> Callable[[], ClaudeCli]:
-        assert cls.docker_image is not None
-        env = {"CLAUDE_DB_PASSWORD": CONTRACT_PASSWORD, "CLAUDE_DB_RUNTIME": "podman",
-               "CLAUDE_DB_IMAGE": cls.docker_image}
-
-        def make() -> ClaudeCli:
-            workdir = tmp_path_factory.mktemp("contract-podman-work")
-            return ClaudeCli(contract_state_dir, workdir, contract_bin_dir, dict(env))
-
-        return make
 
 
 class TestPostgresContractOnPodman(PodmanContract):
@@ -248,6 +231,22 @@ def test_a_killed_start_is_swept_by_gc_without_a_reaper_container(cli: ClaudeCli
     assert labelled(label) == [] and named(name) == []
     assert set(podman("ps", "-a", "-q").split()) <= containers_before  # no reaper was made
     assert not (cli.state_dir / "sessions" / name).exists()
+
+
+def test_gc_removes_what_a_gone_session_left_in_podman(cli: ClaudeCli) -> None:
+    """The session's record is gone (a crash, a failed delete): ``gc`` asks the runtime for
+    its leftovers and removes the session's container, network and volume."""
+    name = unique("podgone")
+    start(cli, name)
+    shutil.rmtree(cli.state_dir / "sessions" / name)
+    resources = ("container", "network", "volume")
+    listed = cli.ok("claude-session", "gc", "--dry-run", "--json").json()
+    assert sorted((o["kind"], o["what"]) for o in listed if o["kind"] in resources) == [
+        ("container", f"{name}-db"), ("network", f"{name}-net"), ("volume", f"{name}-data")]
+    assert len(named(name)) == 3  # a dry run removes nothing
+    swept = cli.ok("claude-session", "gc", "--json").json()
+    assert all(o["removed"] for o in swept), swept
+    assert labelled(f"claude-db.session={name}") == [] and named(name) == []
 
 
 def test_leftovers_lists_the_state_directorys_resources_by_session(

@@ -30,7 +30,7 @@ class App:
         if requested != "auto":
             runtime = self.runtime(requested)
             if not runtime.available():
-                raise _unavailable(runtime)
+                raise runtime.unavailable_error()
             return runtime, None
         ranked = sorted(
             self.plugins.runtimes.items(), key=lambda item: item[1].auto_priority, reverse=True
@@ -46,14 +46,6 @@ class App:
                 return runtime, note
             skipped.append(runtime)
         raise ClaudeDbError("no runtime is available on this machine")
-
-
-def _unavailable(runtime: Runtime) -> ClaudeDbError:
-    from claude_db.errors import DockerUnavailableError
-
-    if runtime.name == "docker":
-        return DockerUnavailableError(runtime.unavailable_reason())
-    return ClaudeDbError(runtime.unavailable_reason())
 
 
 @functools.cache

@@ -89,7 +89,7 @@ def start_session(
         notes += _claim(app, name, workdir)
 
     store = app.store
-    notes += _sweep_orphans(app, docker=runtime is not None and runtime.name == "docker")
+    notes += _sweep_orphans(app, [runtime.name] if runtime is not None else [])
     # locked before the directory exists: gc never takes a session being made for an orphan
     with store.lock(name):
         raced = store.load(name) if store.exists(name) else None  # a start of it won meanwhile
@@ -252,12 +252,14 @@ def _require_quotable(settings: Settings) -> None:
             )
 
 
-def _sweep_orphans(app: App, docker: bool) -> list[str]:
-    """The cheap orphan sweep every start runs (see claude_db.gc); never fails a start."""
+def _sweep_orphans(app: App, runtimes: list[str]) -> list[str]:
+    """The cheap orphan sweep every start runs (see claude_db.gc), asking also the runtimes
+    the new session uses; never fails a start."""
     from claude_db.gc import collect_garbage
 
     try:
-        removed = [o for o in collect_garbage(app, cheap=True, docker=docker) if o.removed]
+        removed = [o for o in collect_garbage(app, cheap=True, runtimes=runtimes)
+                   if o.removed]
     except Exception as exc:
         return [f"warning: the orphan sweep failed ({exc}); see claude-session gc --dry-run"]
     if not removed:

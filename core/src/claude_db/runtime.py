@@ -3,7 +3,12 @@
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from typing import TYPE_CHECKING, ClassVar, Literal
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
+
+from claude_db.errors import ClaudeDbError
 
 if TYPE_CHECKING:
     from claude_db.engine import Endpoint, Engine, Tools
@@ -11,6 +16,22 @@ if TYPE_CHECKING:
     from claude_db.settings import Settings
 
 Status = Literal["running", "stopped", "missing"]
+
+
+@dataclass
+class Orphan:
+    """Something left behind by a gone session (``claude-session gc`` lists and removes it)."""
+
+    kind: str  # session, process, directory, lock, container, network, volume...
+    what: str  # a pid, a path or a runtime's name for it
+    detail: str
+    removed: bool = False
+    error: str | None = None
+    remove: Callable[[], None] = field(default=lambda: None, repr=False, compare=False)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"kind": self.kind, "what": self.what, "detail": self.detail,
+                "removed": self.removed, "error": self.error}
 
 
 class Runtime(ABC):
@@ -26,6 +47,11 @@ class Runtime(ABC):
     auto_priority: ClassVar[int] = 0
     #: whether ``--db-image``, ``--image`` and ``--publish`` mean anything to this runtime
     runs_containers: ClassVar[bool] = False
+    #: whether :meth:`leftovers` only reads this machine's files, cheaply: then the sweep on
+    #: every ``start`` asks it; else only while a live session uses this runtime
+    cheap_leftovers: ClassVar[bool] = False
+    #: what :meth:`unavailable_error` raises (its exit code tells scripts why)
+    unavailable_error_class: ClassVar[type[ClaudeDbError]] = ClaudeDbError
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
@@ -36,6 +62,18 @@ class Runtime(ABC):
 
     def unavailable_reason(self) -> str:
         return f"the {self.name} runtime is not available here"
+
+    def unavailable_error(self) -> ClaudeDbError:
+        """The error of a command that needs this runtime while it is not available."""
+        return self.unavailable_error_class(self.unavailable_reason())
+
+    def leftovers(self, state_dir: Path) -> dict[str, list[Orphan]]:
+        """What this runtime holds for sessions of ``state_dir``, by session name, in the
+        order to remove it (what holds the rest first): never anything of another state
+        directory or user. ``gc`` removes a session's part only while it holds the session's
+        lock and the session is gone (live sessions' parts are listed and left alone).
+        Only called while :meth:`available`."""
+        return {}
 
     @abstractmethod
     def create(self, session: Session, engine: Engine) -> None:

@@ -11,17 +11,13 @@ cannot reach.
 
 from __future__ import annotations
 
-from collections import defaultdict
-from functools import partial
-from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from claude_db.engine import Endpoint, Engine, Tools
-from claude_db.gc import Orphan
-from claude_db.runtimes.docker import LABEL_SESSION, LABEL_STATE, DockerRuntime
-from claude_db.runtimes.docker_client import docker_errors
-from claude_db.runtimes.docker_tools import DockerTools
-from claude_db.session import NAME_PATTERN, Session
+from claude_db.runtimes.docker.client import docker_errors
+from claude_db.runtimes.docker.runtime import DockerRuntime
+from claude_db.runtimes.docker.tools import DockerTools
+from claude_db.session import Session
 from claude_db_podman.limits import container_ulimits
 from claude_db_podman.service import ensure_service, ping, podman_cli, rootless, socket_path
 from claude_db_podman.tools import PodmanTools
@@ -70,32 +66,6 @@ class PodmanRuntime(DockerRuntime):
         tools.endpoint = Endpoint(address, state["container_port"], session.credentials)
         return tools
 
-    def leftovers(self, state_dir: Path) -> dict[str, list[Orphan]]:
-        """This state directory's containers, networks and volumes, by session name
-        (containers first: they hold the others); data kept by ``delete --keep-data``
-        carries no session label and is never among them."""
-        docker = self._client()
-        mine = {"label": [LABEL_SESSION, f"{LABEL_STATE}={state_dir}"]}
-        found: dict[str, list[Orphan]] = defaultdict(list)
-        with docker_errors("listing Podman's containers, networks and volumes"):
-            resources = [
-                *(("container", c) for c in docker.containers.list(all=True, filters=mine)),
-                *(("network", n) for n in docker.networks.list(filters=mine)),
-                *(("volume", v) for v in docker.volumes.list(filters=mine)),
-            ]
-        for kind, resource in resources:
-            attrs = resource.attrs
-            labels = attrs.get("Labels") or (attrs.get("Config") or {}).get("Labels") or {}
-            if labels.get(LABEL_STATE) != str(state_dir):
-                continue  # Podman 4.3 ORs the label filters of volumes: checked here again
-            session = labels.get(LABEL_SESSION, "")
-            if NAME_PATTERN.fullmatch(session):  # a name, never a path
-                found[session].append(Orphan(
-                    kind, resource.name, f"Podman {kind} of session {session}",
-                    remove=partial(_remove, kind, resource),
-                ))
-        return dict(found)
-
     # -- the docker runtime's extension points ---------------------------------------------
 
     def _client(self) -> DockerClient:
@@ -115,11 +85,3 @@ class PodmanRuntime(DockerRuntime):
         return {"ulimits": [Ulimit(name=name, soft=value, hard=value)
                             for name, value in container_ulimits().items()]}
 
-
-def _remove(kind: str, resource: Any) -> None:
-    if kind == "container":
-        resource.remove(force=True, v=True)
-    elif kind == "volume":
-        resource.remove(force=True)
-    else:
-        resource.remove()

@@ -1,14 +1,14 @@
 """The engine's client tools through the ``podman`` command-line client.
 
 ``podman exec`` and ``podman run`` take the docker CLI's options that core's
-:class:`~claude_db.runtimes.docker_tools.DockerTools` uses, and talk to the same store as
+:class:`~claude_db.runtimes.docker.tools.DockerTools` uses, and talk to the same store as
 the API service of the same user (rootful: root's, rootless: the user's own).
 """
 
 from __future__ import annotations
 
 from claude_db.errors import ToolMissingError
-from claude_db.runtimes.docker_tools import DockerTools
+from claude_db.runtimes.docker.tools import DockerTools
 from claude_db_podman.limits import ulimit_options
 from claude_db_podman.service import podman_cli, rootless
 

@@ -37,11 +37,15 @@ from claude_db.processes import (
     spawn_daemon,
 )
 from claude_db.readiness import poll_until
-from claude_db.runtime import Runtime, Status
+from claude_db.runtime import Orphan, Runtime, Status
+from claude_db.runtimes.local.leftovers import (
+    SOCKET_DIR_PREFIX,
+    remove_socket_dir,
+    session_leftovers,
+)
 from claude_db.session import Session, SessionStore
 
 SOCKET_PATH_MAX = 100  # sun_path is 108 bytes; leave room for the socket's own file name
-SOCKET_DIR_PREFIX = "claude-db-"  # socket directories in /tmp (long state paths)
 LOG_TAIL_LINES = 5
 SPARE_SUFFIX = ".spare"  # a ready copy of a template, beside it, for the next session
 SERVER_PATH = "/usr/local/bin:/usr/bin:/bin"
@@ -51,6 +55,7 @@ ROOT = RunAs(0, 0, "root")
 class LocalRuntime(Runtime):
     name = "local"
     auto_priority = 0
+    cheap_leftovers = True  # pid files in the state directory
 
     @property
     def store(self) -> SessionStore:
@@ -151,6 +156,9 @@ class LocalRuntime(Runtime):
         if self._alive(session):
             return None
         return f"server exited; last log lines: {log_tail(Path(session.runtime_state['log']))}"
+
+    def leftovers(self, state_dir: Path) -> dict[str, list[Orphan]]:
+        return session_leftovers(state_dir)
 
     # -- access ---------------------------------------------------------------------------
 
@@ -355,28 +363,6 @@ def _private_dir(path: Path, run_as: RunAs) -> bool:
         return False
     return (stat.S_ISDIR(info.st_mode) and info.st_uid == run_as.uid
             and stat.S_IMODE(info.st_mode) & 0o077 == 0)
-
-
-def remove_socket_dir(server_dir: Path, recorded: str | None = None) -> None:
-    """Remove a session's socket directory outside ``server_dir`` (see :func:`_socket_dir`):
-    the one ``recorded`` in its runtime state and the one ``server/run`` links to.
-
-    The link and the directory are the server user's to change, so a path is only removed
-    if it is what we made: a real directory ``/tmp/claude-db-*`` of ``server_dir``'s owner
-    (nothing that user could not remove itself)."""
-    found = {recorded} if recorded else set()
-    with contextlib.suppress(OSError):
-        found.add(os.readlink(server_dir / "run"))
-    try:
-        owner = server_dir.lstat().st_uid
-    except OSError:
-        return
-    for path in map(Path, found):
-        if path.parent == Path("/tmp") and path.name.startswith(SOCKET_DIR_PREFIX):
-            with contextlib.suppress(OSError):
-                info = path.lstat()
-                if stat.S_ISDIR(info.st_mode) and info.st_uid == owner:
-                    shutil.rmtree(path, ignore_errors=True)  # never follows a link
 
 
 def free_port() -> int:

@@ -69,6 +69,8 @@ docs/writing-an-engine.md has the whole story: hooks, contracts, loading rules.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
+import functools
 import json
 import os
 import secrets
@@ -87,6 +89,7 @@ if TYPE_CHECKING:
     from claude_db.app import App
     from claude_db.engine import Engine
     from claude_db.plugins import Plugins
+    from claude_db.runtime import Runtime
 
 #: the password every contract session gets: each of these characters must be encoded in URLs
 CONTRACT_PASSWORD = "p@ss:w/rd%?#x"
@@ -317,7 +320,8 @@ class EngineContract:
 
     #: the engine's name (what ``--db`` takes)
     engine_name: ClassVar[str]
-    #: runtimes to run the suite on; ``docker`` cases are marked ``@pytest.mark.docker``
+    #: runtimes to run the suite on; cases on a runtime that runs containers are marked
+    #: ``@pytest.mark.docker`` (they need a container engine and the test images)
     runtimes: ClassVar[Sequence[str]] = ("local",)
     #: the database image on docker (default: ``$CLAUDE_DB_IMAGE``)
     docker_image: ClassVar[str | None] = None
@@ -347,7 +351,8 @@ class EngineContract:
             return
         params = [
             pytest.param(runtime, id=runtime,
-                         marks=[pytest.mark.docker] if runtime == "docker" else [])
+                         marks=[pytest.mark.docker] if runtime_class(runtime).runs_containers
+                         else [])
             for runtime in self.runtimes
         ]
         metafunc.parametrize("contract_runtime", params, scope="class")
@@ -370,7 +375,7 @@ class EngineContract:
         tmp_path_factory: pytest.TempPathFactory,
     ) -> Callable[[], ClaudeCli]:
         env = {"CLAUDE_DB_PASSWORD": CONTRACT_PASSWORD, "CLAUDE_DB_RUNTIME": contract_runtime}
-        if contract_runtime == "docker":
+        if runtime_class(contract_runtime).runs_containers:
             image = cls.docker_image or os.environ.get("CLAUDE_DB_IMAGE")
             if not image:
                 raise pytest.UsageError(
@@ -606,25 +611,30 @@ def leftovers(
         env["DB_HOST"], int(env["DB_PORT"])
     ):
         found.append(f"port {env['DB_HOST']}:{env['DB_PORT']} still answers")
-    if record.get("runtime") == "docker":
-        found += docker_leftovers(name)
+    if record.get("runtime"):
+        found += runtime_leftovers(state_dir, name, record["runtime"])
     return found
 
 
-def docker_leftovers(name: str) -> list[str]:
-    """Containers, networks and volumes of session ``name`` that still exist."""
-    import docker
+def runtime_leftovers(state_dir: Path, name: str, runtime_name: str) -> list[str]:
+    """What session ``name``'s runtime still holds for it (its containers, its servers...),
+    as the runtime itself finds it for ``claude-session gc``."""
+    from claude_db.settings import Settings
 
-    client = docker.from_env()
-    try:
-        label = {"label": f"claude-db.session={name}"}
-        found = [f"container {c.name}" for c in client.containers.list(all=True, filters=label)]
-        found += [f"network {n.name}" for n in client.networks.list(filters=label)]
-        found += [f"volume {v.name}" for v in client.volumes.list(filters=label)]
-        found += [f"network {n.name}" for n in client.networks.list(names=[f"{name}-net"])]
-        return sorted(set(found))
-    finally:
-        client.close()
+    settings = dataclasses.replace(Settings.from_env(), state_dir=state_dir)
+    runtime = runtime_class(runtime_name)(settings)
+    if not runtime.available():
+        return []
+    return [f"{o.kind} {o.what}" for o in runtime.leftovers(state_dir).get(name, [])]
+
+
+@functools.cache
+def runtime_class(name: str) -> type[Runtime]:
+    """The installed runtime called ``name`` (as the ``claude-db`` command finds it)."""
+    from claude_db.plugins import load_plugins
+    from claude_db.settings import Settings
+
+    return load_plugins(Settings.from_env()).runtime_class(name)
 
 
 def processes_mentioning(text: str) -> list[tuple[int, str]]:

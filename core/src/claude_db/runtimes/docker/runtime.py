@@ -10,7 +10,7 @@ the session's only with all three. Docker names are global (other users, other s
 directories share the daemon), so a lookup by name that finds one without them refuses
 with one line and never touches it, and everything acts by id after the check.
 
-The docker SDK is imported on first use only (see ``docker_client``).
+The docker SDK is imported on first use only (see ``client``).
 """
 
 from __future__ import annotations
@@ -19,6 +19,8 @@ import contextlib
 import socket
 import time
 import uuid
+from functools import partial
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from claude_db.engine import Endpoint, Engine, Tools
@@ -30,8 +32,8 @@ from claude_db.errors import (
 )
 from claude_db.processes import child_env, run_foreground
 from claude_db.readiness import wait_until_ready
-from claude_db.runtime import Runtime, Status
-from claude_db.runtimes.docker_client import (
+from claude_db.runtime import Orphan, Runtime, Status
+from claude_db.runtimes.docker.client import (
     client,
     describe_host,
     docker_errors,
@@ -40,8 +42,8 @@ from claude_db.runtimes.docker_client import (
     ping,
     slow,
 )
-from claude_db.runtimes.docker_tools import DockerTools, exec_argv, terminal
-from claude_db.session import Session
+from claude_db.runtimes.docker.tools import DockerTools, exec_argv, terminal
+from claude_db.session import NAME_PATTERN, Session
 
 if TYPE_CHECKING:
     from docker import DockerClient
@@ -82,6 +84,7 @@ class DockerRuntime(Runtime):
     name = "docker"
     auto_priority = 10  # the seed's way: preferred whenever a Docker engine answers
     runs_containers = True
+    unavailable_error_class = DockerUnavailableError
     #: runs the engine's client tools; another Docker-compatible engine names its subclass
     tools_class: ClassVar[type[DockerTools]] = DockerTools
 
@@ -254,6 +257,33 @@ class DockerRuntime(Runtime):
         if state.get("OOMKilled"):
             how += " (out of memory)"
         return f"container {name} {how}; last log lines: {self._log_tail(docker, attrs['Id'])}"
+
+    # -- orphans --------------------------------------------------------------------------
+
+    def leftovers(self, state_dir: Path) -> dict[str, list[Orphan]]:
+        """Containers, networks and volumes labelled with a session of ``state_dir``
+        (containers first: they hold the others). Only those of this state directory:
+        other users and test runs share the daemon."""
+        mine = {"label": [LABEL_SESSION, f"{LABEL_STATE}={state_dir}"]}
+        docker = self._client()
+        found: dict[str, list[Orphan]] = {}
+        for kind, resource in [
+            *(("container", c)
+              for c in docker.containers.list(all=True, sparse=True, filters=mine)),
+            *(("network", n) for n in docker.networks.list(filters=mine)),
+            *(("volume", v) for v in docker.volumes.list(filters=mine)),
+        ]:
+            attrs = resource.attrs
+            labels = attrs.get("Labels") or {}
+            if labels.get(LABEL_STATE) != str(state_dir):
+                continue  # checked again: Podman 4.3 ORs the label filters of volumes
+            name = labels.get(LABEL_SESSION, "")
+            if NAME_PATTERN.fullmatch(name):  # a name, never a path
+                shown = attrs.get("Name") or (attrs.get("Names") or [resource.id])[0]
+                found.setdefault(name, []).append(Orphan(
+                    kind, shown.lstrip("/"), f"Docker {kind} of gone session {name}",
+                    remove=partial(_remove_resource, kind, resource)))
+        return found
 
     # -- access ---------------------------------------------------------------------------
 
@@ -657,3 +687,12 @@ def _free_port() -> int:
 def _port_taken(exc: BaseException) -> bool:
     text = str(exc)
     return "address already in use" in text or "port is already allocated" in text
+
+
+def _remove_resource(kind: str, resource: Any) -> None:
+    if kind == "container":
+        resource.remove(force=True, v=True)
+    elif kind == "volume":
+        resource.remove(force=True)
+    else:
+        resource.remove()
