@@ -32,6 +32,7 @@ from claude_db.testing import (
     assert_one_line_error,
     build_wheelhouse,
     fresh_environment,
+    pip,
     traversable_tmpdir,
 )
 
@@ -320,13 +321,30 @@ def test_without_podman_or_a_service_one_clear_error(cli: ClaudeCli, tmp_path: P
 
 
 @pytest.fixture(scope="module")
-def podman_bin(tmp_path_factory: pytest.TempPathFactory) -> Path:
+def podman_wheels(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return build_wheelhouse(traversable_tmpdir(tmp_path_factory, "podman-wheels"),
+                            [ROOT / "core", ROOT / "plugins" / "postgres",
+                             ROOT / "plugins" / "podman"])
+
+
+@pytest.fixture(scope="module")
+def podman_bin(podman_wheels: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """``pip install claude-db-podman`` into a fresh environment, from wheels alone."""
-    wheels = build_wheelhouse(tmp_path_factory.mktemp("podman-wheels"),
-                              [ROOT / "core", ROOT / "plugins" / "postgres",
-                               ROOT / "plugins" / "podman"])
     where = traversable_tmpdir(tmp_path_factory, "podman-venv") / "venv"
-    return fresh_environment(wheels, where, "claude-db-podman")
+    return fresh_environment(podman_wheels, where, "claude-db-podman")
+
+
+@pytest.fixture(scope="module")
+def everyones_bin(podman_wheels: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The same on the system's Python, which any user may run (this one may be private)."""
+    python = shutil.which("python3", path="/usr/bin:/bin")
+    if python is None:
+        pytest.skip("ROOTLESS PODMAN TEST SKIPPED: no /usr/bin/python3 for another user")
+    where = traversable_tmpdir(tmp_path_factory, "podman-venv-everyone") / "venv"
+    subprocess.run([python, "-m", "venv", "--without-pip", str(where)], check=True)
+    pip("--python", str(where / "bin" / "python"), "install", "-q", "--no-index",
+        "--find-links", str(podman_wheels), "claude-db-podman")
+    return where / "bin"
 
 
 def test_installed_distribution_registers_the_runtime(podman_bin: Path, cli: ClaudeCli) -> None:
@@ -370,6 +388,15 @@ def rootless_user(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     tun = Path("/dev/net/tun")
     if tun.exists() and tun.stat().st_mode & 0o006 != 0o006:
         tun.chmod(0o666)
+    # The overlay driver (native rootless overlay, kernel >= 5.13): on the vfs driver Podman
+    # may pick instead, an image from `docker save` gets a 0700 root directory, and every
+    # process that is not the container's root fails ("libc.so.6: Permission denied")
+    config = Path(entry.pw_dir) / ".config" / "containers" / "storage.conf"
+    if not config.exists():
+        config.parent.mkdir(parents=True, exist_ok=True)
+        config.write_text('[storage]\ndriver = "overlay"\n')
+        for path in (config, config.parent, config.parent.parent):
+            os.chown(path, entry.pw_uid, entry.pw_gid)
     archives = traversable_tmpdir(tmp_path_factory, "podman-archives")
     archive = archives / POSTGRES_IMAGE.replace("/", "_").replace(":", "_")
     with open(f"{archive}.tar", "wb") as out:
@@ -386,9 +413,7 @@ def rootless_user(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
             os.kill(int(pid), signal.SIGTERM)
 
 
-def test_rootless_session_as_a_user_with_subuids(
-    rootless_user: str, podman_bin: Path, tmp_path_factory: pytest.TempPathFactory
-) -> None:
+def test_rootless_session_as_a_user_with_subuids(rootless_user: str, everyones_bin: Path) -> None:
     """A non-root user's session: Podman's API service started as them, the container in
     their own store, published on 127.0.0.1 (rootless addresses are not the host's)."""
     entry = pwd.getpwnam(rootless_user)
@@ -396,7 +421,7 @@ def test_rootless_session_as_a_user_with_subuids(
     work = home / unique("work")
     state = home / unique("state")
     name = unique("podrootless")
-    env = [f"PATH={podman_bin}:/usr/bin:/bin", f"CLAUDE_DB_STATE_DIR={state}",
+    env = [f"PATH={everyones_bin}:/usr/bin:/bin", f"CLAUDE_DB_STATE_DIR={state}",
            "CLAUDE_DB_RUNTIME=podman", f"CLAUDE_DB_IMAGE={POSTGRES_IMAGE}"]
     subprocess.run([*as_user(rootless_user), "mkdir", str(work)], check=True, cwd="/")
 
