@@ -153,7 +153,7 @@ def test_delete_removes_only_its_own_volume(cli: ClaudeCli, tmp_path: Path) -> N
     """Podman 4.3 ORs the label filters of volumes: delete, listing the volumes of its
     instance *and* state directory, removed every session's volume of the state directory
     (with ``force``: their containers too) until it checked the labels itself."""
-    kept, deleted = unique("podmine"), unique("podgone")
+    kept, deleted = unique("podmine"), unique("podother")
     start(cli, kept)
     try:
         cli.ok("claude-db", "query", "create table t(x int); insert into t values (7)")
