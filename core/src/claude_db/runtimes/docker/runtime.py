@@ -21,7 +21,7 @@ import time
 import uuid
 from functools import partial
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from claude_db.engine import Endpoint, Engine, Tools
 from claude_db.errors import (
@@ -84,6 +84,8 @@ class DockerRuntime(Runtime):
     auto_priority = 10  # the seed's way: preferred whenever a Docker engine answers
     runs_containers = True
     unavailable_error_class = DockerUnavailableError
+    #: runs the engine's client tools; another Docker-compatible engine names its subclass
+    tools_class: ClassVar[type[DockerTools]] = DockerTools
 
     def __init__(self, settings: Settings) -> None:
         super().__init__(settings)
@@ -198,14 +200,20 @@ class DockerRuntime(Runtime):
             state["kept_data"] = f"the Docker volume {self._keep_volume(docker, session, engine)}"
         mine = {"label": [f"{LABEL_INSTANCE}={instance}",
                           f"{LABEL_STATE}={self.settings.state_dir}"]}
+        def labelled(found: list[dict[str, Any]]) -> list[dict[str, Any]]:
+            # the filter's labels checked again: Podman 4.3 ORs the label filters of volumes
+            return [item for item in found
+                    if (item.get("Labels") or {}).get(LABEL_INSTANCE) == instance
+                    and (item.get("Labels") or {}).get(LABEL_STATE) == str(self.settings.state_dir)]
+
         with slow(docker), docker_errors(f"removing the containers of session {session.name!r}"):
-            for container in docker.api.containers(all=True, filters=mine):
+            for container in labelled(docker.api.containers(all=True, filters=mine)):
                 docker.api.remove_container(container["Id"], force=True, v=True)  # v: anonymous
         with slow(docker), docker_errors(f"removing network {state['network']!r}"):
-            for network in docker.api.networks(filters=mine):
+            for network in labelled(docker.api.networks(filters=mine)):
                 docker.api.remove_network(network["Id"])
         with slow(docker), docker_errors(f"removing volume {state['volume']!r}"):
-            for volume in docker.api.volumes(filters=mine).get("Volumes") or []:
+            for volume in labelled(docker.api.volumes(filters=mine).get("Volumes") or []):
                 docker.api.remove_volume(volume["Name"], force=True)
 
     def status(self, session: Session) -> Status:
@@ -264,7 +272,10 @@ class DockerRuntime(Runtime):
             *(("volume", v) for v in docker.volumes.list(filters=mine)),
         ]:
             attrs = resource.attrs
-            name = (attrs.get("Labels") or {}).get(LABEL_SESSION, "")
+            labels = attrs.get("Labels") or {}
+            if labels.get(LABEL_STATE) != str(state_dir):
+                continue  # checked again: Podman 4.3 ORs the label filters of volumes
+            name = labels.get(LABEL_SESSION, "")
             if NAME_PATTERN.fullmatch(name):  # a name, never a path
                 shown = attrs.get("Name") or (attrs.get("Names") or [resource.id])[0]
                 found.setdefault(name, []).append(Orphan(
@@ -311,7 +322,7 @@ class DockerRuntime(Runtime):
         # by its name on the session's network: the same from a tools container and from
         # inside the database container (docker exec)
         endpoint = Endpoint(state["db_container"], state["container_port"], session.credentials)
-        return DockerTools(attrs["Id"], attrs["Image"], network["NetworkID"], endpoint,
+        return self.tools_class(attrs["Id"], attrs["Image"], network["NetworkID"], endpoint,
                            self._labels(session, engine, "tools"))
 
     def enter_shell(self, session: Session, env: dict[str, str]) -> int:
@@ -323,7 +334,7 @@ class DockerRuntime(Runtime):
             raise NotRunningError(f"the session container {name} is gone; "
                                   f"attach again to make it: claude-session attach {name}")
         argv = exec_argv(attrs["Id"], ["sh", "-c", SHELL], env, stdin=True, tty=terminal(),
-                         workdir=WORKSPACE)
+                         workdir=WORKSPACE, cli=self.tools_class.cli())
         return run_foreground(argv, env=child_env(env))
 
     # -- internals ------------------------------------------------------------------------
@@ -334,6 +345,11 @@ class DockerRuntime(Runtime):
         if not self.available():
             raise DockerUnavailableError(self.unavailable_reason())
         return client()
+
+    def _host_options(self) -> dict[str, Any]:
+        """Extra ``create_host_config`` options of every container made (none for Docker;
+        another Docker-compatible engine's subclass adds what it needs, e.g. ulimits)."""
+        return {}
 
     def _labels(self, session: Session, engine: Engine, role: str) -> dict[str, str]:
         return {
@@ -414,6 +430,7 @@ class DockerRuntime(Runtime):
                         mounts=[Mount("/from", state["volume"], type="volume", read_only=True),
                                 Mount("/to", kept, type="volume")],
                         network_mode="none",
+                        **self._host_options(),
                     ),
                 )
                 try:
@@ -533,6 +550,7 @@ class DockerRuntime(Runtime):
                     mounts=[Mount(engine.container_data_dir, state["volume"], type="volume")],
                     network_mode=network,
                     port_bindings=bindings,
+                    **self._host_options(),
                 ),
                 # attached to its network as it is made: no connect call after
                 networking_config=api.create_networking_config(
@@ -565,6 +583,7 @@ class DockerRuntime(Runtime):
                     init=True,  # a real PID 1: `sleep` stops on SIGTERM, zombies are reaped
                     mounts=[Mount(WORKSPACE, session.workdir, type="bind")],
                     network_mode=network,
+                    **self._host_options(),
                 ),
                 detach=True,
             )

@@ -47,9 +47,12 @@ def exec_argv(
     stdin: bool,
     tty: bool,
     workdir: str | None = None,
+    cli: Sequence[str] = (),
 ) -> list[str]:
-    """``docker exec`` of ``argv`` in ``container``; ``env``'s values come from our environment."""
-    command = [docker_cli(), "exec"]
+    """``docker exec`` of ``argv`` in ``container``; ``env``'s values come from our environment.
+
+    ``cli``: the client's argv when not ``docker`` (see :meth:`DockerTools.cli`)."""
+    command = [*(cli or [docker_cli()]), "exec"]
     if stdin:
         command.append("-i")
     if tty:
@@ -83,6 +86,20 @@ class DockerTools(Tools):
         self.labels = labels  # the session's: delete and gc remove a tools container left over
         self._has: dict[str, bool] = {}
 
+    # Another Docker-compatible engine (the podman plugin) overrides these two.
+    @classmethod
+    def cli(cls) -> list[str]:
+        """The command-line client's argv (it takes docker's ``exec`` and ``run`` options)."""
+        return [docker_cli()]
+
+    def run_options(self) -> list[str]:
+        """Options of the tools container beyond the common ones."""
+        if os.getuid() == 0:
+            return []
+        # as the user: what it writes is theirs; a HOME it may write
+        return ["--user", f"{os.getuid()}:{os.getgid()}", "-e", "HOME=/tmp",
+                *(f"--group-add={group}" for group in os.getgroups())]
+
     def popen(
         self,
         argv: Sequence[str],
@@ -96,7 +113,8 @@ class DockerTools(Tools):
             command = self._run_argv(argv, env, self.workdir, stdin=stdin is not None,
                                      tty=False)
         else:
-            command = exec_argv(self.container, argv, env, stdin=stdin is not None, tty=False)
+            command = exec_argv(self.container, argv, env, stdin=stdin is not None, tty=False,
+                                cli=self.cli())
         return subprocess.Popen(
             command,
             env=child_env(env),
@@ -113,15 +131,13 @@ class DockerTools(Tools):
     def _run_argv(self, argv: Sequence[str], env: Mapping[str, str], workdir: Path, *,
                   stdin: bool, tty: bool) -> list[str]:
         """``docker run`` of ``argv`` in a tools container working in ``workdir``."""
-        command = [docker_cli(), "run", "--rm", "--pull", "never", "--log-driver", "none",
+        command = [*self.cli(), "run", "--rm", "--pull", "never", "--log-driver", "none",
                    "--network", self.network, "--entrypoint", argv[0], "-w", str(workdir)]
         if stdin:
             command.append("-i")
         if tty:
             command.append("-t")
-        if os.getuid() != 0:  # as the user: what it writes is theirs; a HOME it may write
-            command += ["--user", f"{os.getuid()}:{os.getgid()}", "-e", "HOME=/tmp",
-                        *(f"--group-add={group}" for group in os.getgroups())]
+        command += self.run_options()
         for name, value in self.labels.items():
             command += ["--label", f"{name}={value}"]
         for directory in _directories(workdir, argv[1:]):
@@ -134,7 +150,7 @@ class DockerTools(Tools):
     def has(self, tool: str) -> bool:
         if tool not in self._has:
             probe = exec_argv(self.container, ["sh", "-c", 'command -v "$1"', "sh", tool], {},
-                              stdin=False, tty=False)
+                              stdin=False, tty=False, cli=self.cli())
             self._has[tool] = subprocess.run(
                 probe, stdin=subprocess.DEVNULL, capture_output=True
             ).returncode == 0
