@@ -35,10 +35,12 @@ from claude_db.runtimes.docker_client import (
     client,
     describe_host,
     docker_errors,
+    engine_is_remote,
     ensure_image,
     first_line,
     ping,
     slow,
+    tunnel,
 )
 from claude_db.runtimes.docker_tools import DockerTools, exec_argv, terminal
 from claude_db.session import Session
@@ -222,7 +224,8 @@ class DockerRuntime(Runtime):
             return "missing"
         if attrs["State"]["Status"] != "running":
             return "stopped"
-        if session.publish and _published_port(attrs, state) != state.get("host_port"):
+        if (session.publish and not engine_is_remote()
+                and _published_port(attrs, state) != state.get("host_port")):
             return "stopped"  # not where .env says: attach follows it and rewrites .env
         return "running"
 
@@ -252,9 +255,18 @@ class DockerRuntime(Runtime):
     def endpoint(self, session: Session, engine: Engine) -> Endpoint:
         assert session.credentials is not None
         state = session.runtime_state
-        if session.publish and state.get("host_port"):
+        if session.publish and state.get("host_port") and not engine_is_remote():
             return Endpoint("127.0.0.1", state["host_port"], session.credentials)
         attrs = self._find(self._client(), session, "container", state["db_container"])
+        if engine_is_remote():
+            # its address is on the remote machine's network: reach it through the engine
+            if attrs is None or attrs["State"]["Status"] != "running":
+                raise NotRunningError(
+                    f"the database of session {session.name!r} is not running; "
+                    f"start it with: claude-session attach {session.name} --no-shell"
+                )
+            port = tunnel(attrs["Id"], state["container_port"])
+            return Endpoint("127.0.0.1", port, session.credentials)
         ip = _address(attrs, state["network"]) or state.get("ip")
         if not ip:
             raise NotRunningError(
@@ -266,8 +278,10 @@ class DockerRuntime(Runtime):
     def session_endpoint(self, session: Session, engine: Engine) -> Endpoint:
         assert session.credentials is not None
         state = session.runtime_state
-        if state.get("session_container"):
-            # programs in the session container reach the database by its name on the network
+        if state.get("session_container") or engine_is_remote():
+            # programs in the session container reach the database by its name on the
+            # network (on a remote engine that is where the session's programs run: a
+            # tunnel of ours lives only as long as the claude-db command that made it)
             return Endpoint(state["db_container"], state["container_port"], session.credentials)
         return self.endpoint(session, engine)
 
@@ -287,7 +301,7 @@ class DockerRuntime(Runtime):
         # inside the database container (docker exec)
         endpoint = Endpoint(state["db_container"], state["container_port"], session.credentials)
         return DockerTools(attrs["Id"], attrs["Image"], network["NetworkID"], endpoint,
-                           self._labels(session, engine, "tools"))
+                           self._labels(session, engine, "tools"), remote=engine_is_remote())
 
     def enter_shell(self, session: Session, env: dict[str, str]) -> int:
         name = session.runtime_state.get("session_container")
@@ -490,7 +504,8 @@ class DockerRuntime(Runtime):
         state = session.runtime_state
         name, network = state["db_container"], state["network"]
         ports, bindings = None, None
-        if session.publish:
+        # a remote engine publishes nothing: its ports would be that machine's (the tunnel)
+        if session.publish and not engine_is_remote():
             # 127.0.0.1 only, on an explicit port: Docker would pick a new one on every start
             # of a container made with none (a `docker restart`, the daemon's restart)
             state["host_port"] = state.get("host_port") or _free_port()
@@ -576,7 +591,7 @@ class DockerRuntime(Runtime):
             raise NotRunningError(f"the database of session {session.name!r} failed to start: "
                                   f"{details}")
         state["ip"] = _address(attrs, state["network"]) or state.get("ip")
-        if session.publish:
+        if session.publish and not engine_is_remote():
             state["host_port"] = _published_port(attrs, state) or state.get("host_port")
 
     def _require_volume(self, docker: DockerClient, session: Session) -> None:
