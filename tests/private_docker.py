@@ -1,18 +1,17 @@
 """A private Docker engine for the tests that must not use (or restart) the user's daemon
 (``pytest_plugins = ["private_docker"]``).
 
-``remote_engine``: "another machine": a dockerd in its own network namespace, reached over
-TCP with TLS and over ssh (tests/images/private-dockerd.sh). ``private_engine``: a dockerd
-of its own on this machine (own socket, data root, bridge, and a loopback TCP listener),
-for tests that stop and start a daemon. Both are made once per test run, only when a test
-asks, with the test images loaded from the main daemon (``docker save | docker load``),
-and stopped (by pid) at the end.
+``remote_engine``: "another machine": a dockerd in its own network namespace
+(tests/images/private-dockerd.sh), reached over TCP with TLS and over ssh as a remote
+engine, or on its unix socket as a local one (its containers' networks are routed from
+here), and stopped and started again by tests that need a daemon restart. Made once per
+test run, only when a test asks, with the test images loaded from the main daemon
+(``docker save | docker load``), and stopped (by pid) at the end.
 """
 
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -30,7 +29,6 @@ SCRIPT = Path(__file__).parent / "images" / "private-dockerd.sh"
 class PrivateEngine:
     directory: Path
     values: dict[str, str]  # what private-dockerd.sh wrote to DIR/env
-    tcp: str | None = None  # a plain loopback TCP listener (the private engine only)
 
     @property
     def socket(self) -> str:
@@ -75,8 +73,6 @@ class PrivateEngine:
         """Start its dockerd again (same roots) after a test stopped it."""
         subprocess.run(["bash", str(SCRIPT), "start", str(self.directory)], check=True,
                        capture_output=True, timeout=300)
-        self.values = _read_env(self.directory)
-        self.values["DOCKERD_PID"] = (self.directory / "dockerd.pid").read_text().strip()
 
     @property
     def dockerd_pid(self) -> int:
@@ -88,8 +84,8 @@ def _read_env(directory: Path) -> dict[str, str]:
     return dict(line.split("=", 1) for line in lines if "=" in line)
 
 
-def _up(directory: Path, *options: str) -> PrivateEngine:
-    made = subprocess.run(["bash", str(SCRIPT), "up", str(directory), *options],
+def _up(directory: Path) -> PrivateEngine:
+    made = subprocess.run(["bash", str(SCRIPT), "up", str(directory)],
                           capture_output=True, text=True, timeout=300)
     if made.returncode != 0:
         pytest.fail(f"could not start a private dockerd: {made.stderr.strip()[-2000:]}")
@@ -119,24 +115,9 @@ def remote_engine(
         wrapper = bin_dir / "ssh"
         wrapper.write_text(f'#!/bin/sh\nexec /usr/bin/ssh -F "{config}" "$@"\n')
         wrapper.chmod(0o755)
-        engine.load(DB_IMAGE)
-        yield engine
-    finally:
-        _down(engine)
-
-
-@pytest.fixture(scope="session")
-def private_engine(
-    docker_daemon: None,  # noqa: F811
-    tmp_path_factory: pytest.TempPathFactory,
-) -> Iterator[PrivateEngine]:
-    with socket.socket() as probe:  # a free loopback port for its TCP listener
-        probe.bind(("127.0.0.1", 0))
-        tcp = f"127.0.0.1:{probe.getsockname()[1]}"
-    engine = _up(tmp_path_factory.mktemp("private-engine"), "--no-netns", "--tcp", tcp)
-    engine.tcp = f"tcp://{tcp}"
-    try:
         engine.load(DB_IMAGE, SESSION_IMAGE)
         yield engine
     finally:
         _down(engine)
+
+

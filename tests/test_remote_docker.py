@@ -68,6 +68,7 @@ def test_every_command_works_on_a_remote_engine_without_publishing(
 
         status = cli("claude-db", "status", env=env)
         assert status.code == 0 and status.stdout.startswith("ready: postgres"), status
+        assert " at 127.0.0.1:" in status.stdout, status  # through our tunnel
         assert cli("claude-db", "query", "CREATE TABLE kept (n int)", env=env).code == 0
         (workdir / "rows.sql").write_text("INSERT INTO kept VALUES (1), (2), (3);\n")
         imported = cli("claude-db", "import", "rows.sql", env=env)

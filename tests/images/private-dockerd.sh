@@ -1,20 +1,21 @@
 #!/usr/bin/env bash
 # A private Docker engine for the tests, standing in for "another machine":
 #
-#   private-dockerd.sh up DIR [--no-netns [--tcp 127.0.0.1:PORT]]
-#                                     start it; DIR (new or empty) holds all its state
+#   private-dockerd.sh up DIR         start it; DIR (new or empty) holds all its state
 #   private-dockerd.sh start DIR      start its dockerd again after it stopped (same roots)
 #   private-dockerd.sh down DIR       stop what `up` started (by pid), remove it all
 #
-# With a network namespace (the default): a veth pair 10.213.X.Y+1/30 (here) <->
+# In a network namespace of its own: a veth pair 10.213.X.Y+1/30 (here) <->
 # 10.213.X.Y+2/30 (there; X.Y from DIR's hash, so parallel runs differ; override with
 # CLAUDE_DB_PRIVATE_NET=10.a.b.c, a /30's base), and
 # in the namespace a dockerd on tcp://ADDR:2376 with TLS (--tlsverify, certificates made
 # here with openssl) plus an sshd on ADDR:22 (own config, host key, authorized key) whose
-# logins talk to that dockerd. With --no-netns: only the dockerd on its unix socket (and,
-# with --tcp, on that loopback address without TLS, as tests/images/docker-up.sh does).
-# Either way it has its own data root, exec root (and so its own containerd), pidfile,
-# socket and bridge. Nothing here touches the machine's main daemon or its docker0.
+# logins talk to that dockerd. It has its own data root, exec root (and so its own
+# containerd), pidfile, socket (DIR/docker.sock: "its own machine's" view, as a local
+# engine) and bridge. Its containers' networks are routed from here through the veth (a
+# route that goes with the veth) and let in by a rule in the namespace's iptables, so a
+# local client on its unix socket reaches them as it reaches a local engine's. Nothing here
+# touches the machine's main daemon, its docker0 or this machine's iptables.
 # `up` writes DIR/env (shell assignments: SOCKET, ADDR, CERTS, SSH_KEY, SSH_KNOWN_HOSTS, ...).
 set -euo pipefail
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -22,7 +23,7 @@ here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 
 TIMEOUT=${CLAUDE_DB_DOCKERD_TIMEOUT:-90}
 
-usage() { die "usage: $0 up DIR [--no-netns] | down DIR"; }
+usage() { die "usage: $0 up|start|down DIR"; }
 [ $# -ge 2 ] || usage
 action=$1 dir=$2
 [ "$(id -u)" = 0 ] || die "a private dockerd needs root"
@@ -35,9 +36,6 @@ bridge=cdbbr${id}
 exec_root=/run/cdb-dockerd-$id  # short: containerd's socket paths must fit sun_path
 
 up() {
-    local netns=1 tcp=
-    [ "${1:-}" = --no-netns ] && netns=0
-    [ "${2:-}" = --tcp ] && tcp=${3:?--tcp needs 127.0.0.1:PORT}
     mkdir -p "$dir"
     dir=$(realpath "$dir")
     trap 'status=$?; [ "$status" = 0 ] || down; exit "$status"' EXIT  # a failed up leaves nothing
@@ -45,57 +43,41 @@ up() {
     local base=${net%.*} last=${net##*.}
     local addr_here=$base.$((last + 1)) addr=$base.$((last + 2))
     local socket=$dir/docker.sock
-    local run=()  # how to run a command "there"
+    local run=(nsenter "--net=/run/netns/$ns")  # how to run a command "there"
+    # nsenter, not `ip netns exec`: that one remounts /sys, hiding the cgroup mounts
     local hosts=(--host "unix://$socket")
-    if [ "$netns" = 1 ]; then
-        ip netns add "$ns"
-        ip link add "$veth_here" type veth peer name "$veth_there"
-        ip link set "$veth_there" netns "$ns"
-        ip addr add "$addr_here/30" dev "$veth_here"
-        ip link set "$veth_here" up
-        # nsenter, not `ip netns exec`: that one remounts /sys, hiding the cgroup mounts
-        run=(nsenter "--net=/run/netns/$ns")
-        "${run[@]}" ip link set lo up
-        "${run[@]}" ip addr add "$addr/30" dev "$veth_there"
-        "${run[@]}" ip link set "$veth_there" up
-        # its own bridge in its own namespace (the name alone keeps it apart from docker0)
-        "${run[@]}" ip link add "$bridge" type bridge
-        "${run[@]}" ip addr add 10.214.255.1/24 dev "$bridge"
-        "${run[@]}" ip link set "$bridge" up
-        make_certs "$dir/certs" "$addr"
-        hosts+=(--host "tcp://$addr:2376" --tlsverify --tlscacert "$dir/certs/ca.pem"
-                --tlscert "$dir/certs/server-cert.pem" --tlskey "$dir/certs/server-key.pem")
-    else
-        # no namespace: a bridge of its own on the host (removed by `down`)
-        ip link add "$bridge" type bridge
-        ip addr add "10.214.$((16#${id:0:2})).1/24" dev "$bridge"
-        ip link set "$bridge" up
-        if [ -n "$tcp" ]; then hosts+=(--host "tcp://$tcp"); fi
-    fi
-    # the networks it makes: apart from the main daemon's, and (on the host) from another run's
-    local pool=10.215.0.0/16
-    [ "$netns" = 1 ] || pool=10.$((216 + 16#${id:0:1})).0.0/16
+    local pool=10.215.0.0/16  # the networks it makes (apart from the main daemon's)
+    ip netns add "$ns"
+    ip link add "$veth_here" type veth peer name "$veth_there"
+    ip link set "$veth_there" netns "$ns"
+    ip addr add "$addr_here/30" dev "$veth_here"
+    ip link set "$veth_here" up
+    "${run[@]}" ip link set lo up
+    "${run[@]}" ip addr add "$addr/30" dev "$veth_there"
+    "${run[@]}" ip link set "$veth_there" up
+    # its own bridge in its own namespace (the name alone keeps it apart from docker0)
+    "${run[@]}" ip link add "$bridge" type bridge
+    "${run[@]}" ip addr add 10.214.255.1/24 dev "$bridge"
+    "${run[@]}" ip link set "$bridge" up
+    make_certs "$dir/certs" "$addr"
+    hosts+=(--host "tcp://$addr:2376" --tlsverify --tlscacert "$dir/certs/ca.pem"
+            --tlscert "$dir/certs/server-cert.pem" --tlskey "$dir/certs/server-key.pem")
     mkdir -p "$dir/data"
     # the command, kept for `start` (a test that stops the daemon brings it back)
     printf '%q ' "${run[@]}" setsid dockerd "${hosts[@]}" \
         --data-root "$dir/data" --exec-root "$exec_root" --pidfile "$dir/dockerd.pidfile" \
         --bridge "$bridge" --default-address-pool "base=$pool,size=24" \
-        --iptables="$([ "$netns" = 1 ] && echo true || echo false)" >"$dir/dockerd.cmd"
+        >"$dir/dockerd.cmd"
     start_dockerd
+    ip route add "$pool" via "$addr" dev "$veth_here"  # goes when the veth goes
+    start_sshd "$addr" "$socket"
     {
         echo "SOCKET=$socket"
-        echo "DOCKERD_PID=$(cat "$dir/dockerd.pid")"
+        echo "ADDR=$addr"
+        echo "CERTS=$dir/certs/client"
+        echo "SSH_KEY=$dir/ssh/id_ed25519"
+        echo "SSH_KNOWN_HOSTS=$dir/ssh/known_hosts"
     } >"$dir/env"
-    if [ "$netns" = 1 ]; then
-        start_sshd "$addr" "$socket"
-        {
-            echo "ADDR=$addr"
-            echo "CERTS=$dir/certs/client"
-            echo "SSH_KEY=$dir/ssh/id_ed25519"
-            echo "SSH_KNOWN_HOSTS=$dir/ssh/known_hosts"
-            echo "SSHD_PID=$(cat "$dir/ssh/sshd.pid")"
-        } >>"$dir/env"
-    fi
 }
 
 start_dockerd() {  # run DIR/dockerd.cmd in the background, wait until it answers
@@ -115,6 +97,11 @@ start_dockerd() {  # run DIR/dockerd.cmd in the background, wait until it answer
     DOCKER_HOST=unix://$socket docker info >/dev/null 2>&1 \
         || { tail -n 5 "$dir/dockerd.log" >&2; die "the private dockerd did not answer"; }
     cp "$dir/dockerd.pidfile" "$dir/dockerd.pid"  # the daemon's own word, for `down`
+    # from this machine (the veth) into its containers' networks: its FORWARD policy
+    # drops what it was not told about (DOCKER-USER: the chain dockerd leaves to us)
+    local run=(nsenter "--net=/run/netns/$ns")
+    "${run[@]}" iptables -C DOCKER-USER -i "$veth_there" -j ACCEPT 2>/dev/null \
+        || "${run[@]}" iptables -I DOCKER-USER -i "$veth_there" -j ACCEPT
 }
 
 make_certs() {  # $1: directory, $2: the server's address
@@ -182,7 +169,6 @@ down() {
         ip netns del "$ns"  # takes the namespace's end of the veth (and so the pair) with it
     fi
     if ip link show "$veth_here" >/dev/null 2>&1; then ip link del "$veth_here"; fi
-    if ip link show "$bridge" >/dev/null 2>&1; then ip link del "$bridge"; fi
     # what dockerd mounted under its roots is gone with it; anything left is not ours to force
     if ! grep -qF -e " $dir/" -e " $exec_root" /proc/mounts; then
         rm -rf "$exec_root" "$dir"
@@ -192,7 +178,7 @@ down() {
 }
 
 case $action in
-    up) shift 2; up "$@" ;;
+    up) up ;;
     start) dir=$(realpath "$dir"); start_dockerd ;;
     down) down ;;
     *) usage ;;
