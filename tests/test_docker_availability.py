@@ -9,25 +9,27 @@ import subprocess
 import sys
 import threading
 from collections.abc import Callable, Iterator
+from typing import TYPE_CHECKING
 
 import pytest
 
 from conftest import Cli, assert_one_line_error
-from docker_support import NOTHING, docker, resources
 
-pytest_plugins = ["docker_fixtures"]
+if TYPE_CHECKING:
+    from private_docker import PrivateEngine
+
+pytest_plugins = ["docker_fixtures", "private_docker"]
 
 NOBODY = "tcp://127.0.0.1:9"  # the discard port: nothing listens there
-TCP_DAEMON = "tcp://127.0.0.1:2375"  # tests/images/docker-up.sh opens it
 
 
 @pytest.mark.docker
-def test_a_daemon_on_tcp_works(cli: Cli, new_name: Callable[[], str]) -> None:
-    assert docker("info", env={"DOCKER_HOST": TCP_DAEMON}, check=False).returncode == 0, (
-        f"the test daemon does not listen on {TCP_DAEMON} (tests/images/docker-up.sh opens it)"
-    )
+def test_a_daemon_on_tcp_works(
+    cli: Cli, new_name: Callable[[], str], remote_engine: PrivateEngine
+) -> None:
+    """A private daemon listening on TCP (with TLS): the user's own may listen on none."""
     name = new_name()
-    tcp = {"DOCKER_HOST": TCP_DAEMON}
+    tcp = remote_engine.tls_env()
     started = cli("claude-session", "start", name, env=tcp)
     assert started.code == 0 and "docker runtime" in started.stdout, started
     assert cli("claude-db", "status", env=tcp).code == 0
@@ -36,7 +38,8 @@ def test_a_daemon_on_tcp_works(cli: Cli, new_name: Callable[[], str]) -> None:
     listed = json.loads(cli("claude-session", "list", "--json", env=tcp).stdout)
     assert [s["status"] for s in listed if s["name"] == name] == ["running"]
     assert cli("claude-session", "delete", name, "--yes", env=tcp).code == 0
-    assert resources(name) == NOTHING
+    held = remote_engine.docker("ps", "-aq", "--filter", f"label=claude-db.session={name}")
+    assert held.stdout == "", held
 
 
 @pytest.mark.parametrize("host", [NOBODY, "unix:///nonexistent/docker.sock", "bogus"])

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import json
 import os
 import signal
 import subprocess
@@ -15,6 +16,7 @@ import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import psycopg
 import pytest
@@ -41,6 +43,11 @@ from safety_support import (
     unpause,
     wait_for,
 )
+
+if TYPE_CHECKING:
+    from private_docker import PrivateEngine
+
+pytest_plugins = ["private_docker"]
 
 # -- the server killed during a big import --------------------------------------------------
 
@@ -322,44 +329,46 @@ def test_ctrl_c_in_psql_cancels_the_query_not_the_client(
 
 # -- the Docker daemon restarted ------------------------------------------------------------
 
-DOCKER_UP = Path(__file__).parent / "images" / "docker-up.sh"
-
-
 @pytest.mark.docker
 @pytest.mark.slow
-@pytest.mark.usefixtures("docker_daemon")
 def test_docker_daemon_restart_then_attach_brings_sessions_back(
-    cli: Cli, state: Path, workdir: Path
+    cli: Cli, state: Path, workdir: Path, remote_engine: PrivateEngine
 ) -> None:
     """dockerd stops (its containers with it) and comes back: attach restarts the session's
-    database and session container, with the data. Restarts the test daemon: run it alone."""
+    database and session container, with the data. A private daemon (its unix socket: a
+    local engine), never the user's."""
     from docker_support import SESSION_IMAGE
 
-    pidfile = Path(os.environ.get("CLAUDE_DB_DOCKERD_PIDFILE", "/var/run/claude-db-dockerd.pid"))
-    assert pidfile.is_file(), f"dockerd was not started by {DOCKER_UP}: this test cannot restart it"
     name = f"fdr{uuid.uuid4().hex[:8]}"
-    env = {"CLAUDE_DB_RUNTIME": "docker", "CLAUDE_DB_IMAGE": "claude-db-test/postgres:15"}
+    env = {"CLAUDE_DB_RUNTIME": "docker", "CLAUDE_DB_IMAGE": "claude-db-test/postgres:15",
+           "DOCKER_HOST": remote_engine.socket}
+
+    def host_url() -> str:
+        info = cli("claude-db", "info", "--json", "--show-password", "--session", name, env=env)
+        assert info.code == 0, info
+        details = json.loads(info.stdout)
+        return str(details.get("HOST_DATABASE_URL") or details["DATABASE_URL"])
+
     try:
         assert cli("claude-session", "start", name, "--image", SESSION_IMAGE, env=env).code == 0
         assert cli("claude-db", "query", "CREATE TABLE kept AS SELECT generate_series(1, 777) AS n",
-                   "--session", name).code == 0
-        before = pg_fingerprint(database_url(cli, name))
+                   "--session", name, env=env).code == 0
+        before = pg_fingerprint(host_url())
 
-        daemon = int(pidfile.read_text())
+        daemon = remote_engine.dockerd_pid
         os.kill(daemon, signal.SIGTERM)
         wait_for("dockerd to stop", lambda: not Path(f"/proc/{daemon}").exists())
-        down = cli("claude-db", "status", "--session", name)
+        down = cli("claude-db", "status", "--session", name, env=env)
         assert down.code in (ExitCode.NOT_RUNNING, ExitCode.DOCKER_UNAVAILABLE), down
         assert_one_line_error(down, down.code)
-        subprocess.run(["bash", str(DOCKER_UP)], check=True, capture_output=True, timeout=300)
+        remote_engine.start()
 
-        attached = cli("claude-session", "attach", name, "--no-shell")
+        attached = cli("claude-session", "attach", name, "--no-shell", env=env)
         assert attached.code == 0, attached
-        assert pg_fingerprint(database_url(cli, name)) == before
-        inside = subprocess.run(["docker", "exec", name, "claude-db", "status"],
-                                capture_output=True, text=True, timeout=120)
+        assert pg_fingerprint(host_url()) == before
+        inside = remote_engine.docker("exec", name, "claude-db", "status", check=False)
         assert inside.returncode == 0, inside  # the session container is back and connected
     finally:
-        subprocess.run(["bash", str(DOCKER_UP)], capture_output=True, timeout=300)
-        cli("claude-session", "delete", name, "--yes")
-        remove_everything(name)
+        if not Path(f"/proc/{remote_engine.dockerd_pid}").exists():
+            remote_engine.start()
+        cli("claude-session", "delete", name, "--yes", env=env)

@@ -11,11 +11,16 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import io
+import ipaddress
 import json
 import os
 import re
+import shutil
 import socket
+import subprocess
 import sys
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -59,6 +64,26 @@ def _current_context() -> str | None:
     except (OSError, ValueError, AttributeError, RuntimeError):  # RuntimeError: no home
         return None
     return name if isinstance(name, str) else None
+
+
+def engine_is_remote() -> bool:
+    """Whether the engine runs on another machine (``ssh://``, or ``tcp://`` to an address
+    that is not this machine's loopback): its containers' addresses are not routable from
+    here, and a port it publishes is published on that machine."""
+    host = docker_host()
+    if host is None:
+        return False  # a CLI context: taken as this machine's engine
+    url = urlsplit(host)
+    if url.scheme == "ssh":
+        return True
+    if url.scheme not in ("tcp", "http", "https"):
+        return False  # unix://, npipe://
+    if url.hostname in (None, "", "localhost"):
+        return False
+    try:
+        return not ipaddress.ip_address(url.hostname).is_loopback
+    except ValueError:
+        return True  # a host name: another machine
 
 
 def _uses_tls() -> bool:
@@ -134,12 +159,28 @@ def _sdk_ping() -> str | None:
 @functools.cache
 def _client_for(host: str | None, tls: bool) -> DockerClient:
     import docker
+    import requests
+
+    def make(version: str) -> DockerClient:
+        # ssh://: the ssh CLI, as the docker CLI does (the user's ssh config, agent, known
+        # hosts, ProxyJump), not paramiko, which reads little of that; every `docker exec`
+        # claude-db runs goes through the docker CLI, so both reach the engine alike
+        made = docker.from_env(timeout=QUICK_TIMEOUT, version=version,
+                               use_ssh_client=bool(host and host.startswith("ssh://")))
+        # requests lets REQUESTS_CA_BUNDLE / CURL_CA_BUNDLE replace the CA of
+        # DOCKER_CERT_PATH on every request ("certificate verify failed"): the engine's
+        # CA is the one the docker CLI trusts
+        made.api.trust_env = not tls
+        return made
 
     # the version the ping saw: the SDK would otherwise ask for it (GET /version) first
     version = _api_versions.get(host) if host is not None and not tls else None
     try:
-        return docker.from_env(timeout=QUICK_TIMEOUT, version=version or "auto")
-    except docker.errors.DockerException as exc:
+        if tls:  # asked here: "auto" would ask before trust_env can be set
+            probe = make(docker.constants.MINIMUM_DOCKER_API_VERSION)
+            version = str(probe.api.version(api_version=False)["ApiVersion"])
+        return make(version or "auto")
+    except (docker.errors.DockerException, requests.exceptions.RequestException) as exc:
         raise DockerUnavailableError(
             f"no Docker engine answers at {describe_host()} ({_connection_reason(exc)})"
         ) from None
@@ -218,6 +259,76 @@ def _connection_reason(exc: BaseException) -> str:
         if known.lower() in text.lower():
             return known.lower()
     return first_line(text)
+
+
+# -- the tunnel to a remote engine's database ----------------------------------------------
+
+#: run in the database container for each connection: a byte pipe between the exec's
+#: stdin/stdout and the database's port ($1) inside it (socat if the image has it, else
+#: bash's /dev/tcp; the test images are Debian's, as are the official ones). It reaps
+#: what it started (`wait`): an orphan would be reparented to the container's PID 1, the
+#: database server, and PostgreSQL takes an unknown child killed by a signal for a
+#: crashed backend (it restarts, in recovery).
+FORWARDER = (
+    'if command -v socat >/dev/null 2>&1; then exec socat - "TCP:127.0.0.1:$1"; fi; '
+    'exec bash -c \'exec 3<>"/dev/tcp/127.0.0.1/$0" || exit 1; cat <&3 & cat >&3; '
+    'kill "$!" 2>/dev/null; wait\' "$1"'
+)
+CHUNK = 65536
+
+_tunnels: dict[tuple[str, int], int] = {}
+_tunnels_lock = threading.Lock()
+
+
+def tunnel(container: str, port: int) -> int:
+    """A loopback port of this process that reaches ``port`` inside ``container``.
+
+    Each connection accepted there is piped through a ``docker exec -i`` of
+    :data:`FORWARDER` in the container: the engine's own stream, over whatever reaches
+    the engine (TLS, ssh), so the database is published on none of its interfaces. The
+    listener lives as long as this claude-db process (one per container and port)."""
+    with _tunnels_lock:
+        if (container, port) not in _tunnels:
+            listener = socket.create_server(("127.0.0.1", 0))
+            threading.Thread(target=_accept, args=(listener, container, port),
+                             daemon=True).start()
+            _tunnels[container, port] = listener.getsockname()[1]
+        return _tunnels[container, port]
+
+
+def _accept(listener: socket.socket, container: str, port: int) -> None:
+    docker_cli = shutil.which("docker") or "docker"
+    while True:
+        connection, _ = listener.accept()
+        forwarder = subprocess.Popen(
+            [docker_cli, "exec", "-i", container, "sh", "-c", FORWARDER, "sh", str(port)],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+        )
+        assert forwarder.stdin is not None and forwarder.stdout is not None
+        threading.Thread(target=_pump_in, args=(connection, forwarder), daemon=True).start()
+        threading.Thread(target=_pump_out, args=(forwarder, connection), daemon=True).start()
+
+
+def _pump_in(connection: socket.socket, forwarder: subprocess.Popen[bytes]) -> None:
+    assert forwarder.stdin is not None
+    with contextlib.suppress(OSError):
+        while data := connection.recv(CHUNK):
+            forwarder.stdin.write(data)
+            forwarder.stdin.flush()
+    with contextlib.suppress(OSError):
+        forwarder.stdin.close()  # the client is done: the forwarder ends
+
+
+def _pump_out(forwarder: subprocess.Popen[bytes], connection: socket.socket) -> None:
+    output = forwarder.stdout
+    assert isinstance(output, io.BufferedReader)  # read1: what is there, without waiting
+    with contextlib.suppress(OSError):
+        while data := output.read1(CHUNK):
+            connection.sendall(data)
+    with contextlib.suppress(OSError):
+        connection.shutdown(socket.SHUT_RDWR)
+    connection.close()
+    forwarder.wait()
 
 
 # -- images -------------------------------------------------------------------------------

@@ -36,10 +36,12 @@ from claude_db.runtimes.docker.client import (
     client,
     describe_host,
     docker_errors,
+    engine_is_remote,
     ensure_image,
     first_line,
     ping,
     slow,
+    tunnel,
 )
 from claude_db.runtimes.docker.tools import DockerTools, exec_argv, terminal
 from claude_db.session import NAME_PATTERN, Session
@@ -231,7 +233,8 @@ class DockerRuntime(Runtime):
             return "missing"
         if attrs["State"]["Status"] != "running":
             return "stopped"
-        if session.publish and _published_port(attrs, state) != state.get("host_port"):
+        if (session.publish and not engine_is_remote()
+                and _published_port(attrs, state) != state.get("host_port")):
             return "stopped"  # not where .env says: attach follows it and rewrites .env
         return "running"
 
@@ -288,9 +291,18 @@ class DockerRuntime(Runtime):
     def endpoint(self, session: Session, engine: Engine) -> Endpoint:
         assert session.credentials is not None
         state = session.runtime_state
-        if session.publish and state.get("host_port"):
+        if session.publish and state.get("host_port") and not engine_is_remote():
             return Endpoint("127.0.0.1", state["host_port"], session.credentials)
         attrs = self._find(self._client(), session, "container", state["db_container"])
+        if engine_is_remote():
+            # its address is on the remote machine's network: reach it through the engine
+            if attrs is None or attrs["State"]["Status"] != "running":
+                raise NotRunningError(
+                    f"the database of session {session.name!r} is not running; "
+                    f"start it with: claude-session attach {session.name} --no-shell"
+                )
+            port = tunnel(attrs["Id"], state["container_port"])
+            return Endpoint("127.0.0.1", port, session.credentials)
         ip = _address(attrs, state["network"]) or state.get("ip")
         if not ip:
             raise NotRunningError(
@@ -302,8 +314,10 @@ class DockerRuntime(Runtime):
     def session_endpoint(self, session: Session, engine: Engine) -> Endpoint:
         assert session.credentials is not None
         state = session.runtime_state
-        if state.get("session_container"):
-            # programs in the session container reach the database by its name on the network
+        if state.get("session_container") or engine_is_remote():
+            # programs in the session container reach the database by its name on the
+            # network (on a remote engine that is where the session's programs run: a
+            # tunnel of ours lives only as long as the claude-db command that made it)
             return Endpoint(state["db_container"], state["container_port"], session.credentials)
         return self.endpoint(session, engine)
 
@@ -323,7 +337,7 @@ class DockerRuntime(Runtime):
         # inside the database container (docker exec)
         endpoint = Endpoint(state["db_container"], state["container_port"], session.credentials)
         return self.tools_class(attrs["Id"], attrs["Image"], network["NetworkID"], endpoint,
-                           self._labels(session, engine, "tools"))
+                                self._labels(session, engine, "tools"), remote=engine_is_remote())
 
     def enter_shell(self, session: Session, env: dict[str, str]) -> int:
         name = session.runtime_state.get("session_container")
@@ -532,7 +546,8 @@ class DockerRuntime(Runtime):
         state = session.runtime_state
         name, network = state["db_container"], state["network"]
         ports, bindings = None, None
-        if session.publish:
+        # a remote engine publishes nothing: its ports would be that machine's (the tunnel)
+        if session.publish and not engine_is_remote():
             # 127.0.0.1 only, on an explicit port: Docker would pick a new one on every start
             # of a container made with none (a `docker restart`, the daemon's restart)
             state["host_port"] = state.get("host_port") or _free_port()
@@ -608,7 +623,7 @@ class DockerRuntime(Runtime):
             raise NotRunningError(f"the database of session {session.name!r} failed to start: "
                                   f"{details}")
         state["ip"] = _address(attrs, state["network"]) or state.get("ip")
-        if session.publish:
+        if session.publish and not engine_is_remote():
             state["host_port"] = _published_port(attrs, state) or state.get("host_port")
 
     def _require_volume(self, docker: DockerClient, session: Session) -> None:

@@ -9,6 +9,11 @@ directory and the directories of files named in the arguments bind-mounted at th
 paths. Dumps and restores that touch no file of the user's (snapshots) use ``docker exec``,
 which starts faster.
 
+On a remote engine (``DOCKER_HOST`` names another machine) the user's files are not
+there to mount: everything runs with ``docker exec`` in the database container, files
+travel on stdin/stdout only (an import's ``\i`` of a relative file, ``psql -f FILE``
+cannot see them).
+
 The docker CLI, not the SDK: it streams stdin/stdout as a plain process does (dumps,
 imports) and handles the terminal for interactive clients. Secrets never go on the
 command line: ``-e NAME`` without a value makes the CLI take it from its environment.
@@ -78,12 +83,13 @@ class DockerTools(Tools):
     """The engine's client tools for a session's database (see the module's docstring)."""
 
     def __init__(self, container: str, image: str, network: str, endpoint: Endpoint,
-                 labels: Mapping[str, str]) -> None:
+                 labels: Mapping[str, str], *, remote: bool = False) -> None:
         self.container = container  # the database container's id: docker exec
         self.image = image  # its image's id: the tools container
         self.network = network  # the session network's id
         self.endpoint = endpoint  # the database by its name on the session's network
         self.labels = labels  # the session's: delete and gc remove a tools container left over
+        self.remote = remote  # the engine is on another machine: no bind mounts
         self._has: dict[str, bool] = {}
 
     # Another Docker-compatible engine (the podman plugin) overrides these two.
@@ -109,7 +115,7 @@ class DockerTools(Tools):
         stdout: int | IO[Any] | None = None,
         stderr: int | IO[Any] | None = None,
     ) -> subprocess.Popen[bytes]:
-        if self.workdir is not None:  # the user's files: an import
+        if self.workdir is not None and not self.remote:  # the user's files: an import
             command = self._run_argv(argv, env, self.workdir, stdin=stdin is not None,
                                      tty=False)
         else:
@@ -124,8 +130,11 @@ class DockerTools(Tools):
         )
 
     def run_interactive(self, argv: Sequence[str], *, env: Mapping[str, str]) -> int:
-        command = self._run_argv(argv, env, self.workdir or Path.cwd(), stdin=True,
-                                 tty=terminal())
+        if self.remote:
+            command = exec_argv(self.container, argv, env, stdin=True, tty=terminal())
+        else:
+            command = self._run_argv(argv, env, self.workdir or Path.cwd(), stdin=True,
+                                     tty=terminal())
         return run_foreground(command, env=child_env(env))
 
     def _run_argv(self, argv: Sequence[str], env: Mapping[str, str], workdir: Path, *,
