@@ -80,6 +80,10 @@ def collect_garbage(
     """
     sweeper = _Sweeper(app, dry_run, cheap)
     sweeper.local()
+    from claude_db.worktrees import orphans  # sessions of removed git worktrees
+
+    for orphan in orphans(app, docker=not cheap or docker):
+        sweeper._take(orphan)
     if not cheap or docker or sweeper.docker_in_use():
         sweeper.docker()
     sweeper.lock_files()  # last: the sweeps above may have freed some

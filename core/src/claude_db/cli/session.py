@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import shlex
+from functools import partial
 from pathlib import Path
 
 import typer
@@ -26,9 +27,9 @@ from claude_db.session import (
     BrokenSession,
     BrokenSessionError,
     Session,
-    name_from_directory,
     validate_name,
 )
+from claude_db.worktrees import start_here
 
 HELP = """Start, list, attach, stop and delete sessions, each with its own database."""
 
@@ -84,10 +85,8 @@ def start(
 ) -> None:
     """Start a session with its own database, ready, and DATABASE_URL in .env."""
     app = get_app()
-    session_name = name_from_directory(workdir) if name is None else name
-    session, notes = start_session(
-        app,
-        session_name,
+    start = partial(start_session, app, name) if name is not None else partial(start_here, app)
+    session, notes = start(
         engine_name=db,
         runtime_name=runtime,
         workdir=workdir,
