@@ -109,6 +109,9 @@ def check_parallel_starts(state: Path, repo: Path, env: dict[str, str], *options
         with psycopg.connect(values["DATABASE_URL"], connect_timeout=30) as conn:
             assert conn.execute("select 1").fetchone() == (1,)
     assert len(addresses) == PARALLEL  # 20 distinct ports (all on 127.0.0.1)
+    # the worktrees share one .git/info/exclude: .env is in it once, not once per start
+    exclude = (repo / ".git" / "info" / "exclude").read_text().splitlines()
+    assert exclude.count("/.env") == 1, exclude
     listed = json.loads(run(repo, env, "claude-session", "list", "--json").stdout)
     mine = [s for s in listed if s["name"].startswith(repo.name)]
     assert sorted(s["status"] for s in mine) == ["running"] * PARALLEL
