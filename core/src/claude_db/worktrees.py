@@ -215,17 +215,18 @@ def orphans(app: App, *, docker: bool) -> list[Orphan]:
     return found
 
 
-def reclaim(app: App, name: str) -> str | None:
+def reclaim(app: App, name: str, *, removing: bool = False) -> str | None:
     """Stop and remove session ``name`` of a removed worktree, keeping its data for the
-    grace period; nothing if its directory is back. Returns a note, if it did."""
-    from claude_db.lifecycle import parts
+    grace period; nothing if its directory is back, unless ``removing`` (its worktree is
+    being removed: Claude Code's ``WorktreeRemove``). Returns a note, if it did."""
+    from claude_db.lifecycle import parts, remove_session_env
 
     store = app.store
     with try_hold(store.lock_file(name), create=False) as free:
         if not free:
             raise ClaudeDbError(f"session {name} is busy; the next sweep reclaims it")
         session = store.load(name)
-        if not removed(session):
+        if not (removing or removed(session)):
             return None
         kept: dict[str, Any] = {"session": name, "workdir": session.workdir,
                                 "reclaimed_at": time.time()}
@@ -238,12 +239,13 @@ def reclaim(app: App, name: str) -> str | None:
                 kept["instance"] = session.runtime_state.get("instance")
             elif what:
                 kept["path"] = what
+        remove_session_env(app, session)  # if the directory is still there
         store.release(name)
     if "volume" in kept or "path" in kept:
         _write_record(app, name, kept)
     app.plugins.hook.session_deleted(session=session)
     shown = kept.get("volume") or kept.get("path")
-    return (f"reclaimed session {name} (its worktree {session.workdir} was removed)"
+    return (f"removed session {name} of worktree {session.workdir}"
             + (f"; its data is kept in {shown} for {_days(grace_seconds())}" if shown else ""))
 
 
