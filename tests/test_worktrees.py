@@ -165,6 +165,13 @@ def test_name_is_stable_and_idempotent(cli: Cli, state: Path, repo: Path) -> Non
     assert main.code == 0 and main.stdout.startswith(f"session {repo.name} started"), main
 
 
+def test_a_worktree_started_by_name_keeps_that_name(cli: Cli, state: Path, repo: Path) -> None:
+    tree = add_worktree(repo, "named")
+    assert cli("claude-session", "start", "my-own-name", cwd=tree).code == 0
+    again = cli("claude-session", "start", cwd=tree)
+    assert again.code == 0 and again.stdout.startswith("session my-own-name runs"), again
+
+
 def test_same_directory_name_in_another_place_gets_a_stable_suffix(
     cli: Cli, state: Path, repo: Path, tmp_path: Path
 ) -> None:

@@ -104,6 +104,7 @@ def session_name(app: App, workdir: Path, worktree: Worktree | None) -> str:
     (ours, of this directory), else its readable name, made unique where another
     directory's session has that name (only in a git worktree: elsewhere that stays an
     error, as before)."""
+    workdir = workdir.resolve()
     found = owner(workdir)
     if (found is not None and found.state_dir == str(app.settings.state_dir)
             and NAME_PATTERN.fullmatch(found.name) and _workdir_of(app, found.name) == workdir):
@@ -111,7 +112,7 @@ def session_name(app: App, workdir: Path, worktree: Worktree | None) -> str:
     name = readable_name(workdir, worktree)
     if worktree is None:
         return name
-    if _workdir_of(app, name) not in (None, workdir.resolve()):
+    if _workdir_of(app, name) not in (None, workdir):
         return disambiguated(name, workdir)
     return name
 
