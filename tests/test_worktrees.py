@@ -190,6 +190,23 @@ def test_same_directory_name_in_another_place_gets_a_stable_suffix(
     assert taken.code == 1 and taken.stderr.startswith("error: "), taken
 
 
+def test_worktrees_of_one_directory_name_started_at_once_get_two_names(
+    state: Path, repo: Path, tmp_path: Path
+) -> None:
+    """Both race for ``<repo>-api``: one gets it, the other its hashed name, every time."""
+    trees = [tmp_path / place / "api" for place in ("left", "right")]
+    for i, tree in enumerate(trees):
+        git(repo, "worktree", "add", "-q", "-b", f"api{i}", str(tree))
+    results = start_all_at_once(trees, cli_env(state))
+    assert all(r.code == 0 for r in results), [str(r) for r in results]
+    names = [dict(dotenv_lines(tree))["CLAUDE_SESSION"] for tree in trees]
+    assert len(set(names)) == 2 and f"{repo.name}-api" in names, names
+    for tree, name in zip(trees, names, strict=True):
+        assert session_json(state, name)["workdir"] == str(tree.resolve())
+    again = start_all_at_once(trees, cli_env(state))
+    assert [r.stdout.split()[1] for r in again] == names, [str(r) for r in again]
+
+
 def test_removed_worktree_is_reclaimed_not_a_live_one(
     cli: Cli, state: Path, repo: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
