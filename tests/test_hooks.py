@@ -151,6 +151,16 @@ def test_settings_that_are_not_json_are_refused_and_nothing_changes(
     assert snapshot(repo) == before  # the git hook was not moved either
     (repo / ".claude" / "settings.json").write_text('{"hooks": {"Stop": "echo"}}')
     assert_one_line_error(cli("claude-session", "hooks", "install", cwd=repo), 2)
+    shared = repo / "shared-settings.json"
+    shared.write_text("{}\n")
+    (repo / ".claude" / "settings.json").unlink()
+    (repo / ".claude" / "settings.json").symlink_to(shared)
+    assert_one_line_error(cli("claude-session", "hooks", "install", cwd=repo), 2)
+    assert shared.read_text() == "{}\n" and (repo / ".claude" / "settings.json").is_symlink()
+    outside = repo.parent / "not-a-repo"
+    outside.mkdir()
+    assert_one_line_error(cli("claude-session", "hooks", "install", cwd=outside), 2)
+    assert not (outside / ".claude").exists()
 
 
 def test_claude_code_payloads(cli: Cli, state: Path, repo: Path, tmp_path: Path) -> None:

@@ -166,6 +166,9 @@ def _plan_settings(path: Path, install: bool) -> list[Change]:
 
 
 def _read_settings(path: Path) -> dict[str, Any] | None:
+    if path.is_symlink():  # writing would replace the link with a file
+        raise UsageError(f"{path} is a symlink: claude-db does not write through it; "
+                         "nothing was changed")
     try:
         text = path.read_text()
     except FileNotFoundError:
