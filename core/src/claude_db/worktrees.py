@@ -102,7 +102,7 @@ def disambiguated(name: str, workdir: Path) -> str:
 def session_name(app: App, workdir: Path, worktree: Worktree | None) -> str:
     """The session name of ``workdir`` when none is given: the session its ``.env`` names
     (ours, of this directory), else its readable name, made unique where another
-    directory's session has that name (only in a git worktree: elsewhere that stays an
+    directory's session has that name (only in a git work tree: elsewhere that stays an
     error, as before)."""
     workdir = workdir.resolve()
     found = owner(workdir)
