@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import fcntl
 import io
 import logging
 import os
@@ -359,11 +360,16 @@ def _keep_out_of_git(workdir: Path) -> str | None:
         if not exclude.is_absolute():
             exclude = workdir / exclude
         exclude.parent.mkdir(parents=True, exist_ok=True)
-        text = exclude.read_text() if exclude.exists() else ""
-        prefix = "" if not text or text.endswith("\n") else "\n"
         relative = os.path.relpath(workdir / ".env", _toplevel(workdir))
-        with open(exclude, "a") as out:
-            out.write(f"{prefix}/{_ignore_pattern(relative)}\n")
+        pattern = f"/{_ignore_pattern(relative)}"
+        with open(exclude, "a+") as out:
+            # worktrees share this file: starts in several at once add the line once
+            fcntl.flock(out, fcntl.LOCK_EX)
+            out.seek(0)
+            text = out.read()
+            if pattern not in text.splitlines():
+                prefix = "" if not text or text.endswith("\n") else "\n"
+                out.write(f"{prefix}{pattern}\n")
         if git("check-ignore", "-q", ".env").returncode != 0:
             return (f"warning: git does not ignore {workdir / '.env'} even after adding it to "
                     f"{os.path.normpath(exclude)}: do not commit it (it holds a password)")

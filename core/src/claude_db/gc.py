@@ -42,6 +42,7 @@ from claude_db.session import STARTING_MARKER
 from claude_db.snapshots import discard_unfinished, unfinished
 from claude_db.statedir import UnsafeStateError, unsafe
 from claude_db.target import Target, parts
+from claude_db import worktrees
 
 if TYPE_CHECKING:
     from claude_db.app import App
@@ -61,6 +62,10 @@ def collect_garbage(
     sweeper = _Sweeper(app, dry_run, cheap, runtimes)
     sweeper.sessions()
     sweeper.leftovers_without_directory()
+    # sessions of removed git worktrees; their kept data past its grace period (the cheap
+    # sweep leaves kept volumes alone: it probes no engine it need not)
+    for orphan in worktrees.orphans(app, engines=not cheap):
+        sweeper._take(orphan)
     sweeper.lock_files()  # last: the sweeps above may have freed some
     return sweeper.found
 

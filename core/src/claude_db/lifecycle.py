@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import secrets
 from pathlib import Path
+from typing import Any
 
 from claude_db.app import App
 from claude_db.engine import Credentials, Endpoint, Engine
@@ -47,6 +48,7 @@ def start_session(
     publish: bool = False,
     superuser: bool = False,
     write_dotenv: bool = True,
+    worktree: dict[str, Any] | None = None,
 ) -> tuple[Session, list[str]]:
     """Create a session and its database, wait until it answers; return it and notes.
 
@@ -61,7 +63,8 @@ def start_session(
     if app.store.exists(name):
         return _start_existing(app, app.store.load(name), workdir, engine_name, runtime_name,
                                image)
-    session = Session(name=name, workdir=str(workdir.resolve()), engine=None, runtime=None)
+    session = Session(name=name, workdir=str(workdir.resolve()), engine=None, runtime=None,
+                      worktree=worktree)
     engine: Engine | None = None
     runtime: Runtime | None = None
     if settings.enabled:

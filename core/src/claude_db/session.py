@@ -35,10 +35,14 @@ def validate_name(name: str) -> str:
 
 def name_from_directory(path: Path) -> str:
     """A session name derived from a working directory's name (``My Project`` → ``my-project``)."""
-    # "Ünïcödé Dir" → "unicode-dir": accents dropped rather than the letters they sit on
-    ascii_name = unicodedata.normalize("NFKD", path.resolve().name).encode("ascii", "ignore")
-    slug = re.sub(r"[^a-z0-9]+", "-", ascii_name.decode().lower()).strip("-")[:48].strip("-")
-    return slug or "session"
+    return slug(path.resolve().name)[:48].strip("-") or "session"
+
+
+def slug(text: str) -> str:
+    """``text`` in the letters of a session name: ``Ünïcödé Dir`` → ``unicode-dir``
+    (accents dropped rather than the letters they sit on)."""
+    ascii_text = unicodedata.normalize("NFKD", text).encode("ascii", "ignore").decode()
+    return re.sub(r"[^a-z0-9]+", "-", ascii_text.lower()).strip("-")
 
 
 @dataclass
@@ -52,6 +56,9 @@ class Session:
     session_image: str | None = None  # image of the session container, if any
     publish: bool = False  # docker runtime: publish the database port on 127.0.0.1
     runtime_state: dict[str, Any] = field(default_factory=dict)
+    # the git worktree it was started in (claude_db.worktrees.Worktree): gc reclaims the
+    # session when that directory is removed
+    worktree: dict[str, Any] | None = None
     created_at: str = field(default_factory=lambda: datetime.now(UTC).isoformat(timespec="seconds"))
 
     @property
@@ -82,7 +89,7 @@ class Session:
 
 _FIELD_TYPES: dict[str, tuple[type, ...]] = {
     "name": (str,), "workdir": (str,), "engine": (str, type(None)), "runtime": (str, type(None)),
-    "runtime_state": (dict,), "created_at": (str,),
+    "runtime_state": (dict,), "created_at": (str,), "worktree": (dict, type(None)),
 }
 
 

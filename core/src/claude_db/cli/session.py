@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import shlex
+from functools import partial
 from pathlib import Path
 
 import typer
@@ -33,9 +34,9 @@ from claude_db.session import (
     BrokenSession,
     BrokenSessionError,
     Session,
-    name_from_directory,
     validate_name,
 )
+from claude_db.worktrees import start_here
 
 HELP = """Start, list, attach, stop and delete sessions, each with its own database."""
 
@@ -51,6 +52,7 @@ def create_app() -> typer.Typer:
     for command in (start, list_, env, attach, stop, delete, gc):
         name = command.__name__.rstrip("_")
         app.command(name)(command)
+    app.add_typer(hooks_app(), name="hooks")
     for error in get_app().plugins.errors:
         note(f"warning: {error}")
     return app
@@ -91,10 +93,8 @@ def start(
 ) -> None:
     """Start a session with its own database, ready, and DATABASE_URL in .env."""
     app = get_app()
-    session_name = name_from_directory(workdir) if name is None else name
-    session, notes = start_session(
-        app,
-        session_name,
+    start = partial(start_session, app, name) if name is not None else partial(start_here, app)
+    session, notes = start(
         engine_name=db,
         runtime_name=runtime,
         workdir=workdir,
@@ -250,6 +250,70 @@ def gc(
     failed = [o for o in found if o.error]
     if failed:
         raise ClaudeDbError(f"{len(failed)} of {len(found)} leftovers could not be removed")
+
+
+# -- claude-session hooks: agent and git hooks (claude_db.hooks) ----------------------------
+
+
+def hooks_app() -> typer.Typer:
+    group = typer.Typer(help="Install the Claude Code and git hooks that give each agent "
+                        "session and worktree its database.", no_args_is_help=True)
+    group.command("install")(hooks_install)
+    group.command("uninstall")(hooks_uninstall)
+    group.command("run", hidden=True)(hooks_run)
+    return group
+
+
+HooksDirOption = typer.Option(Path("."), "--dir", help="The project (default: here).")
+PrintOption = typer.Option(False, "--print", help="Only show what would be written.")
+ClaudeOption = typer.Option(True, "--claude/--no-claude",
+                            help="Claude Code's .claude/settings.json.")
+GitOption = typer.Option(True, "--git/--no-git", help="git's post-checkout hook.")
+
+
+def hooks_install(directory: Path = HooksDirOption, print_only: bool = PrintOption,
+                  claude: bool = ClaudeOption, git: bool = GitOption) -> None:
+    """Add our hooks beside yours: SessionStart, Stop and WorktreeRemove in
+    .claude/settings.json, and git's post-checkout (yours is chained, not replaced)."""
+    _hooks(directory, install=True, print_only=print_only, claude=claude, git=git)
+
+
+def hooks_uninstall(directory: Path = HooksDirOption, print_only: bool = PrintOption,
+                    claude: bool = ClaudeOption, git: bool = GitOption) -> None:
+    """Remove our hooks only; yours stay as they were."""
+    _hooks(directory, install=False, print_only=print_only, claude=claude, git=git)
+
+
+def _hooks(directory: Path, *, install: bool, print_only: bool, claude: bool, git: bool) -> None:
+    from claude_db import hooks
+
+    if not directory.is_dir():
+        raise UsageError(f"{directory} is not a directory")
+    changes = hooks.plan(hooks.project_dir(directory), install=install, claude=claude, git=git)
+    if print_only:
+        for change in changes:
+            print(change.describe())
+        if not changes:
+            note("nothing to change")
+        return
+    hooks.apply(changes)
+    for change in changes:
+        note(change.describe(done=True))
+    if not changes:
+        note(f"the hooks are {'installed' if install else 'not installed'} already")
+
+
+def hooks_run(action: str = typer.Argument(..., help="session-start, stop, worktree-remove or "
+                                           "git-post-checkout.")) -> None:
+    """What an installed hook runs: one line, exit 0 (see claude_db.hooks)."""
+    import sys
+
+    from claude_db import hooks
+
+    git_hook = action == "git-post-checkout"  # git gives a hook no input; stdin is yours
+    payload = {} if git_hook or sys.stdin.isatty() else hooks.read_payload(sys.stdin)
+    line = hooks.run_hook(action, payload)
+    print(line, file=sys.stderr if git_hook else sys.stdout)
 
 
 def _name(name: str | None, destructive: str | None = None) -> str:

@@ -16,7 +16,6 @@ The docker SDK is imported on first use only (see ``client``).
 from __future__ import annotations
 
 import contextlib
-import socket
 import time
 import uuid
 from functools import partial
@@ -30,6 +29,7 @@ from claude_db.errors import (
     NotRunningError,
     SessionExistsError,
 )
+from claude_db.ports import claim_port
 from claude_db.processes import child_env, run_foreground
 from claude_db.runtime import Orphan, Runtime, Status
 from claude_db.runtimes.docker.client import (
@@ -550,7 +550,7 @@ class DockerRuntime(Runtime):
         if session.publish and not engine_is_remote():
             # 127.0.0.1 only, on an explicit port: Docker would pick a new one on every start
             # of a container made with none (a `docker restart`, the daemon's restart)
-            state["host_port"] = state.get("host_port") or _free_port()
+            state["host_port"] = state.get("host_port") or claim_port(self.settings.state_dir)
             ports = [(str(state["container_port"]), "tcp")]
             bindings = {f"{state['container_port']}/tcp": ("127.0.0.1", state["host_port"])}
         api = docker.api  # low-level calls: the SDK's models would inspect after each one
@@ -676,13 +676,6 @@ def _published_port(attrs: dict[str, Any], state: dict[str, Any]) -> int | None:
         if binding.get("HostIp") in ("127.0.0.1", "") and binding.get("HostPort"):
             return int(binding["HostPort"])
     return None
-
-
-def _free_port() -> int:
-    """A loopback port nothing listens on now (Docker binds it a moment later)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 def _port_taken(exc: BaseException) -> bool:

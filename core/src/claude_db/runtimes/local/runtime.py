@@ -29,6 +29,7 @@ from typing import Any
 from claude_db.engine import Credentials, Endpoint, Engine, LocalServer, RunAs, Tools
 from claude_db.errors import ClaudeDbError, NotRunningError, UsageError
 from claude_db.locks import hold, lock_for
+from claude_db.ports import claim_port
 from claude_db.processes import (
     HostTools,
     is_running,
@@ -85,7 +86,7 @@ class LocalRuntime(Runtime):
         _chown_tree(datadir, run_as)
         socket_dir = _socket_dir(server_dir, run_as)
         session.runtime_state = {
-            "port": free_port(),
+            "port": claim_port(self.settings.state_dir),
             "bindir": str(server.bindir()),
             "version": server.version(),
             "datadir": str(datadir),
@@ -114,7 +115,7 @@ class LocalRuntime(Runtime):
         if not port_is_free(state["port"]):
             # our server is not running, so another program listens there: maybe one waiting
             # for our clients' passwords. Move away; ensure_running rewrites .env.
-            state["port"] = free_port()
+            state["port"] = claim_port(self.settings.state_dir)
         if state.get("pid"):
             # a killed server stays a zombie until init reaps it, and the server refuses to
             # start while the pid in its lock file exists: give init a moment

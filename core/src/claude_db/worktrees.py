@@ -1,0 +1,299 @@
+"""Sessions of git worktrees: their names, and reclaiming those whose worktree is gone.
+
+A session started in a linked worktree of a repository is named ``<repo>-<worktree>``
+(directory names, sanitised to :data:`~claude_db.session.NAME_PATTERN`); where that name
+is another directory's session, a short hash of the path is added, so the name is the same
+on every start. A session records its worktree (:class:`Worktree`): when its directory is
+gone (``git worktree remove``, ``rm -rf``) while the filesystem that held it is still
+mounted, ``gc`` and the cheap sweep of every ``start`` reclaim it: stopped and removed,
+its data kept (as ``delete --keep-data``) for :func:`grace_seconds`, then removed too.
+A directory that merely cannot be seen (its filesystem unmounted, a permission) is
+never taken for a removed one.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import time
+from dataclasses import asdict, dataclass
+from functools import partial
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from claude_db.envfile import owner
+from claude_db.errors import ClaudeDbError, SessionExistsError, UsageError
+from claude_db.locks import try_hold
+from claude_db.session import NAME_PATTERN, Session, name_from_directory, slug
+
+if TYPE_CHECKING:
+    from claude_db.app import App
+    from claude_db.gc import Orphan
+
+GRACE_VARIABLE = "CLAUDE_DB_WORKTREE_GRACE_DAYS"
+GRACE_DAYS = 7.0
+KEPT_DIR = "kept"
+RECLAIMED_SUFFIX = ".reclaimed.json"  # beside kept data: when gc may remove it
+HASH_LENGTH = 6
+
+
+@dataclass(frozen=True)
+class Worktree:
+    """Where a session's work directory is: a git worktree (``repository``: the common
+    git directory), and the device its directory was on (to tell removed from unmounted)."""
+
+    repository: str
+    toplevel: str
+    linked: bool
+    device: int
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def find_worktree(workdir: Path) -> Worktree | None:
+    """The git worktree ``workdir`` is in, or None (no git, not in a repository)."""
+    try:
+        out = subprocess.run(
+            ["git", "-C", str(workdir), "rev-parse", "--path-format=absolute",
+             "--show-toplevel", "--git-common-dir", "--git-dir"],
+            capture_output=True, text=True, check=False, env=_plain_git_env(),
+        )
+    except FileNotFoundError:
+        return None
+    lines = out.stdout.splitlines()
+    if out.returncode != 0 or len(lines) != 3:
+        return None
+    toplevel, common, git_dir = (os.path.realpath(line) for line in lines)
+    return Worktree(common, toplevel, git_dir != common, os.stat(workdir).st_dev)
+
+
+def _plain_git_env() -> dict[str, str]:
+    """Our environment without what a git hook is given (``GIT_DIR``...): we ask about the
+    directory we name, whatever repository the hook's git was working on."""
+    return {key: value for key, value in os.environ.items()
+            if key not in ("GIT_DIR", "GIT_WORK_TREE", "GIT_INDEX_FILE", "GIT_COMMON_DIR")}
+
+
+def readable_name(workdir: Path, worktree: Worktree | None) -> str:
+    """``<repo>-<worktree>`` in a linked worktree (``-<subdir>`` below its top), else the
+    directory's own name, as ever."""
+    if worktree is None or not worktree.linked:
+        return name_from_directory(workdir)
+    common = Path(worktree.repository)
+    repo = common.parent.name if common.name == ".git" else common.name.removesuffix(".git")
+    parts = [slug(repo)[:20].strip("-") or "repo", slug(Path(worktree.toplevel).name)]
+    relative = os.path.relpath(workdir.resolve(), worktree.toplevel)
+    if relative != ".":
+        parts.append(slug(relative))
+    return "-".join(part for part in parts if part)[:48].strip("-")
+
+
+def disambiguated(name: str, workdir: Path) -> str:
+    """``name`` with a short hash of ``workdir``'s path: the same on every start."""
+    digest = hashlib.sha256(str(workdir.resolve()).encode()).hexdigest()[:HASH_LENGTH]
+    return f"{name[:48 - HASH_LENGTH - 1].rstrip('-')}-{digest}"
+
+
+def session_name(app: App, workdir: Path, worktree: Worktree | None) -> str:
+    """The session name of ``workdir`` when none is given: the session its ``.env`` names
+    (ours, of this directory), else its readable name, made unique where another
+    directory's session has that name (only in a git work tree: elsewhere that stays an
+    error, as before)."""
+    workdir = workdir.resolve()
+    found = owner(workdir)
+    if (found is not None and found.state_dir == str(app.settings.state_dir)
+            and NAME_PATTERN.fullmatch(found.name) and _workdir_of(app, found.name) == workdir):
+        return found.name
+    name = readable_name(workdir, worktree)
+    if worktree is None:
+        return name
+    if _workdir_of(app, name) not in (None, workdir):
+        return disambiguated(name, workdir)
+    return name
+
+
+def _workdir_of(app: App, name: str) -> Path | None:
+    """The work directory of session ``name`` (resolved), None when there is no such
+    session; an unreadable one counts as another directory's."""
+    if not app.store.exists(name):
+        return None
+    try:
+        return Path(app.store.load(name).workdir)
+    except ClaudeDbError:
+        return Path("/")
+
+
+def start_here(app: App, workdir: Path, **options: Any) -> tuple[Session, list[str]]:
+    """``claude-session start`` without a name: the session of ``workdir`` (named as
+    :func:`session_name` says), made or made to run. Two starts in two worktrees whose
+    readable names are alike race for the name: the loser takes its disambiguated one."""
+    from claude_db.lifecycle import start_session
+
+    worktree = find_worktree(workdir)
+    recorded = worktree.to_json() if worktree is not None and worktree.linked else None
+    name = session_name(app, workdir, worktree)
+    try:
+        return start_session(app, name, workdir=workdir, worktree=recorded, **options)
+    except SessionExistsError:
+        again = session_name(app, workdir, worktree)
+        if again == name:
+            raise
+        return start_session(app, again, workdir=workdir, worktree=recorded, **options)
+
+
+# -- reclaiming removed worktrees ----------------------------------------------------------
+
+
+def grace_seconds() -> float:
+    raw = os.environ.get(GRACE_VARIABLE, "").strip() or str(GRACE_DAYS)
+    try:
+        days = float(raw)
+    except ValueError:
+        days = -1.0
+    if not 0 <= days < float("inf"):
+        raise UsageError(f"{GRACE_VARIABLE} must be a number of days (0 or more)")
+    return days * 86400
+
+
+def removed(session: Session) -> bool:
+    """Whether ``session`` is of a worktree that was removed: its directory is missing and
+    the filesystem it was on is mounted (the nearest directory above it that exists is on
+    that device). Anything we cannot see for sure (a permission) counts as there."""
+    recorded = session.worktree
+    if not recorded or not isinstance(recorded.get("device"), int):
+        return False
+    path = Path(session.workdir)
+    try:
+        path.lstat()
+        return False
+    except FileNotFoundError:
+        pass
+    except OSError:
+        return False
+    for parent in path.parents:
+        try:
+            return bool(parent.stat().st_dev == recorded["device"])
+        except FileNotFoundError:
+            continue
+        except OSError:
+            return False
+    return False
+
+
+def orphans(app: App, *, docker: bool) -> list[Orphan]:
+    """Sessions of removed worktrees, and reclaimed data whose grace period ended (on
+    Docker only when ``docker``: the cheap sweep looks at Docker only when it must)."""
+    from claude_db.gc import Orphan
+
+    found: list[Orphan] = []
+    for session in app.store.all():
+        if isinstance(session, Session) and removed(session):
+            with try_hold(app.store.lock_file(session.name), create=False) as free:
+                if free:  # else a command works on it right now: the next sweep decides
+                    found.append(Orphan(
+                        "session", session.name,
+                        f"its worktree {session.workdir} was removed; data kept for "
+                        f"{_days(grace_seconds())}", remove=partial(_reclaim, app, session.name)))
+    kept = app.settings.state_dir / KEPT_DIR
+    now = time.time()
+    for record in sorted(kept.glob(f"*{RECLAIMED_SUFFIX}")) if kept.is_dir() else []:
+        with contextlib.suppress(OSError, ValueError, KeyError, TypeError):
+            data = json.loads(record.read_text())
+            if now - float(data["reclaimed_at"]) < grace_seconds():
+                continue
+            if data.get("volume") and not docker:
+                continue
+            what = data.get("volume") or data.get("path")
+            found.append(Orphan("kept data", str(what),
+                                f"data of session {data['session']} whose worktree was removed, "
+                                "past its grace period",
+                                remove=partial(_remove_kept, app, record, data)))
+    return found
+
+
+def reclaim(app: App, name: str, *, removing: bool = False) -> str | None:
+    """Stop and remove session ``name`` of a removed worktree, keeping its data for the
+    grace period; nothing if its directory is back, unless ``removing`` (its worktree is
+    being removed: Claude Code's ``WorktreeRemove``). Returns a note, if it did."""
+    from claude_db.lifecycle import parts, remove_session_env
+
+    store = app.store
+    with try_hold(store.lock_file(name), create=False) as free:
+        if not free:
+            raise ClaudeDbError(f"session {name} is busy; the next sweep reclaims it")
+        session = store.load(name)
+        if not (removing or removed(session)):
+            return None
+        kept: dict[str, Any] = {"session": name, "workdir": session.workdir,
+                                "reclaimed_at": time.time()}
+        if session.has_database:
+            engine, runtime = parts(app, session)
+            runtime.delete(session, engine, keep_data=True)
+            what = str(session.runtime_state.get("kept_data") or "")
+            if runtime.name == "docker" and what:
+                kept["volume"] = what.rsplit(" ", 1)[-1]
+                kept["instance"] = session.runtime_state.get("instance")
+            elif what:
+                kept["path"] = what
+        remove_session_env(app, session)  # if the directory is still there
+        store.release(name)
+    if "volume" in kept or "path" in kept:
+        _write_record(app, name, kept)
+    app.plugins.hook.session_deleted(session=session)
+    shown = kept.get("volume") or kept.get("path")
+    return (f"removed session {name} of worktree {session.workdir}"
+            + (f"; its data is kept in {shown} for {_days(grace_seconds())}" if shown else ""))
+
+
+def _reclaim(app: App, name: str) -> None:
+    reclaim(app, name)
+
+
+def _write_record(app: App, name: str, kept: dict[str, Any]) -> None:
+    directory = app.settings.state_dir / KEPT_DIR
+    directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+    record = directory / f"{name}-{int(kept['reclaimed_at'])}{RECLAIMED_SUFFIX}"
+    fd = os.open(record, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
+    with os.fdopen(fd, "w") as out:
+        json.dump(kept, out)
+
+
+def _remove_kept(app: App, record: Path, data: dict[str, Any]) -> None:
+    """Remove reclaimed data: a directory under ``<state>/kept``, or a Docker volume that
+    carries the labels the session's ``delete --keep-data`` gave it."""
+    if data.get("path"):
+        path = Path(data["path"])
+        kept = (app.settings.state_dir / KEPT_DIR).resolve()
+        if path.parent.resolve() != kept or path.is_symlink():
+            raise ClaudeDbError(f"{path} is not in {kept}: left alone")
+        shutil.rmtree(path, ignore_errors=True)
+    elif data.get("volume"):
+        _remove_kept_volume(str(data["volume"]), str(data["session"]), data.get("instance"))
+    record.unlink(missing_ok=True)
+
+
+def _remove_kept_volume(volume: str, session: str, instance: str | None) -> None:
+    import docker as sdk
+
+    from claude_db.runtimes.docker import LABEL_KEPT_BY, LABEL_KEPT_FROM
+    from claude_db.runtimes.docker_client import client
+
+    docker = client()
+    try:
+        labels = docker.api.inspect_volume(volume).get("Labels") or {}
+    except sdk.errors.NotFound:
+        return
+    if labels.get(LABEL_KEPT_FROM) != session or labels.get(LABEL_KEPT_BY) != instance:
+        raise ClaudeDbError(f"Docker volume {volume} lacks the labels of session {session}'s "
+                            "kept data: left alone")
+    docker.api.remove_volume(volume)
+
+
+def _days(seconds: float) -> str:
+    days = seconds / 86400
+    return f"{days:g} day{'s' * (days != 1)}"
