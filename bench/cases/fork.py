@@ -110,7 +110,7 @@ def _source(ctx: Context, ws: Workspace, name: str, size_mb: int,
     url = read_dotenv(workdir)["DATABASE_URL"]
     rows = size_mb * (1 << 20) // ROW_BYTES
     pg.execute(url, f"create table big as select g, repeat(md5(g::text), 30) as pad "
-                    f"from generate_series(1, {rows}) g; checkpoint")
+                    f"from generate_series(1, {rows}) g")
     state = json.loads((ws.state / "sessions" / name / "session.json").read_text())
     return {"name": name, "rows": rows, "url": url, "datadir": state["runtime_state"]["datadir"],
             "bytes": _du(Path(state["runtime_state"]["datadir"]))}
