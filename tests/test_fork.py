@@ -38,6 +38,10 @@ from safety_support import (
     session_json,
 )
 
+# the stand-in mongo image and the fixtures it is built with
+from test_mongo_docker import mongo_standin_image  # noqa: F401
+from test_mongo_standin import mongosh_dir, mongosh_package  # noqa: F401
+
 KILLED = -signal.SIGKILL
 
 
@@ -313,6 +317,38 @@ def test_docker_fork_by_dump(cli: Cli, tmp_path: Path) -> None:
         cli("claude-session", "delete", name, "--yes", env=env)
         delete_after(cli, src)
     assert docker_leftovers(name) == {"container": [], "network": [], "volume": []}
+
+
+
+@pytest.mark.docker
+def test_mongo_fork_by_dump_on_the_standin(
+    cli: Cli, tmp_path: Path, mongo_standin_image: str  # noqa: F811
+) -> None:
+    """MongoDB: no mongod can run here, so the stand-in image (SecantusDB behind the
+    official image's contract) serves; the dump is the engine's driver-level archive."""
+    env = {"CLAUDE_DB_RUNTIME": "docker", "CLAUDE_DB_IMAGE": mongo_standin_image}
+    src = started(cli, unique("gsrc"), "--db", "mongo", env=env)
+    name = unique("gfork")
+    documents = [{"_id": i, "label": f"doc {i}"} for i in range(200)]
+    find = '{"find": "items", "sort": {"_id": 1}, "batchSize": 1000}'
+
+    def found(session: str) -> Any:
+        result = cli("claude-db", "query", find, "--json", "--session", session, env=env)
+        assert result.code == 0, result
+        return json.loads(result.stdout)
+
+    try:
+        insert = json.dumps({"insert": "items", "documents": documents})
+        assert cli("claude-db", "query", insert, "--session", src, env=env).code == 0
+        made = forked(cli, src, name, tmp_path / "new", env=env)
+        assert made["method"] == "dump" and made["engine"] == "mongo"
+        assert found(name) == found(src) and len(found(name)) == 200
+        more = json.dumps({"insert": "items", "documents": [{"_id": 999}]})
+        assert cli("claude-db", "query", more, "--session", src, env=env).code == 0
+        assert len(found(name)) == 200 and len(found(src)) == 201
+    finally:
+        cli("claude-session", "delete", name, "--yes", env=env)
+        delete_after(cli, src)
 
 
 # -- reflink on a real XFS filesystem ------------------------------------------------------
