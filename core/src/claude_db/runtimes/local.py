@@ -70,15 +70,14 @@ class LocalRuntime(Runtime):
         # the copy's files need the source's binaries, and its user is what the source's is
         session.runtime_state = {"superuser": bool(state.get("superuser")),
                                  "bindir": state.get("bindir")}
-        method: list[str] = []
-        self._create(session, engine, lambda datadir: method.append(server.copy_running(
-            Path(state["datadir"]), Path(state["socket_dir"]), state["port"], datadir)))
-        return method[0]
+        return self._create(session, engine, lambda datadir: server.copy_running(
+            Path(state["datadir"]), Path(state["socket_dir"]), state["port"], datadir))
 
     def _create(
-        self, session: Session, engine: Engine, fill: Callable[[Path], None] | None
-    ) -> None:
-        """``create``; ``fill`` makes the data directory instead of a template's copy."""
+        self, session: Session, engine: Engine, fill: Callable[[Path], str] | None
+    ) -> str | None:
+        """``create``; ``fill`` makes the data directory instead of a template's copy, and
+        says how (returned)."""
         assert session.credentials is not None
         server = _local_server(engine)
         # asked for by start_session (--superuser), before the rest of the state exists
@@ -90,9 +89,9 @@ class LocalRuntime(Runtime):
         server_dir.mkdir(mode=0o700)
         _chown(server_dir, run_as)
         datadir = server_dir / "data"
-        template = None
+        template, method = None, None
         if fill is not None:
-            fill(datadir)
+            method = fill(datadir)
         else:
             template = self._template(engine.name, server, session.credentials, run_as)
             if not _claim_spare(template, datadir):
@@ -125,6 +124,7 @@ class LocalRuntime(Runtime):
         )
         if template is not None:
             _prepare_spare(template)  # the next session's copy, made while nobody waits for it
+        return method
 
     def start(self, session: Session, engine: Engine) -> None:
         if self.status(session) == "running":
