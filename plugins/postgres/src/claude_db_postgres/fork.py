@@ -51,12 +51,13 @@ def copy_running(admin_user: str, source: Path, socket_dir: Path, port: int,
         checkpoint("fork-copied")
         stop = "pg_backup_stop(false)" if new_api else "pg_stop_backup(false)"
         row = conn.execute(
-            f"SELECT labelfile, spcmapfile FROM {stop}"
+            f"SELECT labelfile, spcmapfile, pg_walfile_name(lsn) FROM {stop}"
         ).fetchone()
     assert row is not None
-    label, spcmap = row
+    label, spcmap, last = row
     # the WAL from the backup's start to its end (the stop switched to a new segment, so
-    # the last one is complete); older segments are not needed, newer ones do no harm
+    # the last one is complete). Not the others: old ones are not needed, and the names
+    # after it are recycled segments waiting for reuse (up to max_wal_size of them)
     match = START_FILE.search(label)
     if match is None:
         raise ClaudeDbError(f"fork: unexpected backup label from the server: {label!r}")
@@ -66,7 +67,7 @@ def copy_running(admin_user: str, source: Path, socket_dir: Path, port: int,
     if first not in names:
         raise ClaudeDbError(f"fork: WAL segment {first} was recycled during the copy; try again")
     for name in names:
-        if (SEGMENT.match(name) and name[8:] >= first[8:]) or name.endswith(".history"):
+        if (SEGMENT.match(name) and first <= name <= last) or name.endswith(".history"):
             copier.file(wal / name, datadir / "pg_wal" / name)
     (datadir / "backup_label").write_text(label)
     if spcmap:
