@@ -36,6 +36,7 @@ from safety_support import (
     pg_fingerprint,
     seed,
     session_json,
+    wait_for,
 )
 
 # the stand-in mongo image and the fixtures it is built with
@@ -233,6 +234,13 @@ def test_fork_killed_at_each_step(cli: Cli, state: Path, tmp_path: Path, step: s
     assert pg_fingerprint(url) == before
     with psycopg.connect(url, autocommit=True) as conn:  # the source writes on
         conn.execute("INSERT INTO items (name) VALUES ('after the kill')")
+
+        def backup_ended() -> bool:  # its connection went with the killed process
+            return conn.execute(
+                "SELECT count(*) FROM pg_stat_activity WHERE usename = 'claude_admin' "
+                "AND backend_type = 'client backend'").fetchone() == (0,)
+
+        wait_for("the killed fork's base backup to end", backup_ended)
     # listed as unfinished once its record is written; gc finds it either way
     assert _listed(cli).get(name) in (None, "unfinished")
     assert (state / "sessions" / name).exists()

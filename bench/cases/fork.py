@@ -84,6 +84,15 @@ def _xfs_case(ctx: Context, mount: Path, size_mb: int, rounds: int) -> Case:
         shutil.rmtree(dest)
         return sw.measurement({})
 
+    def plain_start() -> Measurement:
+        name = ws.unique("empty")
+        workdir = ws.dir(f"work-{name}")
+        with Stopwatch() as sw:
+            ws.cli("claude-session", "start", name, "--runtime", "local", cwd=workdir, env=env)
+        ws.cli("claude-session", "delete", name, "--yes", env=env)
+        shutil.rmtree(workdir)
+        return sw.measurement({})
+
     def verify(samples: list[Sample]) -> list[Check]:
         own = [s for s in samples if s.variant in ("claude-db", "small")]
         return [every(own, "reflink", lambda w: w["method"] == "reflink",
@@ -97,6 +106,8 @@ def _xfs_case(ctx: Context, mount: Path, size_mb: int, rounds: int) -> Case:
         Variant("small", "baseline", "claude-session fork of the 10 MB session", baseline),
         Variant("cp --reflink", "reference", "cp -a --reflink=always DATADIR COPY",
                 reflink_copy),
+        Variant("start", "reference", "claude-session start of an empty session (its floor)",
+                plain_start),
     ], rounds=rounds, warmup=ctx.options.warmup, goal=Goal(max_ratio=1.2), verify=verify,
         notes=["goal: <= 1 s for the big fork, and its time independent of the size "
                "(ratio to the 10 MB fork <= 1.2)"])
