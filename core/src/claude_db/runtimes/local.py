@@ -70,8 +70,13 @@ class LocalRuntime(Runtime):
         # the copy's files need the source's binaries, and its user is what the source's is
         session.runtime_state = {"superuser": bool(state.get("superuser")),
                                  "bindir": state.get("bindir")}
-        return self._create(session, engine, lambda datadir: server.copy_running(
-            Path(state["datadir"]), Path(state["socket_dir"]), state["port"], datadir))
+        try:
+            return self._create(session, engine, lambda datadir: server.copy_running(
+                Path(state["datadir"]), Path(state["socket_dir"]), state["port"], datadir))
+        except ClaudeDbError as exc:
+            if details := self.failure_details(source):  # the source's server died meanwhile
+                raise ClaudeDbError(f"{exc}; session {source.name}'s {details}") from None
+            raise
 
     def _create(
         self, session: Session, engine: Engine, fill: Callable[[Path], str] | None

@@ -40,6 +40,15 @@ def copy_running(admin_user: str, source: Path, socket_dir: Path, port: int,
                  datadir: Path) -> str:
     """Fill ``datadir`` (not there yet) with a consistent copy of the running server of data
     directory ``source``; return ``reflink`` or ``copy``, how its files were made."""
+    try:
+        return _copy_running(admin_user, source, socket_dir, port, datadir)
+    except psycopg.Error as exc:
+        raise ClaudeDbError(f"fork: the base backup of the running server failed: "
+                            f"{str(exc).strip().splitlines()[0]}") from None
+
+
+def _copy_running(admin_user: str, source: Path, socket_dir: Path, port: int,
+                  datadir: Path) -> str:
     copier = _Copier()
     with psycopg.connect(host=str(socket_dir), port=port, user=admin_user, dbname="postgres",
                          autocommit=True, connect_timeout=5) as conn:
