@@ -215,6 +215,17 @@ class LocalServer(ABC):
     def set_password(self, socket_dir: Path, port: int, credentials: Credentials) -> None:
         """Set the session's password through the unix socket (called once, after first start)."""
 
+    #: whether :meth:`copy_running` can fork a running server (else core dumps and restores)
+    copies_running: ClassVar[bool] = False
+
+    def copy_running(
+        self, source_datadir: Path, source_socket_dir: Path, source_port: int, datadir: Path
+    ) -> str:
+        """Fork: fill the new ``datadir`` with a consistent copy of the running server of
+        ``source_datadir`` (which keeps serving), one that then starts cleanly; return the
+        method (``reflink``: a copy-on-write clone, ``copy``: a plain file copy)."""
+        raise NotImplementedError
+
 
 @dataclass(frozen=True)
 class RunAs:

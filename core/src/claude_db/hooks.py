@@ -42,7 +42,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from claude_db.app import get_app
+from claude_db.envfile import find_env
 from claude_db.errors import UsageError
+from claude_db.lifecycle import ALREADY_HERE, session_env, start_here
+from claude_db.session import Session
+from claude_db.worktrees import plain_git_env, reclaim
 
 #: Claude Code event → our action, and the seconds Claude Code gives it
 CLAUDE_EVENTS = {"SessionStart": ("session-start", 180), "Stop": ("stop", 60),
@@ -90,11 +95,10 @@ def git_hooks_dir(project: Path) -> Path | None:
 
 
 def _git(cwd: Path, *args: str) -> str | None:
-    from claude_db.worktrees import _plain_git_env
 
     try:
         proc = subprocess.run(["git", "-C", str(cwd), *args], capture_output=True, text=True,
-                              check=False, env=_plain_git_env())
+                              check=False, env=plain_git_env())
     except FileNotFoundError:
         return None
     return proc.stdout.strip() if proc.returncode == 0 and proc.stdout.strip() else None
@@ -292,9 +296,6 @@ def _workdir(payload: dict[str, Any]) -> Path:
 
 
 def _session_start(payload: dict[str, Any]) -> str:
-    from claude_db.app import get_app
-    from claude_db.lifecycle import session_env
-    from claude_db.worktrees import start_here
 
     app = get_app()
     workdir = _workdir(payload)
@@ -316,7 +317,6 @@ def _session_start(payload: dict[str, Any]) -> str:
 
 
 def _stop(payload: dict[str, Any]) -> str:
-    from claude_db.envfile import find_env
 
     workdir = _workdir(payload)
     if find_env(workdir) is None:
@@ -334,9 +334,6 @@ def _stop(payload: dict[str, Any]) -> str:
 
 
 def _worktree_remove(payload: dict[str, Any]) -> str:
-    from claude_db.app import get_app
-    from claude_db.session import Session
-    from claude_db.worktrees import reclaim
 
     raw = payload.get("worktree_path")
     if not raw:
@@ -351,9 +348,6 @@ def _worktree_remove(payload: dict[str, Any]) -> str:
 
 
 def _git_post_checkout(payload: dict[str, Any]) -> str:
-    from claude_db.app import get_app
-    from claude_db.lifecycle import ALREADY_HERE
-    from claude_db.worktrees import start_here
 
     workdir = project_dir(Path.cwd())
     session, notes = start_here(get_app(), workdir)

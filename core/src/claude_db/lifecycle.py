@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import contextlib
 import secrets
+from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+from claude_db import worktrees
 from claude_db.app import App
 from claude_db.engine import Credentials, Endpoint, Engine
 from claude_db.envfile import (
@@ -49,18 +52,28 @@ def start_session(
     superuser: bool = False,
     write_dotenv: bool = True,
     worktree: dict[str, Any] | None = None,
+    like: Session | None = None,
+    create: Callable[[Session, Engine, Runtime], None] | None = None,
 ) -> tuple[Session, list[str]]:
     """Create a session and its database, wait until it answers; return it and notes.
 
     A session of that name with this work directory is not an error: it is made to run
-    (as ``attach --no-shell``) and its ``.env`` put right; the notes say so."""
+    (as ``attach --no-shell``) and its ``.env`` put right; the notes say so. A fork:
+    the new session is ``like`` that one (engine, runtime, images, user and database;
+    its own password), and ``create`` makes its database instead of the runtime."""
     validate_name(name)
     settings = app.settings
     notes: list[str] = []
+    if like is not None and like.credentials is not None:
+        settings = replace(settings, enabled=True, user=like.credentials.user,
+                           database=like.credentials.database, password=None,
+                           image=like.image, session_image=like.session_image,
+                           superuser=bool(like.runtime_state.get("superuser")))
+        publish = like.publish
     if not workdir.is_dir():
         what = "is not a directory" if workdir.exists() else "does not exist"
         raise UsageError(f"work directory {workdir} {what}")
-    if app.store.exists(name):
+    if app.store.exists(name) and like is None:  # a fork refuses it when it locks it
         return _start_existing(app, app.store.load(name), workdir, engine_name, runtime_name,
                                image)
     session = Session(name=name, workdir=str(workdir.resolve()), engine=None, runtime=None,
@@ -69,9 +82,12 @@ def start_session(
     runtime: Runtime | None = None
     if settings.enabled:
         _require_quotable(settings)
-        engine = app.plugins.engine(engine_name or settings.engine)
-        runtime, note = app.choose_runtime(runtime_name or settings.runtime)
-        notes += [note] if note else []
+        if like is not None:
+            engine, runtime = parts(app, like)
+        else:
+            engine = app.plugins.engine(engine_name or settings.engine)
+            runtime, note = app.choose_runtime(runtime_name or settings.runtime)
+            notes += [note] if note else []
         session.engine, session.runtime = engine.name, runtime.name
         session.credentials = Credentials(
             user=settings.user or engine.default_user,
@@ -83,7 +99,7 @@ def start_session(
         session.publish = publish
         if superuser or settings.superuser:  # the local runtime's create reads it
             session.runtime_state["superuser"] = True
-        if not runtime.runs_containers:
+        if not runtime.runs_containers and like is None:
             notes += _ignored_container_options(runtime, image, session_image, publish, settings)
     elif session_image:  # asked for by name: silently making none would surprise
         raise UsageError("--image makes a session container beside the session's database, "
@@ -101,8 +117,8 @@ def start_session(
     # locked before the directory exists: gc never takes a session being made for an orphan
     with store.lock(name):
         raced = store.load(name) if store.exists(name) else None  # a start of it won meanwhile
-        if raced is None:
-            notes += _create(app, session, engine, runtime, workdir, write_dotenv)
+        if raced is None or like is not None:  # a fork's reserve refuses a taken name
+            notes += _create(app, session, engine, runtime, workdir, write_dotenv, create)
     if raced is not None:
         return _start_existing(app, raced, workdir, engine_name, runtime_name, image)
     app.plugins.hook.session_started(session=session)
@@ -111,7 +127,7 @@ def start_session(
 
 def _create(
     app: App, session: Session, engine: Engine | None, runtime: Runtime | None, workdir: Path,
-    write_dotenv: bool,
+    write_dotenv: bool, create: Callable[[Session, Engine, Runtime], None] | None = None,
 ) -> list[str]:
     """Make the session (its lock held): database, state, ``.env``; all or nothing."""
     store, name = app.store, session.name
@@ -122,7 +138,10 @@ def _create(
     try:
         notes: list[str] = []
         if engine is not None and runtime is not None:
-            runtime.create(session, engine)
+            if create is not None:
+                create(session, engine, runtime)
+            else:
+                runtime.create(session, engine)
             store.save(session)
             wait_until_ready(
                 engine,
@@ -381,3 +400,19 @@ def database_env(engine: Engine, endpoint: Endpoint) -> dict[str, str]:
         "DB_NAME": endpoint.database,
         **engine.native_env(endpoint),
     }
+
+
+def start_here(app: App, workdir: Path, **options: Any) -> tuple[Session, list[str]]:
+    """``claude-session start`` without a name: the session of ``workdir`` (named as
+    :func:`session_name` says), made or made to run. Two starts in two worktrees whose
+    readable names are alike race for the name: the loser takes its disambiguated one."""
+    worktree = worktrees.find_worktree(workdir)
+    recorded = worktree.to_json() if worktree is not None and worktree.linked else None
+    name = worktrees.session_name(app, workdir, worktree)
+    try:
+        return start_session(app, name, workdir=workdir, worktree=recorded, **options)
+    except SessionExistsError:
+        again = worktrees.session_name(app, workdir, worktree)
+        if again == name:
+            raise
+        return start_session(app, again, workdir=workdir, worktree=recorded, **options)

@@ -79,6 +79,12 @@ class Runtime(ABC):
     def create(self, session: Session, engine: Engine) -> None:
         """Make the session's resources and start its database (readiness is checked by core)."""
 
+    def create_copy(self, session: Session, engine: Engine, source: Session) -> str | None:
+        """Fork: :meth:`create`, with a copy of ``source``'s running database as its data,
+        made the fastest consistent way this runtime has; return that way (``reflink``,
+        ``copy``), or None without one (core creates, then dumps and restores)."""
+        return None
+
     @abstractmethod
     def start(self, session: Session, engine: Engine) -> None:
         """Start whatever of the session stopped; a no-op when all runs (readiness is

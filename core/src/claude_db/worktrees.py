@@ -25,15 +25,15 @@ from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from claude_db.envfile import owner
+from claude_db.envfile import Owner, owner, remove_env
 from claude_db.errors import ClaudeDbError, SessionExistsError, UsageError
 from claude_db.locks import try_hold
+from claude_db.runtime import Orphan
 from claude_db.session import NAME_PATTERN, Session, name_from_directory, slug
+from claude_db.target import parts
 
 if TYPE_CHECKING:
     from claude_db.app import App
-    from claude_db.gc import Orphan
-
 GRACE_VARIABLE = "CLAUDE_DB_WORKTREE_GRACE_DAYS"
 GRACE_DAYS = 7.0
 KEPT_DIR = "kept"
@@ -61,7 +61,7 @@ def find_worktree(workdir: Path) -> Worktree | None:
         out = subprocess.run(
             ["git", "-C", str(workdir), "rev-parse", "--path-format=absolute",
              "--show-toplevel", "--git-common-dir", "--git-dir"],
-            capture_output=True, text=True, check=False, env=_plain_git_env(),
+            capture_output=True, text=True, check=False, env=plain_git_env(),
         )
     except FileNotFoundError:
         return None
@@ -72,7 +72,7 @@ def find_worktree(workdir: Path) -> Worktree | None:
     return Worktree(common, toplevel, git_dir != common, os.stat(workdir).st_dev)
 
 
-def _plain_git_env() -> dict[str, str]:
+def plain_git_env() -> dict[str, str]:
     """Our environment without what a git hook is given (``GIT_DIR``...): we ask about the
     directory we name, whatever repository the hook's git was working on."""
     return {key: value for key, value in os.environ.items()
@@ -128,24 +128,6 @@ def _workdir_of(app: App, name: str) -> Path | None:
         return Path("/")
 
 
-def start_here(app: App, workdir: Path, **options: Any) -> tuple[Session, list[str]]:
-    """``claude-session start`` without a name: the session of ``workdir`` (named as
-    :func:`session_name` says), made or made to run. Two starts in two worktrees whose
-    readable names are alike race for the name: the loser takes its disambiguated one."""
-    from claude_db.lifecycle import start_session
-
-    worktree = find_worktree(workdir)
-    recorded = worktree.to_json() if worktree is not None and worktree.linked else None
-    name = session_name(app, workdir, worktree)
-    try:
-        return start_session(app, name, workdir=workdir, worktree=recorded, **options)
-    except SessionExistsError:
-        again = session_name(app, workdir, worktree)
-        if again == name:
-            raise
-        return start_session(app, again, workdir=workdir, worktree=recorded, **options)
-
-
 # -- reclaiming removed worktrees ----------------------------------------------------------
 
 
@@ -188,8 +170,6 @@ def removed(session: Session) -> bool:
 def orphans(app: App, *, docker: bool) -> list[Orphan]:
     """Sessions of removed worktrees, and reclaimed data whose grace period ended (on
     Docker only when ``docker``: the cheap sweep looks at Docker only when it must)."""
-    from claude_db.gc import Orphan
-
     found: list[Orphan] = []
     for session in app.store.all():
         if isinstance(session, Session) and removed(session):
@@ -220,8 +200,6 @@ def reclaim(app: App, name: str, *, removing: bool = False) -> str | None:
     """Stop and remove session ``name`` of a removed worktree, keeping its data for the
     grace period; nothing if its directory is back, unless ``removing`` (its worktree is
     being removed: Claude Code's ``WorktreeRemove``). Returns a note, if it did."""
-    from claude_db.lifecycle import parts, remove_session_env
-
     store = app.store
     with try_hold(store.lock_file(name), create=False) as free:
         if not free:
@@ -240,7 +218,7 @@ def reclaim(app: App, name: str, *, removing: bool = False) -> str | None:
                 kept["instance"] = session.runtime_state.get("instance")
             elif what:
                 kept["path"] = what
-        remove_session_env(app, session)  # if the directory is still there
+        remove_env(Path(session.workdir), Owner(name, str(app.settings.state_dir)))  # if still there
         store.release(name)
     if "volume" in kept or "path" in kept:
         _write_record(app, name, kept)

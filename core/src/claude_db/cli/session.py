@@ -27,6 +27,7 @@ from claude_db.lifecycle import (
     kept_settings,
     parts,
     session_env,
+    start_here,
     start_session,
     stop_session,
 )
@@ -36,7 +37,7 @@ from claude_db.session import (
     Session,
     validate_name,
 )
-from claude_db.worktrees import start_here
+from claude_db.worktrees import find_worktree, session_name
 
 HELP = """Start, list, attach, stop and delete sessions, each with its own database."""
 
@@ -49,7 +50,7 @@ def create_app() -> typer.Typer:
         context_settings={"help_option_names": ["-h", "--help"]},
     )
     add_version_option(app, "claude-session")
-    for command in (start, list_, env, attach, stop, delete, gc):
+    for command in (start, fork, list_, env, attach, stop, delete, gc):
         name = command.__name__.rstrip("_")
         app.command(name)(command)
     app.add_typer(hooks_app(), name="hooks")
@@ -89,10 +90,19 @@ def start(
         help="Local: the session's user is the server's superuser; gives up its isolation "
         "(default: $CLAUDE_DB_SUPERUSER or false).",
     ),
+    source: str | None = typer.Option(
+        None, "--from", help="Start with a copy of this running session's data (a fork)."
+    ),
     as_json: bool = JsonOption,
 ) -> None:
     """Start a session with its own database, ready, and DATABASE_URL in .env."""
     app = get_app()
+    if source is not None:
+        _fork(source, name or session_name(app, workdir, find_worktree(workdir)), workdir, db,
+              runtime, image, as_json, refused=[("--image", session_image),
+                                                ("--publish", publish),
+                                                ("--superuser", superuser)])
+        return
     start = partial(start_session, app, name) if name is not None else partial(start_here, app)
     session, notes = start(
         engine_name=db,
@@ -115,6 +125,48 @@ def start(
         )
         existed = any(line.endswith(ALREADY_HERE) for line in notes)
         print(f"session {session.name} {'runs' if existed else 'started'} ({what})")
+
+
+# -- fork ----------------------------------------------------------------------------------
+
+
+def fork(
+    source: str = typer.Argument(..., help="The running session whose data to copy."),
+    name: str = typer.Argument(..., help="The new session's name."),
+    workdir: Path = typer.Option(
+        Path("."), "--workdir", "-w", help="The new session's work directory (.env goes here)."
+    ),
+    db: str | None = typer.Option(None, "--db", help="Must be the source's engine."),
+    runtime: str | None = typer.Option(None, "--runtime", help="Must be the source's runtime."),
+    as_json: bool = JsonOption,
+) -> None:
+    """Start session NAME with a copy of SOURCE's data; SOURCE keeps serving."""
+    _fork(source, name, workdir, db, runtime, None, as_json)
+
+
+def _fork(
+    source: str, name: str, workdir: Path, db: str | None, runtime: str | None,
+    image: str | None, as_json: bool, refused: list[tuple[str, object]] | None = None,
+) -> None:
+    from claude_db.fork import fork_session
+
+    for option, value in refused or []:
+        if value:
+            raise UsageError(f"{option} does not go with --from: a fork has its source's")
+    made = fork_session(get_app(), source, name, workdir=workdir, engine_name=db,
+                        runtime_name=runtime, image=image)
+    for line in made.notes:
+        note(line)
+    if as_json:
+        print_json({**_describe(made.session, with_env=True), "source": made.source,
+                    "method": made.method})
+    else:
+        session = made.session
+        print(f"session {session.name} started with a copy of {made.source}'s data "
+              f"({made.method}; {session.engine} on the {session.runtime} runtime)")
+
+
+# -- end of fork ---------------------------------------------------------------------------
 
 
 def list_(as_json: bool = JsonOption) -> None:

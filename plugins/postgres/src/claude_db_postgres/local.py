@@ -118,6 +118,15 @@ class PostgresLocalServer(LocalServer):
             f"unix_socket_directories={socket_dir}",
         ]
 
+    copies_running = True
+
+    def copy_running(
+        self, source_datadir: Path, source_socket_dir: Path, source_port: int, datadir: Path
+    ) -> str:
+        from claude_db_postgres.fork import copy_running
+
+        return copy_running(ADMIN_ROLE, source_datadir, source_socket_dir, source_port, datadir)
+
     def set_password(self, socket_dir: Path, port: int, credentials: Credentials) -> None:
         import psycopg
         from psycopg import sql

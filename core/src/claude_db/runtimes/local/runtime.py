@@ -23,6 +23,7 @@ import socket
 import stat
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -66,21 +67,51 @@ class LocalRuntime(Runtime):
     # -- lifecycle ------------------------------------------------------------------------
 
     def create(self, session: Session, engine: Engine) -> None:
+        self._create(session, engine, None)
+
+    def create_copy(self, session: Session, engine: Engine, source: Session) -> str | None:
+        server = _recorded_server(source, engine)
+        if not server.copies_running:
+            return None
+        state = source.runtime_state
+        # the copy's files need the source's binaries, and its user is what the source's is
+        session.runtime_state = {"superuser": bool(state.get("superuser")),
+                                 "bindir": state.get("bindir")}
+        try:
+            return self._create(session, engine, lambda datadir: server.copy_running(
+                Path(state["datadir"]), Path(state["socket_dir"]), state["port"], datadir))
+        except ClaudeDbError as exc:
+            if details := self.failure_details(source):  # the source's server died meanwhile
+                raise ClaudeDbError(f"{exc}; session {source.name}'s {details}") from None
+            raise
+
+    def _create(
+        self, session: Session, engine: Engine, fill: Callable[[Path], str] | None
+    ) -> str | None:
+        """``create``; ``fill`` makes the data directory instead of a template's copy, and
+        says how (returned)."""
         assert session.credentials is not None
         server = _local_server(engine)
         # asked for by start_session (--superuser), before the rest of the state exists
         server.superuser = bool(session.runtime_state.get("superuser"))
+        if bindir := session.runtime_state.get("bindir"):
+            server.pinned_bindir = Path(bindir)
         run_as = service_identity(server)
         server_dir = self.store.directory(session.name) / "server"
         server_dir.mkdir(mode=0o700)
         _chown(server_dir, run_as)
-        template = self._template(engine.name, server, session.credentials, run_as)
         datadir = server_dir / "data"
-        if not _claim_spare(template, datadir):
-            # cp -a keeps ownership and modes (the server insists on a 0700 data directory)
-            run_checked(
-                ["cp", "-a", "--reflink=auto", str(template), str(datadir)], what="copy cluster"
-            )
+        template, method = None, None
+        if fill is not None:
+            method = fill(datadir)
+        else:
+            template = self._template(engine.name, server, session.credentials, run_as)
+            if not _claim_spare(template, datadir):
+                # cp -a keeps ownership and modes (the server insists on a 0700 data directory)
+                run_checked(
+                    ["cp", "-a", "--reflink=auto", str(template), str(datadir)],
+                    what="copy cluster",
+                )
         # the template and its spare are root's (a server could change a spare of its own
         # before the next session claims it): only the session's copy is the server's
         _chown_tree(datadir, run_as)
@@ -103,7 +134,9 @@ class LocalRuntime(Runtime):
             failure=lambda: self.failure_details(session),
             what=f"{engine.name} server",
         )
-        _prepare_spare(template)  # the next session's copy, made while nobody waits for it
+        if template is not None:
+            _prepare_spare(template)  # the next session's copy, made while nobody waits for it
+        return method
 
     def start(self, session: Session, engine: Engine) -> None:
         if self.status(session) == "running":
