@@ -72,10 +72,12 @@ def create_app() -> typer.Typer:
     app.command("import")(import_)
     app.command("export")(export)
     app.command()(reset)
-    from claude_db.cli.snapshot import create_snapshot_app, undo
+    from claude_db.cli.snapshot import checkpoint, create_snapshot_app, diff, undo
 
     app.add_typer(create_snapshot_app(), name="snapshot")
     app.command()(undo)
+    app.command()(checkpoint)
+    app.command()(diff)
     app.command()(plugins)
     context = get_app()
     add_commands(context.plugins, app, context.settings.strict_plugins)

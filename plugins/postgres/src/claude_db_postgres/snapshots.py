@@ -519,3 +519,76 @@ def _message(exc: Exception) -> str:
     from claude_db_postgres.engine import _pg_message
 
     return _pg_message(exc)
+
+
+def sizes(endpoint: Endpoint, directories: list[Path]) -> list[int]:
+    """The bytes each snapshot's database takes on the server (0: gone, or never made)."""
+    names = []
+    for directory in directories:
+        try:
+            names.append(_template(directory))
+        except ClaudeDbError:
+            names.append("")
+    with _maintenance(endpoint) as conn:
+        found = dict(conn.execute(
+            "SELECT datname, pg_database_size(oid) FROM pg_database WHERE datname = ANY(%s)",
+            [[n for n in names if n]]).fetchall())
+    return [int(found.get(name, 0)) for name in names]
+
+
+def tables(endpoint: Endpoint, directory: Path | None) -> dict[str, Any]:
+    """The tables of the database, or of the snapshot in ``directory`` (its database
+    refuses connections: allowed for this read only, under core's lock)."""
+    import psycopg
+    from psycopg import sql
+
+    from claude_db_postgres.engine import _connect
+
+    if directory is None:
+        with _connect(endpoint, timeout=10) as conn:
+            return _tables(conn)
+    template = _template(directory)
+    try:
+        with _maintenance(endpoint) as admin:
+            if not _exists(admin, template):
+                raise ClaudeDbError(f"the snapshot's database {template} is gone from the server")
+            admin.execute(sql.SQL("ALTER DATABASE {} WITH ALLOW_CONNECTIONS true").format(
+                sql.Identifier(template)))
+            try:
+                with _connect(endpoint.with_database(template), timeout=10) as conn:
+                    return _tables(conn)
+            finally:
+                _refuse_connections(admin, template)
+    except psycopg.Error as exc:
+        raise ClaudeDbError(f"reading the snapshot failed: {_message(exc)}") from None
+
+
+def _tables(conn: Any) -> dict[str, Any]:
+    """Every ordinary and partitioned table outside the system schemas: its columns and
+    exact row count (one read-only transaction: one consistent view)."""
+    from psycopg import sql
+
+    found: dict[str, Any] = {}
+    with conn.transaction():
+        conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+        rows = conn.execute(
+            "SELECT n.nspname, c.relname, a.attname, format_type(a.atttypid, a.atttypmod) "
+            "FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
+            "JOIN pg_attribute a ON a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped "
+            "WHERE c.relkind IN ('r', 'p') AND NOT c.relispartition "
+            "AND n.nspname NOT IN ('pg_catalog', 'information_schema') "
+            "AND n.nspname NOT LIKE 'pg\\_toast%%' AND n.nspname NOT LIKE 'pg\\_temp%%' "
+            "ORDER BY n.nspname, c.relname, a.attnum").fetchall()
+        names: dict[str, tuple[str, str]] = {}
+        for schema, table, column, type_ in rows:
+            key = f"{schema}.{table}"
+            names[key] = (schema, table)
+            found.setdefault(key, {"columns": {}, "rows": 0})["columns"][column] = type_
+        if names:
+            counts = sql.SQL(" UNION ALL ").join(
+                sql.SQL("SELECT {}, count(*) FROM {}").format(
+                    sql.Literal(key), sql.Identifier(schema, table))
+                for key, (schema, table) in names.items())
+            for key, count in conn.execute(counts).fetchall():
+                found[key]["rows"] = int(count)
+    return found
