@@ -8,7 +8,7 @@ from claude_db import snapshots
 from claude_db.app import get_app
 from claude_db.cli.common import DatabaseOption, JsonOption, SessionOption, note, print_json
 from claude_db.cli.db import _target, confirm
-from claude_db.errors import ClaudeDbError, SessionNotFoundError
+from claude_db.errors import ClaudeDbError, SessionNotFoundError, UsageError
 from claude_db.snapshots import Snapshot
 
 HELP = (
@@ -114,7 +114,7 @@ def undo(
     Ends the database's other connections first (clients reconnect)."""
     if list_:
         if to is not None:
-            raise typer.BadParameter("--list takes no --to")
+            raise UsageError("undo: --list and --to do not go together")
         _list_undoable(session, as_json)
         return
     app = get_app()
