@@ -262,3 +262,21 @@ def test_checkpoint_with_nothing_to_do_says_one_line_and_exits_0(
     hooked = take(cli, session, "--hook", "--label", "Stop")
     assert {e["name"]: e["made_by"] for e in listed(cli, session)} == {
         hooked: "checkpoint by a hook"}
+
+
+def test_diff_killed_while_reading_a_snapshot_leaves_it_closed(cli: Cli, session: str) -> None:
+    """diff opens a PostgreSQL snapshot's database to connections for its read; killed
+    then, the next snapshot command closes it again (nothing may connect to a snapshot)."""
+    name = take(cli, session)
+    killed = cli("claude-db", "diff", "--session", session,
+                 env={"CLAUDE_DB_TEST_KILL_AT": "reading"})
+    assert killed.code == KILLED, killed
+    state = Path(os.environ["CLAUDE_DB_STATE_DIR"])
+    template = json.loads((state / "sessions" / session / "snapshots" / name
+                           / "postgres.json").read_text())["template"]
+    template_url = database_url(cli, session).rsplit("/", 1)[0] + "/" + template
+    psycopg.connect(template_url).close()  # the kill really left it open
+    assert [e["name"] for e in listed(cli, session)] == [name]
+    with pytest.raises(psycopg.OperationalError, match="not currently accepting connections"):
+        psycopg.connect(template_url).close()
+    assert run(cli, session, "diff", "--json").stdout  # and diff works again

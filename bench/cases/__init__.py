@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from bench.cases import cli, density, dumps, reset, start
+from bench.cases import checkpoint, cli, density, dumps, reset, start
 from bench.harness import Group
 
 #: group name -> a context manager that prepares the group's cases and cleans up after them
@@ -13,4 +13,5 @@ GROUPS: dict[str, Group] = {
     "dumps": dumps.dumps,
     "cli": cli.cli,
     "density": density.density,
+    "checkpoint": checkpoint.checkpoint,
 }

@@ -280,9 +280,7 @@ def take_checkpoint(app: App, target: Target, label: str, hook: bool = False
         return snapshot, _retain(app, target, store, keep=snapshot)
 
 
-def with_sizes(
-    app: App, target: Target, found: list[Snapshot]
-) -> list[tuple[Snapshot, int | None]]:
+def with_sizes(target: Target, found: list[Snapshot]) -> list[tuple[Snapshot, int | None]]:
     """Each snapshot with the bytes it takes (None: not known, e.g. the server is down)."""
     try:
         target.require_running()
@@ -698,7 +696,8 @@ def _retain(app: App, target: Target, store: SnapshotStore, keep: Snapshot) -> l
     cap = app.settings.snapshot_space
     if cap == 0:
         return []
-    sized = list(zip(store.all(), _sizes(target, store.all()), strict=True))
+    found = store.all()
+    sized = list(zip(found, _sizes(target, found), strict=True))
     total = sum(size for _, size in sized)
     for snapshot, size in sized:  # oldest first
         if total <= cap:

@@ -198,7 +198,7 @@ def diff(
 def _list_undoable(session: str | None, as_json: bool) -> None:
     app = get_app()
     target = _target(session)
-    found = snapshots.with_sizes(app, target, snapshots.list_snapshots(app, target))
+    found = snapshots.with_sizes(target, snapshots.list_snapshots(app, target))
     if as_json:
         print_json([{**s.to_json(), "size": size, "made_by": snapshots.made_by(s)}
                     for s, size in found])

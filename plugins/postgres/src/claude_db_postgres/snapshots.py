@@ -180,6 +180,9 @@ def recover(endpoint: Endpoint) -> list[str]:
                 if left:
                     done.append(f"{database} was missing after an interrupted command: made "
                                 f"again, the data it had is in snapshot {record['name']}")
+        recorded = {t for t, record in _records(conn).items() if record is not None}
+        for template in recorded & _connectable(conn):
+            _refuse_connections(conn, template)  # a diff's read cut short (tables)
         if _invalid(conn, endpoint.database):
             conn.execute(sql.SQL("DROP DATABASE IF EXISTS {}").format(
                 sql.Identifier(endpoint.database)))
@@ -462,6 +465,13 @@ def _public(record: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in record.items() if k not in (MARK, "owner", "state", "pending")}
 
 
+def _connectable(conn: Any) -> set[str]:
+    """Snapshot-named databases that accept connections (none should, once recorded)."""
+    rows = conn.execute("SELECT datname FROM pg_database WHERE datallowconn AND datname ~ %s",
+                        [TEMPLATE_NAME]).fetchall()
+    return {row[0] for row in rows}
+
+
 def _usable(conn: Any, database: str) -> bool:
     row = conn.execute("SELECT datconnlimit <> %s FROM pg_database WHERE datname = %s",
                        [INVALID, database]).fetchone()
@@ -555,9 +565,10 @@ def tables(endpoint: Endpoint, directory: Path | None) -> dict[str, Any]:
             admin.execute(sql.SQL("ALTER DATABASE {} WITH ALLOW_CONNECTIONS true").format(
                 sql.Identifier(template)))
             try:
+                checkpoint("reading")
                 with _connect(endpoint.with_database(template), timeout=10) as conn:
                     return _tables(conn)
-            finally:
+            finally:  # killed before this: recover() refuses them again
                 _refuse_connections(admin, template)
     except psycopg.Error as exc:
         raise ClaudeDbError(f"reading the snapshot failed: {_message(exc)}") from None
