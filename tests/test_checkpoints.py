@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import subprocess
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -26,7 +27,9 @@ from safety_support import database_url, fingerprint, seed
 
 KILLED = -signal.SIGKILL
 IMAGES = {"postgres": "claude-db-test/postgres:15", "mysql": "claude-db-test/mariadb:10.11"}
-EVERYWHERE = ["postgres", "mysql", pytest.param("postgres@docker", marks=pytest.mark.docker)]
+MONGO_STANDIN = "claude-db-test/mongo-standin:latest"
+EVERYWHERE = ["postgres", "mysql", pytest.param("postgres@docker", marks=pytest.mark.docker),
+              pytest.param("mysql@docker", marks=pytest.mark.docker)]
 
 
 @pytest.fixture(params=["postgres"])
@@ -280,3 +283,37 @@ def test_diff_killed_while_reading_a_snapshot_leaves_it_closed(cli: Cli, session
     with pytest.raises(psycopg.OperationalError, match="not currently accepting connections"):
         psycopg.connect(template_url).close()
     assert run(cli, session, "diff", "--json").stdout  # and diff works again
+
+
+@pytest.mark.docker
+@pytest.mark.usefixtures("docker_daemon")
+def test_mongo_checkpoint_and_undo_to_diff_unsupported(cli: Cli) -> None:
+    """MongoDB: checkpoints are the engine default's dumps (list, --to work); diff is not
+    supported: exit 2, one line."""
+    if subprocess.run(["docker", "image", "inspect", MONGO_STANDIN],
+                      capture_output=True).returncode != 0:
+        pytest.fail(f"{MONGO_STANDIN} is missing: run tests/test_mongo_docker.py (it builds it)")
+    name = f"ckptm{uuid.uuid4().hex[:8]}"
+    started = cli("claude-session", "start", name, "--db", "mongo", "--runtime", "docker",
+                  "--db-image", MONGO_STANDIN)
+    assert started.code == 0, started
+
+    def count() -> Any:
+        result = cli("claude-db", "query", '{"count": "items"}', "--json", "--session", name)
+        assert result.code == 0, result
+        return json.loads(result.stdout)[0]["n"]
+
+    try:
+        documents = json.dumps({"insert": "items", "documents": [{"n": i} for i in range(300)]})
+        run(cli, name, "query", documents)
+        first = take(cli, name, "--label", "300")
+        more = json.dumps({"insert": "items", "documents": [{"n": i} for i in range(200)]})
+        run(cli, name, "query", more)
+        assert count() == 500
+        assert [(e["name"], e["made_by"]) for e in listed(cli, name)] == [(first, "checkpoint")]
+        assert_one_line_error(cli("claude-db", "diff", "--session", name), 2)
+        run(cli, name, "undo", "--to", first)
+        assert count() == 300
+    finally:
+        cli("claude-session", "delete", name, "--yes")
+        remove_everything(name)
