@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from bench.cases import cli, density, dumps, fork, reset, start
+from bench.cases import checkpoint, cli, density, dumps, fork, reset, start
 from bench.harness import Group
 
 #: group name -> a context manager that prepares the group's cases and cleans up after them
@@ -14,4 +14,5 @@ GROUPS: dict[str, Group] = {
     "cli": cli.cli,
     "density": density.density,
     "fork": fork.fork,
+    "checkpoint": checkpoint.checkpoint,
 }

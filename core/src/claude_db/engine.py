@@ -384,6 +384,15 @@ class Engine(ABC):
     ) -> None:
         """Free what the snapshot in ``directory`` holds outside it (core removes the directory)."""
 
+    def snapshot_sizes(self, endpoint: Endpoint, directories: list[Path]) -> list[int]:
+        """The bytes each snapshot takes: its directory's files, and what it keeps elsewhere."""
+        return [sum(f.stat().st_size for f in d.rglob("*") if f.is_file()) for d in directories]
+
+    def tables(self, endpoint: Endpoint, directory: Path | None = None) -> dict[str, Any]:
+        """``{table: {"columns": {name: type}, "rows": count}}`` of the database, or of the
+        snapshot in ``directory``, for ``claude-db diff``; raise UsageError where it cannot."""
+        raise UsageError(f"diff is not supported for {self.name} databases")
+
 
 #: the default snapshot's file, in the snapshot's directory
 SNAPSHOT_DUMP = "dump.gz"

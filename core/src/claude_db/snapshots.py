@@ -58,6 +58,10 @@ UNSNAPSHOTTED = ".unsnapshotted.json"
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 #: reasons of automatic snapshots (the command that was about to destroy data)
 RESET, IMPORT, RESTORE, UNDO = "reset", "import", "restore", "undo"
+#: reasons of checkpoints: ``claude-db checkpoint``, and the same run by an agent's hook
+CHECKPOINT, HOOK = "checkpoint", "hook"
+CHECKPOINTS = (CHECKPOINT, HOOK)
+LABEL_MAX = 200
 #: the reason of a snapshot the server holds without a record (a save cut short elsewhere)
 UNRECORDED = "unrecorded"
 
@@ -74,6 +78,10 @@ class NothingToUndoError(ClaudeDbError):
     pass
 
 
+class NoCheckpointError(ClaudeDbError):
+    pass
+
+
 @dataclass
 class Snapshot:
     name: str
@@ -82,6 +90,7 @@ class Snapshot:
     created_at: str  # UTC, ISO 8601 with microseconds: sorts in time order
     automatic: bool = False
     reason: str = ""  # automatic snapshots: the command that took it
+    label: str = ""  # checkpoints: what the user or the hook said it is
     path: Path = field(default=Path(), compare=False)
     #: taken with ``empty``: the engine moved the data into it, the database is made again
     emptied: bool = field(default=False, compare=False)
@@ -95,6 +104,8 @@ class Snapshot:
             return f"{self.name} (found on the server without a record)"
         when = self.created_at[:19].replace("T", " ")
         why = f"taken before {self.reason}" if self.automatic else "saved"
+        if self.reason in CHECKPOINTS:
+            why = f"checkpoint {self.label!r}" if self.label else "checkpoint"
         return f"{self.name} ({why} at {when} UTC, database {self.database})"
 
     def to_json(self) -> dict[str, Any]:
@@ -153,7 +164,8 @@ def _load(path: Path) -> Snapshot:
     be deleted: its name and what it holds are not lost with its record)."""
     try:
         data = json.loads((path / META).read_text())
-        return Snapshot(**{k: data[k] for k in RECORD_FIELDS}, path=path)
+        return Snapshot(**{k: data[k] for k in RECORD_FIELDS}, path=path,
+                        label=_label(data))
     except (OSError, ValueError, TypeError, KeyError):
         stamp = datetime.fromtimestamp(path.stat().st_mtime, UTC)
         return Snapshot(name=path.name, database="", engine="", path=path, readable=False,
@@ -230,7 +242,8 @@ def _undo_candidate(store: SnapshotStore) -> Snapshot:
     """The snapshot taken before the last reset, import --replace or restore: snapshots
     saved by name are not operations to undo, nor is one undone already (twice is harmless).
     A later such command that took no snapshot leaves nothing to undo, not an older one."""
-    candidates = [s for s in store.all() if s.automatic and s.reason != UNDO and s.readable]
+    candidates = [s for s in store.all() if s.automatic and s.readable
+                  and s.reason != UNDO and s.reason not in CHECKPOINTS]
     unsnapshotted = _read_unsnapshotted(store)
     if unsnapshotted and (not candidates or unsnapshotted["at"] > candidates[-1].created_at):
         raise NothingToUndoError(
@@ -250,6 +263,94 @@ def _undo_candidate(store: SnapshotStore) -> Snapshot:
             f"(claude-db snapshot restore {undos[-1].name} goes back to before that undo)"
         )
     return candidates[-1]
+
+
+def take_checkpoint(app: App, target: Target, label: str, hook: bool = False
+                    ) -> tuple[Snapshot, list[str]]:
+    """``claude-db checkpoint``: a snapshot to go back to (``undo --to``), taken without
+    disturbing any client; then retention. Returns it and what retention has to say."""
+    if any(not c.isprintable() for c in label) or len(label) > LABEL_MAX:
+        raise UsageError(f"invalid label: at most {LABEL_MAX} printable characters")
+    target.require_running()
+    store = store_for(app, target)
+    with store.lock():
+        _sync(target, store)
+        stamp = datetime.now(UTC).strftime("%Y%m%d-%H%M%S")
+        snapshot = _save(target, store, store.free_name(f"cp-{stamp}"), None,
+                         HOOK if hook else CHECKPOINT, label=label)
+        return snapshot, _retain(app, target, store, keep=snapshot)
+
+
+def with_sizes(target: Target, found: list[Snapshot]) -> list[tuple[Snapshot, int | None]]:
+    """Each snapshot with the bytes it takes (None: not known, e.g. the server is down)."""
+    try:
+        target.require_running()
+        sizes: list[int | None] = list(_sizes(target, found))
+    except ClaudeDbError:
+        sizes = [None] * len(found)
+    return list(zip(found, sizes, strict=True))
+
+
+def diff(app: App, target: Target, name: str | None) -> tuple[Snapshot, dict[str, Any]]:
+    """``claude-db diff [ID]``: the tables added, dropped and altered since snapshot ``name``
+    (default: the latest checkpoint), and every table's rows then and now."""
+    if name is not None:
+        validate_snapshot_name(name)
+    target.require_running()
+    store = store_for(app, target)
+    with store.lock():
+        _sync(target, store)
+        if name is not None:
+            snapshot = store.get(name)
+        else:
+            checkpoints = [s for s in store.all() if s.reason in CHECKPOINTS and s.readable]
+            if not checkpoints:
+                raise NoCheckpointError("no checkpoint to compare with (claude-db checkpoint "
+                                        "takes one; claude-db diff ID compares with a snapshot)")
+            snapshot = checkpoints[-1]
+        if not snapshot.readable or snapshot.engine != target.engine.name:
+            raise UsageError(f"snapshot {snapshot.name!r} cannot be compared: "
+                             + ("its record is unreadable" if not snapshot.readable
+                                else f"it is of a {snapshot.engine} database"))
+        endpoint = target.endpoint(snapshot.database or None)
+        before = target.engine.tables(endpoint, snapshot.path)
+        after = target.engine.tables(endpoint)
+    return snapshot, compare_tables(before, after)
+
+
+def compare_tables(before: dict[str, Any], after: dict[str, Any]) -> dict[str, Any]:
+    """What :func:`diff` reports, from two ``Engine.tables`` results."""
+    altered = {}
+    for table in sorted(before.keys() & after.keys()):
+        old, new = before[table]["columns"], after[table]["columns"]
+        change = {
+            "columns_added": {c: t for c, t in new.items() if c not in old},
+            "columns_dropped": {c: t for c, t in old.items() if c not in new},
+            "types_changed": {c: [old[c], new[c]] for c in old if c in new and old[c] != new[c]},
+        }
+        if any(change.values()):
+            altered[table] = change
+    return {
+        "added": sorted(after.keys() - before.keys()),
+        "dropped": sorted(before.keys() - after.keys()),
+        "altered": altered,
+        "rows": {t: {"before": before[t]["rows"] if t in before else None,
+                     "after": after[t]["rows"] if t in after else None}
+                 for t in sorted(before.keys() | after.keys())},
+    }
+
+
+def made_by(snapshot: Snapshot) -> str:
+    """What made a snapshot, as ``undo --list`` says it."""
+    if not snapshot.readable:
+        return "unknown (its record is unreadable)"
+    if snapshot.reason == UNRECORDED:
+        return "unknown (found on the server without a record)"
+    if snapshot.reason == CHECKPOINT:
+        return "checkpoint"
+    if snapshot.reason == HOOK:
+        return "checkpoint by a hook"
+    return f"before {snapshot.reason}" if snapshot.automatic else "snapshot save"
 
 
 def delete(app: App, target: Target, name: str) -> Snapshot:
@@ -386,7 +487,13 @@ def _checked(record: dict[str, Any] | None) -> dict[str, Any] | None:
             and isinstance(fields["automatic"], bool)
             and NAME_PATTERN.fullmatch(str(fields["name"]))):
         return None
-    return fields
+    return {**fields, "label": _label(record)} if record.get("label") else fields
+
+
+def _label(record: dict[str, Any]) -> str:
+    """A record's label: optional (older records have none), text of bounded length."""
+    label = record.get("label")
+    return label[:LABEL_MAX] if isinstance(label, str) else ""
 
 
 def _unrecorded(engine: Engine, key: str) -> dict[str, Any]:
@@ -442,7 +549,7 @@ def _server_kept(engine: Engine) -> bool:
 
 def _save(
     target: Target, store: SnapshotStore, name: str | None, database: str | None, reason: str,
-    move: bool = False, source: Snapshot | None = None,
+    move: bool = False, source: Snapshot | None = None, label: str = "",
 ) -> Snapshot:
     now = datetime.now(UTC)
     if name is None:
@@ -456,7 +563,7 @@ def _save(
     snapshot = Snapshot(
         name=name, database=endpoint.database, engine=target.engine.name,
         created_at=now.isoformat(timespec="microseconds"), automatic=bool(reason), reason=reason,
-        path=store.root / name,
+        label=label, path=store.root / name,
     )
     store.root.mkdir(parents=True, exist_ok=True)
     partial = store.root / f".{name}.{os.getpid()}{PARTIAL}"
@@ -563,13 +670,60 @@ def _engine_restore(target: Target, snapshot: Snapshot) -> None:
 
 
 def _prune(app: App, target: Target, store: SnapshotStore, keep: Snapshot) -> None:
-    """Delete the oldest automatic snapshots beyond the retention setting."""
-    automatic = [s for s in store.all() if s.automatic]
+    """Delete the oldest automatic snapshots beyond the retention setting (checkpoints
+    have their own, :func:`_retain`)."""
+    automatic = [s for s in store.all() if s.automatic and s.reason not in CHECKPOINTS]
     excess = len(automatic) - app.settings.auto_snapshots
     for snapshot in automatic[: max(excess, 0)]:
         if snapshot.name != keep.name:
             with contextlib.suppress(Exception):  # a snapshot left over is no reason to fail
                 _delete(target, snapshot)
+    for line in _retain(app, target, store, keep):
+        print(f"warning: {line}", file=sys.stderr)
+
+
+def _retain(app: App, target: Target, store: SnapshotStore, keep: Snapshot) -> list[str]:
+    """Keep the last ``CLAUDE_DB_CHECKPOINTS`` checkpoints, then all snapshots within
+    ``CLAUDE_DB_SNAPSHOT_SPACE``: the oldest automatic ones (checkpoints or taken before a
+    command) go first; named ones and ``keep`` never. What could not be freed: one line each."""
+    checkpoints = [s for s in store.all() if s.reason in CHECKPOINTS]
+    excess = len(checkpoints) - max(app.settings.checkpoints, 1)
+    for snapshot in checkpoints[: max(excess, 0)]:
+        if snapshot.name != keep.name:
+            with contextlib.suppress(Exception):  # left over: no reason to fail
+                _delete(target, snapshot)
+    cap = app.settings.snapshot_space
+    if cap == 0:
+        return []
+    found = store.all()
+    sized = list(zip(found, _sizes(target, found), strict=True))
+    total = sum(size for _, size in sized)
+    for snapshot, size in sized:  # oldest first
+        if total <= cap:
+            break
+        if snapshot.automatic and snapshot.name != keep.name:
+            with contextlib.suppress(Exception):
+                _delete(target, snapshot)
+                total -= size
+    if total <= cap:
+        return []
+    named = sum(size for s, size in sized if not s.automatic)
+    return [f"snapshots take {human_bytes(total)}, over CLAUDE_DB_SNAPSHOT_SPACE={human_bytes(cap)}"
+            + (f": named snapshots take {human_bytes(named)} and are never deleted by retention "
+               "(claude-db snapshot delete NAME)" if named else "")]
+
+
+def _sizes(target: Target, found: list[Snapshot]) -> list[int]:
+    return target.engine.snapshot_sizes(target.endpoint(), [s.path for s in found])
+
+
+def human_bytes(n: int) -> str:
+    size = float(n)
+    for unit in ("B", "KiB", "MiB"):
+        if size < 1024:
+            return f"{n} B" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1024
+    return f"{size:.1f} GiB"
 
 
 def _delete(target: Target, snapshot: Snapshot) -> None:

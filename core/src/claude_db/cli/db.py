@@ -26,7 +26,7 @@ from claude_db.cli.common import (
     resolve_target,
     run,
 )
-from claude_db.cli.snapshot import create_snapshot_app, undo
+from claude_db.cli.snapshot import checkpoint, create_snapshot_app, diff, undo
 from claude_db.database import (
     check_source,
     describe_url,
@@ -72,6 +72,8 @@ def create_app() -> typer.Typer:
     app.command()(reset)
     app.add_typer(create_snapshot_app(), name="snapshot")
     app.command()(undo)
+    app.command()(checkpoint)
+    app.command()(diff)
     app.command()(plugins)
     context = get_app()
     add_shell_aliases(app, context.plugins.engines.items())

@@ -137,6 +137,14 @@ class MySQLEngine(Engine):
             physical = tablespaces.save(conn, Clients(tools), directory)
         if not physical:
             super().snapshot_save(endpoint, tools, directory)
+        with _maintenance(endpoint, "snapshot failed") as conn:  # for diff; right after the copy
+            tablespaces.keep_tables(conn, endpoint.database, directory)
+
+    def tables(self, endpoint: Endpoint, directory: Path | None = None) -> dict[str, Any]:
+        if directory is not None:
+            return tablespaces.kept_tables(directory)
+        with _maintenance(endpoint, "reading the tables failed") as conn:
+            return tablespaces.tables(conn, endpoint.database)
 
     def snapshot_restore(self, endpoint: Endpoint, tools: Tools, directory: Path) -> None:
         if not tablespaces.saved(directory):

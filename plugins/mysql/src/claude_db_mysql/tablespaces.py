@@ -159,3 +159,48 @@ def _files_directory(cur: Any, database: str) -> Path | None:
     if not int(per_table) or not files.is_dir():
         return None
     return files if os.access(files, os.R_OK | os.W_OK | os.X_OK) else None
+
+
+#: in every snapshot's directory: its tables as ``claude-db diff`` compares them
+TABLES = "tables.json"
+
+
+def tables(conn: Any, database: str) -> dict[str, Any]:
+    """The database's base tables: columns and exact row counts, read in one consistent
+    snapshot (a snapshot cannot be queried: :func:`keep_tables` writes this beside it)."""
+    found: dict[str, Any] = {}
+    with conn.cursor() as cur:
+        cur.execute("START TRANSACTION WITH CONSISTENT SNAPSHOT, READ ONLY")
+        try:
+            cur.execute(
+                "SELECT c.TABLE_NAME, c.COLUMN_NAME, c.COLUMN_TYPE "
+                "FROM information_schema.COLUMNS c JOIN information_schema.TABLES t "
+                "ON t.TABLE_SCHEMA = c.TABLE_SCHEMA AND t.TABLE_NAME = c.TABLE_NAME "
+                "AND t.TABLE_TYPE IN ('BASE TABLE', 'SYSTEM VERSIONED') WHERE c.TABLE_SCHEMA = %s "
+                "ORDER BY c.TABLE_NAME, c.ORDINAL_POSITION", (database,))
+            for table, column, type_ in cur.fetchall():
+                found.setdefault(table, {"columns": {}, "rows": 0})["columns"][column] = type_
+            if found:
+                cur.execute(" UNION ALL ".join(
+                    # the driver formats the statement: a name's % is doubled
+                    "SELECT %s, COUNT(*) FROM "
+                    + f"{quote_ident(database)}.{quote_ident(t)}".replace("%", "%%")
+                    for t in found), tuple(found))
+                for table, count in cur.fetchall():
+                    found[table]["rows"] = int(count)
+        finally:
+            cur.execute("COMMIT")
+    return found
+
+
+def keep_tables(conn: Any, database: str, directory: Path) -> None:
+    (directory / TABLES).write_text(json.dumps(tables(conn, database)))
+
+
+def kept_tables(directory: Path) -> dict[str, Any]:
+    try:
+        found: dict[str, Any] = json.loads((directory / TABLES).read_text())
+    except (OSError, ValueError) as exc:
+        raise ClaudeDbError(f"this snapshot holds no table list (taken by an older claude-db): "
+                            f"{exc}") from None
+    return found

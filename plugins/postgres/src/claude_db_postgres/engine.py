@@ -276,6 +276,12 @@ class PostgresEngine(Engine):
     def snapshot_keep(self, endpoint: Endpoint, directory: Path) -> None:
         snapshots.keep(endpoint, directory)
 
+    def snapshot_sizes(self, endpoint: Endpoint, directories: list[Path]) -> list[int]:
+        return snapshots.sizes(endpoint, directories)
+
+    def tables(self, endpoint: Endpoint, directory: Path | None = None) -> dict[str, Any]:
+        return snapshots.tables(endpoint, directory)
+
 
 #: connection refusals that waiting never clears; libpq gives no SQLSTATE for a failed
 #: connection, so the server's (English) message tells: wrong password, no such database

@@ -181,6 +181,9 @@ def recover(endpoint: Endpoint) -> list[str]:
                 if left:
                     done.append(f"{database} was missing after an interrupted command: made "
                                 f"again, the data it had is in snapshot {record['name']}")
+        recorded = {t for t, record in _records(conn).items() if record is not None}
+        for template in recorded & _connectable(conn):
+            _refuse_connections(conn, template)  # a diff's read cut short (tables)
         if _invalid(conn, endpoint.database):
             conn.execute(sql.SQL("DROP DATABASE IF EXISTS {}").format(
                 sql.Identifier(endpoint.database)))
@@ -461,6 +464,13 @@ def _public(record: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in record.items() if k not in (MARK, "owner", "state", "pending")}
 
 
+def _connectable(conn: Any) -> set[str]:
+    """Snapshot-named databases that accept connections (none should, once recorded)."""
+    rows = conn.execute("SELECT datname FROM pg_database WHERE datallowconn AND datname ~ %s",
+                        [TEMPLATE_NAME]).fetchall()
+    return {row[0] for row in rows}
+
+
 def _usable(conn: Any, database: str) -> bool:
     row = conn.execute("SELECT datconnlimit <> %s FROM pg_database WHERE datname = %s",
                        [INVALID, database]).fetchone()
@@ -514,3 +524,75 @@ def _meta(directory: Path) -> dict[str, Any]:
 
 def _message(exc: Exception) -> str:
     return pg_message(exc)
+
+
+def sizes(endpoint: Endpoint, directories: list[Path]) -> list[int]:
+    """The bytes each snapshot's database takes on the server (0: gone, or never made)."""
+    names = []
+    for directory in directories:
+        try:
+            names.append(_template(directory))
+        except ClaudeDbError:
+            names.append("")
+    with _maintenance(endpoint) as conn:
+        found = dict(conn.execute(
+            "SELECT datname, pg_database_size(oid) FROM pg_database WHERE datname = ANY(%s)",
+            [[n for n in names if n]]).fetchall())
+    return [int(found.get(name, 0)) for name in names]
+
+
+def tables(endpoint: Endpoint, directory: Path | None) -> dict[str, Any]:
+    """The tables of the database, or of the snapshot in ``directory`` (its database
+    refuses connections: allowed for this read only, under core's lock)."""
+    import psycopg
+    from psycopg import sql
+
+    if directory is None:
+        with connect(endpoint, timeout=10) as conn:
+            return _tables(conn)
+    template = _template(directory)
+    try:
+        with _maintenance(endpoint) as admin:
+            if not _exists(admin, template):
+                raise ClaudeDbError(f"the snapshot's database {template} is gone from the server")
+            admin.execute(sql.SQL("ALTER DATABASE {} WITH ALLOW_CONNECTIONS true").format(
+                sql.Identifier(template)))
+            try:
+                checkpoint("reading")
+                with connect(endpoint.with_database(template), timeout=10) as conn:
+                    return _tables(conn)
+            finally:  # killed before this: recover() refuses them again
+                _refuse_connections(admin, template)
+    except psycopg.Error as exc:
+        raise ClaudeDbError(f"reading the snapshot failed: {_message(exc)}") from None
+
+
+def _tables(conn: Any) -> dict[str, Any]:
+    """Every ordinary and partitioned table outside the system schemas: its columns and
+    exact row count (one read-only transaction: one consistent view)."""
+    from psycopg import sql
+
+    found: dict[str, Any] = {}
+    with conn.transaction():
+        conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+        rows = conn.execute(
+            "SELECT n.nspname, c.relname, a.attname, format_type(a.atttypid, a.atttypmod) "
+            "FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
+            "JOIN pg_attribute a ON a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped "
+            "WHERE c.relkind IN ('r', 'p') AND NOT c.relispartition "
+            "AND n.nspname NOT IN ('pg_catalog', 'information_schema') "
+            "AND n.nspname NOT LIKE 'pg\\_toast%%' AND n.nspname NOT LIKE 'pg\\_temp%%' "
+            "ORDER BY n.nspname, c.relname, a.attnum").fetchall()
+        names: dict[str, tuple[str, str]] = {}
+        for schema, table, column, type_ in rows:
+            key = f"{schema}.{table}"
+            names[key] = (schema, table)
+            found.setdefault(key, {"columns": {}, "rows": 0})["columns"][column] = type_
+        if names:
+            counts = sql.SQL(" UNION ALL ").join(
+                sql.SQL("SELECT {}, count(*) FROM {}").format(
+                    sql.Literal(key), sql.Identifier(schema, table))
+                for key, (schema, table) in names.items())
+            for key, count in conn.execute(counts).fetchall():
+                found[key]["rows"] = int(count)
+    return found
