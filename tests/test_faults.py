@@ -327,6 +327,7 @@ DOCKER_UP = Path(__file__).parent / "images" / "docker-up.sh"
 
 @pytest.mark.docker
 @pytest.mark.slow
+@pytest.mark.serial  # every other test's containers stop with the daemon
 @pytest.mark.usefixtures("docker_daemon")
 def test_docker_daemon_restart_then_attach_brings_sessions_back(
     cli: Cli, state: Path, workdir: Path
