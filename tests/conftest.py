@@ -33,6 +33,30 @@ class Result:
 Cli = Callable[..., Result]
 
 
+@pytest.hookimpl(tryfirst=True)  # before pytest-xdist reads the groups (--dist loadgroup)
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Tests that share a module- or class-scoped fixture (a running session, a wheelhouse,
+    a second user) run on one worker of a parallel run, so that it is made once, not once
+    per worker. A test's own ``xdist_group`` mark wins."""
+    for item in items:
+        if item.get_closest_marker("xdist_group") or not hasattr(item, "_fixtureinfo"):
+            continue
+        shared = [
+            defs[-1] for defs in item._fixtureinfo.name2fixturedefs.values()
+            if defs[-1].scope in ("class", "module")
+        ]
+        if not shared:
+            continue
+        scopes = {fixture.scope for fixture in shared}
+        node = item.getparent(pytest.Class if scopes == {"class"} else pytest.Module)
+        params = getattr(item, "callspec", None)
+        # a class- or module-scoped parameter (the contract's runtime) makes a group of its own
+        keys = sorted(f"{fixture.argname}={params.params[fixture.argname]}" for fixture in shared
+                      if params is not None and fixture.argname in params.params)
+        assert node is not None
+        item.add_marker(pytest.mark.xdist_group("-".join([node.nodeid, *keys])))
+
+
 @pytest.fixture(scope="session")
 def state_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("state")

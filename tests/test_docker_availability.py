@@ -24,6 +24,7 @@ NOBODY = "tcp://127.0.0.1:9"  # the discard port: nothing listens there
 
 
 @pytest.mark.docker
+@pytest.mark.xdist_group("private-dockerd")  # one private daemon, on one worker
 def test_a_daemon_on_tcp_works(
     cli: Cli, new_name: Callable[[], str], remote_engine: PrivateEngine
 ) -> None:

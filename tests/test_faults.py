@@ -331,6 +331,7 @@ def test_ctrl_c_in_psql_cancels_the_query_not_the_client(
 
 @pytest.mark.docker
 @pytest.mark.slow
+@pytest.mark.xdist_group("private-dockerd")  # one private daemon, on one worker
 def test_docker_daemon_restart_then_attach_brings_sessions_back(
     cli: Cli, state: Path, workdir: Path, remote_engine: PrivateEngine
 ) -> None:

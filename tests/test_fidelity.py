@@ -113,7 +113,8 @@ def _known(item: str, path: str, runtime: str) -> str | None:
 
 def _cases() -> Iterator[object]:
     for item, path, runtime in itertools.product(ITEMS, PATHS, RUNTIMES):
-        marks = []
+        # the paths of an item on a runtime share one session: one pytest-xdist worker runs them
+        marks = [pytest.mark.xdist_group(f"fidelity-{item.name}-{runtime}")]
         if runtime == "docker":
             marks.append(pytest.mark.docker)
         if item.slow:

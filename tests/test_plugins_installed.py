@@ -28,6 +28,8 @@ from claude_db.testing import (
 )
 
 ROOT = Path(__file__).resolve().parents[1]
+# one worker of a parallel run builds the wheelhouse once for the whole file
+pytestmark = pytest.mark.xdist_group("plugins-installed")
 EXAMPLE_HOOKS = [
     "register_commands", "register_engines", "session_deleted", "session_env",
     "session_started", "session_stopped",

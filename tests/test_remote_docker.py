@@ -21,7 +21,7 @@ if TYPE_CHECKING:
 
 pytest_plugins = ["private_docker"]
 
-pytestmark = pytest.mark.docker
+pytestmark = [pytest.mark.docker, pytest.mark.xdist_group("private-dockerd")]  # one private daemon
 
 
 def _env(remote_engine: PrivateEngine, transport: str) -> dict[str, str]:

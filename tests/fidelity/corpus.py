@@ -15,6 +15,7 @@ and prints where their SQL files are.
 
 from __future__ import annotations
 
+import fcntl
 import gzip
 import hashlib
 import inspect
@@ -164,6 +165,14 @@ def cache_dir() -> Path:
 
 def fetch(package: DebianPackage, cache: Path) -> Path:
     """The package unpacked in the cache: ``apt-get download``, checked, ``dpkg-deb -x``."""
+    cache.mkdir(parents=True, exist_ok=True)
+    # one download at a time: parallel test workers fetch the same packages into one directory
+    with open(cache / "fetch.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        return _fetch(package, cache)
+
+
+def _fetch(package: DebianPackage, cache: Path) -> Path:
     unpacked = cache / "packages" / f"{package.name}_{package.version.replace(':', '%3a')}"
     if (unpacked / ".complete").exists():
         return unpacked
