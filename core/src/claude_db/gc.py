@@ -34,6 +34,7 @@ from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from claude_db import worktrees
 from claude_db.envfile import Owner, remove_env
 from claude_db.errors import ClaudeDbError
 from claude_db.locks import LOCKS_DIR, lock_for, try_hold
@@ -42,7 +43,6 @@ from claude_db.session import STARTING_MARKER
 from claude_db.snapshots import discard_unfinished, unfinished
 from claude_db.statedir import UnsafeStateError, unsafe
 from claude_db.target import Target, parts
-from claude_db import worktrees
 
 if TYPE_CHECKING:
     from claude_db.app import App

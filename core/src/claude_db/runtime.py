@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, Literal
@@ -104,6 +104,16 @@ class Runtime(ABC):
     @abstractmethod
     def delete(self, session: Session, engine: Engine, *, keep_data: bool) -> None:
         """Remove every resource of the session (the data too, unless ``keep_data``)."""
+
+    def kept_record(self, session: Session) -> dict[str, Any] | None:
+        """After ``delete(keep_data=True)``: what was kept, as JSON data that
+        :meth:`remove_kept` takes later (``None``: nothing was kept)."""
+        return None
+
+    def remove_kept(self, record: Mapping[str, Any]) -> None:
+        """Remove data a ``delete(keep_data=True)`` kept (``record``: from
+        :meth:`kept_record`), after checking it still is what was kept."""
+        raise ClaudeDbError(f"the {self.name} runtime keeps no data it could remove")
 
     @abstractmethod
     def status(self, session: Session) -> Status:

@@ -17,7 +17,6 @@ import contextlib
 import hashlib
 import json
 import os
-import shutil
 import subprocess
 import time
 from dataclasses import asdict, dataclass
@@ -26,7 +25,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from claude_db.envfile import Owner, owner, remove_env
-from claude_db.errors import ClaudeDbError, SessionExistsError, UsageError
+from claude_db.errors import ClaudeDbError, UsageError
 from claude_db.locks import try_hold
 from claude_db.runtime import Orphan
 from claude_db.session import NAME_PATTERN, Session, name_from_directory, slug
@@ -167,9 +166,10 @@ def removed(session: Session) -> bool:
     return False
 
 
-def orphans(app: App, *, docker: bool) -> list[Orphan]:
-    """Sessions of removed worktrees, and reclaimed data whose grace period ended (on
-    Docker only when ``docker``: the cheap sweep looks at Docker only when it must)."""
+def orphans(app: App, *, engines: bool) -> list[Orphan]:
+    """Sessions of removed worktrees, and reclaimed data whose grace period ended (data a
+    runtime keeps in an engine, e.g. a Docker volume, only when ``engines``: the cheap
+    sweep probes no engine it need not)."""
     found: list[Orphan] = []
     for session in app.store.all():
         if isinstance(session, Session) and removed(session):
@@ -186,10 +186,10 @@ def orphans(app: App, *, docker: bool) -> list[Orphan]:
             data = json.loads(record.read_text())
             if now - float(data["reclaimed_at"]) < grace_seconds():
                 continue
-            if data.get("volume") and not docker:
+            runtime = app.plugins.runtime_class(str(data["runtime"]))
+            if not (engines or runtime.cheap_leftovers):
                 continue
-            what = data.get("volume") or data.get("path")
-            found.append(Orphan("kept data", str(what),
+            found.append(Orphan("kept data", str(data["shown"]),
                                 f"data of session {data['session']} whose worktree was removed, "
                                 "past its grace period",
                                 remove=partial(_remove_kept, app, record, data)))
@@ -207,25 +207,23 @@ def reclaim(app: App, name: str, *, removing: bool = False) -> str | None:
         session = store.load(name)
         if not (removing or removed(session)):
             return None
-        kept: dict[str, Any] = {"session": name, "workdir": session.workdir,
-                                "reclaimed_at": time.time()}
+        kept: dict[str, Any] | None = None
         if session.has_database:
             engine, runtime = parts(app, session)
             runtime.delete(session, engine, keep_data=True)
-            what = str(session.runtime_state.get("kept_data") or "")
-            if runtime.name == "docker" and what:
-                kept["volume"] = what.rsplit(" ", 1)[-1]
-                kept["instance"] = session.runtime_state.get("instance")
-            elif what:
-                kept["path"] = what
-        remove_env(Path(session.workdir), Owner(name, str(app.settings.state_dir)))  # if still there
+            record = runtime.kept_record(session)
+            if record is not None:
+                kept = {"session": name, "workdir": session.workdir, "reclaimed_at": time.time(),
+                        "runtime": runtime.name, "kept": record,
+                        "shown": str(session.runtime_state.get("kept_data") or record)}
+        remove_env(Path(session.workdir), Owner(name, str(app.settings.state_dir)))  # if there
         store.release(name)
-    if "volume" in kept or "path" in kept:
+    if kept is not None:
         _write_record(app, name, kept)
     app.plugins.hook.session_deleted(session=session)
-    shown = kept.get("volume") or kept.get("path")
     return (f"removed session {name} of worktree {session.workdir}"
-            + (f"; its data is kept in {shown} for {_days(grace_seconds())}" if shown else ""))
+            + (f"; its data is kept in {kept['shown']} for {_days(grace_seconds())}"
+               if kept else ""))
 
 
 def _reclaim(app: App, name: str) -> None:
@@ -242,34 +240,9 @@ def _write_record(app: App, name: str, kept: dict[str, Any]) -> None:
 
 
 def _remove_kept(app: App, record: Path, data: dict[str, Any]) -> None:
-    """Remove reclaimed data: a directory under ``<state>/kept``, or a Docker volume that
-    carries the labels the session's ``delete --keep-data`` gave it."""
-    if data.get("path"):
-        path = Path(data["path"])
-        kept = (app.settings.state_dir / KEPT_DIR).resolve()
-        if path.parent.resolve() != kept or path.is_symlink():
-            raise ClaudeDbError(f"{path} is not in {kept}: left alone")
-        shutil.rmtree(path, ignore_errors=True)
-    elif data.get("volume"):
-        _remove_kept_volume(str(data["volume"]), str(data["session"]), data.get("instance"))
+    """Remove reclaimed data: the runtime that kept it checks it still is what it kept."""
+    app.runtime(str(data["runtime"])).remove_kept(data["kept"])
     record.unlink(missing_ok=True)
-
-
-def _remove_kept_volume(volume: str, session: str, instance: str | None) -> None:
-    import docker as sdk
-
-    from claude_db.runtimes.docker import LABEL_KEPT_BY, LABEL_KEPT_FROM
-    from claude_db.runtimes.docker_client import client
-
-    docker = client()
-    try:
-        labels = docker.api.inspect_volume(volume).get("Labels") or {}
-    except sdk.errors.NotFound:
-        return
-    if labels.get(LABEL_KEPT_FROM) != session or labels.get(LABEL_KEPT_BY) != instance:
-        raise ClaudeDbError(f"Docker volume {volume} lacks the labels of session {session}'s "
-                            "kept data: left alone")
-    docker.api.remove_volume(volume)
 
 
 def _days(seconds: float) -> str:

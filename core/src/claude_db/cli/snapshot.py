@@ -148,7 +148,7 @@ def checkpoint(
     checkpoint: no session here (without --session), or CLAUDE_DB_CHECKPOINTS=0."""
     app = get_app()
     try:
-        target = _target(session)
+        target = resolve_target(session)
     except SessionNotFoundError as exc:
         if session is not None and not hook:
             raise
@@ -179,7 +179,7 @@ def diff(
 ) -> None:
     """What changed since a checkpoint: tables added, dropped, altered, rows per table."""
     app = get_app()
-    target = _target(session)
+    target = resolve_target(session)
     snapshot, changes = snapshots.diff(app, target, name)
     if as_json:
         print_json({"since": snapshot.to_json(), **changes})
@@ -204,7 +204,7 @@ def diff(
 
 def _list_undoable(session: str | None, as_json: bool) -> None:
     app = get_app()
-    target = _target(session)
+    target = resolve_target(session)
     found = snapshots.with_sizes(target, snapshots.list_snapshots(app, target))
     if as_json:
         print_json([{**s.to_json(), "size": size, "made_by": snapshots.made_by(s)}

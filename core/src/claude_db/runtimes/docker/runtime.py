@@ -18,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import time
 import uuid
+from collections.abc import Mapping
 from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
@@ -199,7 +200,8 @@ class DockerRuntime(Runtime):
         self._inspected.clear()
         if keep_data and self._volume(docker, session) is not None:
             self.stop(session, engine)  # a clean shutdown: the kept data must be consistent
-            state["kept_data"] = f"the Docker volume {self._keep_volume(docker, session, engine)}"
+            state["kept_volume"] = self._keep_volume(docker, session, engine)
+            state["kept_data"] = f"the Docker volume {state['kept_volume']}"
         mine = {"label": [f"{LABEL_INSTANCE}={instance}",
                           f"{LABEL_STATE}={self.settings.state_dir}"]}
         def labelled(found: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -462,6 +464,31 @@ class DockerRuntime(Runtime):
                     docker.api.remove_volume(kept, force=True)
                 raise
         return kept
+
+    def kept_record(self, session: Session) -> dict[str, Any] | None:
+        state = session.runtime_state
+        if not state.get("kept_volume"):
+            return None
+        return {"volume": state["kept_volume"], "session": session.name,
+                "instance": state.get("instance")}
+
+    def remove_kept(self, record: Mapping[str, Any]) -> None:
+        """The kept volume goes only while it carries the labels ``delete --keep-data``
+        gave it (a volume of that name made since is not ours)."""
+        import docker as sdk
+
+        volume, session = str(record["volume"]), str(record["session"])
+        docker = self._client()
+        try:
+            labels = docker.api.inspect_volume(volume).get("Labels") or {}
+        except sdk.errors.NotFound:
+            return
+        if labels.get(LABEL_KEPT_FROM) != session or labels.get(LABEL_KEPT_BY) != record.get(
+                "instance"):
+            raise ClaudeDbError(f"Docker volume {volume} lacks the labels of session "
+                                f"{session}'s kept data: left alone")
+        with slow(docker), docker_errors(f"removing volume {volume!r}"):
+            docker.api.remove_volume(volume)
 
     def _refuse_taken_names(self, docker: DockerClient, session: Session) -> None:
         """Docker names are global: never adopt (and later delete) another's resources."""

@@ -23,7 +23,7 @@ import socket
 import stat
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -137,6 +137,18 @@ class LocalRuntime(Runtime):
         if template is not None:
             _prepare_spare(template)  # the next session's copy, made while nobody waits for it
         return method
+
+    def kept_record(self, session: Session) -> dict[str, Any] | None:
+        kept = session.runtime_state.get("kept_data")
+        return {"path": kept} if kept else None
+
+    def remove_kept(self, record: Mapping[str, Any]) -> None:
+        """Only a directory right under ``<state>/kept`` (never a link) goes."""
+        path = Path(str(record["path"]))
+        kept = (self.settings.state_dir / "kept").resolve()
+        if path.parent.resolve() != kept or path.is_symlink():
+            raise ClaudeDbError(f"{path} is not in {kept}: left alone")
+        shutil.rmtree(path, ignore_errors=True)
 
     def start(self, session: Session, engine: Engine) -> None:
         if self.status(session) == "running":
