@@ -190,10 +190,13 @@ def test_claude_code_payloads(cli: Cli, state: Path, repo: Path, tmp_path: Path)
     assert f"session {name}" in one_line(resumed)
     assert cli("claude-db", "status", cwd=tree).code == 0
 
-    # Stop: a checkpoint (or, on a claude-db without `checkpoint`, one line), exit 0
+    # Stop: a checkpoint, listed as made by a hook, one line, exit 0
     stop = run_as_claude_code(repo, "Stop", payload("Stop", tree, stop_hook_active=False),
                               cwd=tree)
     assert one_line(stop).startswith("claude-db: "), stop
+    listed = cli("claude-db", "undo", "--list", "--json", cwd=tree)
+    assert listed.code == 0 and "end of agent turn" in listed.stdout, listed
+    assert "hook" in listed.stdout, listed
     # Stop where there is no session, and input that is not JSON: one line, exit 0
     elsewhere = tmp_path / "nowhere"
     elsewhere.mkdir()

@@ -317,19 +317,16 @@ def _session_start(payload: dict[str, Any]) -> str:
 
 
 def _stop(payload: dict[str, Any]) -> str:
-
     workdir = _workdir(payload)
     if find_env(workdir) is None:
         return f"claude-db: no session in {workdir}; no checkpoint taken"
     claude_db = Path(sys.argv[0]).resolve().with_name("claude-db") if sys.argv[0] else None
     program = str(claude_db) if claude_db and claude_db.exists() else "claude-db"
-    proc = subprocess.run([program, "checkpoint", "--label", CHECKPOINT_LABEL], cwd=workdir,
+    proc = subprocess.run([program, "checkpoint", "--hook", "--label", CHECKPOINT_LABEL], cwd=workdir,
                           capture_output=True, text=True, stdin=subprocess.DEVNULL, check=False)
     said = (proc.stdout + proc.stderr).strip().splitlines()
     if proc.returncode == 0:
         return f"claude-db: {said[0] if said else 'checkpoint taken'}"
-    if proc.returncode == 2 and "checkpoint" in proc.stderr and "No such command" in proc.stderr:
-        return "claude-db: this claude-db has no checkpoint command; no checkpoint taken"
     return f"claude-db: no checkpoint taken: {said[-1] if said else f'exit {proc.returncode}'}"
 
 
