@@ -194,3 +194,40 @@ def test_a_database_not_at_its_recorded_port_is_not_running_until_attach_follows
     assert attached.code == 0 and "updated DATABASE_URL" in attached.stderr, attached
     assert int(read_dotenv(workdir)["DB_PORT"]) == real_port
     assert cli("claude-db", "status").code == 0
+
+
+def test_another_machine_with_the_same_state_path_sweeps_nothing_of_ours(
+    cli: Cli, new_name: Callable[[], str], tmp_path: Path
+) -> None:
+    """Machines sharing one Docker engine often have the same state path (root's, a
+    devcontainer's): another machine's gc, or the sweep of its next start, must not take
+    our sessions for gone ones (found by review: it removed their volume)."""
+    import os
+    import shutil
+    import uuid
+
+    state = tmp_path / "state"  # this test's own: gc sweeps a whole state directory
+    env = {"CLAUDE_DB_STATE_DIR": str(state), "CLAUDE_DB_RUNTIME": "docker",
+           "CLAUDE_DB_IMAGE": DB_IMAGE}
+    name, other = new_name(), new_name()
+    assert cli("claude-session", "start", name, env=env).code == 0
+    machine_a = tmp_path / "state-of-machine-a"
+    try:
+        held = resources(name)
+        assert held["volumes"], held
+        os.rename(state, machine_a)  # the same path, now another machine's state
+        swept = cli("claude-session", "gc", "--dry-run", "--json", env=env)
+        assert swept.code == 0, swept
+        assert name not in swept.stdout, swept
+        elsewhere = tmp_path / f"w-{uuid.uuid4().hex[:6]}"
+        elsewhere.mkdir()
+        assert cli("claude-session", "start", other, "--workdir", str(elsewhere),
+                   env=env).code == 0
+        assert resources(name) == held  # its container, network and volume all stay
+        assert cli("claude-session", "delete", other, "--yes", env=env).code == 0
+    finally:
+        shutil.rmtree(state, ignore_errors=True)
+        if machine_a.exists():
+            os.rename(machine_a, state)
+        cli("claude-session", "delete", name, "--yes", env=env)
+    assert resources(name) == {"containers": [], "networks": [], "volumes": []}

@@ -322,8 +322,9 @@ def _stop(payload: dict[str, Any]) -> str:
         return f"claude-db: no session in {workdir}; no checkpoint taken"
     claude_db = Path(sys.argv[0]).resolve().with_name("claude-db") if sys.argv[0] else None
     program = str(claude_db) if claude_db and claude_db.exists() else "claude-db"
-    proc = subprocess.run([program, "checkpoint", "--hook", "--label", CHECKPOINT_LABEL], cwd=workdir,
-                          capture_output=True, text=True, stdin=subprocess.DEVNULL, check=False)
+    proc = subprocess.run([program, "checkpoint", "--hook", "--label", CHECKPOINT_LABEL],
+                          cwd=workdir, capture_output=True, text=True, stdin=subprocess.DEVNULL,
+                          check=False)
     said = (proc.stdout + proc.stderr).strip().splitlines()
     if proc.returncode == 0:
         return f"claude-db: {said[0] if said else 'checkpoint taken'}"

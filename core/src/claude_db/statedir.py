@@ -12,6 +12,7 @@ import grp
 import os
 import pwd
 import stat
+import uuid
 from pathlib import Path
 
 from claude_db.errors import UsageError
@@ -64,6 +65,35 @@ def unsafe(path: Path, *, follow: bool = False) -> str | None:
     if _writable_by_others(info):
         return f"may be changed by other users (mode {stat.S_IMODE(info.st_mode):04o})"
     return None
+
+
+ID_FILE = "id"
+
+
+def state_id(state_dir: Path) -> str:
+    """A random id of this state directory, made once (``<state>/id``): what marks the
+    resources it made on a shared engine. Its path is no such mark: the same path
+    (``/root/.local/state/claude-db``) is another machine's state directory too."""
+    path = state_dir / ID_FILE
+    if not path.exists():
+        make_dirs(state_dir)
+        draft = state_dir / f".{ID_FILE}.{os.getpid()}.{uuid.uuid4().hex}"
+        fd = os.open(draft, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+        with os.fdopen(fd, "w") as out:
+            out.write(uuid.uuid4().hex + "\n")
+        try:
+            os.link(draft, path)  # never replaces one made meanwhile: every command agrees
+        except FileExistsError:
+            pass
+        finally:
+            draft.unlink()
+    check_owned(path, "the state directory's id file")
+    value = path.read_text().strip()
+    if len(value) != 32 or not all(c in "0123456789abcdef" for c in value):
+        raise UnsafeStateError(f"{path} is not a claude-db state id: remove it (the next "
+                               "command makes another; its old Docker resources are then "
+                               "left to you)")
+    return value
 
 
 def make_dirs(path: Path, mode: int = 0o711) -> None:

@@ -46,6 +46,7 @@ from claude_db.runtimes.docker.client import (
 )
 from claude_db.runtimes.docker.tools import DockerTools, exec_argv, terminal
 from claude_db.session import NAME_PATTERN, Session
+from claude_db.statedir import ID_FILE, state_id
 
 if TYPE_CHECKING:
     from docker import DockerClient
@@ -57,6 +58,9 @@ LABEL_INSTANCE = "claude-db.instance"
 LABEL_ENGINE = "claude-db.engine"
 LABEL_ROLE = "claude-db.role"
 LABEL_STATE = "claude-db.state"
+#: the state directory's random id (statedir.state_id): what gc sweeps by; a path is the
+#: same on many machines that share one engine
+LABEL_STATE_ID = "claude-db.state-id"
 LABEL_KEPT_FROM = "claude-db.kept-from"  # data kept by ``delete --keep-data``: no session owns it
 LABEL_KEPT_BY = "claude-db.kept-by"  # the instance that kept it (tells its volume from another's)
 WORKSPACE = "/workspace"  # where the session container sees the work directory
@@ -267,7 +271,10 @@ class DockerRuntime(Runtime):
         """Containers, networks and volumes labelled with a session of ``state_dir``
         (containers first: they hold the others). Only those of this state directory:
         other users and test runs share the daemon."""
-        mine = {"label": [LABEL_SESSION, f"{LABEL_STATE}={state_dir}"]}
+        if not (state_dir / ID_FILE).exists():
+            return {}  # this state directory never made a resource (nor its id)
+        ours = state_id(state_dir)
+        mine = {"label": [LABEL_SESSION, f"{LABEL_STATE_ID}={ours}"]}
         docker = self._client()
         found: dict[str, list[Orphan]] = {}
         for kind, resource in [
@@ -278,7 +285,7 @@ class DockerRuntime(Runtime):
         ]:
             attrs = resource.attrs
             labels = attrs.get("Labels") or {}
-            if labels.get(LABEL_STATE) != str(state_dir):
+            if labels.get(LABEL_STATE_ID) != ours or labels.get(LABEL_STATE) != str(state_dir):
                 continue  # checked again: Podman 4.3 ORs the label filters of volumes
             name = labels.get(LABEL_SESSION, "")
             if NAME_PATTERN.fullmatch(name):  # a name, never a path
@@ -373,7 +380,8 @@ class DockerRuntime(Runtime):
             LABEL_INSTANCE: session.runtime_state["instance"],
             LABEL_ENGINE: engine.name,
             LABEL_ROLE: role,
-            LABEL_STATE: str(self.settings.state_dir),  # which claude-db state owns it (gc)
+            LABEL_STATE: str(self.settings.state_dir),  # which claude-db state owns it
+            LABEL_STATE_ID: state_id(self.settings.state_dir),  # ... on any machine (gc)
         }
 
     def _ours(self, session: Session, labels: dict[str, str] | None) -> bool:
