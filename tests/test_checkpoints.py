@@ -157,8 +157,9 @@ def test_retention_keeps_the_last_n_and_caps_space_named_ones_kept(
     cli: Cli, session: str
 ) -> None:
     """CLAUDE_DB_CHECKPOINTS: the oldest checkpoints go, not a snapshot taken before a
-    command. CLAUDE_DB_SNAPSHOT_SPACE: the oldest automatic ones go first; a named one
-    never, and the line says so when named ones alone are over the cap."""
+    command. CLAUDE_DB_SNAPSHOT_SPACE: the oldest checkpoints go first; a named one never,
+    nor the one plain undo restores (review: an end-of-turn checkpoint evicted the undo of
+    a reset), and the line says so when those alone are over the cap."""
     run(cli, session, "snapshot", "save", "named")
     one = take(cli, session, env={"CLAUDE_DB_CHECKPOINTS": "2"})
     run(cli, session, "reset", "--yes")
@@ -170,16 +171,18 @@ def test_retention_keeps_the_last_n_and_caps_space_named_ones_kept(
     assert one not in names and {two, three, "named", *before_reset} <= set(names), names
 
     sizes = {e["name"]: e["size"] for e in listed(cli, session)}
-    # room for the named one and two more: the oldest automatic ones go, oldest first
-    cap = str(int(sizes["named"] + sizes[two] + sizes[three] + sizes[two] // 2))
+    # room for the named one, the undo of the reset and two more: checkpoints go, oldest first
+    cap = str(int(sizes["named"] + sizes[before_reset[0]] + 2 * sizes[three] + sizes[three] // 2))
     four = take(cli, session, env={"CLAUDE_DB_SNAPSHOT_SPACE": cap})
-    assert [e["name"] for e in listed(cli, session)] == ["named", three, four]
+    assert [e["name"] for e in listed(cli, session)] == ["named", *before_reset, three, four]
 
     over = run(cli, session, "checkpoint", env={"CLAUDE_DB_SNAPSHOT_SPACE": "1K"})
     assert len(over.stdout.splitlines()) == 1, over
     assert "named snapshots take" in over.stdout and "never deleted" in over.stdout
+    assert "plain undo restores is kept" in over.stdout, over
     latest = over.stdout.split()[1]
-    assert [e["name"] for e in listed(cli, session)] == ["named", latest]
+    assert [e["name"] for e in listed(cli, session)] == ["named", *before_reset, latest]
+    assert run(cli, session, "undo", "--yes").code == 0  # the reset is still undoable
 
 
 def _leftovers(cli: Cli, session: str, state: Path) -> dict[str, Any]:

@@ -110,6 +110,24 @@ def test_export_reset_import_round_trip(
     assert users(cli) == before
 
 
+@pytest.mark.parametrize(("header", "trailer"), [
+    ("", ""),
+    ("\\restrict k3y\n", "\n--\n-- PostgreSQL database dump complete\n--\n\n\\unrestrict k3y\n"),
+])
+def test_a_dump_that_ends_in_copy_data_imports(
+    cli: Cli, new_name: Callable[[], str], header: str, trailer: str
+) -> None:
+    """A dump whose last table has no index ends with COPY data: the image's psql (15.20)
+    stops reading silently at an empty statement right after COPY, so an import (and every
+    docker fork, which is an export into an import) failed (found by a first-time user)."""
+    start(cli, new_name())
+    dump = header + "CREATE TABLE q2 (x int);\nCOPY q2 (x) FROM stdin;\n1\n2\n\\.\n" + trailer
+    imported = cli("claude-db", "import", "-", input=dump)
+    assert imported.code == 0, imported
+    counted = cli("claude-db", "query", "SELECT count(*) AS n FROM q2", "--json")
+    assert json.loads(counted.stdout) == [{"n": 2}], counted
+
+
 def test_failed_import_applies_nothing(cli: Cli, new_name: Callable[[], str]) -> None:
     name = new_name()
     start(cli, name)

@@ -684,8 +684,9 @@ def _prune(app: App, target: Target, store: SnapshotStore, keep: Snapshot) -> No
 
 def _retain(app: App, target: Target, store: SnapshotStore, keep: Snapshot) -> list[str]:
     """Keep the last ``CLAUDE_DB_CHECKPOINTS`` checkpoints, then all snapshots within
-    ``CLAUDE_DB_SNAPSHOT_SPACE``: the oldest automatic ones (checkpoints or taken before a
-    command) go first; named ones and ``keep`` never. What could not be freed: one line each."""
+    ``CLAUDE_DB_SNAPSHOT_SPACE``: the oldest checkpoints go first, then the oldest taken
+    before a command; named ones, ``keep`` and the one plain ``undo`` restores never. What
+    could not be freed: one line."""
     checkpoints = [s for s in store.all() if s.reason in CHECKPOINTS]
     excess = len(checkpoints) - max(app.settings.checkpoints, 1)
     for snapshot in checkpoints[: max(excess, 0)]:
@@ -698,19 +699,25 @@ def _retain(app: App, target: Target, store: SnapshotStore, keep: Snapshot) -> l
     found = store.all()
     sized = list(zip(found, _sizes(target, found), strict=True))
     total = sum(size for _, size in sized)
-    for snapshot, size in sized:  # oldest first
+    kept = {keep.name}
+    with contextlib.suppress(ClaudeDbError):  # what plain undo restores stays, always
+        kept.add(_undo_candidate(store).name)
+    # checkpoints first, then the other automatic ones; each group oldest first
+    doomed = sorted((pair for pair in sized if pair[0].automatic and pair[0].name not in kept),
+                    key=lambda pair: pair[0].reason not in CHECKPOINTS)
+    for snapshot, size in doomed:
         if total <= cap:
             break
-        if snapshot.automatic and snapshot.name != keep.name:
-            with contextlib.suppress(Exception):
-                _delete(target, snapshot)
-                total -= size
+        with contextlib.suppress(Exception):
+            _delete(target, snapshot)
+            total -= size
     if total <= cap:
         return []
     named = sum(size for s, size in sized if not s.automatic)
     return [f"snapshots take {human_bytes(total)}, over CLAUDE_DB_SNAPSHOT_SPACE={human_bytes(cap)}"
             + (f": named snapshots take {human_bytes(named)} and are never deleted by retention "
-               "(claude-db snapshot delete NAME)" if named else "")]
+               "(claude-db snapshot delete NAME)" if named else "")
+            + ("; the snapshot plain undo restores is kept too" if len(kept) > 1 else "")]
 
 
 def _sizes(target: Target, found: list[Snapshot]) -> list[int]:

@@ -143,10 +143,7 @@ class PostgresEngine(Engine):
             "psql", "-X", "-q", "-At", "-v", "ON_ERROR_STOP=1",
             *begin, "-c", "\\o /dev/null", "-f", "-",
         ]
-        # ";" ends a last statement the file left without one (psql runs it at the end of a
-        # file); the file's own line numbers hold, as BEGIN is not in its input
         commit = "COMMIT;\n" if options.transaction else ""
-        tail = f"\n;\n{commit}\\echo {mark}\n".encode()
         # The local runtime's servers run with synchronous_commit=off: without this, a server
         # crash right after the import reported success would lose it whole.
         durable = {"PGOPTIONS": f"{os.environ.get('PGOPTIONS', '')} -c synchronous_commit=on"}
@@ -163,14 +160,16 @@ class PostgresEngine(Engine):
             _widen(proc.stdin)
             control = TransactionControl()
             lines, ends_line = 0, True  # where the input ends: a line psql may report
+            last = b""  # the input's last bytes: how it ends decides the tail
             try:
                 for chunk in sql:
                     control.scan(chunk)
                     lines += chunk.count(b"\n")
                     ends_line = chunk.endswith(b"\n") if chunk else ends_line
+                    last = (last + chunk[-TAIL_BYTES:])[-TAIL_BYTES:]
                     proc.stdin.write(chunk)
                 control.finish()
-                proc.stdin.write(tail)
+                proc.stdin.write(_tail_after(last, commit, mark))
                 proc.stdin.close()
             except BrokenPipeError:
                 pass  # psql stopped at an error: its message says which
@@ -309,6 +308,23 @@ CARRY = 128
 #: a match is decided only this far from the end of what was read: what follows tells
 #: ``\\c`` from ``\\copy`` and ``ROLLBACK`` from ``ROLLBACK TO``
 MARGIN = 32
+
+
+TAIL_BYTES = 4096
+
+
+def _tail_after(last: bytes, commit: str, mark: str) -> bytes:
+    """What follows the input: ";" ends a last statement it left without one (psql runs it
+    at the end of a file; the file's own line numbers hold, as BEGIN is not in its input),
+    then the COMMIT and the end mark. Not after COPY data (a last significant line ``\\.``):
+    psql 15.20 silently stops reading at an empty statement right after COPY, so the end
+    mark would never come (found by a first-time user: every dump ending in COPY data
+    failed to import on the docker runtime's newer psql)."""
+    significant = [line for line in (raw.strip() for raw in last.splitlines())
+                   if line and not line.startswith(b"--")  # comments, meta-commands: skipped
+                   and (not line.startswith(b"\\") or line == b"\\.")]
+    after_copy = bool(significant) and significant[-1] == b"\\."
+    return f"\n{'' if after_copy else ';'}\n{commit}\\echo {mark}\n".encode()
 
 
 class TransactionControl:
