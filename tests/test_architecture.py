@@ -9,10 +9,15 @@ from __future__ import annotations
 import ast
 import importlib
 import importlib.util
+import typing
 from pathlib import Path
 
 import grimp
 import pytest
+
+from claude_db.runtime import Runtime
+from claude_db.session import Session
+from claude_db.target import Target
 
 PACKAGES = ("claude_db", "claude_db_postgres", "claude_db_mysql", "claude_db_mongo")
 CORE = Path(importlib.import_module("claude_db").__file__ or "").parent
@@ -114,4 +119,29 @@ def test_core_names_no_runtime_outside_its_package() -> None:
         where = str(path.relative_to(ROOT))
         found += [f"{where}:{line} {text!r}" for line, text in named_strings(path)
                   if text in names and (where, text) not in DEFAULTS]
+    assert found == []
+
+
+def test_a_target_always_has_a_runtime_and_a_session() -> None:
+    """A bare DATABASE_URL is a runtime of its own (UrlRuntime): no command branches on a
+    target without a runtime or a session."""
+    hints = typing.get_type_hints(Target)
+    assert (hints["runtime"], hints["session"]) == (Runtime, Session)
+
+
+def test_runtimes_build_complete_tools() -> None:
+    """Core uses the Tools a runtime built as they are: it never sets their endpoints
+    afterwards (a runtime's ``tools`` takes the database instead)."""
+    endpoints = {"endpoint", "client_endpoint", "admin_endpoint"}
+    found = []
+    for path in sorted(CORE.rglob("*.py")):
+        if any(path.is_relative_to(home) for home in RUNTIME_HOMES):
+            continue
+        for node in ast.walk(ast.parse(path.read_text())):
+            targets = (node.targets if isinstance(node, ast.Assign)
+                       else [node.target] if isinstance(node, ast.AugAssign | ast.AnnAssign)
+                       else [])
+            found += [f"{path.relative_to(ROOT)}:{node.lineno}" for target in targets
+                      if isinstance(target, ast.Attribute) and target.attr in endpoints
+                      and not (isinstance(target.value, ast.Name) and target.value.id == "self")]
     assert found == []

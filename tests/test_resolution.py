@@ -9,13 +9,18 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 
+from claude_db.app import get_app
+from claude_db.database import resolve
 from claude_db.envfile import read_env
-from claude_db.errors import ExitCode
+from claude_db.errors import ExitCode, NotRunningError, UsageError
+from claude_db.processes import HostTools
+from claude_db.runtimes.url import UrlRuntime
 from conftest import Cli, assert_one_line_error
 from safety_support import fresh_state
 
@@ -308,3 +313,30 @@ def test_status_and_start_on_a_recreated_docker_session(
         assert cli("claude-db", "status").code == 0
     finally:
         docker("network", "rm", squatter)
+
+
+def test_a_bare_url_is_a_runtime_of_its_own(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """A bare DATABASE_URL resolves to a target like a session's: its runtime (never one
+    ``start`` can pick) tells whether something listens at the URL, and builds this host's
+    tools for any database of that server; it never makes, starts or removes anything."""
+    with socket.create_server(("127.0.0.1", 0)) as listener:
+        port = listener.getsockname()[1]
+        monkeypatch.chdir(tmp_path)
+        monkeypatch.setenv("DATABASE_URL", f"postgresql://u:p@127.0.0.1:{port}/appdb")
+        app = get_app()
+        target = resolve(app, None)
+        assert isinstance(target.runtime, UrlRuntime) and target.bare_url
+        assert UrlRuntime.name not in app.plugins.runtimes
+        assert (target.name, target.session.name) == ("DATABASE_URL", "DATABASE_URL")
+        target.require_running()  # something listens
+        tools = target.tools("other")
+        assert isinstance(tools, HostTools)
+        assert (tools.endpoint.host, tools.endpoint.port, tools.endpoint.database) == (
+            "127.0.0.1", port, "other")
+        assert target.tools().endpoint.database == "appdb"  # the first call changed nothing
+        with pytest.raises(UsageError):
+            target.runtime.delete(target.session, target.engine, keep_data=False)
+    with pytest.raises(NotRunningError, match=f"nothing answers at 127.0.0.1:{port}"):
+        target.require_running()

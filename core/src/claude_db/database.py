@@ -31,6 +31,7 @@ from claude_db.engine import (
 )
 from claude_db.envfile import MARKER, find_env
 from claude_db.errors import ClaudeDbError, SessionNotFoundError, UsageError
+from claude_db.runtimes.url import UrlRuntime
 from claude_db.session import validate_name
 
 # Target and listening are imported from here too (they lived here)
@@ -113,7 +114,7 @@ def check_destructive(app: App, target: Target, what: str) -> None:
     if target.conflict:
         raise UsageError(f"refusing to {what}: {target.conflict}; "
                          "say which with --session NAME")
-    if target.session is None and not target.owned and not app.settings.allow_url_destructive:
+    if target.bare_url and not target.owned and not app.settings.allow_url_destructive:
         endpoint = target.endpoint()
         raise UsageError(
             f"refusing to {what} {endpoint.host}:{endpoint.port}/{endpoint.database}: no "
@@ -160,7 +161,8 @@ def _target_from_url(app: App, url: str, label: str) -> Target:
     endpoint = Endpoint(
         host, port, Credentials(user, password, database or engine.default_database)
     )
-    return Target(label, engine, None, None, url_endpoint=endpoint)
+    runtime = UrlRuntime(app.settings, endpoint)
+    return Target(label, engine, runtime, runtime.record(label, engine, os.getcwd()))
 
 
 # -- dumps --------------------------------------------------------------------------------

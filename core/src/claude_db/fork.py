@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from claude_db.app import App
-from claude_db.engine import Engine, Tools
+from claude_db.engine import Engine
 from claude_db.errors import NotRunningError, SessionExistsError, UsageError
 from claude_db.faults import checkpoint
 from claude_db.lifecycle import parts, start_session
@@ -83,14 +83,7 @@ def _copy_by_dump(
         what=f"the {engine.name} database of session {session.name!r}",
     )
     checkpoint("fork-created")
-    engine.restore(_tools(runtime, session, engine), engine.dump(_tools(runtime, source, engine)))
-
-
-def _tools(runtime: Runtime, session: Session, engine: Engine) -> Tools:
-    """The session's tools, for engines that dump through their driver from here too."""
-    tools = runtime.tools(session, engine)
-    tools.client_endpoint = runtime.endpoint(session, engine)
-    return tools
+    engine.restore(runtime.tools(session, engine), engine.dump(runtime.tools(source, engine)))
 
 
 def _same_kind(

@@ -134,9 +134,11 @@ def run_foreground(argv: Sequence[str], *, env: Mapping[str, str], cwd: str | No
 class HostTools(Tools):
     """Client tools from this machine: a given bin directory, else ``PATH``."""
 
-    def __init__(self, endpoint: Endpoint, bindir: Path | None = None) -> None:
-        self.endpoint = endpoint
+    def __init__(self, endpoint: Endpoint, bindir: Path | None = None, *,
+                 admin_endpoint: Endpoint | None = None) -> None:
+        self.endpoint = endpoint  # the same from claude-db's process: no client_endpoint
         self.bindir = bindir
+        self.admin_endpoint = admin_endpoint
 
     def _resolve(self, tool: str) -> str:
         if self.bindir is not None and (self.bindir / tool).exists():

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import socket
 import time
 from collections.abc import Callable
 from typing import TypeVar
@@ -69,3 +70,15 @@ def poll_until(
 def _one_line(exc: BaseException | None) -> str:
     text = str(exc or "no answer").strip().splitlines()
     return text[0] if text else type(exc).__name__
+
+
+def listening(endpoint: Endpoint, timeout: float = 5) -> bool:
+    """Whether something accepts TCP connections at ``endpoint`` (a unix socket directory
+    is taken as yes: the engine's own connection tells)."""
+    if not endpoint.host or endpoint.host.startswith("/"):
+        return True
+    try:
+        socket.create_connection((endpoint.host, endpoint.port), timeout=timeout).close()
+    except OSError:  # refused, unreachable, unresolvable, timed out
+        return False
+    return True

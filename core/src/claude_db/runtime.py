@@ -128,8 +128,11 @@ class Runtime(ABC):
         return self.endpoint(session, engine)
 
     @abstractmethod
-    def tools(self, session: Session, engine: Engine) -> Tools:
-        """Where the engine's client tools run for this session."""
+    def tools(self, session: Session, engine: Engine, database: str | None = None) -> Tools:
+        """The engine's client tools for the session's database (``database``: another
+        database of its server; None: the session's own), complete: ``endpoint`` as seen
+        where they run and ``client_endpoint`` as seen from claude-db's process (None when
+        it is ``endpoint``). Core sets nothing on them but an import's ``workdir``."""
 
     def failure_details(self, session: Session) -> str | None:
         """If the server is known to have died, a short reason (e.g. its last log lines)."""

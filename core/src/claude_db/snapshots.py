@@ -174,7 +174,7 @@ def _load(path: Path) -> Snapshot:
 
 def store_for(app: App, target: Target) -> SnapshotStore:
     """Where ``target``'s snapshots live, and the lock that guards them."""
-    if target.session is not None:
+    if not target.bare_url:
         root = app.store.directory(target.name) / "snapshots"
         return SnapshotStore(root, lambda: app.store.lock(target.name))
     endpoint = target.endpoint()

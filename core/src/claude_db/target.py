@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-import socket
 from dataclasses import dataclass
 
 from claude_db.app import App
 from claude_db.engine import Endpoint, Engine, Tools
 from claude_db.errors import NotRunningError
-from claude_db.processes import HostTools
+from claude_db.readiness import listening as listening  # imported from here too
 from claude_db.runtime import Runtime
+from claude_db.runtimes.url import UrlRuntime
 from claude_db.session import Session
 
 
@@ -21,55 +21,39 @@ def parts(app: App, session: Session) -> tuple[Engine, Runtime]:
 
 @dataclass
 class Target:
-    """A session's database as claude-db reaches it (``runtime`` is None for a bare URL)."""
+    """A database as claude-db reaches it: a session's, or one a bare URL names (its
+    runtime a :class:`UrlRuntime`, its session an unsaved record of the URL)."""
 
     name: str
     engine: Engine
-    runtime: Runtime | None
-    session: Session | None
-    url_endpoint: Endpoint | None = None
+    runtime: Runtime
+    session: Session
     #: an inherited variable names another database than the one resolved (see resolve)
     conflict: str | None = None
     #: a bare URL that is a session's own (its session container's environment)
     owned: bool = False
 
+    @property
+    def bare_url(self) -> bool:
+        """Whether only a URL names the database: no session of this state directory."""
+        return isinstance(self.runtime, UrlRuntime)
+
     def endpoint(self, database: str | None = None) -> Endpoint:
-        if self.runtime is None or self.session is None:
-            assert self.url_endpoint is not None
-            return self.url_endpoint.with_database(database)
         return self.runtime.endpoint(self.session, self.engine).with_database(database)
 
     def tools(self, database: str | None = None) -> Tools:
-        if self.runtime is None or self.session is None:
-            return HostTools(self.endpoint(database))
-        tools = self.runtime.tools(self.session, self.engine)
-        tools.endpoint = tools.endpoint.with_database(database)
-        tools.client_endpoint = self.endpoint(database)
-        return tools
+        return self.runtime.tools(self.session, self.engine, database)
 
     def require_running(self) -> None:
-        if self.runtime is None or self.session is None:
-            endpoint = self.endpoint()
-            if not listening(endpoint):  # a bare URL has no session to ask
-                raise NotRunningError(
-                    f"nothing answers at {endpoint.host}:{endpoint.port} ({self.name})"
-                )
-            return
         status = self.runtime.status(self.session)
-        if status != "running":
+        if status == "running":
+            return
+        if self.bare_url:
+            endpoint = self.endpoint()
             raise NotRunningError(
-                f"the database of session {self.name!r} is {status}; "
-                f"start it with: claude-session attach {self.name} --no-shell"
+                f"nothing answers at {endpoint.host}:{endpoint.port} ({self.name})"
             )
-
-
-def listening(endpoint: Endpoint, timeout: float = 5) -> bool:
-    """Whether something accepts TCP connections at ``endpoint`` (a unix socket directory
-    is taken as yes: the engine's own connection tells)."""
-    if not endpoint.host or endpoint.host.startswith("/"):
-        return True
-    try:
-        socket.create_connection((endpoint.host, endpoint.port), timeout=timeout).close()
-    except OSError:  # refused, unreachable, unresolvable, timed out
-        return False
-    return True
+        raise NotRunningError(
+            f"the database of session {self.name!r} is {status}; "
+            f"start it with: claude-session attach {self.name} --no-shell"
+        )

@@ -108,7 +108,7 @@ def status(
         # it answered, but no: wrong password, no such database...
         raise ClaudeDbError(f"{where} answers but refused: {reason}") from None
     stale = None
-    if target.session is not None:
+    if not target.bare_url:
         from claude_db.lifecycle import stale_dotenv
 
         stale = stale_dotenv(get_app(), target.session)
@@ -131,7 +131,6 @@ def status(
             f"database {endpoint.database} (session {target.name})"
         )
     if stale is not None:  # programs reading .env would not reach it
-        assert target.session is not None
         raise NotRunningError(
             f"{target.session.workdir}/.env still holds the old address "
             f"{describe_url(stale[0])} (the database is at {describe_url(stale[1])}): "
@@ -149,9 +148,7 @@ def info(
     target = resolve_target(session)
     engine = target.engine
     here = target.endpoint(database)
-    inside = here
-    if target.runtime is not None and target.session is not None:
-        inside = target.runtime.session_endpoint(target.session, engine).with_database(database)
+    inside = target.runtime.session_endpoint(target.session, engine).with_database(database)
     if not show_password:  # built with a masked password: nothing else can be mangled
         here, inside = _masked(here), _masked(inside)
     env = database_env(engine, inside)
@@ -160,10 +157,9 @@ def info(
     if not show_password:  # URLs percent-encode the mask: show it as typed
         env = {key: value.replace(quote(MASK, safe=""), MASK) for key, value in env.items()}
     details: dict[str, Any] = {"session": target.name, "engine": engine.name}
-    if target.session is not None:
-        details |= {"runtime": target.session.runtime, "workdir": target.session.workdir}
-        if target.runtime is not None:
-            details["status"] = target.runtime.status(target.session)
+    if not target.bare_url:  # a bare URL's record tells nothing the URL does not
+        details |= {"runtime": target.runtime.name, "workdir": target.session.workdir,
+                    "status": target.runtime.status(target.session)}
     details |= env
     if as_json:
         print_json(details)

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any, ClassVar
 
-from claude_db.engine import Endpoint, Engine, Tools
+from claude_db.engine import Engine
 from claude_db.runtimes.docker.client import docker_errors
 from claude_db.runtimes.docker.runtime import DockerRuntime
 from claude_db.runtimes.docker.tools import DockerTools
@@ -55,17 +55,6 @@ class PodmanRuntime(DockerRuntime):
             session.publish = True  # see the module's docstring
         super().create(session, engine)
 
-    def tools(self, session: Session, engine: Engine) -> Tools:
-        tools = super().tools(session, engine)
-        assert isinstance(tools, DockerTools) and session.credentials is not None
-        # Podman's networks resolve container names only with a DNS plugin (CNI's dnsname,
-        # netavark's aardvark-dns), which many installs lack: the address always works.
-        state = session.runtime_state
-        attrs = self._find(self._client(), session, "container", state["db_container"])
-        address = (attrs or {})["NetworkSettings"]["Networks"][state["network"]]["IPAddress"]
-        tools.endpoint = Endpoint(address, state["container_port"], session.credentials)
-        return tools
-
     # -- the docker runtime's extension points ---------------------------------------------
 
     def _client(self) -> DockerClient:
@@ -78,6 +67,11 @@ class PodmanRuntime(DockerRuntime):
                 self._podman = docker.DockerClient(base_url=f"unix://{path}",
                                                    timeout=QUICK_TIMEOUT, version=API_VERSION)
         return self._podman
+
+    def _tools_host(self, attrs: dict[str, Any], state: dict[str, Any]) -> str:
+        # Podman's networks resolve container names only with a DNS plugin (CNI's dnsname,
+        # netavark's aardvark-dns), which many installs lack: the address always works.
+        return str(attrs["NetworkSettings"]["Networks"][state["network"]]["IPAddress"])
 
     def _host_options(self) -> dict[str, Any]:
         from docker.types import Ulimit

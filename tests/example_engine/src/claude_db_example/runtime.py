@@ -44,8 +44,8 @@ class ExampleRuntime(Runtime):
     def endpoint(self, session: Session, engine: Engine) -> Endpoint:
         return self.inner.endpoint(session, engine)
 
-    def tools(self, session: Session, engine: Engine) -> Tools:
-        return self.inner.tools(session, engine)
+    def tools(self, session: Session, engine: Engine, database: str | None = None) -> Tools:
+        return self.inner.tools(session, engine, database)
 
     def failure_details(self, session: Session) -> str | None:
         return self.inner.failure_details(session)

@@ -330,7 +330,7 @@ class DockerRuntime(Runtime):
             return Endpoint(state["db_container"], state["container_port"], session.credentials)
         return self.endpoint(session, engine)
 
-    def tools(self, session: Session, engine: Engine) -> Tools:
+    def tools(self, session: Session, engine: Engine, database: str | None = None) -> Tools:
         assert session.credentials is not None
         state = session.runtime_state
         attrs = self._find(self._client(), session, "container", state["db_container"])
@@ -342,11 +342,12 @@ class DockerRuntime(Runtime):
             raise NotRunningError(f"the database container of session {session.name!r} is not "
                                   f"on its network; start it with: claude-session attach "
                                   f"{session.name} --no-shell")
-        # by its name on the session's network: the same from a tools container and from
-        # inside the database container (docker exec)
-        endpoint = Endpoint(state["db_container"], state["container_port"], session.credentials)
+        endpoint = Endpoint(self._tools_host(attrs, state), state["container_port"],
+                            session.credentials).with_database(database)
         return self.tools_class(attrs["Id"], attrs["Image"], network["NetworkID"], endpoint,
-                                self._labels(session, engine, "tools"), remote=engine_is_remote())
+                                self._labels(session, engine, "tools"), remote=engine_is_remote(),
+                                client_endpoint=self.endpoint(session, engine)
+                                .with_database(database))
 
     def enter_shell(self, session: Session, env: dict[str, str]) -> int:
         name = session.runtime_state.get("session_container")
@@ -373,6 +374,11 @@ class DockerRuntime(Runtime):
         """Extra ``create_host_config`` options of every container made (none for Docker;
         another Docker-compatible engine's subclass adds what it needs, e.g. ulimits)."""
         return {}
+
+    def _tools_host(self, attrs: dict[str, Any], state: dict[str, Any]) -> str:
+        """The database's host as the tools see it: by its name on the session's network,
+        the same from a tools container and from inside the database container (exec)."""
+        return str(state["db_container"])
 
     def _labels(self, session: Session, engine: Engine, role: str) -> dict[str, str]:
         return {

@@ -83,11 +83,13 @@ class DockerTools(Tools):
     """The engine's client tools for a session's database (see the module's docstring)."""
 
     def __init__(self, container: str, image: str, network: str, endpoint: Endpoint,
-                 labels: Mapping[str, str], *, remote: bool = False) -> None:
+                 labels: Mapping[str, str], *, remote: bool = False,
+                 client_endpoint: Endpoint | None = None) -> None:
         self.container = container  # the database container's id: docker exec
         self.image = image  # its image's id: the tools container
         self.network = network  # the session network's id
         self.endpoint = endpoint  # the database by its name on the session's network
+        self.client_endpoint = client_endpoint  # the database as claude-db's process reaches it
         self.labels = labels  # the session's: delete and gc remove a tools container left over
         self.remote = remote  # the engine is on another machine: no bind mounts
         self._has: dict[str, bool] = {}

@@ -213,17 +213,19 @@ class LocalRuntime(Runtime):
         assert session.credentials is not None
         return Endpoint("127.0.0.1", session.runtime_state["port"], session.credentials)
 
-    def tools(self, session: Session, engine: Engine) -> Tools:
-        # the server's own bin directory: client tools always match the server's version
-        tools = HostTools(self.endpoint(session, engine), Path(session.runtime_state["bindir"]))
+    def tools(self, session: Session, engine: Engine, database: str | None = None) -> Tools:
+        state = session.runtime_state
+        admin = None
         server = engine.local_server()
-        if server is not None and (admin := server.admin_user) is not None:
+        if server is not None and server.admin_user is not None:
             assert session.credentials is not None
-            tools.admin_endpoint = Endpoint(
-                session.runtime_state["socket_dir"], session.runtime_state["port"],
-                Credentials(admin, "", session.credentials.database),
-            )
-        return tools
+            # the server's superuser through its unix socket: the session's user may not
+            # create roles
+            admin = Endpoint(state["socket_dir"], state["port"],
+                             Credentials(server.admin_user, "", session.credentials.database))
+        # the server's own bin directory: client tools always match the server's version
+        return HostTools(self.endpoint(session, engine).with_database(database),
+                         Path(state["bindir"]), admin_endpoint=admin)
 
     # -- internals ------------------------------------------------------------------------
 
