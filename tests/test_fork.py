@@ -186,6 +186,42 @@ def test_start_from(cli: Cli, source: str, tmp_path: Path) -> None:
         assert plain.code == 0, plain
         assert f"with a copy of {source}'s data (copy;" in plain.stdout
         delete_after(cli, again)
+        # start is idempotent: again in the fork's directory, it makes sure it runs
+        # (review: it refused, exit 1)
+        assert cli("claude-session", "stop", name).code == 0
+        repeated = cli("claude-session", "start", name, "--from", source, cwd=work)
+        assert repeated.code == 0, repeated
+        assert "not applied again" in repeated.stderr, repeated
+        assert cli("claude-db", "status", "--session", name).code == 0
+    finally:
+        delete_after(cli, name)
+
+
+def test_a_fork_in_a_worktree_is_that_worktrees_session(
+    cli: Cli, source: str, tmp_path: Path, state_root: Path
+) -> None:
+    """start --from in a new git worktree (the 'needs main's data' case): the session is
+    named and recorded as the worktree's, so removing the worktree reclaims it (review:
+    it recorded no worktree and was never reclaimed)."""
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    git = ["git", "-c", "user.email=t@t", "-c", "user.name=t"]
+    subprocess.run([*git, "init", "-q", str(repo)], check=True)
+    subprocess.run([*git, "-C", str(repo), "commit", "-q", "--allow-empty", "-m", "x"],
+                   check=True)
+    tree = tmp_path / f"wt{uuid.uuid4().hex[:6]}"
+    subprocess.run([*git, "-C", str(repo), "worktree", "add", "-q", str(tree)], check=True)
+    made = cli("claude-session", "start", "--from", source, "--json", cwd=tree)
+    assert made.code == 0, made
+    name = json.loads(made.stdout)["name"]
+    try:
+        assert name == f"repo-{tree.name}", made
+        record = json.loads((state_root / "sessions" / name / "session.json").read_text())
+        assert record["worktree"] and record["worktree"]["linked"], record
+        subprocess.run([*git, "-C", str(repo), "worktree", "remove", "--force", str(tree)],
+                       check=True)
+        dry = cli("claude-session", "gc", "--dry-run", "--json")
+        assert name in {o["what"] for o in json.loads(dry.stdout) if o["kind"] == "session"}
     finally:
         delete_after(cli, name)
 

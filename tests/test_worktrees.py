@@ -213,12 +213,15 @@ def test_removed_worktree_is_reclaimed_not_a_live_one(
     gone = add_worktree(repo, "gone")
     removed_by_git = add_worktree(repo, "removed")
     live = add_worktree(repo, "live")
-    for tree in (gone, removed_by_git, live):
+    moved = add_worktree(repo, "moved")
+    for tree in (gone, removed_by_git, live, moved):
         assert cli("claude-session", "start", cwd=tree).code == 0
-    names = {tree: f"{repo.name}-{tree.name}" for tree in (gone, removed_by_git, live)}
+    names = {tree: f"{repo.name}-{tree.name}" for tree in (gone, removed_by_git, live, moved)}
     pid = session_json(state, names[gone])["runtime_state"]["pid"]
     shutil.rmtree(gone)
     git(repo, "worktree", "remove", "--force", str(removed_by_git))
+    # moved, not removed (review: its live session was taken for a removed one's)
+    git(repo, "worktree", "move", str(moved), str(moved.with_name("moved-here")))
 
     dry = cli("claude-session", "gc", "--dry-run", "--json", cwd=repo)
     listed = {o["what"] for o in json.loads(dry.stdout) if o["kind"] == "session"}

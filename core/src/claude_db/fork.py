@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from claude_db.app import App
 from claude_db.engine import Engine
@@ -36,6 +37,7 @@ class Fork:
 def fork_session(
     app: App, source_name: str, name: str, *, workdir: Path, engine_name: str | None = None,
     runtime_name: str | None = None, image: str | None = None,
+    worktree: dict[str, Any] | None = None,
 ) -> Fork:
     """Make session ``name`` (``.env`` in ``workdir``) with a copy of ``source_name``'s data.
 
@@ -70,7 +72,8 @@ def fork_session(
         checkpoint("fork-filled")
         methods.append(method)
 
-    session, notes = start_session(app, name, workdir=workdir, like=source, create=create)
+    session, notes = start_session(app, name, workdir=workdir, like=source, create=create,
+                                   worktree=worktree)
     return Fork(session, source.name, methods[0], notes)
 
 

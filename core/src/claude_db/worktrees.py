@@ -49,6 +49,7 @@ class Worktree:
     toplevel: str
     linked: bool
     device: int
+    admin: str = ""  # a linked worktree's own git directory (.git/worktrees/<id>)
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -68,7 +69,8 @@ def find_worktree(workdir: Path) -> Worktree | None:
     if out.returncode != 0 or len(lines) != 3:
         return None
     toplevel, common, git_dir = (os.path.realpath(line) for line in lines)
-    return Worktree(common, toplevel, git_dir != common, os.stat(workdir).st_dev)
+    linked = git_dir != common
+    return Worktree(common, toplevel, linked, os.stat(workdir).st_dev, git_dir if linked else "")
 
 
 def plain_git_env() -> dict[str, str]:
@@ -156,6 +158,8 @@ def removed(session: Session) -> bool:
         pass
     except OSError:
         return False
+    if _moved(recorded.get("admin")):
+        return False
     for parent in path.parents:
         try:
             return bool(parent.stat().st_dev == recorded["device"])
@@ -164,6 +168,19 @@ def removed(session: Session) -> bool:
         except OSError:
             return False
     return False
+
+
+def _moved(admin: object) -> bool:
+    """Whether git still knows the worktree elsewhere (``git worktree move``): its own git
+    directory is there and names a checkout that exists. ``git worktree remove`` takes
+    that directory away; after an ``rm -rf`` it names a checkout that is gone."""
+    if not isinstance(admin, str) or not admin:
+        return False
+    try:
+        checkout = Path((Path(admin) / "gitdir").read_text().strip())
+        return checkout.exists()
+    except OSError:
+        return False
 
 
 def orphans(app: App, *, engines: bool) -> list[Orphan]:
@@ -186,12 +203,17 @@ def orphans(app: App, *, engines: bool) -> list[Orphan]:
             data = json.loads(record.read_text())
             if now - float(data["reclaimed_at"]) < grace_seconds():
                 continue
-            runtime = app.plugins.runtime_class(str(data["runtime"]))
+            detail = (f"data of session {data['session']} whose worktree was removed, past "
+                      "its grace period")
+            try:
+                runtime = app.plugins.runtime_class(str(data["runtime"]))
+            except ClaudeDbError as exc:  # its plugin is gone: say so, sweep the rest
+                found.append(Orphan("kept data", str(data["shown"]), detail,
+                                    remove=partial(_cannot, str(exc))))
+                continue
             if not (engines or runtime.cheap_leftovers):
                 continue
-            found.append(Orphan("kept data", str(data["shown"]),
-                                f"data of session {data['session']} whose worktree was removed, "
-                                "past its grace period",
+            found.append(Orphan("kept data", str(data["shown"]), detail,
                                 remove=partial(_remove_kept, app, record, data)))
     return found
 
@@ -237,6 +259,10 @@ def _write_record(app: App, name: str, kept: dict[str, Any]) -> None:
     fd = os.open(record, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
     with os.fdopen(fd, "w") as out:
         json.dump(kept, out)
+
+
+def _cannot(reason: str) -> None:
+    raise ClaudeDbError(reason)
 
 
 def _remove_kept(app: App, record: Path, data: dict[str, Any]) -> None:

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import typer
 
+from claude_db import hooks
 from claude_db.app import App, get_app
 from claude_db.cli.common import (
     JsonOption,
@@ -19,9 +20,12 @@ from claude_db.cli.common import (
 )
 from claude_db.database import locate
 from claude_db.envfile import format_value
-from claude_db.errors import ExitCode, SessionNotFoundError, UsageError
+from claude_db.errors import ClaudeDbError, ExitCode, SessionNotFoundError, UsageError
+from claude_db.fork import fork_session
+from claude_db.gc import collect_garbage, remove_broken
 from claude_db.lifecycle import (
     ALREADY_HERE,
+    STARTING_MARKER,
     delete_session,
     ensure_running,
     kept_settings,
@@ -31,6 +35,8 @@ from claude_db.lifecycle import (
     start_session,
     stop_session,
 )
+from claude_db.locks import try_hold
+from claude_db.processes import run_shell
 from claude_db.session import (
     BrokenSession,
     BrokenSessionError,
@@ -98,11 +104,15 @@ def start(
     """Start a session with its own database, ready, and DATABASE_URL in .env."""
     app = get_app()
     if source is not None:
-        _fork(source, name or session_name(app, workdir, find_worktree(workdir)), workdir, db,
-              runtime, image, as_json, refused=[("--image", session_image),
-                                                ("--publish", publish),
-                                                ("--superuser", superuser)])
-        return
+        fork_name = name or session_name(app, workdir, find_worktree(workdir))
+        if not _started_here(app, fork_name, workdir):
+            _fork(source, fork_name, workdir, db, runtime, image, as_json,
+                  refused=[("--image", session_image), ("--publish", publish),
+                           ("--superuser", superuser)])
+            return
+        # start is idempotent: this directory's session was forked before
+        note(f"session {fork_name} of {workdir} exists: --from {source} is not applied again")
+        name = fork_name
     start = partial(start_session, app, name) if name is not None else partial(start_here, app)
     session, notes = start(
         engine_name=db,
@@ -148,13 +158,13 @@ def _fork(
     source: str, name: str, workdir: Path, db: str | None, runtime: str | None,
     image: str | None, as_json: bool, refused: list[tuple[str, object]] | None = None,
 ) -> None:
-    from claude_db.fork import fork_session
-
     for option, value in refused or []:
         if value:
             raise UsageError(f"{option} does not go with --from: a fork has its source's")
+    worktree = find_worktree(workdir)  # a fork in a worktree is that worktree's session
     made = fork_session(get_app(), source, name, workdir=workdir, engine_name=db,
-                        runtime_name=runtime, image=image)
+                        runtime_name=runtime, image=image,
+                        worktree=worktree.to_json() if worktree and worktree.linked else None)
     for line in made.notes:
         note(line)
     if as_json:
@@ -164,6 +174,15 @@ def _fork(
         session = made.session
         print(f"session {session.name} started with a copy of {made.source}'s data "
               f"({made.method}; {session.engine} on the {session.runtime} runtime)")
+
+
+def _started_here(app: App, name: str, workdir: Path) -> bool:
+    if not app.store.exists(name):
+        return False
+    try:
+        return Path(app.store.load(name).workdir) == workdir.resolve()
+    except Exception:  # unreadable: the fork's own refusal says what is wrong
+        return False
 
 
 # -- end of fork ---------------------------------------------------------------------------
@@ -228,7 +247,6 @@ def attach(
     values = session_env(app, session)
     if runtime is not None:
         raise typer.Exit(runtime.enter_shell(session, values))
-    from claude_db.processes import run_shell
 
     raise typer.Exit(run_shell(session.workdir, values))
 
@@ -267,8 +285,6 @@ def delete(
 
 def _delete_broken(app: App, name: str) -> None:
     """``delete`` of a session whose record is unreadable: what our records find of it."""
-    from claude_db.errors import ClaudeDbError
-    from claude_db.gc import remove_broken
 
     found = remove_broken(app, name)
     for orphan in found:
@@ -285,8 +301,6 @@ def gc(
     as_json: bool = JsonOption,
 ) -> None:
     """Remove what no live session owns: servers, directories, containers, networks, volumes."""
-    from claude_db.errors import ClaudeDbError
-    from claude_db.gc import collect_garbage
 
     found = collect_garbage(get_app(), dry_run=dry_run)
     if as_json:
@@ -337,7 +351,6 @@ def hooks_uninstall(directory: Path = HooksDirOption, print_only: bool = PrintOp
 
 
 def _hooks(directory: Path, *, install: bool, print_only: bool, claude: bool, git: bool) -> None:
-    from claude_db import hooks
 
     if not directory.is_dir():
         raise UsageError(f"{directory} is not a directory")
@@ -360,7 +373,6 @@ def hooks_run(action: str = typer.Argument(..., help="session-start, stop, workt
     """What an installed hook runs: one line, exit 0 (see claude_db.hooks)."""
     import sys
 
-    from claude_db import hooks
 
     git_hook = action == "git-post-checkout"  # git gives a hook no input; stdin is yours
     payload = {} if git_hook or sys.stdin.isatty() else hooks.read_payload(sys.stdin)
@@ -421,8 +433,6 @@ def _describe(session: Session | BrokenSession, with_env: bool = False) -> dict[
 
 def _start_unfinished(app: App, name: str) -> bool:
     """Whether session ``name``'s start was cut short (one still running holds its lock)."""
-    from claude_db.lifecycle import STARTING_MARKER
-    from claude_db.locks import try_hold
 
     if not (app.store.directory(name) / STARTING_MARKER).exists():
         return False
