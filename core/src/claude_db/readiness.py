@@ -1,4 +1,5 @@
-"""The one readiness loop: poll an authenticated query until it answers or time runs out."""
+"""The one waiting loop: poll an authenticated query until it answers or time runs out, or
+any other condition until it holds."""
 
 from __future__ import annotations
 
@@ -69,3 +70,16 @@ def poll_until(
 def _one_line(exc: BaseException | None) -> str:
     text = str(exc or "no answer").strip().splitlines()
     return text[0] if text else type(exc).__name__
+
+
+def wait_until(
+    condition: Callable[[], bool], *, timeout: float | None, interval: float = POLL_INTERVAL
+) -> bool:
+    """Whether ``condition`` came true within ``timeout`` seconds (None: however long it
+    takes); asked at once, then every ``interval`` seconds."""
+    deadline = None if timeout is None else time.monotonic() + timeout
+    while not condition():
+        if deadline is not None and time.monotonic() >= deadline:
+            return False
+        time.sleep(interval)
+    return True
