@@ -24,6 +24,7 @@ from claude_db.processes import (
     processes_mentioning,
     spawn_daemon,
 )
+from claude_db.readiness import wait_until
 
 
 @pytest.fixture
@@ -105,3 +106,10 @@ def test_a_lock_handed_to_a_detached_child_is_held_until_the_child_exits(
         os.waitpid(child, 0)
     with try_hold(lock) as free:
         assert free
+
+
+def test_wait_until_says_whether_the_condition_came_true() -> None:
+    answers = iter([False, False, True])
+    assert wait_until(lambda: next(answers), timeout=None, interval=0)
+    assert next(answers, "asked no more") == "asked no more"
+    assert not wait_until(lambda: False, timeout=0)  # asked once, then time is up
