@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import fcntl
 import io
 import logging
 import os
@@ -36,6 +35,7 @@ from dotenv import dotenv_values
 from dotenv.parser import parse_stream
 
 from claude_db.errors import UsageError
+from claude_db.locks import hold_file
 
 MARKER = "CLAUDE_SESSION"  # names the session a directory belongs to
 SAVED = "#[claude-db saved] "
@@ -362,9 +362,8 @@ def _keep_out_of_git(workdir: Path) -> str | None:
         exclude.parent.mkdir(parents=True, exist_ok=True)
         relative = os.path.relpath(workdir / ".env", _toplevel(workdir))
         pattern = f"/{_ignore_pattern(relative)}"
-        with open(exclude, "a+") as out:
-            # worktrees share this file: starts in several at once add the line once
-            fcntl.flock(out, fcntl.LOCK_EX)
+        # worktrees share this file: starts in several at once add the line once
+        with open(exclude, "a+") as out, hold_file(out):
             out.seek(0)
             text = out.read()
             if pattern not in text.splitlines():

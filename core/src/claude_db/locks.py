@@ -15,6 +15,7 @@ import sys
 import threading
 from collections.abc import Iterator
 from pathlib import Path
+from typing import IO, Any
 
 from claude_db.statedir import make_private_dir
 
@@ -74,6 +75,33 @@ def try_hold(path: Path, *, create: bool = True) -> Iterator[bool]:
             yield True
     finally:
         os.close(fd)
+
+
+@contextlib.contextmanager
+def try_hold_for_child(path: Path) -> Iterator[int | None]:
+    """Take the lock ``path`` if it is free right now, for a detached child to keep: yield
+    a descriptor to pass to it (``pass_fds``), or None when another process holds the lock.
+
+    A lock belongs to the open file, not to a process: the child holds it until it exits,
+    however long after we do.
+    """
+    fd = _open(path)
+    try:
+        yield fd if _take(fd) and _still_at(path, fd) else None
+    finally:
+        os.close(fd)
+
+
+@contextlib.contextmanager
+def hold_file(file: IO[Any]) -> Iterator[None]:
+    """Hold a lock on an open file that others open to change it too (``.git/info/exclude``,
+    which worktrees share): what was written is flushed before the lock is released."""
+    fcntl.flock(file, fcntl.LOCK_EX)
+    try:
+        yield
+    finally:
+        file.flush()
+        fcntl.flock(file, fcntl.LOCK_UN)
 
 
 def _open(path: Path) -> int:

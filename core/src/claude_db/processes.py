@@ -1,5 +1,11 @@
 """The one place that spawns processes (client tools, servers, shells) and tells them
-apart (Linux only: ``/proc``)."""
+apart.
+
+Processes are inspected through psutil. Only :func:`process_identity` reads Linux's
+``/proc`` itself: psutil's start times are wall-clock times that move when the clock is
+set, and an identity must never change (it is recorded and compared much later). So the
+local runtime, which relies on identities, is Linux only; nothing else here is.
+"""
 
 from __future__ import annotations
 
@@ -13,6 +19,8 @@ import threading
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import IO, Any
+
+import psutil
 
 from claude_db.engine import Endpoint, RunAs, Tools
 from claude_db.errors import ClaudeDbError, ToolMissingError
@@ -52,13 +60,14 @@ def run_checked(
 
 def spawn_daemon(
     argv: Sequence[str], *, log: Path | None, run_as: RunAs | None, cwd: Path,
-    env: Mapping[str, str],
+    env: Mapping[str, str], pass_fds: Sequence[int] = (),
 ) -> int:
     """Start a long-running server detached from this process; return its pid.
 
     The child gets its own session so it outlives the CLI and ignores our
     terminal's signals; its output goes to ``log`` (None: nowhere). ``env`` is its whole
-    environment: nothing of ours (tokens, passwords) is passed on unless named there.
+    environment: nothing of ours (tokens, passwords) is passed on unless named there, and
+    no open file but ``pass_fds``.
     """
     with open_log(log) if log else open(os.devnull, "wb") as out:
         proc = subprocess.Popen(
@@ -70,6 +79,7 @@ def spawn_daemon(
             env=dict(env),
             start_new_session=True,
             close_fds=True,
+            pass_fds=pass_fds,
             **_identity(run_as),
         )
     return proc.pid
@@ -178,50 +188,75 @@ class HostTools(Tools):
 def is_running(pid: int) -> bool:
     """Whether ``pid`` is alive and not a zombie; our own exited children are reaped first.
 
-    A process whose ``/proc`` entry we may not read counts as alive.
+    A process we may not inspect counts as alive.
     """
     with contextlib.suppress(ChildProcessError):
         os.waitpid(pid, os.WNOHANG)
     try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except PermissionError:
+        return psutil.Process(pid).status() not in (psutil.STATUS_ZOMBIE, psutil.STATUS_DEAD)
+    except psutil.AccessDenied:
         return True
-    except OSError:
+    except psutil.Error:
         return False
-    return stat.rsplit(")", 1)[1].split()[0] not in ("Z", "X")
+
+
+def process_exists(pid: int) -> bool:
+    """Whether ``pid`` names a process, a zombie included (it still holds the pid)."""
+    return psutil.pid_exists(pid)
+
+
+def process_owner(pid: int) -> int | None:
+    """The user ``pid`` runs as, or None if it is gone or runs with two identities (a
+    real user other than its effective one: a set-user-ID program someone else started)."""
+    try:
+        uids = psutil.Process(pid).uids()
+    except psutil.Error:
+        return None
+    return uids.real if uids.real == uids.effective else None
+
+
+def process_cmdline(pid: int) -> str | None:
+    """The arguments of ``pid`` joined by spaces, or None if it is gone or hidden."""
+    try:
+        return " ".join(psutil.Process(pid).cmdline())
+    except psutil.Error:
+        return None
+
+
+def processes_mentioning(text: str) -> list[tuple[int, str]]:
+    """Live processes other than this one whose arguments contain ``text``."""
+    found = []
+    for proc in psutil.process_iter(["cmdline"]):
+        cmdline = " ".join(proc.info["cmdline"] or ())
+        if text in cmdline and proc.pid != os.getpid() and is_running(proc.pid):
+            found.append((proc.pid, cmdline))
+    return found
 
 
 def process_identity(pid: int) -> str | None:
     """What tells process ``pid`` from any other that had or will have its pid (the
     boot, and when in it the process started), or None if there is no such process.
-    Record it with a pid: a pid alone may name another program later."""
-    ticks = _stat_field(pid, 22)
-    return None if ticks is None else f"{_boot_id()}:{ticks}"
+    Record it with a pid: a pid alone may name another program later.
+
+    Linux only (see the module's docstring): the boot's id and the start in clock ticks
+    since boot, both from ``/proc``, neither moved by setting the clock.
+    """
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+        boot = Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+    except OSError:
+        return None
+    # field 22 (proc(5)); the command name (field 2) may hold spaces and parentheses:
+    # split after its end
+    return f"{boot}:{stat.rsplit(')', 1)[1].split()[22 - 3]}"
 
 
 def process_started_at(pid: int) -> float | None:
     """When process ``pid`` started (seconds since the epoch, to about a second)."""
-    ticks = _stat_field(pid, 22)
-    if ticks is None:
-        return None
-    for line in Path("/proc/stat").read_text().splitlines():
-        if line.startswith("btime "):
-            return int(line.split()[1]) + int(ticks) / os.sysconf("SC_CLK_TCK")
-    return None
-
-
-def _stat_field(pid: int, number: int) -> str | None:
-    """Field ``number`` (1-based, as in proc(5)) of ``/proc/<pid>/stat``."""
     try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
+        return float(psutil.Process(pid).create_time())
+    except psutil.Error:
         return None
-    # the command name (field 2) may hold spaces and parentheses: split after its end
-    return stat.rsplit(")", 1)[1].split()[number - 3]
-
-
-def _boot_id() -> str:
-    return Path("/proc/sys/kernel/random/boot_id").read_text().strip()
 
 
 @contextlib.contextmanager

@@ -1,4 +1,5 @@
-"""The one readiness loop: poll an authenticated query until it answers or time runs out."""
+"""The one waiting loop: poll an authenticated query until it answers or time runs out, or
+any other condition until it holds."""
 
 from __future__ import annotations
 
@@ -81,4 +82,17 @@ def listening(endpoint: Endpoint, timeout: float = 5) -> bool:
         socket.create_connection((endpoint.host, endpoint.port), timeout=timeout).close()
     except OSError:  # refused, unreachable, unresolvable, timed out
         return False
+    return True
+
+
+def wait_until(
+    condition: Callable[[], bool], *, timeout: float | None, interval: float = POLL_INTERVAL
+) -> bool:
+    """Whether ``condition`` came true within ``timeout`` seconds (None: however long it
+    takes); asked at once, then every ``interval`` seconds."""
+    deadline = None if timeout is None else time.monotonic() + timeout
+    while not condition():
+        if deadline is not None and time.monotonic() >= deadline:
+            return False
+        time.sleep(interval)
     return True

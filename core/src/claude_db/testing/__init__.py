@@ -639,17 +639,9 @@ def runtime_class(name: str) -> type[Runtime]:
 
 def processes_mentioning(text: str) -> list[tuple[int, str]]:
     """Live processes whose command line contains ``text``."""
-    from claude_db.processes import is_running
+    from claude_db import processes
 
-    found = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit() or int(entry.name) == os.getpid():
-            continue
-        with contextlib.suppress(OSError):
-            cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-            if text in cmdline and is_running(int(entry.name)):
-                found.append((int(entry.name), cmdline.strip()))
-    return found
+    return processes.processes_mentioning(text)
 
 
 def _port_answers(host: str, port: int) -> bool:

@@ -14,11 +14,11 @@ import os
 import shutil
 import signal
 import stat
-import time
 from functools import partial
 from pathlib import Path
 
-from claude_db.processes import is_running, process_identity, process_started_at
+from claude_db.processes import is_running, process_identity, process_owner, process_started_at
+from claude_db.readiness import wait_until
 from claude_db.runtime import Orphan
 from claude_db.session import SessionStore
 from claude_db.statedir import unsafe
@@ -64,7 +64,7 @@ def servers(server: Path) -> dict[int, str]:
             continue
         identity, started = process_identity(pid), process_started_at(pid)
         if (pid > 1 and pid != os.getpid() and identity and started is not None
-                and started <= info.st_mtime + 1 and _owner(pid) == info.st_uid
+                and started <= info.st_mtime + 1 and process_owner(pid) == info.st_uid
                 and _session_leader(pid)):
             found[pid] = identity
     return found
@@ -88,13 +88,6 @@ def _real_dir(path: Path) -> bool:
         return stat.S_ISDIR(path.lstat().st_mode)
     except OSError:
         return False
-
-
-def _owner(pid: int) -> int | None:
-    try:
-        return os.stat(f"/proc/{pid}").st_uid
-    except OSError:
-        return None
 
 
 def _session_leader(pid: int) -> bool:
@@ -121,14 +114,10 @@ def stop_process(pid: int, identity: str) -> None:
     if alive():
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGTERM)
-    deadline = time.monotonic() + STOP_WAIT
-    while time.monotonic() < deadline and alive():
-        time.sleep(0.05)
-    if alive():
+    if not wait_until(lambda: not alive(), timeout=STOP_WAIT, interval=0.05):
         with contextlib.suppress(ProcessLookupError):
             os.killpg(pid, signal.SIGKILL)
-    while alive():
-        time.sleep(0.02)
+        wait_until(lambda: not alive(), timeout=None)
 
 
 def remove_socket_dir(server_dir: Path, recorded: str | None = None) -> None:

@@ -8,7 +8,7 @@ The server listens on 127.0.0.1 only, on a port chosen at creation and kept
 across restarts (unless another program took it meanwhile). As root, servers run as an
 unprivileged user, and the cached templates belong to root: a server cannot change them.
 A server always runs the binaries its session was created with, in a minimal environment.
-Linux only: servers are found and checked through ``/proc`` (see ``claude_db.processes``).
+Linux only: it tells its servers apart by process identities (see ``claude_db.processes``).
 """
 
 from __future__ import annotations
@@ -29,17 +29,19 @@ from typing import Any
 
 from claude_db.engine import Credentials, Endpoint, Engine, LocalServer, RunAs, Tools
 from claude_db.errors import ClaudeDbError, NotRunningError, UsageError
-from claude_db.locks import hold, lock_for
+from claude_db.locks import hold, lock_for, try_hold_for_child
 from claude_db.ports import claim_port
 from claude_db.processes import (
     HostTools,
     is_running,
+    process_cmdline,
+    process_exists,
     process_identity,
     read_log_tail,
     run_checked,
     spawn_daemon,
 )
-from claude_db.readiness import poll_until
+from claude_db.readiness import poll_until, wait_until
 from claude_db.runtime import Orphan, Runtime, Status
 from claude_db.runtimes.local.leftovers import (
     SOCKET_DIR_PREFIX,
@@ -303,17 +305,16 @@ def _prepare_spare(template: Path) -> None:
     alone, and two starts never make two); skipped if a spare is ready or being made.
     """
     spare = _spare(template)
-    flock, nice = shutil.which("flock"), shutil.which("nice")
-    if spare.exists() or not flock or not nice:
+    nice = shutil.which("nice")
+    if spare.exists() or not nice:
         return
     building = template.parent / f".{spare.name}.{os.getpid()}"
     script = '[ -e "$3" ] || { cp -a --reflink=auto "$1" "$2" && mv -T "$2" "$3"; }; rm -rf "$2"'
-    argv = [flock, "-n", str(lock_for(template.parent)), nice, "-n", "10",
-            "sh", "-c", script, "sh", str(template), str(building), str(spare)]
-    with contextlib.suppress(OSError):
-        spawn_daemon(
-            argv, log=None, run_as=None, cwd=template.parent, env=server_env()
-        )
+    argv = [nice, "-n", "10", "sh", "-c", script, "sh", str(template), str(building), str(spare)]
+    with contextlib.suppress(OSError), try_hold_for_child(lock_for(template.parent)) as lock:
+        if lock is not None:  # else another start makes a spare, or gc sweeps: skip
+            spawn_daemon(argv, log=None, run_as=None, cwd=template.parent, env=server_env(),
+                         pass_fds=[lock])
 
 
 def _local_server(engine: Engine, require_binaries: bool = True) -> LocalServer:
@@ -436,32 +437,23 @@ def _is_our_server(pid: int, datadir: str) -> bool:
     """Whether ``pid`` is alive (not a zombie) and is the server of ``datadir``."""
     if not is_running(pid):
         return False
-    try:
-        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
-    except (FileNotFoundError, ProcessLookupError):
-        return False
-    return datadir in cmdline
+    cmdline = process_cmdline(pid)
+    return cmdline is not None and datadir in cmdline
 
 
 def _wait_for_exit(pid: int, timeout: float) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if not is_running(pid):
-            return True
-        time.sleep(0.02)
-    return False
+    return wait_until(lambda: not is_running(pid), timeout=timeout)
 
 
 def _wait_until_reaped(pid: int, datadir: str, timeout: float) -> None:
     """Wait until ``pid`` is gone (a zombie still holds it), unless another program has it."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
+
+    def reaped() -> bool:
         if is_running(pid):
-            if not _is_our_server(pid, datadir):
-                return  # the pid belongs to another program now
-        elif not Path(f"/proc/{pid}").exists():
-            return
-        time.sleep(0.05)
+            return not _is_our_server(pid, datadir)  # the pid belongs to another program now
+        return not process_exists(pid)
+
+    wait_until(reaped, timeout=timeout, interval=0.05)
 
 
 def log_tail(path: Path, lines: int = LOG_TAIL_LINES) -> str:
