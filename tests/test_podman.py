@@ -291,6 +291,22 @@ def test_starts_the_api_service_when_none_answers_and_says_so(
             os.kill(service, signal.SIGTERM)
 
 
+def test_gc_starts_no_api_service(cli: ClaudeCli, tmp_path: Path) -> None:
+    """gc asks every runtime for its leftovers: with no Podman API service answering, the
+    podman runtime has nothing of ours to reach, and must not start a long-lived service
+    to say so (review finding: gc --dry-run started one)."""
+    from claude_db.statedir import state_id
+
+    socket = traversable_tmpdir_path(tmp_path) / "podman.sock"
+    env = {"CLAUDE_DB_PODMAN_SOCKET": f"unix://{socket}"}
+    state_id(cli.state_dir)  # a state directory that has made container resources
+    for argv in (["gc", "--dry-run"], ["gc"]):
+        swept = cli.session(*argv, env=env)
+        assert swept.code == 0, swept
+        assert "started Podman's API service" not in swept.stderr, swept
+        assert not socket.exists()
+
+
 def traversable_tmpdir_path(tmp_path: Path) -> Path:
     directory = tmp_path / "run"
     directory.mkdir()

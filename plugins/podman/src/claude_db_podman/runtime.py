@@ -11,9 +11,11 @@ cannot reach.
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from claude_db.engine import Engine
+from claude_db.runtime import Orphan
 from claude_db.runtimes.docker.client import docker_errors
 from claude_db.runtimes.docker.runtime import DockerRuntime
 from claude_db.runtimes.docker.tools import DockerTools
@@ -49,6 +51,13 @@ class PodmanRuntime(DockerRuntime):
     def unavailable_reason(self) -> str:
         return (f"podman is not installed here and no Podman API service answers at "
                 f"unix://{socket_path()}")
+
+    def leftovers(self, state_dir: Path) -> dict[str, list[Orphan]]:
+        # gc asks every available runtime: no API service answering means nothing of ours
+        # can be reached, and a sweep must not start a long-lived service (review finding)
+        if self._podman is None and ping(socket_path()) is not None:
+            return {}
+        return super().leftovers(state_dir)
 
     def create(self, session: Session, engine: Engine) -> None:
         if rootless():

@@ -120,12 +120,19 @@ class _Copier:
                 self.file(Path(entry.path), dest / entry.name)
 
     def file(self, source: Path, dest: Path) -> None:
-        try:
-            src = os.open(source, os.O_RDONLY)
+        try:  # never through a link the server's user put there since the scan (as root)
+            src = os.open(source, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
         except FileNotFoundError:
             return
+        except OSError as exc:
+            if exc.errno == errno.ELOOP:
+                raise ClaudeDbError(f"fork: {source} is a link: not copied") from None
+            raise
         try:
-            mode = stat.S_IMODE(os.fstat(src).st_mode)
+            info = os.fstat(src)
+            if not stat.S_ISREG(info.st_mode):
+                raise ClaudeDbError(f"fork: {source} is not a regular file: not copied")
+            mode = stat.S_IMODE(info.st_mode)
             out = os.open(dest, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
             try:
                 if self.cloned is not False and self._clone(src, out):
