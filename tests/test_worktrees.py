@@ -252,6 +252,27 @@ def test_removed_worktree_is_reclaimed_not_a_live_one(
     assert cli("claude-db", "status", cwd=live).code == 0
 
 
+def test_a_reclaim_killed_midway_is_finished_by_the_next_sweep(
+    cli: Cli, state: Path, repo: Path
+) -> None:
+    """SIGKILL after the data was moved aside, before the session record went (review: every
+    later gc then failed on the moved data directory, and the kept data had no record)."""
+    gone = add_worktree(repo, "killed")
+    assert cli("claude-session", "start", cwd=gone).code == 0
+    name = f"{repo.name}-{gone.name}"
+    shutil.rmtree(gone)
+    killed = cli("claude-session", "gc", cwd=repo, env={"CLAUDE_DB_TEST_KILL_AT": "reclaim-kept"})
+    assert killed.code == -9, killed
+    records = sorted((state / "kept").glob(f"{name}-*.reclaimed.json"))
+    assert len(records) == 1, records  # the kept data is on record already
+    again = cli("claude-session", "gc", "--json", cwd=repo)
+    assert again.code == 0, again
+    assert not (state / "sessions" / name).exists()
+    assert sorted((state / "kept").glob(f"{name}-*.reclaimed.json")) == records
+    kept = json.loads(records[0].read_text())
+    assert Path(kept["kept"]["path"]).is_dir(), kept
+
+
 def test_unmounted_looking_directory_is_not_reclaimed(
     cli: Cli, state: Path, repo: Path
 ) -> None:

@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any
 
 from claude_db.envfile import Owner, owner, remove_env
 from claude_db.errors import ClaudeDbError, UsageError
+from claude_db.faults import checkpoint
 from claude_db.locks import try_hold
 from claude_db.runtime import Orphan
 from claude_db.session import NAME_PATTERN, Session, name_from_directory, slug
@@ -238,10 +239,12 @@ def reclaim(app: App, name: str, *, removing: bool = False) -> str | None:
                 kept = {"session": name, "workdir": session.workdir, "reclaimed_at": time.time(),
                         "runtime": runtime.name, "kept": record,
                         "shown": str(session.runtime_state.get("kept_data") or record)}
+                # on record before the session goes: a kill after this leaves kept data
+                # that gc finds, never data no record names (the same record again on retry)
+                _write_record(app, name, kept)
+        checkpoint("reclaim-kept")
         remove_env(Path(session.workdir), Owner(name, str(app.settings.state_dir)))  # if there
         store.release(name)
-    if kept is not None:
-        _write_record(app, name, kept)
     app.plugins.hook.session_deleted(session=session)
     return (f"removed session {name} of worktree {session.workdir}"
             + (f"; its data is kept in {kept['shown']} for {_days(grace_seconds())}"
@@ -255,7 +258,8 @@ def _reclaim(app: App, name: str) -> None:
 def _write_record(app: App, name: str, kept: dict[str, Any]) -> None:
     directory = app.settings.state_dir / KEPT_DIR
     directory.mkdir(mode=0o700, parents=True, exist_ok=True)
-    record = directory / f"{name}-{int(kept['reclaimed_at'])}{RECLAIMED_SUFFIX}"
+    what = hashlib.sha256(json.dumps(kept["kept"], sort_keys=True).encode()).hexdigest()[:12]
+    record = directory / f"{name}-{what}{RECLAIMED_SUFFIX}"  # one per kept data, retried or not
     fd = os.open(record, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
     with os.fdopen(fd, "w") as out:
         json.dump(kept, out)

@@ -189,10 +189,14 @@ class LocalRuntime(Runtime):
         state = session.runtime_state
         remove_socket_dir(self.store.directory(session.name) / "server", state.get("socket_dir"))
         if keep_data and state.get("datadir"):
+            moved = state.get("kept_data")
+            if moved and Path(moved).is_dir() and not Path(state["datadir"]).exists():
+                return  # a delete cut short moved it already
             kept = self.settings.state_dir / "kept" / f"{session.name}-{int(time.time())}"
             kept.parent.mkdir(parents=True, exist_ok=True)
-            shutil.move(state["datadir"], kept)
             state["kept_data"] = str(kept)
+            self.store.save(session)  # where the data goes is on record before it goes
+            shutil.move(state["datadir"], kept)
 
     def status(self, session: Session) -> Status:
         if not session.runtime_state.get("datadir"):
