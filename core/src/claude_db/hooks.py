@@ -342,11 +342,10 @@ def _worktree_remove(payload: dict[str, Any]) -> str:
              if isinstance(s, Session) and s.worktree and s.workdir == path]
     if not found:
         return f"claude-db: no session of worktree {path}; nothing removed"
-    return "; ".join(reclaim(app, s.name, removing=True) or "" for s in found)
+    return "claude-db: " + "; ".join(reclaim(app, s.name, removing=True) or "" for s in found)
 
 
 def _git_post_checkout(payload: dict[str, Any]) -> str:
-
     workdir = project_dir(Path.cwd())
     session, notes = start_here(get_app(), workdir)
     existed = any(note.endswith(ALREADY_HERE) for note in notes)
