@@ -287,17 +287,21 @@ def tunnel(container: str, port: int) -> int:
     :data:`FORWARDER` in the container: the engine's own stream, over whatever reaches
     the engine (TLS, ssh), so the database is published on none of its interfaces. The
     listener lives as long as this claude-db process (one per container and port)."""
+    docker_cli = shutil.which("docker")
+    if docker_cli is None:  # else each connection would hang in a thread that died
+        raise DockerUnavailableError(
+            "the Docker engine is on another machine (DOCKER_HOST): claude-db reaches its "
+            "databases through `docker exec`, and no docker CLI is on PATH (install docker-cli)")
     with _tunnels_lock:
         if (container, port) not in _tunnels:
             listener = socket.create_server(("127.0.0.1", 0))
-            threading.Thread(target=_accept, args=(listener, container, port),
+            threading.Thread(target=_accept, args=(listener, docker_cli, container, port),
                              daemon=True).start()
             _tunnels[container, port] = listener.getsockname()[1]
         return _tunnels[container, port]
 
 
-def _accept(listener: socket.socket, container: str, port: int) -> None:
-    docker_cli = shutil.which("docker") or "docker"
+def _accept(listener: socket.socket, docker_cli: str, container: str, port: int) -> None:
     while True:
         connection, _ = listener.accept()
         forwarder = subprocess.Popen(
