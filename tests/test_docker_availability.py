@@ -151,3 +151,16 @@ def test_a_daemon_that_hangs_fails_commands_with_one_line_not_minutes(
     assert_one_line_error(started, 7)
     assert "does not answer (2 s)" in started.stderr
     assert cli("claude-db", "status").code == 0  # untouched by all that
+
+
+def test_a_remote_tunnel_without_a_docker_cli_is_one_clear_error(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A remote engine's databases are reached through `docker exec`: without the CLI,
+    a clear error before anything listens (review: each connection hung instead)."""
+    from claude_db.errors import DockerUnavailableError
+    from claude_db.runtimes.docker.client import tunnel
+
+    monkeypatch.setenv("PATH", "/nonexistent")
+    with pytest.raises(DockerUnavailableError, match="no docker CLI"):
+        tunnel("some-db", 5432)
