@@ -20,7 +20,7 @@ ROOT = CORE.parents[2]
 #: where a built-in runtime may be named: its own package and the registration
 RUNTIME_HOMES = (CORE / "runtimes",)
 #: configuration, not a decision: the contract suite runs on the local runtime unless told
-DEFAULTS = {("core/src/claude_db/testing/__init__.py", "local")}
+DEFAULTS = {("core/src/claude_db/testing/contract.py", "local")}
 
 
 @pytest.fixture(scope="module")
