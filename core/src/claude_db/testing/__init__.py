@@ -67,17 +67,24 @@ The modules, one concept each: :mod:`~claude_db.testing.cli` (running the CLIs),
 :mod:`~claude_db.testing.fixtures`, :mod:`~claude_db.testing.contract` (the suite),
 :mod:`~claude_db.testing.leaks` (what a deleted session left) and
 :mod:`~claude_db.testing.install` (wheels and fresh environments); this package re-exports
-their public names.
+their public names. Two more serve this project's own suite and any that wants them:
+:mod:`~claude_db.testing.safety` (own state directories, data fingerprints, leak checks of
+a state directory) and :mod:`~claude_db.testing.docker` (the docker runtime's harness and
+fixtures: ``pytest_plugins = ["claude_db.testing.docker"]``).
 
 docs/writing-an-engine.md has the whole story: hooks, contracts, loading rules.
 """
 
 from claude_db.testing.cli import (
+    BIN,
     FOREIGN_PYTHON,
     OUR_VARIABLES,
     ClaudeCli,
+    Cli,
     CliResult,
     assert_one_line_error,
+    read_dotenv,
+    run_on_terminal,
 )
 from claude_db.testing.contract import CONTRACT_PASSWORD, ContractSession, EngineContract
 from claude_db.testing.fixtures import (
@@ -99,10 +106,12 @@ from claude_db.testing.leaks import (
 )
 
 __all__ = [
+    "BIN",
     "CONTRACT_PASSWORD",
     "FOREIGN_PYTHON",
     "OUR_VARIABLES",
     "ClaudeCli",
+    "Cli",
     "CliResult",
     "ContractSession",
     "EngineContract",
@@ -117,8 +126,10 @@ __all__ = [
     "leftovers",
     "pip",
     "processes_mentioning",
+    "read_dotenv",
     "register_plugin",
     "registered_engine",
+    "run_on_terminal",
     "runtime_class",
     "runtime_leftovers",
     "traversable_tmpdir",

@@ -7,6 +7,8 @@ import json
 import os
 import subprocess
 import sys
+import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -15,6 +17,8 @@ from typing import Any
 OUR_VARIABLES = ("CLAUDE_", "DATABASE_URL", "DB_", "PG", "MYSQL", "MARIADB", "MONGO", "DOCKER_HOST")
 #: variables that would make a CLI import modules from somewhere else than its environment
 FOREIGN_PYTHON = ("PYTHONPATH", "PYTHONHOME", "PYTHONSTARTUP", "PYTHONUSERBASE", "VIRTUAL_ENV")
+#: where this Python's ``claude-db``/``claude-session`` are installed
+BIN = Path(sys.executable).parent
 
 
 @dataclass
@@ -38,6 +42,11 @@ class CliResult:
         )
 
 
+#: what runs a CLI and tells what it did: ``cli("claude-db", "status") -> CliResult``
+#: (a :class:`ClaudeCli`, or a test suite's own runner)
+Cli = Callable[..., CliResult]
+
+
 @dataclass
 class ClaudeCli:
     """Runs ``claude-db``/``claude-session`` from ``bin_dir`` as real processes.
@@ -48,7 +57,7 @@ class ClaudeCli:
 
     state_dir: Path
     workdir: Path
-    bin_dir: Path = field(default_factory=lambda: Path(sys.executable).parent)
+    bin_dir: Path = BIN
     env: dict[str, str] = field(default_factory=dict)
 
     def environment(self, extra: dict[str, str] | None = None) -> dict[str, str]:
@@ -106,3 +115,49 @@ def assert_one_line_error(result: CliResult | Any, code: int) -> None:
     assert len(lines) == 1, result
     assert lines[0].startswith("error: "), result
     assert "Traceback" not in result.stderr + result.stdout, result
+
+
+def read_dotenv(workdir: Path) -> dict[str, str]:
+    from dotenv import dotenv_values
+
+    return {k: v or "" for k, v in dotenv_values(workdir / ".env").items()}
+
+
+def run_on_terminal(argv: list[str], *, cwd: Path, wait_for: bytes = b"",
+                    lines: tuple[str, ...] = (), timeout: float = 180) -> tuple[int, str]:
+    """Run ``argv`` with a pseudo-terminal as stdin, stdout and stderr, as a person would.
+
+    Once the output shows ``wait_for``, ``lines`` are typed. Returns the exit code and
+    everything the terminal showed (``\\r`` removed).
+    """
+    import pty
+    import select
+
+    master, slave = pty.openpty()
+    proc = subprocess.Popen(argv, cwd=cwd, stdin=slave, stdout=slave, stderr=slave,
+                            start_new_session=True)
+    os.close(slave)
+    shown, typed = b"", False
+    deadline = time.monotonic() + timeout
+    try:
+        while time.monotonic() < deadline:
+            if not typed and wait_for in shown:
+                os.write(master, "".join(f"{line}\n" for line in lines).encode())
+                typed = True
+            ready, _, _ = select.select([master], [], [], 0.1)
+            if not ready:
+                continue
+            try:
+                data = os.read(master, 4096)
+            except OSError:  # EIO: every process let go of the terminal
+                break
+            if not data:
+                break
+            shown += data
+        code = proc.wait(timeout=max(1.0, deadline - time.monotonic()))
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        os.close(master)
+    return code, shown.decode(errors="replace").replace("\r", "")
