@@ -5,33 +5,21 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
-import sys
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+# pytest rewrites claude_db.testing's assertions (the contract suite's) into readable diffs
+# only when told before the package is first imported: here, before the imports below
+pytest.register_assert_rewrite("claude_db.testing")
+
+from claude_db.testing import BIN, OUR_VARIABLES, Cli, CliResult  # noqa: E402
+from claude_db.testing.safety import cleanup, fresh_state  # noqa: E402
+
 # claude_db.testing's fixtures (isolated_plugins, register_plugin, claude_cli...) for every
 # test, with pytest's assertion rewriting for the engine contract suite it holds
 pytest_plugins = ["claude_db.testing"]
-
-BIN = Path(sys.executable).parent
-OUR_VARIABLES = ("CLAUDE_", "DATABASE_URL", "DB_", "PG", "MYSQL_", "MONGO", "DOCKER_HOST")
-
-
-@dataclass
-class Result:
-    code: int
-    stdout: str
-    stderr: str
-
-    def __str__(self) -> str:
-        return f"exit {self.code}\n--- stdout\n{self.stdout}\n--- stderr\n{self.stderr}"
-
-
-Cli = Callable[..., Result]
-
 
 @pytest.hookimpl(tryfirst=True)  # before pytest-xdist reads the groups (--dist loadgroup)
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
@@ -83,6 +71,16 @@ def isolated_env(monkeypatch: pytest.MonkeyPatch, state_root: Path) -> Iterator[
 
 
 @pytest.fixture
+def state(tmp_path: Path, state_root: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
+    """A state directory of this test's own (``fresh_state``): what is left in it is what
+    leaked; its sessions are deleted at the end, even when the test fails."""
+    path = fresh_state(tmp_path, state_root)
+    monkeypatch.setenv("CLAUDE_DB_STATE_DIR", str(path))
+    yield path
+    cleanup(path)
+
+
+@pytest.fixture
 def workdir(tmp_path: Path) -> Path:
     path = tmp_path / "work"
     path.mkdir()
@@ -99,7 +97,7 @@ def cli(workdir: Path) -> Cli:
         env: dict[str, str] | None = None,
         input: bytes | str | None = None,
         timeout: float = 180,
-    ) -> Result:
+    ) -> CliResult:
         program = shutil.which(argv[0], path=str(BIN)) or argv[0]
         proc = subprocess.run(
             [program, *argv[1:]],
@@ -110,15 +108,7 @@ def cli(workdir: Path) -> Cli:
             timeout=timeout,
             stdin=None if input is not None else subprocess.DEVNULL,
         )
-        return Result(proc.returncode, proc.stdout.decode(), proc.stderr.decode())
+        return CliResult(list(argv), proc.returncode, proc.stdout.decode(), proc.stderr.decode(),
+                         raw_stdout=proc.stdout)
 
     return run
-
-
-def assert_one_line_error(result: Result, code: int) -> None:
-    """A user error: the documented exit code, exactly one line on stderr, no traceback."""
-    assert result.code == code, result
-    lines = [line for line in result.stderr.splitlines() if line.strip()]
-    assert len(lines) == 1, result
-    assert lines[0].startswith("error: "), result
-    assert "Traceback" not in result.stderr + result.stdout, result

@@ -19,8 +19,11 @@ from pathlib import Path
 
 import pytest
 
-from docker_fixtures import docker_daemon  # noqa: F401  (a fixture used below)
-from docker_support import DB_IMAGE, SESSION_IMAGE
+from claude_db.testing.docker import (
+    DB_IMAGE,
+    SESSION_IMAGE,
+    docker_daemon,  # noqa: F401 - a fixture
+)
 
 SCRIPT = Path(__file__).parent / "images" / "private-dockerd.sh"
 

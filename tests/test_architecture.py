@@ -22,10 +22,13 @@ from claude_db.target import Target
 PACKAGES = ("claude_db", "claude_db_postgres", "claude_db_mysql", "claude_db_mongo")
 CORE = Path(importlib.import_module("claude_db").__file__ or "").parent
 ROOT = CORE.parents[2]
-#: where a built-in runtime may be named: its own package and the registration
-RUNTIME_HOMES = (CORE / "runtimes",)
-#: configuration, not a decision: the contract suite runs on the local runtime unless told
-DEFAULTS = {("core/src/claude_db/testing/__init__.py", "local")}
+#: where a built-in runtime may be named: its own package and the registration, and the
+#: docker runtime's test harness (it drives the docker CLI)
+RUNTIME_HOMES = (CORE / "runtimes", CORE / "testing" / "docker.py")
+#: configuration, not a decision: the contract suite, and the CLIs the safety tests run by
+#: hand, use the local runtime unless told
+DEFAULTS = {("core/src/claude_db/testing/contract.py", "local"),
+            ("core/src/claude_db/testing/safety.py", "local")}
 
 
 @pytest.fixture(scope="module")

@@ -22,8 +22,8 @@ from typing import Any
 import pytest
 
 from claude_db.errors import ExitCode
-from conftest import BIN, Cli, assert_one_line_error
-from safety_support import cleanup, fresh_state, pg_fingerprint, server_processes
+from claude_db.testing import BIN, Cli, assert_one_line_error
+from claude_db.testing.safety import cleanup, fresh_state, pg_fingerprint, server_processes
 
 USAGE, FAILED, NO_SESSION = ExitCode.USAGE, ExitCode.FAILED, ExitCode.NO_SESSION
 NOT_RUNNING, CONFIRM = ExitCode.NOT_RUNNING, ExitCode.CONFIRMATION_NEEDED

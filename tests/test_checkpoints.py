@@ -20,10 +20,12 @@ from typing import Any
 import psycopg
 import pytest
 
-from conftest import Cli, assert_one_line_error
-from docker_fixtures import docker_daemon  # noqa: F401 - a fixture, requested on docker runs
-from docker_support import remove_everything
-from safety_support import database_url, fingerprint, seed
+from claude_db.testing import Cli, assert_one_line_error
+from claude_db.testing.docker import (
+    docker_daemon,  # noqa: F401 - a fixture
+    remove_everything,
+)
+from claude_db.testing.safety import database_url, fingerprint, seed
 
 KILLED = -signal.SIGKILL
 IMAGES = {"postgres": "claude-db-test/postgres:15", "mysql": "claude-db-test/mariadb:10.11"}

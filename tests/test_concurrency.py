@@ -9,29 +9,16 @@ from __future__ import annotations
 
 import json
 import subprocess
-from collections.abc import Iterator
 from pathlib import Path
 
-import pytest
-
-from conftest import BIN, Cli, Result
-from safety_support import (
+from claude_db.testing import BIN, Cli, CliResult
+from claude_db.testing.safety import (
     NOTHING_LEFT,
-    cleanup,
     cli_env,
-    fresh_state,
-    leftovers,
     session_json,
     session_leader_servers,
+    state_leftovers,
 )
-
-
-@pytest.fixture
-def state(tmp_path: Path, state_root: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
-    path = fresh_state(tmp_path, state_root)
-    monkeypatch.setenv("CLAUDE_DB_STATE_DIR", str(path))
-    yield path
-    cleanup(path)
 
 
 def spawn(state: Path, cwd: Path, *argv: str) -> subprocess.Popen[bytes]:
@@ -41,17 +28,18 @@ def spawn(state: Path, cwd: Path, *argv: str) -> subprocess.Popen[bytes]:
                             stderr=subprocess.PIPE)
 
 
-def finish(proc: subprocess.Popen[bytes]) -> Result:
+def finish(proc: subprocess.Popen[bytes]) -> CliResult:
     out, err = proc.communicate(timeout=300)
-    return Result(proc.returncode, out.decode(), err.decode())
+    assert isinstance(proc.args, list)  # spawn() passes an argument list
+    return CliResult([str(arg) for arg in proc.args], proc.returncode, out.decode(), err.decode())
 
 
-def in_parallel(state: Path, cwd: Path, commands: list[tuple[str, ...]]) -> list[Result]:
+def in_parallel(state: Path, cwd: Path, commands: list[tuple[str, ...]]) -> list[CliResult]:
     """Start every command at once (all running together), then collect them all."""
     return [finish(p) for p in [spawn(state, cwd, *argv) for argv in commands]]
 
 
-def assert_clean_outcome(result: Result) -> None:
+def assert_clean_outcome(result: CliResult) -> None:
     """Success, or one documented error line: never a traceback, never a half message."""
     assert "Traceback" not in result.stderr + result.stdout, result
     if result.code != 0:
@@ -73,7 +61,7 @@ def test_two_starts_of_one_name_make_one_session(cli: Cli, state: Path, workdir:
     assert cli("claude-db", "status", "--session", "race").code == 0
     port = session_json(state, "race")["runtime_state"]["port"]
     assert cli("claude-session", "delete", "race", "--yes").code == 0
-    assert leftovers(state, [port]) == NOTHING_LEFT
+    assert state_leftovers(state, [port]) == NOTHING_LEFT
 
 
 def test_concurrent_commands_never_corrupt_a_session(cli: Cli, state: Path, workdir: Path) -> None:
@@ -140,4 +128,4 @@ def test_list_and_gc_while_sessions_come_and_go(cli: Cli, state: Path, workdir: 
         result = finish(proc)
         assert result.code == 0, result
         assert "Traceback" not in result.stderr
-    assert leftovers(state, []) == NOTHING_LEFT
+    assert state_leftovers(state, []) == NOTHING_LEFT

@@ -17,7 +17,7 @@ import pytest
 
 from claude_db.envfile import read_env
 from claude_db.errors import ExitCode
-from conftest import BIN, Cli, assert_one_line_error
+from claude_db.testing import BIN, Cli, assert_one_line_error
 
 CHECKSUM = "select count(*), md5(coalesce(string_agg(t::text, ',' order by id), '')) from t"
 

@@ -13,12 +13,12 @@ from typing import TYPE_CHECKING
 
 import pytest
 
-from conftest import Cli, assert_one_line_error
+from claude_db.testing import Cli, assert_one_line_error
 
 if TYPE_CHECKING:
     from private_docker import PrivateEngine
 
-pytest_plugins = ["docker_fixtures", "private_docker"]
+pytest_plugins = ["claude_db.testing.docker", "private_docker"]
 
 NOBODY = "tcp://127.0.0.1:9"  # the discard port: nothing listens there
 

@@ -11,10 +11,10 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from conftest import Cli, assert_one_line_error
-from docker_support import DB_IMAGE, docker, inspect, read_dotenv, resources
+from claude_db.testing import Cli, assert_one_line_error, read_dotenv
+from claude_db.testing.docker import DB_IMAGE, docker, inspect, resources
 
-pytest_plugins = ["docker_fixtures"]
+pytest_plugins = ["claude_db.testing.docker"]
 pytestmark = pytest.mark.docker
 
 

@@ -18,10 +18,10 @@ from pathlib import Path
 
 import pytest
 
-from conftest import BIN, Cli
-from docker_support import DB_IMAGE, docker, run_on_terminal
+from claude_db.testing import BIN, Cli, run_on_terminal
+from claude_db.testing.docker import DB_IMAGE, docker
 
-pytest_plugins = ["docker_fixtures"]
+pytest_plugins = ["claude_db.testing.docker"]
 pytestmark = pytest.mark.docker
 
 

@@ -9,19 +9,17 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from conftest import BIN, Cli, assert_one_line_error
-from docker_support import (
+from claude_db.testing import BIN, Cli, assert_one_line_error, read_dotenv, run_on_terminal
+from claude_db.testing.docker import (
     NOTHING,
     SESSION_IMAGE,
     docker,
     inspect,
-    read_dotenv,
     resources,
-    run_on_terminal,
     session_workdir,
 )
 
-pytest_plugins = ["docker_fixtures"]
+pytest_plugins = ["claude_db.testing.docker"]
 pytestmark = pytest.mark.docker
 
 USERS_PROGRAM = """\

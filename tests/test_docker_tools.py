@@ -10,10 +10,10 @@ from pathlib import Path
 
 import pytest
 
-from conftest import Cli, assert_one_line_error
-from docker_support import SESSION_IMAGE, docker
+from claude_db.testing import Cli, assert_one_line_error
+from claude_db.testing.docker import SESSION_IMAGE, docker
 
-pytest_plugins = ["docker_fixtures"]
+pytest_plugins = ["claude_db.testing.docker"]
 pytestmark = pytest.mark.docker
 
 SEED = """\

@@ -12,8 +12,7 @@ import pytest
 
 from claude_db.envfile import read_env
 from claude_db.errors import ExitCode
-from claude_db.testing import CONTRACT_PASSWORD
-from conftest import Cli, assert_one_line_error
+from claude_db.testing import CONTRACT_PASSWORD, Cli, assert_one_line_error
 
 
 def sh_values(workdir: Path, keys: list[str]) -> dict[str, str]:

@@ -23,24 +23,25 @@ import pytest
 
 from claude_db.errors import ExitCode
 from claude_db.locks import lock_for
-from conftest import BIN, Cli, assert_one_line_error
-from docker_fixtures import docker_daemon  # noqa: F401 - a fixture
-from docker_support import remove_everything
-from safety_support import (
+from claude_db.testing import BIN, Cli, assert_one_line_error
+from claude_db.testing.docker import (
     NOTHING_IN_DOCKER,
+    docker_daemon,  # noqa: F401 - a fixture
+    docker_leftovers,
+    remove_everything,
+    start_docker_with_frozen_database,
+    unpause,
+)
+from claude_db.testing.safety import (
     NOTHING_LEFT,
     cli_env,
     database_url,
-    docker_leftovers,
-    leftovers,
     locks_waited_for_by,
-    own_state,  # noqa: F401 - the state fixture
     pg_fingerprint,
     session_json,
     session_leader_servers,
-    start_docker_with_frozen_database,
     start_with_frozen_server,
-    unpause,
+    state_leftovers,
     wait_for,
 )
 
@@ -217,7 +218,7 @@ def test_interrupt_during_start_while_the_server_starts(state: Path, workdir: Pa
     _, err = proc.communicate(timeout=120)
     assert_interrupted(proc.returncode, err.decode())
     assert session_leader_servers(state, name) == []
-    assert leftovers(state, [port]) == NOTHING_LEFT
+    assert state_leftovers(state, [port]) == NOTHING_LEFT
     assert not (workdir / ".env").exists()
 
 
@@ -234,7 +235,7 @@ def test_interrupt_during_a_docker_start_leaves_nothing(state: Path, workdir: Pa
         _, err = proc.communicate(timeout=180)
         assert_interrupted(proc.returncode, err.decode())
         assert docker_leftovers(name) == NOTHING_IN_DOCKER
-        assert leftovers(state, []) == NOTHING_LEFT
+        assert state_leftovers(state, []) == NOTHING_LEFT
         assert not (workdir / ".env").exists()
     finally:
         remove_everything(name)
@@ -272,7 +273,7 @@ def test_interrupt_leaves_the_name_usable(cli: Cli, state: Path, workdir: Path) 
     assert started.code == 0, started
     assert cli("claude-db", "status", "--session", name).code == 0
     assert cli("claude-session", "delete", name, "--yes").code == 0
-    assert leftovers(state, []) == NOTHING_LEFT
+    assert state_leftovers(state, []) == NOTHING_LEFT
 
 
 # -- Ctrl-C inside the interactive client ---------------------------------------------------
@@ -338,7 +339,7 @@ def test_docker_daemon_restart_then_attach_brings_sessions_back(
     """dockerd stops (its containers with it) and comes back: attach restarts the session's
     database and session container, with the data. A private daemon (its unix socket: a
     local engine), never the user's."""
-    from docker_support import SESSION_IMAGE
+    from claude_db.testing.docker import SESSION_IMAGE
 
     name = f"fdr{uuid.uuid4().hex[:8]}"
     env = {"CLAUDE_DB_RUNTIME": "docker", "CLAUDE_DB_IMAGE": "claude-db-test/postgres:15",

@@ -33,13 +33,13 @@ from pathlib import Path
 import pytest
 
 from claude_db.envfile import read_env
-from conftest import BIN, Cli
-from docker_support import DB_IMAGE, remove_everything
+from claude_db.testing import BIN, Cli
+from claude_db.testing.docker import DB_IMAGE, remove_everything
 from fidelity import features, mysql, postgres
 from fidelity.corpus import CORPUS, CorpusUnavailable
 from fidelity.fingerprint import Fingerprint, differences
 
-pytest_plugins = ["docker_fixtures"]
+pytest_plugins = ["claude_db.testing.docker"]
 
 MARIADB_IMAGE = "claude-db-test/mariadb:10.11"
 RUNTIMES = ("local", "docker")

@@ -23,19 +23,17 @@ from typing import Any
 import psycopg
 import pytest
 
-from claude_db.testing import traversable_tmpdir
-from conftest import Cli, assert_one_line_error
-from safety_support import (
-    DOCKER_IMAGES,
+from claude_db.testing import Cli, assert_one_line_error, traversable_tmpdir
+from claude_db.testing.docker import DOCKER_IMAGES, docker_leftovers
+from claude_db.testing.safety import (
     NOTHING_LEFT,
     cleanup,
     database_url,
-    docker_leftovers,
     fingerprint,
-    leftovers,
     pg_fingerprint,
     seed,
     session_json,
+    state_leftovers,
     wait_for,
 )
 
@@ -288,23 +286,13 @@ def test_fork_killed_at_each_step(cli: Cli, state: Path, tmp_path: Path, step: s
     assert not (state / "sessions" / name).exists()
     ports = [session_json(state, src)["runtime_state"]["port"]]
     assert cli("claude-session", "delete", src, "--yes").code == 0
-    assert leftovers(state, ports) == NOTHING_LEFT
+    assert state_leftovers(state, ports) == NOTHING_LEFT
 
 
 def _listed(cli: Cli) -> dict[str, str]:
     result = cli("claude-session", "list", "--json")
     assert result.code == 0, result
     return {s["name"]: s["status"] for s in json.loads(result.stdout)}
-
-
-@pytest.fixture(name="state")
-def own_state(tmp_path: Path, state_root: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
-    from safety_support import fresh_state
-
-    path = fresh_state(tmp_path / "own", state_root)
-    monkeypatch.setenv("CLAUDE_DB_STATE_DIR", str(path))
-    yield path
-    cleanup(path)
 
 
 # -- other engines and runtimes: dump and restore ------------------------------------------
@@ -342,7 +330,7 @@ def test_mysql_fork_killed_after_the_fork_is_created(cli: Cli, state: Path,
     assert not (state / "sessions" / name).exists()
     ports = [session_json(state, src)["runtime_state"]["port"]]
     assert cli("claude-session", "delete", src, "--yes").code == 0
-    assert leftovers(state, ports) == NOTHING_LEFT
+    assert state_leftovers(state, ports) == NOTHING_LEFT
 
 
 @pytest.mark.docker
@@ -361,7 +349,6 @@ def test_docker_fork_by_dump(cli: Cli, tmp_path: Path) -> None:
         cli("claude-session", "delete", name, "--yes", env=env)
         delete_after(cli, src)
     assert docker_leftovers(name) == {"container": [], "network": [], "volume": []}
-
 
 
 @pytest.mark.docker

@@ -18,26 +18,27 @@ import pytest
 
 from claude_db.locks import hold, lock_for
 from claude_db.snapshots import MOVED
-from conftest import Cli, assert_one_line_error
-from docker_fixtures import docker_daemon  # noqa: F401 - a fixture
-from docker_support import remove_everything
-from safety_support import (
+from claude_db.testing import Cli, assert_one_line_error
+from claude_db.testing.docker import (
     NOTHING_IN_DOCKER,
+    docker_cli_env,
+    docker_daemon,  # noqa: F401 - a fixture
+    docker_leftovers,
+    remove_everything,
+    start_docker_with_frozen_database,
+    unpause,
+)
+from claude_db.testing.safety import (
     NOTHING_LEFT,
     cleanup,
     database_url,
-    docker_env,
-    docker_leftovers,
     fresh_state,
-    leftovers,
     listening,
-    own_state,  # noqa: F401 - the state fixture
     pg_fingerprint,
     session_json,
     session_leader_servers,
-    start_docker_with_frozen_database,
     start_with_frozen_server,
-    unpause,
+    state_leftovers,
 )
 
 
@@ -88,7 +89,7 @@ def test_gc_removes_what_a_killed_start_left(cli: Cli, state: Path, tmp_path: Pa
     again = cli("claude-session", "gc", "--json")
     assert json.loads(again.stdout) == []
     assert cli("claude-session", "delete", "gc-live", "--yes").code == 0
-    assert leftovers(state, [live_port, port]) == NOTHING_LEFT
+    assert state_leftovers(state, [live_port, port]) == NOTHING_LEFT
 
 
 def test_a_start_killed_after_writing_env_leaves_no_keys_behind(
@@ -107,7 +108,7 @@ def test_a_start_killed_after_writing_env_leaves_no_keys_behind(
     swept = cli("claude-session", "gc")
     assert swept.code == 0, swept
     assert (workdir / ".env").read_text() == "DATABASE_URL=postgresql://mine@db.example/prod\n"
-    assert leftovers(state, [port]) == NOTHING_LEFT
+    assert state_leftovers(state, [port]) == NOTHING_LEFT
 
 
 def test_gc_removes_lost_directories_locks_and_half_made_snapshots(
@@ -147,7 +148,7 @@ def test_gc_removes_lost_directories_locks_and_half_made_snapshots(
     assert [s["name"] for s in json.loads(listed.stdout)] == ["good"]
     assert cli("claude-db", "status", "--session", "gc-keep").code == 0
     assert cli("claude-session", "delete", "gc-keep", "--yes").code == 0
-    assert leftovers(state, []) == NOTHING_LEFT
+    assert state_leftovers(state, []) == NOTHING_LEFT
 
 
 def test_gc_drops_the_databases_of_snapshots_cut_short(cli: Cli, state: Path) -> None:
@@ -215,7 +216,7 @@ def test_gc_drops_the_databases_of_snapshots_cut_short(cli: Cli, state: Path) ->
     listed = cli("claude-db", "snapshot", "list", "--json", "--session", "gc-snap")
     assert [s["name"] for s in json.loads(listed.stdout)] == ["good", "after"]
     assert cli("claude-session", "delete", "gc-snap", "--yes").code == 0
-    assert leftovers(state, []) == NOTHING_LEFT
+    assert state_leftovers(state, []) == NOTHING_LEFT
 
 
 def test_every_start_sweeps_cheaply(cli: Cli, state: Path, workdir: Path) -> None:
@@ -230,7 +231,7 @@ def test_every_start_sweeps_cheaply(cli: Cli, state: Path, workdir: Path) -> Non
     # the name of the crashed start can be used again
     assert cli("claude-session", "start", name).code == 0
     assert cli("claude-session", "delete", name, "--yes").code == 0
-    assert leftovers(state, [port]) == NOTHING_LEFT
+    assert state_leftovers(state, [port]) == NOTHING_LEFT
 
 
 def test_gc_leaves_other_state_directories_alone(
@@ -266,12 +267,12 @@ def test_gc_removes_docker_leftovers_and_only_ours(
     killed, lost, theirs = (f"gc{kind}{uuid.uuid4().hex[:8]}" for kind in "klt")
     other = fresh_state(tmp_path / "other", state_root)
     try:
-        env = {**docker_env(other), "CLAUDE_DB_STATE_DIR": str(other)}
+        env = {**docker_cli_env(other), "CLAUDE_DB_STATE_DIR": str(other)}
         for name in (theirs, lost):  # each its own work directory (.env is one session's)
             (tmp_path / name).mkdir()
         assert cli("claude-session", "start", theirs, cwd=tmp_path / theirs, env=env).code == 0
         assert cli("claude-session", "start", lost, cwd=tmp_path / lost,
-                   env=docker_env(state)).code == 0
+                   env=docker_cli_env(state)).code == 0
         proc = start_docker_with_frozen_database(state, killed, workdir)
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()
@@ -293,7 +294,7 @@ def test_gc_removes_docker_leftovers_and_only_ours(
         assert swept.code == 0, swept
         assert all(o["removed"] for o in json.loads(swept.stdout)), swept
         assert docker_leftovers(killed) == docker_leftovers(lost) == NOTHING_IN_DOCKER
-        assert leftovers(state, []) == NOTHING_LEFT
+        assert state_leftovers(state, []) == NOTHING_LEFT
         # the other state directory's session was not ours to judge
         assert cli("claude-db", "status", "--session", theirs, env=env).code == 0
         assert docker_leftovers(theirs)["container"]

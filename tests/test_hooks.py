@@ -8,13 +8,12 @@ import json
 import os
 import subprocess
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from conftest import Cli, assert_one_line_error
-from safety_support import cleanup, fresh_state, session_json
+from claude_db.testing import Cli, assert_one_line_error
+from claude_db.testing.safety import session_json
 
 USER_SETTINGS = {
     "permissions": {"allow": ["Bash(npm test)"]},
@@ -24,14 +23,6 @@ USER_SETTINGS = {
     },
 }
 USER_HOOK = '#!/bin/sh\necho "user hook $*" >> "$(git rev-parse --git-common-dir)/user-hook.log"\n'
-
-
-@pytest.fixture
-def state(tmp_path: Path, state_root: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
-    path = fresh_state(tmp_path / "own", state_root)
-    monkeypatch.setenv("CLAUDE_DB_STATE_DIR", str(path))
-    yield path
-    cleanup(path)
 
 
 def git(cwd: Path, *args: str) -> subprocess.CompletedProcess[str]:

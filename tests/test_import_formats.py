@@ -17,9 +17,9 @@ import pytest
 
 from claude_db.envfile import read_env
 from claude_db.errors import ExitCode
-from conftest import Cli, assert_one_line_error
+from claude_db.testing import Cli, assert_one_line_error
 
-pytest_plugins = ["docker_fixtures"]  # the docker runtime's case, at the end
+pytest_plugins = ["claude_db.testing.docker"]  # the docker runtime's case, at the end
 
 ROWS = "create table t(id int primary key, v text); insert into t select g, 'v' || g " \
        "from generate_series(1, 500) g"

@@ -10,43 +10,30 @@ from __future__ import annotations
 import json
 import subprocess
 import uuid
-from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
 
-from conftest import BIN
-from docker_fixtures import docker_daemon  # noqa: F401 - a fixture
-from docker_support import remove_everything
-from safety_support import (
+from claude_db.testing import BIN
+from claude_db.testing.docker import (
     NOTHING_IN_DOCKER,
-    NOTHING_LEFT,
-    cleanup,
-    cli_env,
-    docker_env,
+    docker_cli_env,
+    docker_daemon,  # noqa: F401 - a fixture
     docker_leftovers,
-    fresh_state,
-    leftovers,
+    remove_everything,
 )
+from claude_db.testing.safety import NOTHING_LEFT, cli_env, state_leftovers
 
 CYCLES = 50
 WORKERS = {"local": 2, "docker": 5}  # docker's work is mostly the daemon's waiting: overlap it
 QUERY_EVERY = 10  # a query now and then: start's readiness check already queried each one
 
 
-@pytest.fixture
-def state(tmp_path: Path, state_root: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
-    path = fresh_state(tmp_path, state_root)
-    monkeypatch.setenv("CLAUDE_DB_STATE_DIR", str(path))
-    yield path
-    cleanup(path)
-
-
 def cycles(state: Path, runtime: str, home: Path, names: list[str]) -> list[int]:
     """start → a query → delete, for each name; the ports the sessions had."""
     ports = []
-    env = docker_env(state) if runtime == "docker" else cli_env(state)
+    env = docker_cli_env(state) if runtime == "docker" else cli_env(state)
 
     def run(*argv: str) -> str:
         done = subprocess.run([str(BIN / argv[0]), *argv[1:]], cwd=home, env=env,
@@ -86,7 +73,7 @@ def test_fifty_start_delete_cycles_leak_nothing(
             ports = [p for batch in pool.map(cycles, [state] * workers, [runtime] * workers,
                                              homes, batches) for p in batch]
         assert len(ports) == CYCLES
-        assert leftovers(state, ports if runtime == "local" else []) == NOTHING_LEFT
+        assert state_leftovers(state, ports if runtime == "local" else []) == NOTHING_LEFT
         if runtime == "docker":
             assert [docker_leftovers(n) for n in names] == [NOTHING_IN_DOCKER] * CYCLES
     finally:

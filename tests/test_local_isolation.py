@@ -20,7 +20,7 @@ import pytest
 
 from claude_db.envfile import read_env
 from claude_db.errors import ExitCode
-from conftest import Cli, assert_one_line_error
+from claude_db.testing import Cli, assert_one_line_error
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="needs root: servers of other users")
 
@@ -321,7 +321,7 @@ def test_snapshots_and_reset_work_while_autovacuum_runs(cli: Cli, tmp_path: Path
     """The owner may not end autovacuum workers (they have no role): ending "every other
     backend" before a snapshot failed with "must be a superuser to terminate superuser
     process" while one ran; CREATE DATABASE and DROP DATABASE end them by themselves."""
-    from safety_support import wait_for
+    from claude_db.testing.safety import wait_for
 
     workdir = tmp_path / "w"
     with _session(cli, "iso-vacuum", workdir):

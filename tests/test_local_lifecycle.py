@@ -19,8 +19,8 @@ from claude_db.envfile import read_env
 from claude_db.errors import ExitCode
 from claude_db.processes import is_running
 from claude_db.session import name_from_directory
-from conftest import Cli, assert_one_line_error
-from safety_support import cleanup, fresh_state, session_json
+from claude_db.testing import Cli, assert_one_line_error
+from claude_db.testing.safety import cleanup, fresh_state, session_json
 
 
 def _state(cli: Cli, name: str) -> dict[str, object]:

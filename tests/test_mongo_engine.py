@@ -17,10 +17,9 @@ import pytest
 from claude_db import Credentials, Endpoint
 from claude_db.errors import ExitCode
 from claude_db.lifecycle import database_env
-from claude_db.testing import CONTRACT_PASSWORD
+from claude_db.testing import CONTRACT_PASSWORD, Cli, assert_one_line_error
 from claude_db_mongo import MongoEngine
 from claude_db_mongo.local import find_mongod
-from conftest import Cli, assert_one_line_error
 
 CREDENTIALS = Credentials(user="r@ot:x", password=CONTRACT_PASSWORD, database="appdb")
 ENDPOINT = Endpoint("db.example", 27017, CREDENTIALS)

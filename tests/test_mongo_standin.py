@@ -36,12 +36,11 @@ from claude_db.errors import ExitCode, NotRunningError, UsageError
 from claude_db.processes import HostTools
 from claude_db.readiness import wait_until_ready
 from claude_db.runtimes.local.runtime import free_port
-from claude_db.testing import CONTRACT_PASSWORD
+from claude_db.testing import BIN, CONTRACT_PASSWORD, Cli, assert_one_line_error
 from claude_db_mongo import MongoEngine
 from claude_db_mongo.archive import MAGIC, ByteReader
 from claude_db_mongo.driver_archive import load_archive
 from claude_db_mongo.staging import PREFIX, Staging
-from conftest import BIN, Cli, assert_one_line_error
 
 USER = "root"
 BIG = 10_000

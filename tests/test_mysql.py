@@ -24,8 +24,8 @@ import pytest
 
 from claude_db.envfile import read_env
 from claude_db.errors import ExitCode
+from claude_db.testing import BIN, Cli, assert_one_line_error
 from claude_db_mysql.dumps import SANDBOX_LINE, without_sandbox_line
-from conftest import BIN, Cli, assert_one_line_error
 
 DOCKER_IMAGE = "claude-db-test/mariadb:10.11"
 RUNTIMES = ["local", pytest.param("docker", marks=pytest.mark.docker)]

@@ -25,8 +25,8 @@ import pytest
 
 from claude_db.envfile import read_env
 from claude_db.errors import ExitCode
+from claude_db.testing import Cli, assert_one_line_error
 from claude_db_mysql.switches import ImportRefusedError, SwitchGuard
-from conftest import Cli, assert_one_line_error
 from test_mysql import DOCKER_IMAGE, RUNTIMES, connect, databases, fetch, tables
 
 COMMENTED = """
@@ -326,7 +326,6 @@ def test_a_database_named_like_an_option_is_dumped(
     assert_one_line_error(failed, ExitCode.FAILED)
     assert "nothing was applied: line 2" in failed.stderr, failed
     assert tables(local_session, "-x") == ["dashed"]
-
 
 
 # -- 14.5: physical snapshots (table files) on the local runtime ------------------------------

@@ -13,8 +13,8 @@ from typing import TYPE_CHECKING
 
 import pytest
 
-from conftest import Cli
-from docker_support import DB_IMAGE
+from claude_db.testing import Cli
+from claude_db.testing.docker import DB_IMAGE
 
 if TYPE_CHECKING:
     from private_docker import PrivateEngine

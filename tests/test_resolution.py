@@ -21,10 +21,10 @@ from claude_db.envfile import read_env
 from claude_db.errors import ExitCode, NotRunningError, UsageError
 from claude_db.processes import HostTools
 from claude_db.runtimes.url import UrlRuntime
-from conftest import Cli, assert_one_line_error
-from safety_support import fresh_state
+from claude_db.testing import Cli, assert_one_line_error
+from claude_db.testing.safety import fresh_state
 
-pytest_plugins = ["docker_fixtures"]  # the docker case at the end
+pytest_plugins = ["claude_db.testing.docker"]  # the docker case at the end
 
 USAGE = ExitCode.USAGE
 
@@ -287,7 +287,7 @@ def test_the_rule_is_in_the_help(cli: Cli) -> None:
 def test_status_and_start_on_a_recreated_docker_session(
     cli: Cli, new_name: Callable[[], str], workdir: Path
 ) -> None:
-    from docker_support import DB_IMAGE, docker
+    from claude_db.testing.docker import DB_IMAGE, docker
 
     name = new_name()
     assert cli("claude-session", "start", name).code == 0

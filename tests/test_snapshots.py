@@ -18,10 +18,13 @@ from typing import Any
 import psycopg
 import pytest
 
-from conftest import Cli, assert_one_line_error
-from docker_fixtures import docker_daemon  # noqa: F401 - a fixture, requested on docker runs
-from docker_support import SESSION_IMAGE, remove_everything
-from safety_support import fingerprint, seed, session_json
+from claude_db.testing import Cli, assert_one_line_error
+from claude_db.testing.docker import (
+    SESSION_IMAGE,
+    docker_daemon,  # noqa: F401 - a fixture
+    remove_everything,
+)
+from claude_db.testing.safety import fingerprint, seed, session_json
 
 ENGINES = ["postgres", "mysql"]
 #: every engine on every runtime: "<engine>" runs locally, "<engine>@docker" in containers

@@ -29,21 +29,22 @@ import pytest
 
 from claude_db.locks import lock_for
 from claude_db.processes import is_running
-from conftest import BIN, Cli, assert_one_line_error
-from docker_fixtures import docker_daemon  # noqa: F401 - a fixture
-from docker_support import remove_everything
-from safety_support import (
+from claude_db.testing import BIN, Cli, assert_one_line_error
+from claude_db.testing.docker import (
     NOTHING_IN_DOCKER,
+    docker_cli_env,
+    docker_daemon,  # noqa: F401 - a fixture
+    docker_leftovers,
+    remove_everything,
+)
+from claude_db.testing.safety import (
     NOTHING_LEFT,
     cli_env,
-    docker_env,
-    docker_leftovers,
-    leftovers,
     listening,
-    own_state,  # noqa: F401 - the state fixture
     session_json,
     session_leader_servers,
     start_with_frozen_server,
+    state_leftovers,
     wait_for,
 )
 
@@ -166,7 +167,7 @@ def test_gc_stops_a_lost_sessions_server_found_by_its_pid_file(
     swept = cli("claude-session", "gc")
     assert swept.code == 0, swept
     assert not is_running(record["pid"]) and not listening(record["port"])
-    assert leftovers(state, [record["port"]]) == NOTHING_LEFT
+    assert state_leftovers(state, [record["port"]]) == NOTHING_LEFT
 
 
 # -- 13.3: a state directory another user may write is refused --------------------------------
@@ -282,7 +283,7 @@ def test_no_other_user_can_hold_our_locks(cli: Cli, state: Path, attacker: str) 
         assert "Permission denied" in held.stderr, held.stderr
     assert as_attacker("ls", str(state / "sessions" / ".locks")).returncode != 0
     assert cli("claude-session", "delete", "sec-lock", "--yes").code == 0
-    assert leftovers(state, []) == NOTHING_LEFT
+    assert state_leftovers(state, []) == NOTHING_LEFT
 
 
 def test_a_command_kept_waiting_for_a_lock_says_what_it_waits_for(
@@ -363,7 +364,7 @@ def test_a_truncated_session_record_breaks_only_its_session(
     ok.write_text(json.dumps({**json.loads(ok.read_text()), "from_the_future": 1}))
     assert cli("claude-db", "status", "--session", "sec-ok").code == 0
     assert cli("claude-session", "delete", "sec-ok", "--yes").code == 0
-    assert leftovers(state, [record["port"]]) == NOTHING_LEFT
+    assert state_leftovers(state, [record["port"]]) == NOTHING_LEFT
 
 
 @pytest.mark.docker
@@ -373,14 +374,14 @@ def test_deleting_a_broken_docker_session_removes_its_docker_resources(
 ) -> None:
     name = f"secb{uuid.uuid4().hex[:8]}"
     try:
-        assert cli("claude-session", "start", name, env=docker_env(state)).code == 0
+        assert cli("claude-session", "start", name, env=docker_cli_env(state)).code == 0
         left = docker_leftovers(name)
         assert left["container"] and left["network"] and left["volume"], left
         (state / "sessions" / name / "session.json").write_text("{")
         deleted = cli("claude-session", "delete", name, "--yes")
         assert deleted.code == 0, deleted
         assert docker_leftovers(name) == NOTHING_IN_DOCKER
-        assert leftovers(state, []) == NOTHING_LEFT
+        assert state_leftovers(state, []) == NOTHING_LEFT
     finally:
         remove_everything(name)
 
@@ -401,7 +402,7 @@ def test_list_shows_a_killed_start_as_unfinished(cli: Cli, state: Path, workdir:
     assert "claude-session gc removes it" in shown["error"]
     assert cli("claude-session", "gc").code == 0
     assert session_leader_servers(state, name) == []
-    assert leftovers(state, [port]) == NOTHING_LEFT
+    assert state_leftovers(state, [port]) == NOTHING_LEFT
 
 
 @pytest.mark.parametrize("how", [("--verbose",), ()])

@@ -24,8 +24,8 @@ import psycopg
 import pytest
 from psycopg import sql
 
-from conftest import BIN, Cli, assert_one_line_error
-from safety_support import database_url, pg_fingerprint, seed, session_json, wait_for
+from claude_db.testing import BIN, Cli, assert_one_line_error
+from claude_db.testing.safety import database_url, pg_fingerprint, seed, session_json, wait_for
 
 KILLED = -signal.SIGKILL
 

@@ -13,25 +13,17 @@ import shutil
 import subprocess
 import uuid
 from collections import Counter
-from collections.abc import Iterator
 from pathlib import Path
 from urllib.parse import urlsplit
 
 import psycopg
 import pytest
 
-from conftest import BIN, Cli, Result
-from safety_support import cleanup, cli_env, docker_env, fresh_state, session_json
+from claude_db.testing import BIN, Cli, CliResult
+from claude_db.testing.docker import docker_cli_env
+from claude_db.testing.safety import cli_env, session_json
 
 PARALLEL = 20
-
-
-@pytest.fixture
-def state(tmp_path: Path, state_root: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
-    path = fresh_state(tmp_path / "own", state_root)
-    monkeypatch.setenv("CLAUDE_DB_STATE_DIR", str(path))
-    yield path
-    cleanup(path)
 
 
 def git(cwd: Path, *args: str) -> str:
@@ -57,10 +49,10 @@ def add_worktree(repo: Path, name: str) -> Path:
     return path
 
 
-def run(cwd: Path, env: dict[str, str], *argv: str) -> Result:
+def run(cwd: Path, env: dict[str, str], *argv: str) -> CliResult:
     proc = subprocess.run([str(BIN / argv[0]), *argv[1:]], cwd=cwd, env=env,
                           capture_output=True, text=True, timeout=600, stdin=subprocess.DEVNULL)
-    return Result(proc.returncode, proc.stdout, proc.stderr)
+    return CliResult(list(argv), proc.returncode, proc.stdout, proc.stderr)
 
 
 def dotenv_lines(workdir: Path) -> list[tuple[str, str]]:
@@ -72,14 +64,14 @@ def dotenv_lines(workdir: Path) -> list[tuple[str, str]]:
     return pairs
 
 
-def start_all_at_once(trees: list[Path], env: dict[str, str], *options: str) -> list[Result]:
+def start_all_at_once(trees: list[Path], env: dict[str, str], *options: str) -> list[CliResult]:
     procs = [subprocess.Popen([str(BIN / "claude-session"), "start", *options], cwd=tree,
                               env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                               stderr=subprocess.PIPE, text=True) for tree in trees]
     results = []
     for proc in procs:
         out, err = proc.communicate(timeout=900)
-        results.append(Result(proc.returncode, out, err))
+        results.append(CliResult(["claude-session", "start", *options], proc.returncode, out, err))
     return results
 
 
@@ -131,7 +123,7 @@ def test_twenty_worktrees_start_at_once_local(state: Path, repo: Path) -> None:
 
 
 def test_twenty_worktrees_start_at_once_docker(state: Path, repo: Path) -> None:
-    env = {**docker_env(state), **SLOW_MACHINE}
+    env = {**docker_cli_env(state), **SLOW_MACHINE}
     try:
         check_parallel_starts(state, repo, env, "--publish")
     finally:

@@ -1,4 +1,5 @@
-"""Helpers for the safety-net tests: fresh state directories, data checksums, leak checks."""
+"""Helpers for the safety-net tests: fresh state directories, data checksums, and
+everything a state directory's sessions could leak (processes, ports, entries)."""
 
 from __future__ import annotations
 
@@ -10,15 +11,13 @@ import signal
 import socket
 import subprocess
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from functools import partial
 from pathlib import Path
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
-import pytest
-
-from conftest import BIN, OUR_VARIABLES, Cli
+from claude_db.testing.cli import BIN, OUR_VARIABLES, Cli
 
 #: the data every snapshot test seeds, per engine: several tables, a second schema or
 #: table with other types, a view, enough rows that a half-restored copy would show
@@ -43,6 +42,7 @@ SEED: dict[str, list[str]] = {
     ],
 }
 
+
 def fresh_state(root: Path, shared_state: Path) -> Path:
     """A state directory of its own (to prove nothing is left in it) that reuses the
     test run's cached server templates (building them again costs seconds)."""
@@ -58,16 +58,6 @@ def fresh_state(root: Path, shared_state: Path) -> Path:
     os.chmod(templates, 0o711)
     (state / "templates").symlink_to(templates)
     return state
-
-
-@pytest.fixture(name="state")
-def own_state(tmp_path: Path, state_root: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
-    """A state directory of this test's own (:func:`fresh_state`), what is left in it is
-    what leaked; its sessions are deleted at the end, even when the test fails."""
-    path = fresh_state(tmp_path, state_root)
-    monkeypatch.setenv("CLAUDE_DB_STATE_DIR", str(path))
-    yield path
-    cleanup(path)
 
 
 def wait_for(condition: str, probe: Callable[[], object], timeout: float = 120) -> None:
@@ -169,7 +159,7 @@ def listening(port: int) -> bool:
         return sock.connect_ex(("127.0.0.1", port)) == 0
 
 
-def leftovers(state: Path, ports: list[int]) -> dict[str, Any]:
+def state_leftovers(state: Path, ports: list[int]) -> dict[str, Any]:
     """Everything a state directory's sessions could leak; all empty when nothing leaked."""
     sessions = state / "sessions"
     return {
@@ -280,60 +270,3 @@ def cleanup(state: Path) -> None:
                            env=cli_env(state), capture_output=True, timeout=120)
     subprocess.run([str(BIN / "claude-session"), "gc"], env=cli_env(state),
                    capture_output=True, timeout=120)
-
-
-#: the test images the docker runtime's tests use (built by tests/images/build.sh)
-DOCKER_IMAGES = {"postgres": "claude-db-test/postgres:15", "mysql": "claude-db-test/mariadb:10.11"}
-
-
-def docker_env(state: Path) -> dict[str, str]:
-    return {**cli_env(state), "CLAUDE_DB_RUNTIME": "docker",
-            "CLAUDE_DB_IMAGE": DOCKER_IMAGES["postgres"]}
-
-
-def docker_ids(kind: str, *filters: str) -> list[str]:
-    """IDs of Docker containers/networks/volumes matching ``--filter`` arguments."""
-    listing = {"container": ["ps", "-aq"], "network": ["network", "ls", "-q"],
-               "volume": ["volume", "ls", "-q"]}[kind]
-    argv = ["docker", *listing]
-    for item in filters:
-        argv += ["--filter", item]
-    done = subprocess.run(argv, capture_output=True, text=True, timeout=120, check=True)
-    return done.stdout.split()
-
-
-def docker_leftovers(name: str) -> dict[str, list[str]]:
-    """Everything Docker still holds of session ``name`` (by label)."""
-    label = f"label=claude-db.session={name}"
-    return {kind: docker_ids(kind, label) for kind in ("container", "network", "volume")}
-
-
-NOTHING_IN_DOCKER: dict[str, list[str]] = {"container": [], "network": [], "volume": []}
-
-
-def start_docker_with_frozen_database(
-    state: Path, name: str, workdir: Path
-) -> subprocess.Popen[bytes]:
-    """Run a docker ``start`` until its database container runs, then pause that container
-    (``docker pause``): the start can no longer become ready, so it is caught half-way."""
-    proc = subprocess.Popen(
-        [str(BIN / "claude-session"), "start", name], cwd=workdir, env=docker_env(state),
-        stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-        start_new_session=True,
-    )
-    deadline = time.monotonic() + 180  # a safety net against hanging, not a measurement
-    running = (f"label=claude-db.session={name}", "label=claude-db.role=database",
-               "status=running")
-    while time.monotonic() < deadline and proc.poll() is None:
-        if ids := docker_ids("container", *running):
-            subprocess.run(["docker", "pause", ids[0]], capture_output=True, check=True)
-            return proc
-        time.sleep(0.05)
-    _, err = proc.communicate(timeout=60)
-    raise AssertionError(f"start ended ({proc.returncode}) before its database container was "
-                         f"seen running: {err.decode()}")
-
-
-def unpause(name: str) -> None:
-    for cid in docker_ids("container", f"label=claude-db.session={name}", "status=paused"):
-        subprocess.run(["docker", "unpause", cid], capture_output=True)

@@ -1,0 +1,77 @@
+"""What a deleted session left behind: directories, processes, ports and what its runtime
+still holds (as ``claude-session gc`` finds it)."""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import socket
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from claude_db import processes
+
+if TYPE_CHECKING:
+    from claude_db.runtime import Runtime
+
+
+def leftovers(
+    state_dir: Path, name: str, env: dict[str, str], record: dict[str, Any]
+) -> list[str]:
+    """What a deleted session left behind, described in words (empty: nothing)."""
+    from claude_db.processes import is_running
+
+    found: list[str] = []
+    session_dir = state_dir / "sessions" / name
+    if session_dir.exists():
+        found.append(f"directory {session_dir}")
+    for path in state_dir.rglob(f"*{name}*"):
+        if path.is_dir():
+            found.append(f"directory {path}")
+    for key in ("datadir", "socket_dir"):
+        value = record.get("runtime_state", {}).get(key)
+        if value and Path(value).exists():
+            found.append(f"{key} {value}")
+    found += [f"process {pid}: {cmd}" for pid, cmd in processes_mentioning(str(session_dir))]
+    pid = record.get("runtime_state", {}).get("pid")
+    if isinstance(pid, int) and is_running(pid):
+        found.append(f"process {pid} (the server)")
+    if env.get("DB_HOST") in ("127.0.0.1", "localhost", "::1") and _port_answers(
+        env["DB_HOST"], int(env["DB_PORT"])
+    ):
+        found.append(f"port {env['DB_HOST']}:{env['DB_PORT']} still answers")
+    if record.get("runtime"):
+        found += runtime_leftovers(state_dir, name, record["runtime"])
+    return found
+
+
+def runtime_leftovers(state_dir: Path, name: str, runtime_name: str) -> list[str]:
+    """What session ``name``'s runtime still holds for it (its containers, its servers...),
+    as the runtime itself finds it for ``claude-session gc``."""
+    from claude_db.settings import Settings
+
+    settings = dataclasses.replace(Settings.from_env(), state_dir=state_dir)
+    runtime = runtime_class(runtime_name)(settings)
+    if not runtime.available():
+        return []
+    return [f"{o.kind} {o.what}" for o in runtime.leftovers(state_dir).get(name, [])]
+
+
+@functools.cache
+def runtime_class(name: str) -> type[Runtime]:
+    """The installed runtime called ``name`` (as the ``claude-db`` command finds it)."""
+    from claude_db.plugins import load_plugins
+    from claude_db.settings import Settings
+
+    return load_plugins(Settings.from_env()).runtime_class(name)
+
+
+def processes_mentioning(text: str) -> list[tuple[int, str]]:
+    """Live processes whose command line contains ``text``."""
+    return processes.processes_mentioning(text)
+
+
+def _port_answers(host: str, port: int) -> bool:
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as sock:
+        sock.settimeout(2)
+        return sock.connect_ex((host, port)) == 0
