@@ -487,7 +487,9 @@ def _checked(record: dict[str, Any] | None) -> dict[str, Any] | None:
             and isinstance(fields["automatic"], bool)
             and NAME_PATTERN.fullmatch(str(fields["name"]))):
         return None
-    return {**fields, "label": _label(record)} if record.get("label") else fields
+    # the label always, as Snapshot.to_json writes it: else every listing rewrote the
+    # record of an unlabelled snapshot (a failed command changed a state file)
+    return {**fields, "label": _label(record)}
 
 
 def _label(record: dict[str, Any]) -> str:
