@@ -85,7 +85,7 @@ def test_installed_plugin_is_discovered(cli: Cli) -> None:
     plugins = {p["name"]: p for p in report["plugins"]}
     assert plugins["mongo"]["distribution"] == "claude-db-mongo"
     assert plugins["mongo"]["engines"] == ["mongo"]
-    assert plugins["mongo"]["hooks"] == ["register_commands", "register_engines"]
+    assert plugins["mongo"]["hooks"] == ["register_engines"]  # core adds its shell alias
     assert report["engines"]["mongo"] == "mongo"
     assert "mongosh" in cli("claude-db", "--help").stdout
 

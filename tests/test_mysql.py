@@ -14,6 +14,7 @@ import os
 import signal
 import subprocess
 import time
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -96,7 +97,8 @@ def runtime(request: pytest.FixtureRequest) -> str:
 @pytest.fixture
 def session(cli: Cli, workdir: Path, runtime: str) -> Iterator[dict[str, str]]:
     """A mysql session in ``workdir`` on ``runtime``; its .env as a dict."""
-    name = f"my-{runtime}"
+    # Docker names are global: tests running at once on other workers need their own
+    name = "my-local" if runtime == "local" else f"my-{runtime}-{uuid.uuid4().hex[:6]}"
     result = cli("claude-session", "start", name, "--db", "mysql", "--runtime", runtime,
                  env={"CLAUDE_DB_IMAGE": DOCKER_IMAGE})
     assert result.code == 0, result
@@ -249,7 +251,8 @@ def test_other_user_on_the_local_runtime(cli: Cli, workdir: Path) -> None:
 def test_other_user_on_docker(cli: Cli, workdir: Path) -> None:
     """CLAUDE_DB_USER=app: the images' MYSQL_USER, with every privilege on its database only;
     imports and resets still work within those privileges, and root has the same password."""
-    started = cli("claude-session", "start", "my-app-docker", "--db", "mysql", "--runtime",
+    name = f"my-app-docker-{uuid.uuid4().hex[:6]}"
+    started = cli("claude-session", "start", name, "--db", "mysql", "--runtime",
                   "docker", env={"CLAUDE_DB_USER": "app", "CLAUDE_DB_IMAGE": DOCKER_IMAGE})
     assert started.code == 0, started
     try:
@@ -269,7 +272,7 @@ def test_other_user_on_docker(cli: Cli, workdir: Path) -> None:
                                password=env["DB_PASSWORD"])
         root.close()
     finally:
-        cli("claude-session", "delete", "my-app-docker", "--yes")
+        cli("claude-session", "delete", name, "--yes")
 
 
 # -- dumps and imports ----------------------------------------------------------------------

@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -66,7 +67,8 @@ def runtime(request: pytest.FixtureRequest) -> str:
 
 @pytest.fixture
 def session(cli: Cli, workdir: Path, runtime: str) -> Iterator[dict[str, str]]:
-    name = f"fid-{runtime}"
+    # Docker names are global: tests running at once on other workers need their own
+    name = "fid-local" if runtime == "local" else f"fid-{runtime}-{uuid.uuid4().hex[:6]}"
     started = cli("claude-session", "start", name, "--db", "mysql", "--runtime", runtime,
                   env={"CLAUDE_DB_IMAGE": DOCKER_IMAGE})
     assert started.code == 0, started
@@ -367,7 +369,7 @@ def test_big_snapshots_are_table_files_and_keep_everything(
     assert cli("claude-db", "snapshot", "save", "big").code == 0
     assert snapshot_files("big") == [
         "bulk.cfg", "bulk.ibd", "owners.cfg", "owners.ibd", "prices.cfg", "prices.ibd",
-        "schema.sql.gz", "snapshot.json", "tablespaces.json"]
+        "schema.sql.gz", "snapshot.json", "tables.json", "tablespaces.json"]
 
     cli("claude-db", "query", "DELETE FROM bulk WHERE id < 100; UPDATE prices SET amount = 99")
     restored = cli("claude-db", "snapshot", "restore", "big")
@@ -408,7 +410,7 @@ def test_a_snapshot_never_waits_for_a_writer(cli: Cli, local_session: dict[str, 
             cur.execute("UPDATE owners SET id = id WHERE id = 1")
         saved = cli("claude-db", "snapshot", "save", "busy")
         assert saved.code == 0, saved
-        assert snapshot_files("busy") == ["dump.gz", "snapshot.json"]
+        assert snapshot_files("busy") == ["dump.gz", "snapshot.json", "tables.json"]
     finally:
         writer.close()
     assert cli("claude-db", "snapshot", "save", "quiet").code == 0

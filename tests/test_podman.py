@@ -283,6 +283,9 @@ def test_starts_the_api_service_when_none_answers_and_says_so(
     try:
         assert started.code == 0, started
         assert f"unix://{socket}" in started.stderr
+        # not in this command's directory: a directory removed later broke every container
+        # the service started afterwards (conmon: "Failed to get working directory")
+        assert service is not None and os.readlink(f"/proc/{service}/cwd") == "/"
         again = cli.db("status", env=env)  # the service stays up: no second start
         assert again.code == 0 and "started Podman's API service" not in again.stderr, again
         cli.ok("claude-session", "delete", name, "--yes", env=env)

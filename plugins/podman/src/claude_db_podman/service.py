@@ -85,8 +85,11 @@ def _start(cli: str, path: Path) -> None:
     log = path.parent / LOG_NAME
     argv = [cli, "system", "service", "--time=0", f"unix://{path}"]
     with open(log, "ab") as out:
+        # it outlives this command, and its containers' conmon inherit its working
+        # directory: "/" (a directory removed later broke every container it started:
+        # "conmon: Failed to get working directory", "write child: broken pipe")
         service = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=out, stderr=out,
-                                   start_new_session=True)  # outlives this command
+                                   start_new_session=True, cwd="/")
 
     def answers() -> None:
         if reason := ping(path):
