@@ -316,6 +316,10 @@ class EngineContract:
             deleted = cli.session("delete", session.name, "--yes")
             assert deleted.code == 0, deleted
             assert leftovers(cli.state_dir, session.name, env, record) == []
+            # and as the runtime itself finds them, where the CLIs run (its plugin may be
+            # installed only there)
+            swept = cli.ok("claude-session", "gc", "--dry-run", "--json").json()
+            assert [o for o in swept if session.name in json.dumps(o)] == [], swept
             dotenv = cli.workdir / ".env"
             assert not dotenv.exists() or "DATABASE_URL" not in dotenv.read_text()
             listed = cli.ok("claude-session", "list", "--json").json()
