@@ -155,6 +155,31 @@ def test_checkpoint_never_ends_a_connected_client(cli: Cli, engine: str, session
     assert diff["rows"]["public.items"] == {"before": 5000, "after": 5002}
 
 
+@pytest.mark.parametrize("engine", ["postgres", pytest.param("postgres@docker",
+                                                             marks=pytest.mark.docker)])
+def test_checkpoint_and_undo_copy_files_not_wal(cli: Cli, engine: str, session: str) -> None:
+    """The template copies of a checkpoint and of undo --to are file copies (STRATEGY
+    FILE_COPY): the server's WAL grows by far less than the database, where PostgreSQL
+    15's default (WAL_LOG) writes every page of the copy into it: 2-3x slower (bench/)."""
+    url = database_url(cli, session)
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute("CREATE TABLE filler AS SELECT g, repeat('x', 200) AS pad "
+                     "FROM generate_series(1, 100000) g")  # ~25 MB
+        size = conn.execute("SELECT pg_database_size(current_database())").fetchone()[0]
+
+    def wal_written(*argv: str) -> int:
+        with psycopg.connect(url, autocommit=True) as conn:
+            before = conn.execute("SELECT pg_current_wal_lsn()").fetchone()[0]
+        run(cli, session, *argv)
+        with psycopg.connect(url, autocommit=True) as conn:
+            return int(conn.execute("SELECT pg_current_wal_lsn() - %s::pg_lsn",
+                                    [str(before)]).fetchone()[0])
+
+    name = json.loads(run(cli, session, "checkpoint", "--json").stdout)["name"]
+    assert wal_written("checkpoint") < size / 4
+    assert wal_written("undo", "--to", name, "--yes") < size / 4
+
+
 def test_retention_keeps_the_last_n_and_caps_space_named_ones_kept(
     cli: Cli, session: str
 ) -> None:
