@@ -275,8 +275,7 @@ def test_fork_killed_at_each_step(cli: Cli, state: Path, tmp_path: Path, step: s
                 "AND backend_type = 'client backend'").fetchone() == (0,)
 
         wait_for("the killed fork's base backup to end", backup_ended)
-    # listed as unfinished once its record is written; gc finds it either way
-    assert _listed(cli).get(name) in (None, "unfinished")
+    assert _listed(cli)[name] == "unfinished"  # at every step: its record is written first
     assert (state / "sessions" / name).exists()
     found = cli("claude-session", "gc", "--dry-run", "--json")
     assert found.code == 0 and name in found.stdout, found

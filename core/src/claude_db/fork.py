@@ -63,10 +63,13 @@ def fork_session(
             current = app.store.load(source.name)
             if runtime.status(current) != "running":
                 raise NotRunningError(f"session {source.name} stopped")
+            # on record before anything is made: a fork killed from here on is listed as
+            # `unfinished` (its start marker) and gc removes it with what it made
+            app.store.save(session)
             method = runtime.create_copy(session, engine, current)
             if method is None:
                 runtime.create(session, engine)
-                app.store.save(session)  # gc finds what was made from here on
+                app.store.save(session)  # what the runtime made, for gc to find
                 _copy_by_dump(app, engine, runtime, current, session)
                 method = "dump"
         checkpoint("fork-filled")

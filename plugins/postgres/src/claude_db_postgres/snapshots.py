@@ -9,9 +9,9 @@ outlive a re-created container; core's directories only cache them (:func:`catal
 Only the role's own snapshots are listed (databases it owns itself), and nothing
 here needs more than the database's owner with CREATEDB.
 
-``save`` copies with ``CREATE DATABASE <snapshot> TEMPLATE <db> STRATEGY FILE_COPY``, which needs the database
-to itself: when other clients are connected it copies a ``pg_dump`` of one consistent MVCC
-snapshot into the new database instead, so saving never disturbs anyone.
+``save`` copies with ``CREATE DATABASE <snapshot> TEMPLATE <db> STRATEGY FILE_COPY``, which
+needs the database to itself: when other clients are connected it copies a ``pg_dump`` of
+one consistent MVCC snapshot into the new database instead, so saving never disturbs anyone.
 
 ``move`` (before ``reset``, ``restore``, ``undo``, ``import --replace``) renames the
 database to the snapshot and writes its record, marked pending, in one transaction; then
