@@ -242,8 +242,8 @@ def _undo_candidate(store: SnapshotStore) -> Snapshot:
     """The snapshot taken before the last reset, import --replace or restore: snapshots
     saved by name are not operations to undo, nor is one undone already (twice is harmless).
     A later such command that took no snapshot leaves nothing to undo, not an older one."""
-    candidates = [s for s in store.all() if s.automatic and s.readable
-                  and s.reason != UNDO and s.reason not in CHECKPOINTS]
+    taken = [s for s in _before_commands(store) if s.readable]
+    candidates = [s for s in taken if s.reason != UNDO]
     unsnapshotted = _read_unsnapshotted(store)
     if unsnapshotted and (not candidates or unsnapshotted["at"] > candidates[-1].created_at):
         raise NothingToUndoError(
@@ -255,7 +255,7 @@ def _undo_candidate(store: SnapshotStore) -> Snapshot:
             "nothing to undo: no reset, import --replace or restore was made "
             "(claude-db snapshot list; claude-db snapshot restore NAME)"
         )
-    undos = [s for s in store.all() if s.automatic and s.reason == UNDO and s.readable]
+    undos = [s for s in taken if s.reason == UNDO]
     if undos and undos[-1].created_at > candidates[-1].created_at:
         # undone already: restoring it again would throw away what was done since
         raise NothingToUndoError(
@@ -303,7 +303,7 @@ def diff(app: App, target: Target, name: str | None) -> tuple[Snapshot, dict[str
         if name is not None:
             snapshot = store.get(name)
         else:
-            checkpoints = [s for s in store.all() if s.reason in CHECKPOINTS and s.readable]
+            checkpoints = [s for s in _checkpoints(store) if s.readable]
             if not checkpoints:
                 raise NoCheckpointError("no checkpoint to compare with (claude-db checkpoint "
                                         "takes one; claude-db diff ID compares with a snapshot)")
@@ -671,10 +671,21 @@ def _engine_restore(target: Target, snapshot: Snapshot) -> None:
     )
 
 
+def _before_commands(store: SnapshotStore) -> list[Snapshot]:
+    """The automatic snapshots taken before a destructive command (``undo``'s own
+    included), oldest first: what plain ``undo`` restores and ``_prune`` bounds."""
+    return [s for s in store.all() if s.automatic and s.reason not in CHECKPOINTS]
+
+
+def _checkpoints(store: SnapshotStore) -> list[Snapshot]:
+    """The checkpoints, oldest first: what ``diff`` compares with and ``_retain`` bounds."""
+    return [s for s in store.all() if s.reason in CHECKPOINTS]
+
+
 def _prune(app: App, target: Target, store: SnapshotStore, keep: Snapshot) -> None:
     """Delete the oldest automatic snapshots beyond the retention setting (checkpoints
     have their own, :func:`_retain`)."""
-    automatic = [s for s in store.all() if s.automatic and s.reason not in CHECKPOINTS]
+    automatic = _before_commands(store)
     excess = len(automatic) - app.settings.auto_snapshots
     for snapshot in automatic[: max(excess, 0)]:
         if snapshot.name != keep.name:
@@ -689,7 +700,7 @@ def _retain(app: App, target: Target, store: SnapshotStore, keep: Snapshot) -> l
     ``CLAUDE_DB_SNAPSHOT_SPACE``: the oldest checkpoints go first, then the oldest taken
     before a command; named ones, ``keep`` and the one plain ``undo`` restores never. What
     could not be freed: one line."""
-    checkpoints = [s for s in store.all() if s.reason in CHECKPOINTS]
+    checkpoints = _checkpoints(store)
     excess = len(checkpoints) - max(app.settings.checkpoints, 1)
     for snapshot in checkpoints[: max(excess, 0)]:
         if snapshot.name != keep.name:

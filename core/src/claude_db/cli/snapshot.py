@@ -5,7 +5,7 @@ from __future__ import annotations
 import typer
 
 from claude_db import snapshots
-from claude_db.app import get_app
+from claude_db.app import App, get_app
 from claude_db.cli.common import (
     DatabaseOption,
     JsonOption,
@@ -17,6 +17,7 @@ from claude_db.cli.common import (
 )
 from claude_db.errors import ClaudeDbError, SessionNotFoundError, UsageError
 from claude_db.snapshots import Snapshot
+from claude_db.target import Target
 
 HELP = (
     "Save, list, restore and delete snapshots of the session's database.\n\n"
@@ -87,8 +88,7 @@ def restore(
     Ends the database's other connections first (clients reconnect)."""
     app = get_app()
     target = resolve_target(session, destructive="restore a snapshot")
-    snapshots.find(app, target, name)  # an unknown name fails before any question
-    _confirm_without_safety(app.settings.auto_snapshots, f"Replace the data of {target.name}", yes)
+    _confirm_without_safety(app, target, name, yes)
     restored, safety = snapshots.restore(app, target, name)
     _report(target.name, restored, safety, as_json)
 
@@ -126,8 +126,7 @@ def undo(
         return
     app = get_app()
     target = resolve_target(session, destructive="undo")
-    snapshots.find(app, target, to)  # nothing to undo, or a bad ID, fails before any question
-    _confirm_without_safety(app.settings.auto_snapshots, f"Replace the data of {target.name}", yes)
+    _confirm_without_safety(app, target, to, yes)
     restored, safety = (snapshots.undo(app, target) if to is None
                         else snapshots.restore(app, target, to))
     _report(target.name, restored, safety, as_json)
@@ -228,9 +227,14 @@ def _count(rows: int | None) -> str:
     return "-" if rows is None else str(rows)
 
 
-def _confirm_without_safety(auto_snapshots: int, question: str, yes: bool) -> None:
-    if auto_snapshots == 0:  # the data being replaced will not be kept
-        confirm(f"{question} without keeping it (CLAUDE_DB_AUTO_SNAPSHOTS=0)?", yes)
+def _confirm_without_safety(app: App, target: Target, name: str | None, yes: bool) -> None:
+    """Ask before replacing data that will not be kept (CLAUDE_DB_AUTO_SNAPSHOTS=0);
+    nothing to undo, or an unknown ``name``, fails before the question (without one the
+    command itself finds that: no second look at the server)."""
+    if app.settings.auto_snapshots == 0 and not yes:
+        snapshots.find(app, target, name)
+        confirm(f"Replace the data of {target.name} without keeping it "
+                "(CLAUDE_DB_AUTO_SNAPSHOTS=0)?", yes)
 
 
 def _report(name: str, restored: Snapshot, safety: Snapshot | None, as_json: bool) -> None:
