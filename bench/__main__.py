@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import shutil
 import subprocess
 import sys
@@ -85,10 +86,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     finished = datetime.now(UTC)
     result["finished_at"] = finished.isoformat(timespec="seconds")
     result["seconds"] = round((finished - started).total_seconds(), 1)
+    result["load_average_at_end"] = list(os.getloadavg())  # the machine's at start: "machine"
     result["summary"] = summary(result["cases"])
     path = write(result, args.json)
     say("\n" + table(result))
-    say(f"\n{result['seconds']:.0f} s; result written to {path}")
+    loads = [result["machine"]["load_average"][0], result["load_average_at_end"][0]]
+    say(f"\n{result['seconds']:.0f} s at load average {loads[0]:.1f} -> {loads[1]:.1f}; "
+        f"result written to {path}")
     bad = result["summary"]["errors"] + result["summary"]["checks_failed"]
     return 1 if bad else 0
 

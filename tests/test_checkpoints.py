@@ -25,7 +25,7 @@ from claude_db.testing.docker import (
     docker_daemon,  # noqa: F401 - a fixture
     remove_everything,
 )
-from claude_db.testing.safety import database_url, fingerprint, seed
+from claude_db.testing.safety import database_url, fingerprint, seed, session_json
 
 KILLED = -signal.SIGKILL
 IMAGES = {"postgres": "claude-db-test/postgres:15", "mysql": "claude-db-test/mariadb:10.11"}
@@ -178,6 +178,30 @@ def test_checkpoint_and_undo_copy_files_not_wal(cli: Cli, engine: str, session: 
     name = json.loads(run(cli, session, "checkpoint", "--json").stdout)["name"]
     assert wal_written("checkpoint") < size / 4
     assert wal_written("undo", "--to", name, "--yes") < size / 4
+
+
+def test_checkpoint_and_undo_open_one_admin_connection(cli: Cli, state: Path) -> None:
+    """Each snapshot command talks to the server over one admin connection (each one
+    costs a server process and an authentication), counted in the server's own log."""
+    name = f"ckpt-conns-{uuid.uuid4().hex[:8]}"
+    assert cli("claude-session", "start", name, "--superuser").code == 0  # for ALTER SYSTEM
+    try:
+        with psycopg.connect(database_url(cli, name), autocommit=True) as conn:
+            conn.execute("ALTER SYSTEM SET log_connections = on")
+            conn.execute("SELECT pg_reload_conf()")
+        log = Path(session_json(state, name)["runtime_state"]["log"])
+
+        def admin_connections(*argv: str) -> int:
+            before = log.read_text().count("database=postgres application_name=claude-db")
+            run(cli, name, *argv)  # the server logs each before it answers: all are in
+            return log.read_text().count("database=postgres application_name=claude-db") \
+                - before
+
+        first = take(cli, name)
+        assert admin_connections("checkpoint") == 1
+        assert admin_connections("undo", "--to", first, "--yes") == 1
+    finally:
+        cli("claude-session", "delete", name, "--yes")
 
 
 def test_retention_keeps_the_last_n_and_caps_space_named_ones_kept(

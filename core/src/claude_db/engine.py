@@ -359,6 +359,11 @@ class Engine(ABC):
         """
         return False
 
+    def snapshot_batch(self) -> contextlib.AbstractContextManager[None]:
+        """Held around each snapshot command's calls (with core's lock): what they open
+        may be shared until it ends (PostgreSQL: one admin connection, not one per call)."""
+        return contextlib.nullcontext()
+
     def snapshot_catalog(self, endpoint: Endpoint) -> list[dict[str, Any]] | None:
         """The snapshots the server keeps itself, for engines whose snapshots live there
         (None, the default: only core's directories know them). Each is ``{"record":

@@ -30,7 +30,7 @@ import os
 import re
 import shutil
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
@@ -176,11 +176,19 @@ def store_for(app: App, target: Target) -> SnapshotStore:
     """Where ``target``'s snapshots live, and the lock that guards them."""
     if not target.bare_url:
         root = app.store.directory(target.name) / "snapshots"
-        return SnapshotStore(root, lambda: app.store.lock(target.name))
+        return SnapshotStore(root, lambda: _batch(target, app.store.lock(target.name)))
     endpoint = target.endpoint()
     key = f"{target.engine.name}|{endpoint.host}|{endpoint.port}|{endpoint.user}"
     root = app.settings.state_dir / "url-snapshots" / hashlib.sha256(key.encode()).hexdigest()[:16]
-    return SnapshotStore(root, lambda: hold(lock_for(root), f"the snapshots of {target.name}"))
+    return SnapshotStore(root, lambda: _batch(
+        target, hold(lock_for(root), f"the snapshots of {target.name}")))
+
+
+@contextlib.contextmanager
+def _batch(target: Target, lock: contextlib.AbstractContextManager[None]) -> Iterator[None]:
+    """The store's lock, and the engine's batch (``Engine.snapshot_batch``) inside it."""
+    with lock, target.engine.snapshot_batch():
+        yield
 
 
 # -- commands ------------------------------------------------------------------------------

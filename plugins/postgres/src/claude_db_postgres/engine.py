@@ -266,6 +266,9 @@ class PostgresEngine(Engine):
     def snapshot_delete(self, endpoint: Endpoint, tools: Tools, directory: Path) -> None:
         snapshots.delete(endpoint, directory)
 
+    def snapshot_batch(self) -> contextlib.AbstractContextManager[None]:
+        return snapshots.one_admin_connection()
+
     def snapshot_catalog(self, endpoint: Endpoint) -> list[dict[str, Any]] | None:
         return snapshots.catalog(endpoint)
 

@@ -26,6 +26,7 @@ says how many.
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import json
 import re
 import secrets
@@ -33,6 +34,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -50,6 +52,9 @@ INVALID = -2  # datconnlimit of a database whose DROP was cut short (PostgreSQL 
 TEMPLATE_NAME = f"^{PREFIX}[0-9a-f]{{12}}$"  # what save and move name a snapshot's database
 TEXT_FIELDS = ("name", "database", "engine", "created_at", "reason")  # and bool "automatic"
 PRIVILEGES = ("CREATE", "CONNECT", "TEMPORARY")  # what a database's grants hold
+#: the connection one_admin_connection shares ({"conn", "key"}); None outside it
+_SHARED: contextvars.ContextVar[dict[str, Any] | None] = contextvars.ContextVar(
+    "claude_db_postgres_admin", default=None)
 
 
 def save(endpoint: Endpoint, tools: Tools, directory: Path) -> None:
@@ -489,8 +494,43 @@ def _invalid(conn: Any, database: str) -> bool:
     return bool(row and row[0])
 
 
-def _maintenance(endpoint: Endpoint) -> Any:
-    """An autocommit connection to another database of the same server."""
+@contextlib.contextmanager
+def one_admin_connection() -> Iterator[None]:
+    """Within it, :func:`_maintenance` hands every call the same connection (one
+    command's recover, catalog and save: each connection costs a server process and an
+    authentication); closed at its end."""
+    shared: dict[str, Any] = {}
+    token = _SHARED.set(shared)
+    try:
+        yield
+    finally:
+        _SHARED.reset(token)
+        if "conn" in shared:
+            shared["conn"].close()
+
+
+@contextlib.contextmanager
+def _maintenance(endpoint: Endpoint) -> Iterator[Any]:
+    """An autocommit connection to another database of the same server: the one
+    :func:`one_admin_connection` shares, while it is idle and to the same server."""
+    from psycopg.pq import TransactionStatus
+
+    shared = _SHARED.get()
+    if shared is None:
+        with _admin(endpoint) as conn:
+            yield conn
+        return
+    key = (endpoint.host, endpoint.port, endpoint.user, endpoint.password)
+    conn = shared.get("conn")
+    if conn is None or shared["key"] != key or conn.broken or conn.closed \
+            or conn.info.transaction_status != TransactionStatus.IDLE:  # cut short: anew
+        if conn is not None:
+            conn.close()
+        shared.update(conn=_admin(endpoint), key=key)
+    yield shared["conn"]
+
+
+def _admin(endpoint: Endpoint) -> Any:
     other = "postgres" if endpoint.database != "postgres" else "template1"
     conn = connect(endpoint.with_database(other), timeout=10)
     conn.autocommit = True
