@@ -23,7 +23,9 @@ from typing import Any
 import psycopg
 import pytest
 
-from claude_db.testing import Cli, assert_one_line_error, traversable_tmpdir
+from claude_db.locks import hold
+from claude_db.session import SessionStore
+from claude_db.testing import BIN, Cli, assert_one_line_error, traversable_tmpdir
 from claude_db.testing.docker import DOCKER_IMAGES, docker_leftovers
 from claude_db.testing.safety import (
     NOTHING_LEFT,
@@ -286,6 +288,28 @@ def test_fork_killed_at_each_step(cli: Cli, state: Path, tmp_path: Path, step: s
     ports = [session_json(state, src)["runtime_state"]["port"]]
     assert cli("claude-session", "delete", src, "--yes").code == 0
     assert state_leftovers(state, ports) == NOTHING_LEFT
+
+
+def test_fork_is_listed_as_starting_while_it_runs(cli: Cli, state: Path,
+                                                  tmp_path: Path) -> None:
+    """From its first step on a fork is in `list`: `starting` while it runs (held here
+    waiting for its source's lock, which the test holds), then a session like any other."""
+    src = started(cli, unique("src"))
+    name = unique("fork")
+    work = tmp_path / "new"
+    work.mkdir()
+    try:
+        with hold(SessionStore(state).lock_file(src), f"session {src}"):
+            fork = subprocess.Popen([str(BIN / "claude-session"), "fork", src, name],
+                                    cwd=work, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+            wait_for("the fork's record", lambda: name in _listed(cli))
+            assert _listed(cli)[name] == "starting"
+        _, err = fork.communicate(timeout=300)
+        assert fork.returncode == 0, err
+        assert _listed(cli)[name] == "running"
+    finally:
+        cli("claude-session", "delete", name, "--yes")
+        cli("claude-session", "delete", src, "--yes")
 
 
 def _listed(cli: Cli) -> dict[str, str]:

@@ -58,14 +58,14 @@ def fork_session(
     methods: list[str] = []
 
     def create(session: Session, engine: Engine, runtime: Runtime) -> None:
+        # on record before anything is made: `list` shows the fork as starting, and once
+        # killed as unfinished (its start marker), which gc removes with what it made
+        app.store.save(session)
         # the source's lock: no reset, restore or stop of it while it is copied
         with app.store.lock(source.name):
             current = app.store.load(source.name)
             if runtime.status(current) != "running":
                 raise NotRunningError(f"session {source.name} stopped")
-            # on record before anything is made: a fork killed from here on is listed as
-            # `unfinished` (its start marker) and gc removes it with what it made
-            app.store.save(session)
             method = runtime.create_copy(session, engine, current)
             if method is None:
                 runtime.create(session, engine)

@@ -407,10 +407,12 @@ def _describe(session: Session | BrokenSession, with_env: bool = False) -> dict[
                 "workdir": None, "created_at": None, "error": session.reason}
     status = "no database"
     error = None
-    if _start_unfinished(app, session.name):
-        status = "unfinished"
-        error = (f"the start of session {session.name} was interrupted: claude-session gc "
-                 "removes it")
+    starting = _start_state(app, session.name)
+    if starting is not None:
+        status = starting
+        if starting == "unfinished":
+            error = (f"the start of session {session.name} was interrupted: claude-session gc "
+                     "removes it")
     elif session.has_database:
         try:
             status = parts(app, session)[1].status(session)
@@ -431,13 +433,13 @@ def _describe(session: Session | BrokenSession, with_env: bool = False) -> dict[
     return data
 
 
-def _start_unfinished(app: App, name: str) -> bool:
-    """Whether session ``name``'s start was cut short (one still running holds its lock)."""
-
+def _start_state(app: App, name: str) -> str | None:
+    """``starting`` while session ``name``'s start (or fork) runs: it holds the lock;
+    ``unfinished`` once one was cut short; None when it was made whole."""
     if not (app.store.directory(name) / STARTING_MARKER).exists():
-        return False
+        return None
     with try_hold(app.store.lock_file(name), create=False) as free:
-        return free
+        return "unfinished" if free else "starting"
 
 
 __all__ = ["ExitCode", "create_app", "main"]
