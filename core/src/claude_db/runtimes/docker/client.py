@@ -21,6 +21,7 @@ import socket
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -367,6 +368,65 @@ def ensure_image(docker_client: DockerClient, image: str, hint: str = "") -> Non
         finally:
             if progress is not None:
                 progress.done()
+
+
+#: seconds during which a registry that did not answer is not asked again for an image
+#: (per state directory): else every ``auto`` start would wait for it first
+SILENT_REGISTRY_MEMORY = 600
+SILENT_REGISTRIES = "docker-silent-registries.json"  # in the state directory
+
+
+def image_unobtainable(docker_client: DockerClient, image: str, state_dir: Path) -> str | None:
+    """Why ``image`` is neither on the engine nor pullable, or None when it is there or
+    its registry knows it. Asks the registry for the image's manifest only (not its
+    layers), within :data:`QUICK_TIMEOUT`; a registry that did not answer in that time is
+    remembered for :data:`SILENT_REGISTRY_MEMORY` seconds in ``state_dir``."""
+    import docker
+    import requests
+
+    with docker_errors(f"inspecting image {image!r}"):
+        try:
+            docker_client.images.get(image)
+            return None
+        except docker.errors.ImageNotFound:
+            pass
+    unobtainable = f"image {image!r} is not on the Docker engine and cannot be pulled"
+    memory = state_dir / SILENT_REGISTRIES
+    key = f"{describe_host()} {image}"
+    asked = _read_json(memory).get(key)
+    if isinstance(asked, (int, float)) and 0 <= time.time() - asked < SILENT_REGISTRY_MEMORY:
+        return f"{unobtainable} (its registry did not answer {QUICK_TIMEOUT:g} s, " \
+               f"{int(time.time() - asked)} s ago)"
+    try:
+        docker_client.api.inspect_distribution(image)
+    except requests.exceptions.Timeout:
+        remembered = {k: t for k, t in _read_json(memory).items()
+                      if isinstance(t, (int, float)) and time.time() - t < SILENT_REGISTRY_MEMORY}
+        _write_json(memory, {**remembered, key: time.time()})
+        return f"{unobtainable} (its registry did not answer in {QUICK_TIMEOUT:g} s)"
+    except docker.errors.APIError as exc:
+        return f"{unobtainable} ({api_message(exc)})"
+    except (docker.errors.DockerException, requests.exceptions.RequestException) as exc:
+        return f"{unobtainable} ({first_line(exc)})"
+    return None
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    try:
+        found = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+    return found if isinstance(found, dict) else {}
+
+
+def _write_json(path: Path, data: dict[str, Any]) -> None:
+    """Replace ``path`` at once (a reader never sees half of it); a failure only means
+    the registry is asked again next time."""
+    with contextlib.suppress(OSError):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.{os.getpid()}")
+        tmp.write_text(json.dumps(data))
+        os.replace(tmp, path)
 
 
 def _pull_failed(image: str, reason: object, hint: str) -> str:

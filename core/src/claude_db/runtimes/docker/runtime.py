@@ -40,6 +40,7 @@ from claude_db.runtimes.docker.client import (
     engine_is_remote,
     ensure_image,
     first_line,
+    image_unobtainable,
     ping,
     slow,
     tunnel,
@@ -115,6 +116,11 @@ class DockerRuntime(Runtime):
         if failure.startswith(("no Docker engine answers", "the Docker engine at")):
             return failure  # said whole already
         return f"no Docker engine answers at {describe_host()} ({failure})"
+
+    def cannot_create(self, engine: Engine, image: str) -> str | None:
+        """The database image is neither on the engine nor pullable (a machine with a
+        Docker engine and no registry in reach)."""
+        return image_unobtainable(self._client(), image, self.settings.state_dir)
 
     # -- lifecycle ------------------------------------------------------------------------
 
