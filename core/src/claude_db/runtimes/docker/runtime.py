@@ -30,6 +30,7 @@ from claude_db.errors import (
     NotRunningError,
     SessionExistsError,
 )
+from claude_db.faults import checkpoint
 from claude_db.ports import claim_port
 from claude_db.processes import child_env, run_foreground
 from claude_db.runtime import Orphan, Runtime, Status
@@ -46,7 +47,7 @@ from claude_db.runtimes.docker.client import (
     tunnel,
 )
 from claude_db.runtimes.docker.tools import DockerTools, exec_argv, terminal
-from claude_db.session import NAME_PATTERN, Session
+from claude_db.session import NAME_PATTERN, Session, SessionStore
 from claude_db.statedir import ID_FILE, state_id
 
 if TYPE_CHECKING:
@@ -208,10 +209,15 @@ class DockerRuntime(Runtime):
             return  # nothing was made
         docker = self._client()
         self._inspected.clear()
-        if keep_data and self._volume(docker, session) is not None:
+        has_data = self._volume(docker, session) is not None
+        if keep_data and has_data:
             self.stop(session, engine)  # a clean shutdown: the kept data must be consistent
-            state["kept_volume"] = self._keep_volume(docker, session, engine)
-            state["kept_data"] = f"the Docker volume {state['kept_volume']}"
+            self._keep_volume(docker, session, engine)
+        elif has_data and state.get("kept_volume"):
+            # a `delete --keep-data` cut short while it copied: its copy may be half
+            self._discard_kept_copy(docker, session)
+            for key in ("kept_volume", "kept_data"):
+                state.pop(key, None)
         mine = {"label": [f"{LABEL_INSTANCE}={instance}",
                           f"{LABEL_STATE}={self.settings.state_dir}"]}
         def labelled(found: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -439,17 +445,24 @@ class DockerRuntime(Runtime):
         with slow(docker), docker_errors(f"removing container {attrs['Name'].lstrip('/')!r}"):
             docker.api.remove_container(attrs["Id"], force=True, v=True)  # v: anonymous volumes
 
-    def _keep_volume(self, docker: DockerClient, session: Session, engine: Engine) -> str:
-        """Copy the data into a volume of its own that no session owns; return its name.
+    def _keep_volume(self, docker: DockerClient, session: Session, engine: Engine) -> None:
+        """Copy the data into a volume of its own that no session owns.
 
         Volume labels cannot change, and the session's volume carries the labels that
         ``delete`` and ``gc`` remove by; its name is also free again for a new session.
+        Its name is on record (``session.json``) before the copy starts: a ``delete``
+        killed meanwhile leaves the session, and the next ``delete`` finds the half copy
+        (and copies again into it, or removes it).
         """
         from docker.types import Mount
 
         assert session.image is not None
         state = session.runtime_state
-        kept = f"{state['volume']}-kept-{time.strftime('%Y%m%d-%H%M%S')}"
+        kept = (state.get("kept_volume")
+                or f"{state['volume']}-kept-{time.strftime('%Y%m%d-%H%M%S')}")
+        state["kept_volume"], state["kept_data"] = kept, f"the Docker volume {kept}"
+        SessionStore(self.settings.state_dir).save(session)
+        self._discard_kept_copy(docker, session)  # of a delete cut short, if any
         labels = {LABEL_KEPT_FROM: session.name, LABEL_ENGINE: engine.name,
                   LABEL_KEPT_BY: state["instance"]}
         what = f"keeping the data of session {session.name!r} in volume {kept!r}"
@@ -471,6 +484,7 @@ class DockerRuntime(Runtime):
                 )
                 try:
                     docker.api.start(copier["Id"])
+                    checkpoint("keep-copy-started")
                     code = docker.api.wait(copier["Id"])["StatusCode"]
                     if code != 0:
                         raise ClaudeDbError(
@@ -483,7 +497,17 @@ class DockerRuntime(Runtime):
                 with contextlib.suppress(Exception):  # no half copy stays behind
                     docker.api.remove_volume(kept, force=True)
                 raise
-        return kept
+
+    def _discard_kept_copy(self, docker: DockerClient, session: Session) -> None:
+        """What a ``delete --keep-data`` cut short left: its copier container (which may
+        still be copying) and the copy on record, maybe half."""
+        mine = {"label": [f"{LABEL_INSTANCE}={session.runtime_state['instance']}",
+                          f"{LABEL_ROLE}=copy", f"{LABEL_STATE}={self.settings.state_dir}"]}
+        with slow(docker), docker_errors(f"removing the copier of session {session.name!r}"):
+            for container in docker.api.containers(all=True, filters=mine):
+                docker.api.remove_container(container["Id"], force=True, v=True)
+        if (record := self.kept_record(session)) is not None:
+            self.remove_kept(record)
 
     def kept_record(self, session: Session) -> dict[str, Any] | None:
         state = session.runtime_state
