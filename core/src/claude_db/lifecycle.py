@@ -31,12 +31,9 @@ from claude_db.locks import try_hold
 from claude_db.processes import signals_held
 from claude_db.readiness import wait_until_ready
 from claude_db.runtime import Runtime
-
-# STARTING_MARKER and parts are imported from here too (they lived here)
-from claude_db.session import STARTING_MARKER as STARTING_MARKER
-from claude_db.session import Session, validate_name
+from claude_db.session import STARTING_MARKER, Session, validate_name
 from claude_db.settings import Settings
-from claude_db.target import parts as parts
+from claude_db.target import parts
 
 
 def start_session(
