@@ -44,18 +44,33 @@ MAX_PING_ANSWER = 4096  # bytes: the status line and headers of GET /_ping fit e
 _api_versions: dict[str, str] = {}
 
 
-def docker_host() -> str | None:
-    """Where the Docker engine is, as the docker CLI would find it; ``None``: a CLI context."""
+def docker_host() -> str:
+    """Where the Docker engine is, as the docker CLI finds it: ``DOCKER_HOST``; else the
+    endpoint of the current context (``DOCKER_CONTEXT``, else ``currentContext`` in the
+    CLI's ``config.json``) unless that is ``default``; else the local socket."""
     if host := os.environ.get("DOCKER_HOST"):
         return host
-    if os.environ.get("DOCKER_CONTEXT") or _current_context() not in (None, "default"):
-        return None  # the SDK resolves contexts
+    if (name := context_name()) is not None:
+        return _context_endpoint(name)[0]
     return f"unix://{DEFAULT_SOCKET}"
 
 
 def describe_host() -> str:
-    context = os.environ.get("DOCKER_CONTEXT") or _current_context()
-    return docker_host() or f"the docker context {context!r}"
+    try:
+        host = docker_host()
+    except DockerUnavailableError:
+        host = "?"
+    name = None if os.environ.get("DOCKER_HOST") else context_name()
+    return f"{host} (docker context {name!r})" if name else host
+
+
+def context_name() -> str | None:
+    """The docker CLI context in use, None for ``default`` (``DOCKER_HOST`` set counts as
+    that, as for the CLI)."""
+    if os.environ.get("DOCKER_HOST"):
+        return None
+    name = os.environ.get("DOCKER_CONTEXT") or _current_context()
+    return None if name in (None, "", "default") else name
 
 
 def _current_context() -> str | None:
@@ -67,14 +82,32 @@ def _current_context() -> str | None:
     return name if isinstance(name, str) else None
 
 
+@functools.cache
+def _context_endpoint(name: str) -> tuple[str, Any]:
+    """A context's engine: its host and its TLS configuration (None: no TLS), as the
+    docker SDK reads the CLI's context store (the SDK only when a context is in use)."""
+    from docker.context import ContextAPI
+    from docker.errors import DockerException
+
+    try:
+        context = ContextAPI.get_context(name)
+    except DockerException as exc:
+        raise DockerUnavailableError(f"the docker context {name!r} is unreadable: "
+                                     f"{first_line(exc)}") from None
+    if context is None:
+        raise DockerUnavailableError(
+            f"the docker context {name!r} (DOCKER_CONTEXT or currentContext in "
+            "config.json) does not exist; see docker context ls")
+    if not context.Host:
+        raise DockerUnavailableError(f"the docker context {name!r} names no Docker engine")
+    return str(context.Host), context.TLSConfig
+
+
 def engine_is_remote() -> bool:
     """Whether the engine runs on another machine (``ssh://``, or ``tcp://`` to an address
     that is not this machine's loopback): its containers' addresses are not routable from
     here, and a port it publishes is published on that machine."""
-    host = docker_host()
-    if host is None:
-        return False  # a CLI context: taken as this machine's engine
-    url = urlsplit(host)
+    url = urlsplit(docker_host())
     if url.scheme == "ssh":
         return True
     if url.scheme not in ("tcp", "http", "https"):
@@ -88,15 +121,20 @@ def engine_is_remote() -> bool:
 
 
 def _uses_tls() -> bool:
+    if (name := context_name()) is not None:
+        return _context_endpoint(name)[1] is not None
     verify = os.environ.get("DOCKER_TLS_VERIFY")
     return bool(os.environ.get("DOCKER_CERT_PATH")) or (verify is not None and verify != "")
 
 
 def ping() -> str | None:
     """``None`` if a Docker engine answers, else a short reason why not."""
-    host = docker_host()
-    if host is None or _uses_tls() or not host.startswith(("unix://", "tcp://", "http://")):
-        return _sdk_ping()  # contexts, TLS, ssh:// and npipe:// are the SDK's business
+    try:
+        host, tls = docker_host(), _uses_tls()
+    except DockerUnavailableError as exc:  # a context that does not exist
+        return str(exc)
+    if tls or not host.startswith(("unix://", "tcp://", "http://")):
+        return _sdk_ping()  # TLS, ssh:// and npipe:// are the SDK's business
     try:
         with _open_socket(host) as sock:
             sock.sendall(b"GET /_ping HTTP/1.0\r\nHost: docker\r\n\r\n")
@@ -158,7 +196,7 @@ def _sdk_ping() -> str | None:
 
 
 @functools.cache
-def _client_for(host: str | None, tls: bool) -> DockerClient:
+def _client_for(host: str, tls: bool, context: str | None) -> DockerClient:
     import docker
     import requests
 
@@ -166,8 +204,13 @@ def _client_for(host: str | None, tls: bool) -> DockerClient:
         # ssh://: the ssh CLI, as the docker CLI does (the user's ssh config, agent, known
         # hosts, ProxyJump), not paramiko, which reads little of that; every `docker exec`
         # claude-db runs goes through the docker CLI, so both reach the engine alike
-        made = docker.from_env(timeout=QUICK_TIMEOUT, version=version,
-                               use_ssh_client=bool(host and host.startswith("ssh://")))
+        options = {"timeout": QUICK_TIMEOUT, "version": version,
+                   "use_ssh_client": host.startswith("ssh://")}
+        if context is not None:  # not every SDK 7 reads contexts in from_env
+            made = docker.DockerClient(base_url=host, tls=_context_endpoint(context)[1] or False,
+                                       **options)
+        else:
+            made = docker.from_env(**options)
         # requests lets REQUESTS_CA_BUNDLE / CURL_CA_BUNDLE replace the CA of
         # DOCKER_CERT_PATH on every request ("certificate verify failed"): the engine's
         # CA is the one the docker CLI trusts
@@ -175,7 +218,7 @@ def _client_for(host: str | None, tls: bool) -> DockerClient:
         return made
 
     # the version the ping saw: the SDK would otherwise ask for it (GET /version) first
-    version = _api_versions.get(host) if host is not None and not tls else None
+    version = _api_versions.get(host) if not tls else None
     try:
         if tls:  # asked here: "auto" would ask before trust_env can be set
             probe = make(docker.constants.MINIMUM_DOCKER_API_VERSION)
@@ -192,7 +235,7 @@ def client() -> DockerClient:
 
     Its calls time out after :data:`QUICK_TIMEOUT`; wrap calls that do work in :func:`slow`.
     """
-    return _client_for(docker_host(), _uses_tls())
+    return _client_for(docker_host(), _uses_tls(), context_name())
 
 
 @contextlib.contextmanager
