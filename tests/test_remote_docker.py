@@ -168,3 +168,33 @@ def test_the_current_docker_context_is_honoured(
         assert _held(remote_engine, f"claude-db.session={name}") == []
     finally:
         cli("claude-session", "delete", name, "--yes", env=env)
+
+
+def test_commands_on_an_ssh_engine_share_one_login(
+    cli: Cli, remote_engine: PrivateEngine, state: Path
+) -> None:
+    """Every docker SDK connection and ``docker exec`` (each connection through the tunnel
+    is one) would be an ssh login of its own: claude-db's commands share one connection,
+    kept in a private directory of the state."""
+    env = _env(remote_engine, "ssh")
+    logins = remote_engine.directory / "ssh" / "sshd.log"
+
+    def count() -> int:
+        return logins.read_text().count("Accepted publickey")
+
+    name = f"rshare{uuid.uuid4().hex[:8]}"
+    try:
+        started = cli("claude-session", "start", name, env=env)
+        assert started.code == 0, started
+        before = count()
+        for command in (("claude-db", "status"), ("claude-db", "query", "SELECT 1"),
+                        ("claude-db", "psql", "-XAtc", "SELECT 2"),
+                        ("claude-session", "list")):
+            assert cli(*command, env=env).code == 0, command
+        # unshared: several logins per command; shared: none (one, had the connection
+        # idled out between two commands)
+        assert count() - before <= 1, logins.read_text()[-2000:]
+        ours = state / "ssh"
+        assert ours.stat().st_mode & 0o777 == 0o700 and (ours / "ssh").is_file()
+    finally:
+        cli("claude-session", "delete", name, "--yes", env=env)

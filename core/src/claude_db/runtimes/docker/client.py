@@ -11,11 +11,13 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import hashlib
 import io
 import ipaddress
 import json
 import os
 import re
+import shlex
 import shutil
 import socket
 import subprocess
@@ -28,6 +30,7 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 from claude_db.errors import ClaudeDbError, DockerUnavailableError
+from claude_db.statedir import UnsafeStateError, make_private_dir
 
 if TYPE_CHECKING:
     from docker import DockerClient
@@ -303,6 +306,72 @@ def _connection_reason(exc: BaseException) -> str:
         if known.lower() in text.lower():
             return known.lower()
     return first_line(text)
+
+
+# -- one ssh login shared by the commands of an ssh:// engine ---------------------------------
+
+#: seconds an idle shared ssh connection stays up for the next claude-db command
+SSH_PERSIST = 60
+SSH_DIR = "ssh"  # in the state directory: our ssh, and the shared connections' sockets
+#: the longest directory for those sockets: ``<dir>/<%C: 40>.<16>`` (ssh binds a temporary
+#: name first) must fit sun_path's 107 bytes
+CONTROL_DIR_MAX = 49
+_path_before_ssh: str | None = None
+
+
+def share_ssh(state_dir: Path) -> None:
+    """Make every ssh login of this process to an ``ssh://`` engine (the SDK's and the
+    docker CLI's, one per API connection and per ``docker exec``: each connection of the
+    tunnel is one) go over one shared connection: an ``ssh`` first on this process's
+    ``PATH`` that runs the user's with ``ControlMaster=auto``, kept :data:`SSH_PERSIST` s
+    after its last use (then ssh ends it and removes its socket)."""
+    global _path_before_ssh
+    try:
+        host = docker_host()
+    except DockerUnavailableError:  # a context that does not exist: the ping says so
+        return
+    real = shutil.which("ssh")
+    if _path_before_ssh is not None or not host.startswith("ssh://") or real is None:
+        return
+    directory = state_dir / SSH_DIR
+    make_private_dir(directory)
+    control = _control_dir(directory)
+    if control is None:
+        return
+    script = ("#!/bin/sh\n# claude-db's ssh: yours, over one shared connection (see "
+              "claude_db.runtimes.docker.client)\n"
+              f"exec {shlex.quote(real)} -o ControlMaster=auto "
+              f"-o {shlex.quote(f'ControlPath={control}/%C')} "
+              f"-o ControlPersist={SSH_PERSIST} \"$@\"\n")
+    wrapper = directory / "ssh"
+    if not wrapper.is_file() or wrapper.read_text() != script:
+        fresh = directory / f".ssh.{os.getpid()}"
+        fresh.write_text(script)
+        fresh.chmod(0o700)
+        os.replace(fresh, wrapper)
+    _path_before_ssh = os.environ.get("PATH", os.defpath)
+    os.environ["PATH"] = f"{directory}{os.pathsep}{_path_before_ssh}"
+
+
+def _control_dir(directory: Path) -> Path | None:
+    """Where the shared connections' sockets go: ``directory`` (private, in the state),
+    or when its path is too long for a socket, a private directory in /tmp named after
+    it; None when that one is not ours (another user made it first): then nothing is shared."""
+    if len(str(directory)) <= CONTROL_DIR_MAX:
+        return directory
+    digest = hashlib.sha256(str(directory).encode()).hexdigest()[:12]
+    short = Path("/tmp") / f"cdb-ssh-{os.geteuid()}-{digest}"
+    try:
+        make_private_dir(short)
+    except (UnsafeStateError, OSError):
+        return None
+    return short
+
+
+def user_path() -> str | None:
+    """``PATH`` as it was before :func:`share_ssh` (None: unchanged): for the user's own
+    shell, which should not run our ssh."""
+    return _path_before_ssh
 
 
 # -- the tunnel to a remote engine's database ----------------------------------------------

@@ -43,8 +43,10 @@ from claude_db.runtimes.docker.client import (
     first_line,
     image_unobtainable,
     ping,
+    share_ssh,
     slow,
     tunnel,
+    user_path,
 )
 from claude_db.runtimes.docker.tools import DockerTools, exec_argv, terminal
 from claude_db.session import NAME_PATTERN, Session, SessionStore
@@ -108,6 +110,7 @@ class DockerRuntime(Runtime):
 
     def available(self) -> bool:
         if not self._pinged:
+            share_ssh(self.settings.state_dir)  # before the first login: the ping's
             self._ping_failure, self._pinged = ping(), True
         return self._ping_failure is None
 
@@ -363,8 +366,9 @@ class DockerRuntime(Runtime):
 
     def enter_shell(self, session: Session, env: dict[str, str]) -> int:
         name = session.runtime_state.get("session_container")
-        if not name:
-            return super().enter_shell(session, env)
+        if not name:  # the user's shell here, with the user's PATH (not our ssh)
+            path = user_path()
+            return super().enter_shell(session, env if path is None else {**env, "PATH": path})
         attrs = self._find(self._client(), session, "container", name)
         if attrs is None:
             raise NotRunningError(f"the session container {name} is gone; "
