@@ -1,4 +1,5 @@
-"""Pulling a database image that is not on the Docker engine yet, from a real local registry.
+"""Pulling a database image that is not on the Docker engine yet, from a real local registry;
+``--runtime auto`` where the image can be neither found nor pulled.
 
 No public registry is reachable here: Debian's ``docker-registry`` serves on 127.0.0.1
 (Docker trusts loopback registries without TLS), holding an image with a layer the engine
@@ -7,9 +8,13 @@ does not have, so the pull really downloads.
 
 from __future__ import annotations
 
+import contextlib
+import json
+import re
 import shutil
 import socket
 import subprocess
+import threading
 import time
 import urllib.request
 import uuid
@@ -18,7 +23,7 @@ from pathlib import Path
 
 import pytest
 
-from claude_db.testing import BIN, Cli, run_on_terminal
+from claude_db.testing import BIN, Cli, assert_one_line_error, run_on_terminal
 from claude_db.testing.docker import DB_IMAGE, docker
 
 pytest_plugins = ["claude_db.testing.docker"]
@@ -95,3 +100,86 @@ def test_a_missing_image_is_pulled_with_progress_on_a_terminal(
     assert result.code == 0, result
     assert "pulling" not in result.stderr, result
     assert cli("claude-session", "delete", quiet, "--yes").code == 0
+
+
+# -- `--runtime auto` where the database image cannot be had ---------------------------------
+
+
+def started_runtime(cli: Cli, name: str) -> str:
+    [shown] = [s for s in json.loads(cli("claude-session", "list", "--json").stdout)
+               if s["name"] == name]
+    return str(shown["runtime"])
+
+
+def test_auto_takes_local_when_the_image_is_neither_there_nor_pullable(
+    cli: Cli, new_name: Callable[[], str], state: Path, tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A Docker engine answers, no registry does (this machine): ``auto`` starts the
+    session on the local runtime and says why in one line; ``--runtime docker`` fails."""
+    absent = f"claude-db-test/postgres:absent-{uuid.uuid4().hex[:8]}"
+    monkeypatch.setenv("CLAUDE_DB_IMAGE", absent)
+    monkeypatch.setenv("CLAUDE_DB_RUNTIME", "auto")
+    name = new_name()
+    started = cli("claude-session", "start", name)
+    assert started.code == 0, started
+    assert started_runtime(cli, name) == "local"
+    [why] = [line for line in started.stderr.splitlines() if "cannot be pulled" in line]
+    assert why.startswith("the docker runtime cannot run a postgres session here: image "
+                          f"'{absent}' is not on the Docker engine and cannot be pulled ("), why
+    assert why.endswith("; using the local runtime"), why
+    assert cli("claude-db", "query", "SELECT 1").code == 0
+    assert cli("claude-session", "delete", name, "--yes").code == 0
+
+    elsewhere = tmp_path / "explicit"
+    elsewhere.mkdir()
+    refused = cli("claude-session", "start", new_name(), "--runtime", "docker",
+                  "--workdir", str(elsewhere))
+    assert_one_line_error(refused, 1)
+    assert f"image '{absent}' is not on the Docker engine and cannot be pulled" in refused.stderr
+    assert json.loads(cli("claude-session", "list", "--json").stdout) == []
+
+
+@pytest.fixture
+def silent_registry() -> Iterator[str]:
+    """``host:port`` of a registry on 127.0.0.1 that accepts connections and never answers
+    (a firewall that drops them, a hung proxy)."""
+    listener = socket.create_server(("127.0.0.1", 0))
+    held: list[socket.socket] = []
+
+    def accept() -> None:
+        with contextlib.suppress(OSError):
+            while True:
+                held.append(listener.accept()[0])
+
+    threading.Thread(target=accept, daemon=True).start()
+    try:
+        yield f"127.0.0.1:{listener.getsockname()[1]}"
+    finally:
+        listener.close()
+        for connection in held:
+            connection.close()
+
+
+def test_auto_asks_a_silent_registry_once_a_while(
+    cli: Cli, new_name: Callable[[], str], state: Path, tmp_path: Path, silent_registry: str,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A registry that does not answer is given a bounded time, then remembered: the next
+    ``auto`` start does not wait for it again."""
+    monkeypatch.setenv("CLAUDE_DB_IMAGE", f"{silent_registry}/claude-db-test/none:1")
+    monkeypatch.setenv("CLAUDE_DB_RUNTIME", "auto")
+    notes = []
+    for label in ("first", "second"):
+        workdir = tmp_path / label
+        workdir.mkdir()
+        name = new_name()
+        started = cli("claude-session", "start", name, "--workdir", str(workdir))
+        assert started.code == 0, started
+        assert started_runtime(cli, name) == "local"
+        notes += [line for line in started.stderr.splitlines() if "cannot be pulled" in line]
+        assert cli("claude-session", "delete", name, "--yes").code == 0
+    first, second = notes
+    assert first.endswith("(its registry did not answer in 5 s); using the local runtime"), first
+    assert re.search(r"\(its registry did not answer 5 s, \d+ s ago\); using the local runtime$",
+                     second), second

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import signal
 from collections.abc import Callable
 from pathlib import Path
 
@@ -18,6 +19,7 @@ from claude_db.testing.docker import (
     resources,
     session_workdir,
 )
+from claude_db.testing.safety import session_json
 
 pytest_plugins = ["claude_db.testing.docker"]
 pytestmark = pytest.mark.docker
@@ -363,3 +365,34 @@ def test_an_explicit_session_image_without_databases_is_refused_not_ignored(
     assert noted.code == 0, noted
     assert "no container (CLAUDE_SESSION_IMAGE ignored)" in noted.stderr, noted
     assert resources(name) == NOTHING
+
+
+@pytest.mark.parametrize("again", [["--keep-data"], []], ids=["keep-again", "plain-delete"])
+def test_delete_keep_data_killed_mid_copy_leaves_nothing_unrecorded(
+    cli: Cli, new_name: Callable[[], str], state: Path, again: list[str]
+) -> None:
+    """``delete --keep-data`` killed while it copies: the session stays, and the next
+    ``delete`` finds the kept volume on record: with ``--keep-data`` it copies again into
+    it (one kept volume, complete), without it the half copy goes."""
+    name = new_name()
+    started(cli, name)
+    assert cli("claude-db", "query", "CREATE TABLE k (v int); INSERT INTO k VALUES (3)").code == 0
+    killed = cli("claude-session", "delete", name, "--yes", "--keep-data",
+                 env={"CLAUDE_DB_TEST_KILL_AT": "keep-copy-started"})
+    assert killed.code == -signal.SIGKILL, killed
+    kept_label = f"label=claude-db.kept-from={name}"
+    [half] = docker("volume", "ls", "-q", "--filter", kept_label).stdout.split()
+    assert session_json(state, name)["runtime_state"]["kept_volume"] == half  # on record
+
+    deleted = cli("claude-session", "delete", name, "--yes", *again)
+    assert deleted.code == 0, deleted
+    assert resources(name) == NOTHING  # the copier container too
+    kept = docker("volume", "ls", "-q", "--filter", kept_label).stdout.split()
+    if not again:
+        assert kept == [], kept
+        return
+    assert kept == [half] and half in deleted.stderr, (kept, deleted)
+    files = docker("run", "--rm", "-v", f"{half}:/data:ro", "--entrypoint", "ls",
+                   "claude-db-test/postgres:15", "/data").stdout.split()
+    assert "PG_VERSION" in files and "base" in files
+    docker("volume", "rm", half)

@@ -10,10 +10,8 @@ import json
 import os
 import shutil
 import signal
-import time
 import uuid
 from pathlib import Path
-from typing import Any
 
 import psycopg
 import pytest
@@ -41,6 +39,7 @@ from claude_db.testing.safety import (
     session_leader_servers,
     start_with_frozen_server,
     state_leftovers,
+    wait_for,
 )
 
 
@@ -51,7 +50,18 @@ def killed_start(state: Path, name: str, workdir: Path) -> tuple[str, int, int]:
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
     os.kill(server, signal.SIGCONT)
+    # gc finds a server by the pid file it writes once it runs on (it was frozen, usually
+    # before writing it): until then a dry run lists its session, not the process
+    pid_file = state / "sessions" / session / "server" / "data" / "postmaster.pid"
+    wait_for("the server to write its pid file", lambda: _first_line(pid_file) == str(server))
     return session, server, session_json(state, session)["runtime_state"]["port"]
+
+
+def _first_line(path: Path) -> str | None:
+    try:
+        return path.read_text().split("\n", 1)[0]
+    except OSError:
+        return None
 
 
 def test_gc_removes_what_a_killed_start_left(cli: Cli, state: Path, tmp_path: Path) -> None:
@@ -67,21 +77,11 @@ def test_gc_removes_what_a_killed_start_left(cli: Cli, state: Path, tmp_path: Pa
     name, server, port = killed_start(state, "gc-dead", elsewhere)
     assert session_leader_servers(state, name) == [server]
 
-    expected = {("process", str(server)), ("session", name)}
-
-    def dry_run() -> list[dict[str, Any]]:
-        dry = cli("claude-session", "gc", "--dry-run", "--json")
-        assert dry.code == 0, dry
-        return list(json.loads(dry.stdout))
-
-    # a session whose lock is held is busy, never an orphan: what the killed start left may
-    # hold it a moment longer (seen once in three CI runs, under load); then it is found
-    deadline = time.monotonic() + 30
-    planned = dry_run()
-    while {(o["kind"], o["what"]) for o in planned} != expected and time.monotonic() < deadline:
-        time.sleep(0.5)
-        planned = dry_run()
-    assert {(o["kind"], o["what"]) for o in planned} == expected, planned
+    dry = cli("claude-session", "gc", "--dry-run", "--json")
+    assert dry.code == 0, dry
+    planned = json.loads(dry.stdout)
+    assert {(o["kind"], o["what"]) for o in planned} == {("process", str(server)),
+                                                         ("session", name)}, planned
     assert not any(o["removed"] for o in planned)
     assert session_leader_servers(state, name) == [server]  # a dry run touches nothing
 

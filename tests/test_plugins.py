@@ -233,7 +233,8 @@ def test_hook_register_runtimes(
 ) -> None:
     register_plugin(RuntimePlugin(), name="wrapped")
     assert claude_app.plugins.runtimes.owner("wrapped-local") == "wrapped"
-    assert claude_app.choose_runtime("auto")[0].name != "wrapped-local"  # lowest priority
+    chosen, _ = claude_app.choose_runtime("auto", registered_engine, "any:image")
+    assert chosen.name != "wrapped-local"  # lowest priority
     with pytest.raises(UsageError, match="unknown runtime 'nope'"):
         claude_app.runtime("nope")
     mine = session_in("wrapped-rt", engine_name="postgres", runtime_name="wrapped-local")

@@ -23,7 +23,7 @@ from typing import Any
 
 import pytest
 
-from claude_db.lifecycle import STARTING_MARKER
+from claude_db.session import STARTING_MARKER
 from claude_db.settings import Settings
 from claude_db.testing import (
     ClaudeCli,

@@ -5,8 +5,10 @@ and the database is published on none of that machine's interfaces."""
 from __future__ import annotations
 
 import json
+import os
 import re
 import socket
+import subprocess
 import uuid
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -125,3 +127,74 @@ def test_gc_sweeps_what_the_remote_engine_holds(
         for container in remote_engine.docker("ps", "-aq", "--filter", f"label={label}",
                                               check=False).stdout.split():
             remote_engine.docker("rm", "-f", "-v", container, check=False)
+
+
+def test_the_current_docker_context_is_honoured(
+    cli: Cli, remote_engine: PrivateEngine, tmp_path: Path
+) -> None:
+    """``docker context use`` names the engine without ``DOCKER_HOST``: claude-db goes
+    there as the docker CLI does (the context's TLS material too); ``DOCKER_HOST`` and
+    ``DOCKER_CONTEXT`` take precedence, as for the CLI."""
+    config = tmp_path / "docker-config"  # the user's ~/.docker is not ours to change
+    certs = Path(remote_engine.values["CERTS"])
+    reach = {"DOCKER_CONFIG": str(config)}
+    for argv in (["context", "create", "big-host", "--docker",
+                  f"host=tcp://{remote_engine.address}:2376,ca={certs / 'ca.pem'},"
+                  f"cert={certs / 'cert.pem'},key={certs / 'key.pem'}"],
+                 ["context", "use", "big-host"]):
+        made = subprocess.run(["docker", *argv], capture_output=True, text=True,
+                              env={**os.environ, **reach}, timeout=60)
+        assert made.returncode == 0, made
+    env = {**reach, "CLAUDE_DB_RUNTIME": "docker", "CLAUDE_DB_IMAGE": DB_IMAGE}
+    name = f"rctx{uuid.uuid4().hex[:8]}"
+    try:
+        started = cli("claude-session", "start", name, env=env)
+        assert started.code == 0 and "docker runtime" in started.stdout, started
+        assert _held(remote_engine, f"claude-db.session={name}") != []
+        status = cli("claude-db", "status", env=env)
+        assert status.code == 0 and " at 127.0.0.1:" in status.stdout, status  # tunnel
+        psql = cli("claude-db", "psql", "-XAtc", "SELECT 6", env=env)  # the CLI: same engine
+        assert psql.stdout == "6\n", psql
+
+        nobody = "unix:///nonexistent/docker.sock"
+        overridden = cli("claude-db", "status", env={**env, "DOCKER_HOST": nobody})
+        assert overridden.code == 7 and nobody in overridden.stderr, overridden
+        missing = cli("claude-db", "status", env={**env, "DOCKER_CONTEXT": "no-such"})
+        assert missing.code == 7, missing
+        assert "the docker context 'no-such'" in missing.stderr, missing
+
+        deleted = cli("claude-session", "delete", name, "--yes", env=env)
+        assert deleted.code == 0, deleted
+        assert _held(remote_engine, f"claude-db.session={name}") == []
+    finally:
+        cli("claude-session", "delete", name, "--yes", env=env)
+
+
+def test_commands_on_an_ssh_engine_share_one_login(
+    cli: Cli, remote_engine: PrivateEngine, state: Path
+) -> None:
+    """Every docker SDK connection and ``docker exec`` (each connection through the tunnel
+    is one) would be an ssh login of its own: claude-db's commands share one connection,
+    kept in a private directory of the state."""
+    env = _env(remote_engine, "ssh")
+    logins = remote_engine.directory / "ssh" / "sshd.log"
+
+    def count() -> int:
+        return logins.read_text().count("Accepted publickey")
+
+    name = f"rshare{uuid.uuid4().hex[:8]}"
+    try:
+        started = cli("claude-session", "start", name, env=env)
+        assert started.code == 0, started
+        before = count()
+        for command in (("claude-db", "status"), ("claude-db", "query", "SELECT 1"),
+                        ("claude-db", "psql", "-XAtc", "SELECT 2"),
+                        ("claude-session", "list")):
+            assert cli(*command, env=env).code == 0, command
+        # unshared: several logins per command; shared: none (one, had the connection
+        # idled out between two commands)
+        assert count() - before <= 1, logins.read_text()[-2000:]
+        ours = state / "ssh"
+        assert ours.stat().st_mode & 0o777 == 0o700 and (ours / "ssh").is_file()
+    finally:
+        cli("claude-session", "delete", name, "--yes", env=env)

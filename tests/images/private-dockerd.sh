@@ -46,7 +46,9 @@ up() {
     local run=(nsenter "--net=/run/netns/$ns")  # how to run a command "there"
     # nsenter, not `ip netns exec`: that one remounts /sys, hiding the cgroup mounts
     local hosts=(--host "unix://$socket")
-    local pool=10.215.0.0/16  # the networks it makes (apart from the main daemon's)
+    # the networks it makes (apart from the main daemon's), routed from here: one /16 per
+    # DIR, so private daemons of concurrent test runs do not take each other's route
+    local pool=10.$((216 + 16#${id:0:2} % 32)).0.0/16
     ip netns add "$ns"
     ip link add "$veth_here" type veth peer name "$veth_there"
     ip link set "$veth_there" netns "$ns"

@@ -18,10 +18,11 @@ from claude_db.app import App
 from claude_db.engine import Engine
 from claude_db.errors import NotRunningError, SessionExistsError, UsageError
 from claude_db.faults import checkpoint
-from claude_db.lifecycle import parts, start_session
+from claude_db.lifecycle import start_session
 from claude_db.readiness import wait_until_ready
 from claude_db.runtime import Runtime
 from claude_db.session import Session, validate_name
+from claude_db.target import parts
 
 METHODS = ("reflink", "copy", "dump")
 

@@ -31,12 +31,9 @@ from claude_db.locks import try_hold
 from claude_db.processes import signals_held
 from claude_db.readiness import wait_until_ready
 from claude_db.runtime import Runtime
-
-# STARTING_MARKER and parts are imported from here too (they lived here)
-from claude_db.session import STARTING_MARKER as STARTING_MARKER
-from claude_db.session import Session, validate_name
+from claude_db.session import STARTING_MARKER, Session, validate_name
 from claude_db.settings import Settings
-from claude_db.target import parts as parts
+from claude_db.target import parts
 
 
 def start_session(
@@ -86,7 +83,8 @@ def start_session(
             engine, runtime = parts(app, like)
         else:
             engine = app.plugins.engine(engine_name or settings.engine)
-            runtime, note = app.choose_runtime(runtime_name or settings.runtime)
+            runtime, note = app.choose_runtime(runtime_name or settings.runtime, engine,
+                                               _database_image(settings, engine, image))
             notes += [note] if note else []
         session.engine, session.runtime = engine.name, runtime.name
         session.credentials = Credentials(
@@ -94,7 +92,7 @@ def start_session(
             password=settings.password or secrets.token_urlsafe(18),
             database=settings.database or engine.default_database,
         )
-        session.image = image or settings.image or engine.default_image
+        session.image = _database_image(settings, engine, image)
         session.session_image = session_image or settings.session_image
         session.publish = publish
         if superuser or settings.superuser:  # the local runtime's create reads it
@@ -244,6 +242,10 @@ def _owner_named(app: App, name: str) -> Owner:
 
 #: the note of a start that found its session already there
 ALREADY_HERE = "already exists here; making sure it runs"
+
+
+def _database_image(settings: Settings, engine: Engine, image: str | None) -> str:
+    return image or settings.image or engine.default_image
 
 
 def _ignored_container_options(

@@ -67,6 +67,13 @@ class Runtime(ABC):
         """The error of a command that needs this runtime while it is not available."""
         return self.unavailable_error_class(self.unavailable_reason())
 
+    def cannot_create(self, engine: Engine, image: str) -> str | None:
+        """Why a new session of ``engine`` cannot be made here although the runtime is
+        :meth:`available` (``image``: its database image, for a runtime that runs
+        containers), found cheaply; None when it can as far as can be told. ``--runtime
+        auto`` passes over a runtime that says why."""
+        return None
+
     def leftovers(self, state_dir: Path) -> dict[str, list[Orphan]]:
         """What this runtime holds for sessions of ``state_dir``, by session name, in the
         order to remove it (what holds the rest first): never anything of another state

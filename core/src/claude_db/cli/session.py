@@ -25,11 +25,9 @@ from claude_db.fork import fork_session
 from claude_db.gc import collect_garbage, remove_broken
 from claude_db.lifecycle import (
     ALREADY_HERE,
-    STARTING_MARKER,
     delete_session,
     ensure_running,
     kept_settings,
-    parts,
     session_env,
     start_here,
     start_session,
@@ -38,11 +36,13 @@ from claude_db.lifecycle import (
 from claude_db.locks import try_hold
 from claude_db.processes import run_shell
 from claude_db.session import (
+    STARTING_MARKER,
     BrokenSession,
     BrokenSessionError,
     Session,
     validate_name,
 )
+from claude_db.target import parts
 from claude_db.worktrees import find_worktree, session_name
 
 HELP = """Start, list, attach, stop and delete sessions, each with its own database."""

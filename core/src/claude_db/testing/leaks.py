@@ -11,6 +11,8 @@ from typing import TYPE_CHECKING, Any
 
 from claude_db import processes
 from claude_db.errors import ClaudeDbError
+from claude_db.plugins import load_plugins
+from claude_db.settings import Settings
 
 if TYPE_CHECKING:
     from claude_db.runtime import Runtime
@@ -20,8 +22,6 @@ def leftovers(
     state_dir: Path, name: str, env: dict[str, str], record: dict[str, Any]
 ) -> list[str]:
     """What a deleted session left behind, described in words (empty: nothing)."""
-    from claude_db.processes import is_running
-
     found: list[str] = []
     session_dir = state_dir / "sessions" / name
     if session_dir.exists():
@@ -35,7 +35,7 @@ def leftovers(
             found.append(f"{key} {value}")
     found += [f"process {pid}: {cmd}" for pid, cmd in processes_mentioning(str(session_dir))]
     pid = record.get("runtime_state", {}).get("pid")
-    if isinstance(pid, int) and is_running(pid):
+    if isinstance(pid, int) and processes.is_running(pid):
         found.append(f"process {pid} (the server)")
     if env.get("DB_HOST") in ("127.0.0.1", "localhost", "::1") and _port_answers(
         env["DB_HOST"], int(env["DB_PORT"])
@@ -49,8 +49,6 @@ def leftovers(
 def runtime_leftovers(state_dir: Path, name: str, runtime_name: str) -> list[str]:
     """What session ``name``'s runtime still holds for it (its containers, its servers...),
     as the runtime itself finds it for ``claude-session gc``."""
-    from claude_db.settings import Settings
-
     settings = dataclasses.replace(Settings.from_env(), state_dir=state_dir)
     try:
         runtime = runtime_class(runtime_name)(settings)
@@ -64,9 +62,6 @@ def runtime_leftovers(state_dir: Path, name: str, runtime_name: str) -> list[str
 @functools.cache
 def runtime_class(name: str) -> type[Runtime]:
     """The installed runtime called ``name`` (as the ``claude-db`` command finds it)."""
-    from claude_db.plugins import load_plugins
-    from claude_db.settings import Settings
-
     return load_plugins(Settings.from_env()).runtime_class(name)
 
 

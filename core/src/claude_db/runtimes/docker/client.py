@@ -11,22 +11,26 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import hashlib
 import io
 import ipaddress
 import json
 import os
 import re
+import shlex
 import shutil
 import socket
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 from claude_db.errors import ClaudeDbError, DockerUnavailableError
+from claude_db.statedir import UnsafeStateError, make_private_dir
 
 if TYPE_CHECKING:
     from docker import DockerClient
@@ -43,18 +47,33 @@ MAX_PING_ANSWER = 4096  # bytes: the status line and headers of GET /_ping fit e
 _api_versions: dict[str, str] = {}
 
 
-def docker_host() -> str | None:
-    """Where the Docker engine is, as the docker CLI would find it; ``None``: a CLI context."""
+def docker_host() -> str:
+    """Where the Docker engine is, as the docker CLI finds it: ``DOCKER_HOST``; else the
+    endpoint of the current context (``DOCKER_CONTEXT``, else ``currentContext`` in the
+    CLI's ``config.json``) unless that is ``default``; else the local socket."""
     if host := os.environ.get("DOCKER_HOST"):
         return host
-    if os.environ.get("DOCKER_CONTEXT") or _current_context() not in (None, "default"):
-        return None  # the SDK resolves contexts
+    if (name := context_name()) is not None:
+        return _context_endpoint(name)[0]
     return f"unix://{DEFAULT_SOCKET}"
 
 
 def describe_host() -> str:
-    context = os.environ.get("DOCKER_CONTEXT") or _current_context()
-    return docker_host() or f"the docker context {context!r}"
+    try:
+        host = docker_host()
+    except DockerUnavailableError:
+        host = "?"
+    name = None if os.environ.get("DOCKER_HOST") else context_name()
+    return f"{host} (docker context {name!r})" if name else host
+
+
+def context_name() -> str | None:
+    """The docker CLI context in use, None for ``default`` (``DOCKER_HOST`` set counts as
+    that, as for the CLI)."""
+    if os.environ.get("DOCKER_HOST"):
+        return None
+    name = os.environ.get("DOCKER_CONTEXT") or _current_context()
+    return None if name in (None, "", "default") else name
 
 
 def _current_context() -> str | None:
@@ -66,14 +85,32 @@ def _current_context() -> str | None:
     return name if isinstance(name, str) else None
 
 
+@functools.cache
+def _context_endpoint(name: str) -> tuple[str, Any]:
+    """A context's engine: its host and its TLS configuration (None: no TLS), as the
+    docker SDK reads the CLI's context store (the SDK only when a context is in use)."""
+    from docker.context import ContextAPI
+    from docker.errors import DockerException
+
+    try:
+        context = ContextAPI.get_context(name)
+    except DockerException as exc:
+        raise DockerUnavailableError(f"the docker context {name!r} is unreadable: "
+                                     f"{first_line(exc)}") from None
+    if context is None:
+        raise DockerUnavailableError(
+            f"the docker context {name!r} (DOCKER_CONTEXT or currentContext in "
+            "config.json) does not exist; see docker context ls")
+    if not context.Host:
+        raise DockerUnavailableError(f"the docker context {name!r} names no Docker engine")
+    return str(context.Host), context.TLSConfig
+
+
 def engine_is_remote() -> bool:
     """Whether the engine runs on another machine (``ssh://``, or ``tcp://`` to an address
     that is not this machine's loopback): its containers' addresses are not routable from
     here, and a port it publishes is published on that machine."""
-    host = docker_host()
-    if host is None:
-        return False  # a CLI context: taken as this machine's engine
-    url = urlsplit(host)
+    url = urlsplit(docker_host())
     if url.scheme == "ssh":
         return True
     if url.scheme not in ("tcp", "http", "https"):
@@ -87,15 +124,20 @@ def engine_is_remote() -> bool:
 
 
 def _uses_tls() -> bool:
+    if (name := context_name()) is not None:
+        return _context_endpoint(name)[1] is not None
     verify = os.environ.get("DOCKER_TLS_VERIFY")
     return bool(os.environ.get("DOCKER_CERT_PATH")) or (verify is not None and verify != "")
 
 
 def ping() -> str | None:
     """``None`` if a Docker engine answers, else a short reason why not."""
-    host = docker_host()
-    if host is None or _uses_tls() or not host.startswith(("unix://", "tcp://", "http://")):
-        return _sdk_ping()  # contexts, TLS, ssh:// and npipe:// are the SDK's business
+    try:
+        host, tls = docker_host(), _uses_tls()
+    except DockerUnavailableError as exc:  # a context that does not exist
+        return str(exc)
+    if tls or not host.startswith(("unix://", "tcp://", "http://")):
+        return _sdk_ping()  # TLS, ssh:// and npipe:// are the SDK's business
     try:
         with _open_socket(host) as sock:
             sock.sendall(b"GET /_ping HTTP/1.0\r\nHost: docker\r\n\r\n")
@@ -157,7 +199,7 @@ def _sdk_ping() -> str | None:
 
 
 @functools.cache
-def _client_for(host: str | None, tls: bool) -> DockerClient:
+def _client_for(host: str, tls: bool, context: str | None) -> DockerClient:
     import docker
     import requests
 
@@ -165,8 +207,13 @@ def _client_for(host: str | None, tls: bool) -> DockerClient:
         # ssh://: the ssh CLI, as the docker CLI does (the user's ssh config, agent, known
         # hosts, ProxyJump), not paramiko, which reads little of that; every `docker exec`
         # claude-db runs goes through the docker CLI, so both reach the engine alike
-        made = docker.from_env(timeout=QUICK_TIMEOUT, version=version,
-                               use_ssh_client=bool(host and host.startswith("ssh://")))
+        options = {"timeout": QUICK_TIMEOUT, "version": version,
+                   "use_ssh_client": host.startswith("ssh://")}
+        if context is not None:  # not every SDK 7 reads contexts in from_env
+            made = docker.DockerClient(base_url=host, tls=_context_endpoint(context)[1] or False,
+                                       **options)
+        else:
+            made = docker.from_env(**options)
         # requests lets REQUESTS_CA_BUNDLE / CURL_CA_BUNDLE replace the CA of
         # DOCKER_CERT_PATH on every request ("certificate verify failed"): the engine's
         # CA is the one the docker CLI trusts
@@ -174,7 +221,7 @@ def _client_for(host: str | None, tls: bool) -> DockerClient:
         return made
 
     # the version the ping saw: the SDK would otherwise ask for it (GET /version) first
-    version = _api_versions.get(host) if host is not None and not tls else None
+    version = _api_versions.get(host) if not tls else None
     try:
         if tls:  # asked here: "auto" would ask before trust_env can be set
             probe = make(docker.constants.MINIMUM_DOCKER_API_VERSION)
@@ -191,7 +238,7 @@ def client() -> DockerClient:
 
     Its calls time out after :data:`QUICK_TIMEOUT`; wrap calls that do work in :func:`slow`.
     """
-    return _client_for(docker_host(), _uses_tls())
+    return _client_for(docker_host(), _uses_tls(), context_name())
 
 
 @contextlib.contextmanager
@@ -259,6 +306,72 @@ def _connection_reason(exc: BaseException) -> str:
         if known.lower() in text.lower():
             return known.lower()
     return first_line(text)
+
+
+# -- one ssh login shared by the commands of an ssh:// engine ---------------------------------
+
+#: seconds an idle shared ssh connection stays up for the next claude-db command
+SSH_PERSIST = 60
+SSH_DIR = "ssh"  # in the state directory: our ssh, and the shared connections' sockets
+#: the longest directory for those sockets: ``<dir>/<%C: 40>.<16>`` (ssh binds a temporary
+#: name first) must fit sun_path's 107 bytes
+CONTROL_DIR_MAX = 49
+_path_before_ssh: str | None = None
+
+
+def share_ssh(state_dir: Path) -> None:
+    """Make every ssh login of this process to an ``ssh://`` engine (the SDK's and the
+    docker CLI's, one per API connection and per ``docker exec``: each connection of the
+    tunnel is one) go over one shared connection: an ``ssh`` first on this process's
+    ``PATH`` that runs the user's with ``ControlMaster=auto``, kept :data:`SSH_PERSIST` s
+    after its last use (then ssh ends it and removes its socket)."""
+    global _path_before_ssh
+    try:
+        host = docker_host()
+    except DockerUnavailableError:  # a context that does not exist: the ping says so
+        return
+    real = shutil.which("ssh")
+    if _path_before_ssh is not None or not host.startswith("ssh://") or real is None:
+        return
+    directory = state_dir / SSH_DIR
+    make_private_dir(directory)
+    control = _control_dir(directory)
+    if control is None:
+        return
+    script = ("#!/bin/sh\n# claude-db's ssh: yours, over one shared connection (see "
+              "claude_db.runtimes.docker.client)\n"
+              f"exec {shlex.quote(real)} -o ControlMaster=auto "
+              f"-o {shlex.quote(f'ControlPath={control}/%C')} "
+              f"-o ControlPersist={SSH_PERSIST} \"$@\"\n")
+    wrapper = directory / "ssh"
+    if not wrapper.is_file() or wrapper.read_text() != script:
+        fresh = directory / f".ssh.{os.getpid()}"
+        fresh.write_text(script)
+        fresh.chmod(0o700)
+        os.replace(fresh, wrapper)
+    _path_before_ssh = os.environ.get("PATH", os.defpath)
+    os.environ["PATH"] = f"{directory}{os.pathsep}{_path_before_ssh}"
+
+
+def _control_dir(directory: Path) -> Path | None:
+    """Where the shared connections' sockets go: ``directory`` (private, in the state),
+    or when its path is too long for a socket, a private directory in /tmp named after
+    it; None when that one is not ours (another user made it first): then nothing is shared."""
+    if len(str(directory)) <= CONTROL_DIR_MAX:
+        return directory
+    digest = hashlib.sha256(str(directory).encode()).hexdigest()[:12]
+    short = Path("/tmp") / f"cdb-ssh-{os.geteuid()}-{digest}"
+    try:
+        make_private_dir(short)
+    except (UnsafeStateError, OSError):
+        return None
+    return short
+
+
+def user_path() -> str | None:
+    """``PATH`` as it was before :func:`share_ssh` (None: unchanged): for the user's own
+    shell, which should not run our ssh."""
+    return _path_before_ssh
 
 
 # -- the tunnel to a remote engine's database ----------------------------------------------
@@ -367,6 +480,65 @@ def ensure_image(docker_client: DockerClient, image: str, hint: str = "") -> Non
         finally:
             if progress is not None:
                 progress.done()
+
+
+#: seconds during which a registry that did not answer is not asked again for an image
+#: (per state directory): else every ``auto`` start would wait for it first
+SILENT_REGISTRY_MEMORY = 600
+SILENT_REGISTRIES = "docker-silent-registries.json"  # in the state directory
+
+
+def image_unobtainable(docker_client: DockerClient, image: str, state_dir: Path) -> str | None:
+    """Why ``image`` is neither on the engine nor pullable, or None when it is there or
+    its registry knows it. Asks the registry for the image's manifest only (not its
+    layers), within :data:`QUICK_TIMEOUT`; a registry that did not answer in that time is
+    remembered for :data:`SILENT_REGISTRY_MEMORY` seconds in ``state_dir``."""
+    import docker
+    import requests
+
+    with docker_errors(f"inspecting image {image!r}"):
+        try:
+            docker_client.images.get(image)
+            return None
+        except docker.errors.ImageNotFound:
+            pass
+    unobtainable = f"image {image!r} is not on the Docker engine and cannot be pulled"
+    memory = state_dir / SILENT_REGISTRIES
+    key = f"{describe_host()} {image}"
+    asked = _read_json(memory).get(key)
+    if isinstance(asked, (int, float)) and 0 <= time.time() - asked < SILENT_REGISTRY_MEMORY:
+        return f"{unobtainable} (its registry did not answer {QUICK_TIMEOUT:g} s, " \
+               f"{int(time.time() - asked)} s ago)"
+    try:
+        docker_client.api.inspect_distribution(image)
+    except requests.exceptions.Timeout:
+        remembered = {k: t for k, t in _read_json(memory).items()
+                      if isinstance(t, (int, float)) and time.time() - t < SILENT_REGISTRY_MEMORY}
+        _write_json(memory, {**remembered, key: time.time()})
+        return f"{unobtainable} (its registry did not answer in {QUICK_TIMEOUT:g} s)"
+    except docker.errors.APIError as exc:
+        return f"{unobtainable} ({api_message(exc)})"
+    except (docker.errors.DockerException, requests.exceptions.RequestException) as exc:
+        return f"{unobtainable} ({first_line(exc)})"
+    return None
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    try:
+        found = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+    return found if isinstance(found, dict) else {}
+
+
+def _write_json(path: Path, data: dict[str, Any]) -> None:
+    """Replace ``path`` at once (a reader never sees half of it); a failure only means
+    the registry is asked again next time."""
+    with contextlib.suppress(OSError):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.{os.getpid()}")
+        tmp.write_text(json.dumps(data))
+        os.replace(tmp, path)
 
 
 def _pull_failed(image: str, reason: object, hint: str) -> str:

@@ -30,6 +30,7 @@ from claude_db.errors import (
     NotRunningError,
     SessionExistsError,
 )
+from claude_db.faults import checkpoint
 from claude_db.ports import claim_port
 from claude_db.processes import child_env, run_foreground
 from claude_db.runtime import Orphan, Runtime, Status
@@ -40,12 +41,15 @@ from claude_db.runtimes.docker.client import (
     engine_is_remote,
     ensure_image,
     first_line,
+    image_unobtainable,
     ping,
+    share_ssh,
     slow,
     tunnel,
+    user_path,
 )
 from claude_db.runtimes.docker.tools import DockerTools, exec_argv, terminal
-from claude_db.session import NAME_PATTERN, Session
+from claude_db.session import NAME_PATTERN, Session, SessionStore
 from claude_db.statedir import ID_FILE, state_id
 
 if TYPE_CHECKING:
@@ -106,6 +110,7 @@ class DockerRuntime(Runtime):
 
     def available(self) -> bool:
         if not self._pinged:
+            share_ssh(self.settings.state_dir)  # before the first login: the ping's
             self._ping_failure, self._pinged = ping(), True
         return self._ping_failure is None
 
@@ -115,6 +120,11 @@ class DockerRuntime(Runtime):
         if failure.startswith(("no Docker engine answers", "the Docker engine at")):
             return failure  # said whole already
         return f"no Docker engine answers at {describe_host()} ({failure})"
+
+    def cannot_create(self, engine: Engine, image: str) -> str | None:
+        """The database image is neither on the engine nor pullable (a machine with a
+        Docker engine and no registry in reach)."""
+        return image_unobtainable(self._client(), image, self.settings.state_dir)
 
     # -- lifecycle ------------------------------------------------------------------------
 
@@ -202,10 +212,15 @@ class DockerRuntime(Runtime):
             return  # nothing was made
         docker = self._client()
         self._inspected.clear()
-        if keep_data and self._volume(docker, session) is not None:
+        has_data = self._volume(docker, session) is not None
+        if keep_data and has_data:
             self.stop(session, engine)  # a clean shutdown: the kept data must be consistent
-            state["kept_volume"] = self._keep_volume(docker, session, engine)
-            state["kept_data"] = f"the Docker volume {state['kept_volume']}"
+            self._keep_volume(docker, session, engine)
+        elif has_data and state.get("kept_volume"):
+            # a `delete --keep-data` cut short while it copied: its copy may be half
+            self._discard_kept_copy(docker, session)
+            for key in ("kept_volume", "kept_data"):
+                state.pop(key, None)
         mine = {"label": [f"{LABEL_INSTANCE}={instance}",
                           f"{LABEL_STATE}={self.settings.state_dir}"]}
         def labelled(found: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -351,8 +366,9 @@ class DockerRuntime(Runtime):
 
     def enter_shell(self, session: Session, env: dict[str, str]) -> int:
         name = session.runtime_state.get("session_container")
-        if not name:
-            return super().enter_shell(session, env)
+        if not name:  # the user's shell here, with the user's PATH (not our ssh)
+            path = user_path()
+            return super().enter_shell(session, env if path is None else {**env, "PATH": path})
         attrs = self._find(self._client(), session, "container", name)
         if attrs is None:
             raise NotRunningError(f"the session container {name} is gone; "
@@ -433,17 +449,24 @@ class DockerRuntime(Runtime):
         with slow(docker), docker_errors(f"removing container {attrs['Name'].lstrip('/')!r}"):
             docker.api.remove_container(attrs["Id"], force=True, v=True)  # v: anonymous volumes
 
-    def _keep_volume(self, docker: DockerClient, session: Session, engine: Engine) -> str:
-        """Copy the data into a volume of its own that no session owns; return its name.
+    def _keep_volume(self, docker: DockerClient, session: Session, engine: Engine) -> None:
+        """Copy the data into a volume of its own that no session owns.
 
         Volume labels cannot change, and the session's volume carries the labels that
         ``delete`` and ``gc`` remove by; its name is also free again for a new session.
+        Its name is on record (``session.json``) before the copy starts: a ``delete``
+        killed meanwhile leaves the session, and the next ``delete`` finds the half copy
+        (and copies again into it, or removes it).
         """
         from docker.types import Mount
 
         assert session.image is not None
         state = session.runtime_state
-        kept = f"{state['volume']}-kept-{time.strftime('%Y%m%d-%H%M%S')}"
+        kept = (state.get("kept_volume")
+                or f"{state['volume']}-kept-{time.strftime('%Y%m%d-%H%M%S')}")
+        state["kept_volume"], state["kept_data"] = kept, f"the Docker volume {kept}"
+        SessionStore(self.settings.state_dir).save(session)
+        self._discard_kept_copy(docker, session)  # of a delete cut short, if any
         labels = {LABEL_KEPT_FROM: session.name, LABEL_ENGINE: engine.name,
                   LABEL_KEPT_BY: state["instance"]}
         what = f"keeping the data of session {session.name!r} in volume {kept!r}"
@@ -465,6 +488,7 @@ class DockerRuntime(Runtime):
                 )
                 try:
                     docker.api.start(copier["Id"])
+                    checkpoint("keep-copy-started")
                     code = docker.api.wait(copier["Id"])["StatusCode"]
                     if code != 0:
                         raise ClaudeDbError(
@@ -477,7 +501,17 @@ class DockerRuntime(Runtime):
                 with contextlib.suppress(Exception):  # no half copy stays behind
                     docker.api.remove_volume(kept, force=True)
                 raise
-        return kept
+
+    def _discard_kept_copy(self, docker: DockerClient, session: Session) -> None:
+        """What a ``delete --keep-data`` cut short left: its copier container (which may
+        still be copying) and the copy on record, maybe half."""
+        mine = {"label": [f"{LABEL_INSTANCE}={session.runtime_state['instance']}",
+                          f"{LABEL_ROLE}=copy", f"{LABEL_STATE}={self.settings.state_dir}"]}
+        with slow(docker), docker_errors(f"removing the copier of session {session.name!r}"):
+            for container in docker.api.containers(all=True, filters=mine):
+                docker.api.remove_container(container["Id"], force=True, v=True)
+        if (record := self.kept_record(session)) is not None:
+            self.remove_kept(record)
 
     def kept_record(self, session: Session) -> dict[str, Any] | None:
         state = session.runtime_state

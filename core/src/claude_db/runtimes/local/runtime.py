@@ -66,6 +66,14 @@ class LocalRuntime(Runtime):
     def store(self) -> SessionStore:
         return SessionStore(self.settings.state_dir)
 
+    def cannot_create(self, engine: Engine, image: str) -> str | None:
+        """The engine runs no local server, or its binaries are not found."""
+        try:
+            _local_server(engine)
+        except ClaudeDbError as exc:
+            return str(exc)
+        return None
+
     # -- lifecycle ------------------------------------------------------------------------
 
     def create(self, session: Session, engine: Engine) -> None:
