@@ -284,6 +284,9 @@ def test_a_mariadb_sessions_sql_reaches_no_file_outside_its_server(
         assert_one_line_error(written, ExitCode.FAILED)
         assert "secure-file-priv" in written.stderr, written
         assert not marker.exists()
+        # its temporary files (temporary tables, sorts) are not in the shared /tmp either
+        tmpdir = cli("claude-db", "query", "SELECT @@tmpdir AS t", "--csv", cwd=workdir)
+        assert tmpdir.stdout == f"t\n{_runtime_state('iso-maria')['socket_dir']}\n", tmpdir
         pid = _runtime_state("iso-maria")["pid"]
         environ = Path(f"/proc/{pid}/environ").read_bytes()
         assert b"s3cret-maria" not in environ

@@ -89,6 +89,9 @@ class MariaDBLocalServer(LocalServer):
             # LOAD DATA INFILE, SELECT ... INTO OUTFILE and LOAD_FILE() reach no file
             # outside the session's own private directory
             f"--secure-file-priv={socket_dir}",
+            # temporary tables and sort files too: not in the shared /tmp, where other
+            # local users could read them and a /tmp cleaner removes them mid-query
+            f"--tmpdir={socket_dir}",
         ]
         if (accounts := socket_dir / ACCOUNTS_FILE).exists():  # not before set_password
             argv.append(f"--init-file={accounts}")
