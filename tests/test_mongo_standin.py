@@ -509,12 +509,16 @@ def test_python_api_round_trip(
     monkeypatch.setenv("CLAUDE_DB_MONGO_DUMP_FORMAT", "driver")
     engine = MongoEngine()
     endpoint = standin.endpoint
-    result = engine.query(endpoint, '{"insert": "api", "documents": [{"_id": 1}, {"_id": 2}]}')
-    assert result.documents == [{"n": 2, "ok": 1.0}] and result.status == "insert: ok"
-    found = engine.query(endpoint, '{"find": "api", "sort": {"_id": -1}}')
-    assert (found.documents, found.columns, found.rows, found.status) == (
-        [{"_id": 2}, {"_id": 1}], ["_id"], [(2,), (1,)], "find: 2 documents",
-    )
+    assert documents(engine, endpoint, '{"insert": "api", "documents": [{"_id": 1}, '
+                     '{"_id": 2}]}') == [{"n": 2, "ok": 1.0}]
+    # a result streams batch by batch (getMore), in order
+    inserted = documents(engine, endpoint, json.dumps(
+        {"insert": "many", "documents": [{"_id": n} for n in range(250)]}))
+    assert inserted == [{"n": 250, "ok": 1.0}]
+    found = documents(engine, endpoint, '{"find": "many", "sort": {"_id": 1}, "batchSize": 7}')
+    assert found == [{"_id": n} for n in range(250)]
+    assert documents(engine, endpoint, '{"find": "api", "sort": {"_id": -1}}') == [
+        {"_id": 2}, {"_id": 1}]
     seed_big(db, count=1000)  # (the 10,000-document round trip is the CLI test's)
     before = raw_documents(db, "people")
     shape = describe(db)
@@ -537,15 +541,22 @@ def test_python_api_round_trip(
     assert [d["_id"] for d in db.api.find().sort("_id")] == [1, 2]
 
     with pytest.raises(UsageError):
-        engine.query(endpoint, "not json")
+        documents(engine, endpoint, "not json")
     with pytest.raises(ClaudeDbError, match="no such command"):
-        engine.query(endpoint, '{"noSuchCommand": 1}')
+        documents(engine, endpoint, '{"noSuchCommand": 1}')
     down = Endpoint("127.0.0.1", free_port(), endpoint.credentials)
     with pytest.raises(NotRunningError):
-        engine.query(down, '{"ping": 1}')
+        documents(engine, down, '{"ping": 1}')
     with pytest.raises(ClaudeDbError, match="nothing was applied"):
         engine.restore(HostTools(endpoint), iter([archive[:-3]]))
     assert raw_documents(db, "people") == before
+
+
+def documents(engine: MongoEngine, endpoint: Endpoint, text: str) -> list[Any]:
+    """A query's documents, read while its context is open (they stream)."""
+    with engine.query(endpoint, text) as result:
+        assert result.documents is not None
+        return list(result.documents)
 
 
 def test_readiness_needs_the_right_password(standin: StandIn) -> None:
@@ -558,4 +569,4 @@ def test_readiness_needs_the_right_password(standin: StandIn) -> None:
     anonymous = Endpoint(standin.endpoint.host, standin.endpoint.port, Credentials("", "", "appdb"))
     # unauthenticated, the server answers a ping but nothing that reads data
     with pytest.raises(ClaudeDbError, match="requires authentication"):
-        engine.query(anonymous, '{"listCollections": 1}')
+        documents(engine, anonymous, '{"listCollections": 1}')
