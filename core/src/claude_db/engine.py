@@ -384,6 +384,15 @@ class Engine(ABC):
     def snapshot_keep(self, endpoint: Endpoint, directory: Path) -> None:  # noqa: B027
         """Record with the server a snapshot only ``directory`` knows (catalog engines)."""
 
+    def snapshot_note(self, endpoint: Endpoint, note: dict[str, str]) -> None:  # noqa: B027
+        """Keep with the server what core notes for ``undo``: the last destructive command
+        that took no snapshot (``{"reason": ..., "at": ...}``), so the host and a session
+        container both see it (catalog engines; others: core's file only)."""
+
+    def snapshot_noted(self, endpoint: Endpoint) -> dict[str, str] | None:
+        """The note :meth:`snapshot_note` kept with the server, if any."""
+        return None
+
     def snapshot_restore(self, endpoint: Endpoint, tools: Tools, directory: Path) -> None:
         """Replace the database of ``endpoint`` with the snapshot saved in ``directory``."""
         self.reset(endpoint)

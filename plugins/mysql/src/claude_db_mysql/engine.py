@@ -11,7 +11,7 @@ from typing import Any
 
 from claude_db import Credentials, Endpoint, Engine, LocalServer, QueryResult, Tools
 from claude_db.errors import ClaudeDbError, NotRunningError
-from claude_db_mysql import tablespaces
+from claude_db_mysql import history, tablespaces
 from claude_db_mysql.dumps import Clients
 from claude_db_mysql.local import MariaDBLocalServer
 from claude_db_mysql.sql import quote_ident
@@ -148,7 +148,7 @@ class MySQLEngine(Engine):
             raise _error("reset failed", endpoint, exc) from None
 
     # -- snapshots: table files where the data directory is ours (claude_db_mysql.tablespaces),
-    # else core's dumps
+    # else core's dumps; kept with the server where the user may (claude_db_mysql.history)
 
     def snapshot_save(self, endpoint: Endpoint, tools: Tools, directory: Path) -> None:
         with _maintenance(endpoint, "snapshot failed") as conn:
@@ -157,20 +157,52 @@ class MySQLEngine(Engine):
             super().snapshot_save(endpoint, tools, directory)
         with _maintenance(endpoint, "snapshot failed") as conn:  # for diff; right after the copy
             tablespaces.keep_tables(conn, endpoint.database, directory)
+            history.keep(conn, directory)
+
+    def snapshot_catalog(self, endpoint: Endpoint) -> list[dict[str, Any]] | None:
+        with _maintenance(endpoint, "reading the snapshots failed", database=None) as conn:
+            return history.catalog(conn)
+
+    def snapshot_keep(self, endpoint: Endpoint, directory: Path) -> None:
+        if history.kept_key(directory) is None:  # saved by an older claude-db: keep it there
+            with _maintenance(endpoint, "keeping the snapshot failed", database=None) as conn:
+                history.keep(conn, directory)
+
+    def snapshot_note(self, endpoint: Endpoint, note: dict[str, str]) -> None:
+        with _maintenance(endpoint, "keeping the note failed", database=None) as conn:
+            history.note(conn, note)
+
+    def snapshot_noted(self, endpoint: Endpoint) -> dict[str, str] | None:
+        with _maintenance(endpoint, "reading the snapshots failed", database=None) as conn:
+            return history.noted(conn)
+
+    def snapshot_delete(self, endpoint: Endpoint, tools: Tools, directory: Path) -> None:
+        with _maintenance(endpoint, "deleting the snapshot failed", database=None) as conn:
+            history.delete(conn, directory)
+
+    def snapshot_sizes(self, endpoint: Endpoint, directories: list[Path]) -> list[int]:
+        with _maintenance(endpoint, "reading the snapshots failed", database=None) as conn:
+            return [history.size(conn, directory) for directory in directories]
 
     def tables(self, endpoint: Endpoint, directory: Path | None = None) -> dict[str, Any]:
         if directory is not None:
+            self._fetch(endpoint, directory)
             return tablespaces.kept_tables(directory)
         with _maintenance(endpoint, "reading the tables failed") as conn:
             return tablespaces.tables(conn, endpoint.database)
 
     def snapshot_restore(self, endpoint: Endpoint, tools: Tools, directory: Path) -> None:
+        self._fetch(endpoint, directory)
         if not tablespaces.saved(directory):
             super().snapshot_restore(endpoint, tools, directory)
             return
         self.reset(endpoint)
         with _maintenance(endpoint, "restoring the snapshot failed") as conn:
             tablespaces.restore(conn, Clients(tools), directory)
+
+    def _fetch(self, endpoint: Endpoint, directory: Path) -> None:
+        with _maintenance(endpoint, "reading the snapshot failed", database=None) as conn:
+            history.fetch(conn, directory)
 
     def shell_argv(self, endpoint: Endpoint) -> list[str]:
         # MariaDB 11 images have only `mariadb`, MySQL's only `mysql`: take what is there.
@@ -211,12 +243,15 @@ def connect(
 
 
 @contextlib.contextmanager
-def _maintenance(endpoint: Endpoint, what: str) -> Iterator[Any]:
-    """A connection to ``endpoint``'s database whose driver errors become ours."""
+def _maintenance(
+    endpoint: Endpoint, what: str, database: str | object | None = _SAME_DATABASE
+) -> Iterator[Any]:
+    """A connection to ``endpoint``'s database (or ``database``) whose driver errors
+    become ours."""
     import pymysql
 
     try:
-        with connect(endpoint, timeout=10) as conn:
+        with connect(endpoint, timeout=10, database=database) as conn:
             yield conn
     except pymysql.MySQLError as exc:
         raise _error(what, endpoint, exc) from None
