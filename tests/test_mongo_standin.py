@@ -37,7 +37,7 @@ from claude_db.processes import HostTools
 from claude_db.readiness import wait_until_ready
 from claude_db.runtimes.local.runtime import free_port
 from claude_db.testing import BIN, CONTRACT_PASSWORD, Cli, assert_one_line_error
-from claude_db_mongo import MongoEngine
+from claude_db_mongo import MongoEngine, history
 from claude_db_mongo.archive import MAGIC, ByteReader
 from claude_db_mongo.driver_archive import load_archive
 from claude_db_mongo.staging import PREFIX, Staging
@@ -327,6 +327,49 @@ def test_ten_thousand_documents_survive_export_reset_import(
                env=env)
     assert [d["i"] for d in json.loads(view.stdout)] == list(range(9990, BIG))
     assert not [n for n in db.list_collection_names() if n.startswith(PREFIX)]
+
+
+def test_one_snapshot_history_for_every_state_directory(
+    cli: Cli, standin: StandIn, db: Any, tmp_path: Path
+) -> None:
+    """12.7/12.8: snapshots live with the server, so the host and a session container (a
+    state directory each: the container's is its own filesystem) see one history, which a
+    re-created container finds; a reset that took none is noted there too."""
+    with standin.client() as client:
+        client.drop_database(history.DATABASE)
+    db.items.insert_many([{"n": n} for n in range(300)])
+
+    def where(name: str, snapshots: str = "5") -> dict[str, Any]:
+        return {"env": standin.env(CLAUDE_DB_STATE_DIR=str(tmp_path / name),
+                                   CLAUDE_DB_AUTO_SNAPSHOTS=snapshots)}
+
+    def reasons(**kwargs: Any) -> list[str]:
+        shown = cli("claude-db", "snapshot", "list", "--json", **kwargs)
+        assert shown.code == 0, shown
+        return [s["reason"] for s in json.loads(shown.stdout)]
+
+    host, inside, again = where("host"), where("container"), where("re-created")
+    assert cli("claude-db", "snapshot", "save", "s1", **inside).code == 0
+    reset = cli("claude-db", "reset", "--yes", **inside)
+    assert reset.code == 0, reset
+    assert db.items.count_documents({}) == 0
+    assert reasons(**host) == ["", "reset"]
+    undone = cli("claude-db", "undo", **again)
+    assert undone.code == 0, undone
+    assert db.items.count_documents({}) == 300
+    assert reasons(**host) == ["", "reset", "undo"]
+    # a reset that took no snapshot: undo anywhere says so, and restores nothing older
+    reset = cli("claude-db", "reset", "--yes", **where("container", snapshots="0"))
+    assert reset.code == 0, reset
+    for elsewhere in (host, again):
+        refused = cli("claude-db", "undo", **elsewhere)
+        assert_one_line_error(refused, ExitCode.FAILED)
+        assert "nothing to undo for the last reset" in refused.stderr, refused
+        assert db.items.count_documents({}) == 0
+    assert cli("claude-db", "snapshot", "delete", "s1", **host).code == 0
+    assert reasons(**again) == ["reset", "undo"]
+    with standin.client() as client:
+        client.drop_database(history.DATABASE)
 
 
 def test_export_import_through_pipes(cli: Cli, standin: StandIn, db: Any) -> None:

@@ -6,11 +6,13 @@ import contextlib
 import json
 import os
 from collections.abc import Iterable, Iterator
+from pathlib import Path
 from typing import Any
 
 from claude_db import ClaudeDbError, Credentials, Endpoint, Engine, LocalServer, QueryResult, Tools
 from claude_db.errors import NotRunningError, UsageError
 from claude_db.urls import build_url
+from claude_db_mongo import history
 from claude_db_mongo.archive import (
     GZIP_MAGIC,
     MAGIC,
@@ -169,6 +171,47 @@ class MongoEngine(Engine):
             raise UsageError(f"refusing to reset the server's own database {endpoint.database!r}")
         with client_for("reset", endpoint, self.connect_timeout) as client:
             client.drop_database(endpoint.database)
+
+    # -- snapshots: core's dumps, kept with the server (claude_db_mongo.history)
+
+    def snapshot_save(self, endpoint: Endpoint, tools: Tools, directory: Path) -> None:
+        super().snapshot_save(endpoint, tools, directory)
+        with client_for("snapshot", endpoint, self.connect_timeout) as client:
+            history.keep(client, directory)
+
+    def snapshot_catalog(self, endpoint: Endpoint) -> list[dict[str, Any]] | None:
+        with client_for("reading the snapshots", endpoint, self.connect_timeout) as client:
+            return history.catalog(client)
+
+    def snapshot_recover(self, endpoint: Endpoint) -> list[str]:
+        with client_for("reading the snapshots", endpoint, self.connect_timeout) as client:
+            return history.sweep(client)
+
+    def snapshot_keep(self, endpoint: Endpoint, directory: Path) -> None:
+        if history.kept_key(directory) is None:  # saved by an older claude-db: keep it there
+            with client_for("keeping the snapshot", endpoint, self.connect_timeout) as client:
+                history.keep(client, directory)
+
+    def snapshot_restore(self, endpoint: Endpoint, tools: Tools, directory: Path) -> None:
+        with client_for("reading the snapshot", endpoint, self.connect_timeout) as client:
+            history.fetch(client, directory)
+        super().snapshot_restore(endpoint, tools, directory)
+
+    def snapshot_delete(self, endpoint: Endpoint, tools: Tools, directory: Path) -> None:
+        with client_for("deleting the snapshot", endpoint, self.connect_timeout) as client:
+            history.delete(client, directory)
+
+    def snapshot_sizes(self, endpoint: Endpoint, directories: list[Path]) -> list[int]:
+        with client_for("reading the snapshots", endpoint, self.connect_timeout) as client:
+            return [history.size(client, directory) for directory in directories]
+
+    def snapshot_note(self, endpoint: Endpoint, note: dict[str, str]) -> None:
+        with client_for("keeping the note", endpoint, self.connect_timeout) as client:
+            history.note(client, note)
+
+    def snapshot_noted(self, endpoint: Endpoint) -> dict[str, str] | None:
+        with client_for("reading the snapshots", endpoint, self.connect_timeout) as client:
+            return history.noted(client)
 
     def shell_argv(self, endpoint: Endpoint) -> list[str]:
         # The URL (and its password) comes from the environment, never the command line;
