@@ -262,6 +262,12 @@ class PostgresEngine(Engine):
     def snapshot_keep(self, endpoint: Endpoint, directory: Path) -> None:
         snapshots.keep(endpoint, directory)
 
+    def snapshot_note(self, endpoint: Endpoint, note: dict[str, str]) -> None:
+        snapshots.note(endpoint, note)
+
+    def snapshot_noted(self, endpoint: Endpoint) -> dict[str, str] | None:
+        return snapshots.noted(endpoint)
+
     def snapshot_sizes(self, endpoint: Endpoint, directories: list[Path]) -> list[int]:
         return snapshots.sizes(endpoint, directories)
 
