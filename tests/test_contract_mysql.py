@@ -12,3 +12,4 @@ class TestMySQLContract(EngineContract):
     engine_name = "mysql"
     runtimes = ("local", "docker")
     docker_image = "claude-db-test/mariadb:10.11"
+    big_query = "SELECT seq, REPEAT('x', 150) AS pad FROM seq_1_to_1000000"  # MariaDB's

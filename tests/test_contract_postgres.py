@@ -16,6 +16,7 @@ class TestPostgresContract(EngineContract):
     engine_name = "postgres"
     runtimes = ("local", "docker")
     docker_image = os.environ.get("CLAUDE_DB_IMAGE") or "claude-db-test/postgres:15"
+    big_query = "SELECT n, repeat('x', 150) AS pad FROM generate_series(1, 1000000) n"
 
     def test_query_prints_the_servers_text(self, contract_session: ContractSession) -> None:
         """The server's own text for values JSON has no type for, on each runtime's server."""

@@ -37,7 +37,7 @@ from claude_db.processes import HostTools
 from claude_db.readiness import wait_until_ready
 from claude_db.runtimes.local.runtime import free_port
 from claude_db.testing import BIN, CONTRACT_PASSWORD, Cli, assert_one_line_error
-from claude_db_mongo import MongoEngine
+from claude_db_mongo import MongoEngine, history
 from claude_db_mongo.archive import MAGIC, ByteReader
 from claude_db_mongo.driver_archive import load_archive
 from claude_db_mongo.staging import PREFIX, Staging
@@ -329,6 +329,49 @@ def test_ten_thousand_documents_survive_export_reset_import(
     assert not [n for n in db.list_collection_names() if n.startswith(PREFIX)]
 
 
+def test_one_snapshot_history_for_every_state_directory(
+    cli: Cli, standin: StandIn, db: Any, tmp_path: Path
+) -> None:
+    """12.7/12.8: snapshots live with the server, so the host and a session container (a
+    state directory each: the container's is its own filesystem) see one history, which a
+    re-created container finds; a reset that took none is noted there too."""
+    with standin.client() as client:
+        client.drop_database(history.DATABASE)
+    db.items.insert_many([{"n": n} for n in range(300)])
+
+    def where(name: str, snapshots: str = "5") -> dict[str, Any]:
+        return {"env": standin.env(CLAUDE_DB_STATE_DIR=str(tmp_path / name),
+                                   CLAUDE_DB_AUTO_SNAPSHOTS=snapshots)}
+
+    def reasons(**kwargs: Any) -> list[str]:
+        shown = cli("claude-db", "snapshot", "list", "--json", **kwargs)
+        assert shown.code == 0, shown
+        return [s["reason"] for s in json.loads(shown.stdout)]
+
+    host, inside, again = where("host"), where("container"), where("re-created")
+    assert cli("claude-db", "snapshot", "save", "s1", **inside).code == 0
+    reset = cli("claude-db", "reset", "--yes", **inside)
+    assert reset.code == 0, reset
+    assert db.items.count_documents({}) == 0
+    assert reasons(**host) == ["", "reset"]
+    undone = cli("claude-db", "undo", **again)
+    assert undone.code == 0, undone
+    assert db.items.count_documents({}) == 300
+    assert reasons(**host) == ["", "reset", "undo"]
+    # a reset that took no snapshot: undo anywhere says so, and restores nothing older
+    reset = cli("claude-db", "reset", "--yes", **where("container", snapshots="0"))
+    assert reset.code == 0, reset
+    for elsewhere in (host, again):
+        refused = cli("claude-db", "undo", **elsewhere)
+        assert_one_line_error(refused, ExitCode.FAILED)
+        assert "nothing to undo for the last reset" in refused.stderr, refused
+        assert db.items.count_documents({}) == 0
+    assert cli("claude-db", "snapshot", "delete", "s1", **host).code == 0
+    assert reasons(**again) == ["reset", "undo"]
+    with standin.client() as client:
+        client.drop_database(history.DATABASE)
+
+
 def test_export_import_through_pipes(cli: Cli, standin: StandIn, db: Any) -> None:
     db.items.insert_many([{"_id": n, "label": f"item {n}"} for n in range(100)])
     env = standin.env()
@@ -509,12 +552,16 @@ def test_python_api_round_trip(
     monkeypatch.setenv("CLAUDE_DB_MONGO_DUMP_FORMAT", "driver")
     engine = MongoEngine()
     endpoint = standin.endpoint
-    result = engine.query(endpoint, '{"insert": "api", "documents": [{"_id": 1}, {"_id": 2}]}')
-    assert result.documents == [{"n": 2, "ok": 1.0}] and result.status == "insert: ok"
-    found = engine.query(endpoint, '{"find": "api", "sort": {"_id": -1}}')
-    assert (found.documents, found.columns, found.rows, found.status) == (
-        [{"_id": 2}, {"_id": 1}], ["_id"], [(2,), (1,)], "find: 2 documents",
-    )
+    assert documents(engine, endpoint, '{"insert": "api", "documents": [{"_id": 1}, '
+                     '{"_id": 2}]}') == [{"n": 2, "ok": 1.0}]
+    # a result streams batch by batch (getMore), in order
+    inserted = documents(engine, endpoint, json.dumps(
+        {"insert": "many", "documents": [{"_id": n} for n in range(250)]}))
+    assert inserted == [{"n": 250, "ok": 1.0}]
+    found = documents(engine, endpoint, '{"find": "many", "sort": {"_id": 1}, "batchSize": 7}')
+    assert found == [{"_id": n} for n in range(250)]
+    assert documents(engine, endpoint, '{"find": "api", "sort": {"_id": -1}}') == [
+        {"_id": 2}, {"_id": 1}]
     seed_big(db, count=1000)  # (the 10,000-document round trip is the CLI test's)
     before = raw_documents(db, "people")
     shape = describe(db)
@@ -537,15 +584,22 @@ def test_python_api_round_trip(
     assert [d["_id"] for d in db.api.find().sort("_id")] == [1, 2]
 
     with pytest.raises(UsageError):
-        engine.query(endpoint, "not json")
+        documents(engine, endpoint, "not json")
     with pytest.raises(ClaudeDbError, match="no such command"):
-        engine.query(endpoint, '{"noSuchCommand": 1}')
+        documents(engine, endpoint, '{"noSuchCommand": 1}')
     down = Endpoint("127.0.0.1", free_port(), endpoint.credentials)
     with pytest.raises(NotRunningError):
-        engine.query(down, '{"ping": 1}')
+        documents(engine, down, '{"ping": 1}')
     with pytest.raises(ClaudeDbError, match="nothing was applied"):
         engine.restore(HostTools(endpoint), iter([archive[:-3]]))
     assert raw_documents(db, "people") == before
+
+
+def documents(engine: MongoEngine, endpoint: Endpoint, text: str) -> list[Any]:
+    """A query's documents, read while its context is open (they stream)."""
+    with engine.query(endpoint, text) as result:
+        assert result.documents is not None
+        return list(result.documents)
 
 
 def test_readiness_needs_the_right_password(standin: StandIn) -> None:
@@ -558,4 +612,4 @@ def test_readiness_needs_the_right_password(standin: StandIn) -> None:
     anonymous = Endpoint(standin.endpoint.host, standin.endpoint.port, Credentials("", "", "appdb"))
     # unauthenticated, the server answers a ping but nothing that reads data
     with pytest.raises(ClaudeDbError, match="requires authentication"):
-        engine.query(anonymous, '{"listCollections": 1}')
+        documents(engine, anonymous, '{"listCollections": 1}')

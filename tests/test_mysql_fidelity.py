@@ -368,8 +368,8 @@ def test_big_snapshots_are_table_files_and_keep_everything(
                                    "WHERE TABLE_SCHEMA = 'appdb' AND TABLE_NAME = 'bulk'")
     assert cli("claude-db", "snapshot", "save", "big").code == 0
     assert snapshot_files("big") == [
-        "bulk.cfg", "bulk.ibd", "owners.cfg", "owners.ibd", "prices.cfg", "prices.ibd",
-        "schema.sql.gz", "snapshot.json", "tables.json", "tablespaces.json"]
+        "bulk.cfg", "bulk.ibd", "mysql.json", "owners.cfg", "owners.ibd", "prices.cfg",
+        "prices.ibd", "schema.sql.gz", "snapshot.json", "tables.json", "tablespaces.json"]
 
     cli("claude-db", "query", "DELETE FROM bulk WHERE id < 100; UPDATE prices SET amount = 99")
     restored = cli("claude-db", "snapshot", "restore", "big")
@@ -410,7 +410,8 @@ def test_a_snapshot_never_waits_for_a_writer(cli: Cli, local_session: dict[str, 
             cur.execute("UPDATE owners SET id = id WHERE id = 1")
         saved = cli("claude-db", "snapshot", "save", "busy")
         assert saved.code == 0, saved
-        assert snapshot_files("busy") == ["dump.gz", "snapshot.json", "tables.json"]
+        assert snapshot_files("busy") == ["dump.gz", "mysql.json", "snapshot.json",
+                                          "tables.json"]
     finally:
         writer.close()
     assert cli("claude-db", "snapshot", "save", "quiet").code == 0

@@ -243,7 +243,8 @@ def test_hook_register_runtimes(
     runtime = claude_app.runtime("wrapped-local")
     assert runtime.status(mine) == "running"
     endpoint = runtime.endpoint(mine, registered_engine)
-    assert registered_engine.query(endpoint, "SELECT 1 AS one").rows == [(1,)]
+    with registered_engine.query(endpoint, "SELECT 1 AS one") as result:
+        assert (result.columns, list(result.rows)) == (["one"], [(1,)])
     delete_session(claude_app, "wrapped-rt")
     assert runtime.status(mine) == "missing"
 

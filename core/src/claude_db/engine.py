@@ -36,12 +36,15 @@ class ImportOptions:
 
 @dataclass
 class QueryResult:
-    """Rows of a one-off query, engine-neutral: the CLI renders it as a table, JSON or CSV."""
+    """The result of a one-off query, engine-neutral: the CLI renders it as a table, JSON or
+    CSV. ``rows`` (or ``documents``) stream from the server: they are read once, in order,
+    while :meth:`Engine.query`'s context is open, so a result never has to fit in memory."""
 
     columns: list[str] = field(default_factory=list)
-    rows: list[Sequence[Any]] = field(default_factory=list)
+    rows: Iterable[Sequence[Any]] = ()
     status: str = ""  # what the server said, e.g. "INSERT 0 1"
-    documents: list[Any] | None = None  # document engines: the raw JSON result
+    #: document engines: the result as JSON values (dicts, lists...), instead of columns/rows
+    documents: Iterable[Any] | None = None
 
 
 class DumpDirectory(Iterable[bytes]):
@@ -291,8 +294,16 @@ class Engine(ABC):
     # -- operations ---------------------------------------------------------------------
 
     @abstractmethod
-    def query(self, endpoint: Endpoint, text: str) -> QueryResult:
-        """Run one query or command and return its result."""
+    def query(
+        self, endpoint: Endpoint, text: str
+    ) -> contextlib.AbstractContextManager[QueryResult]:
+        """Run one query or command (several: the last one's result) and give its result:
+        ``with engine.query(endpoint, text) as result: for row in result.rows: ...``.
+
+        The columns (and ``status``) are known when the context is entered; the rows come
+        from the server as they are read (a server-side or unbuffered cursor), so memory
+        stays bounded whatever the result's size. Errors while reading are raised from the
+        iteration; leaving the context early ends the query."""
 
     @abstractmethod
     def dump(self, tools: Tools) -> Iterator[bytes]:
@@ -377,6 +388,15 @@ class Engine(ABC):
 
     def snapshot_keep(self, endpoint: Endpoint, directory: Path) -> None:  # noqa: B027
         """Record with the server a snapshot only ``directory`` knows (catalog engines)."""
+
+    def snapshot_note(self, endpoint: Endpoint, note: dict[str, str]) -> None:  # noqa: B027
+        """Keep with the server what core notes for ``undo``: the last destructive command
+        that took no snapshot (``{"reason": ..., "at": ...}``), so the host and a session
+        container both see it (catalog engines; others: core's file only)."""
+
+    def snapshot_noted(self, endpoint: Endpoint) -> dict[str, str] | None:
+        """The note :meth:`snapshot_note` kept with the server, if any."""
+        return None
 
     def snapshot_restore(self, endpoint: Endpoint, tools: Tools, directory: Path) -> None:
         """Replace the database of ``endpoint`` with the snapshot saved in ``directory``."""

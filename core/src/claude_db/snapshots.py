@@ -465,12 +465,20 @@ def _sync(target: Target, store: SnapshotStore) -> None:
     held = engine.snapshot_catalog(endpoint)
     if held is None:
         return
+    noted, here = engine.snapshot_noted(endpoint), _read_unsnapshotted(store)
+    if noted is not None and (here is None or noted["at"] > here["at"]):  # noted elsewhere
+        store.root.mkdir(parents=True, exist_ok=True)
+        (store.root / UNSNAPSHOTTED).write_text(json.dumps(noted))
     adopted = False
     for snapshot in store.all():  # recorded only here (an older claude-db): record it there
         match = _match(held, snapshot.path)
         if snapshot.readable and match is not None and match["record"] is None:
             engine.snapshot_keep(endpoint, snapshot.path)
             adopted = True
+        elif snapshot.readable and match is None:  # its data may be here only (MySQL dumps
+            with contextlib.suppress(Exception):  # of an older claude-db): kept there if so
+                engine.snapshot_keep(endpoint, snapshot.path)
+                adopted = True
     if adopted:
         held = engine.snapshot_catalog(endpoint) or []
     kept = set()
@@ -615,7 +623,7 @@ def _automatic(
     the caller's to delete."""
     if app.settings.auto_snapshots == 0:
         if reason != UNDO:
-            _write_unsnapshotted(store, reason)
+            _write_unsnapshotted(target, store, reason)
         if source is None or not _moves(target.engine):
             return None
     try:
@@ -631,10 +639,11 @@ def _automatic(
     return snapshot
 
 
-def _write_unsnapshotted(store: SnapshotStore, reason: str) -> None:
+def _write_unsnapshotted(target: Target, store: SnapshotStore, reason: str) -> None:
     store.root.mkdir(parents=True, exist_ok=True)
-    at = datetime.now(UTC).isoformat(timespec="microseconds")
-    (store.root / UNSNAPSHOTTED).write_text(json.dumps({"reason": reason, "at": at}))
+    note = {"reason": reason, "at": datetime.now(UTC).isoformat(timespec="microseconds")}
+    (store.root / UNSNAPSHOTTED).write_text(json.dumps(note))
+    target.engine.snapshot_note(target.endpoint(), note)  # seen from the container, the host
 
 
 def _read_unsnapshotted(store: SnapshotStore) -> dict[str, str] | None:

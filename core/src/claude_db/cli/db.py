@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import itertools
 import json
 import math
 import sys
@@ -12,6 +13,9 @@ from typing import Any
 from urllib.parse import quote
 
 import typer
+from rich.console import Console
+from rich.table import Table
+from rich.text import Text
 
 from claude_db import snapshots
 from claude_db.app import get_app
@@ -40,7 +44,7 @@ from claude_db.errors import (
     NotRunningError,
     UsageError,
 )
-from claude_db.lifecycle import database_env
+from claude_db.lifecycle import database_env, stale_dotenv
 from claude_db.plugins import add_commands
 
 HELP = """Work with the current session's database.
@@ -109,8 +113,6 @@ def status(
         raise ClaudeDbError(f"{where} answers but refused: {reason}") from None
     stale = None
     if not target.bare_url:
-        from claude_db.lifecycle import stale_dotenv
-
         stale = stale_dotenv(get_app(), target.session)
     if as_json:
         print_json(
@@ -248,25 +250,58 @@ def query(
         raise UsageError("the query is not valid UTF-8 text") from None
     target = resolve_target(session)
     target.require_running()
-    result = target.engine.query(target.endpoint(database), text)
-    if as_json:
-        print_json(_as_json(result))
-    elif as_csv:
-        writer = csv.writer(sys.stdout, lineterminator="\n")
-        writer.writerow(result.columns)
-        writer.writerows([_cell(v) for v in row] for row in result.rows)
-    else:
-        _print_table(result)
+    # rows go out as the server sends them: the result never has to fit in memory
+    with target.engine.query(target.endpoint(database), text) as result:
+        if as_json:
+            _write_json(result)
+        elif as_csv:
+            _write_csv(result)
+        else:
+            _print_table(result)
 
 
-def _as_json(result: QueryResult) -> Any:
+def _write_json(result: QueryResult) -> None:
     """Rows as objects: JSON values as they are, repeated column names made unique."""
     if result.documents is not None:
-        return result.documents
+        _write_json_array(result.documents, ensure_ascii=False)
+        return
     keys = _json_keys(result.columns)
-    return [
-        {key: _json_value(value) for key, value in zip(keys, row, strict=False)}
-        for row in result.rows
+    _write_json_array(
+        ({key: _json_value(value) for key, value in zip(keys, row, strict=False)}
+         for row in result.rows),
+        ensure_ascii=False,
+    )
+
+
+def _write_json_array(items: Iterable[Any], *, ensure_ascii: bool) -> None:
+    """``json.dumps(list(items), indent=2)`` written item by item."""
+    out = sys.stdout
+    first = True
+    for item in items:
+        text = json.dumps(item, indent=2, default=str, ensure_ascii=ensure_ascii)
+        out.write(("[\n  " if first else ",\n  ") + text.replace("\n", "\n  "))
+        first = False
+    out.write("[]\n" if first else "\n]\n")
+
+
+def _write_csv(result: QueryResult) -> None:
+    columns, rows = result.columns, result.rows
+    if result.documents is not None:  # the header needs every document's fields first
+        columns, rows = _document_rows(list(result.documents))
+    writer = csv.writer(sys.stdout, lineterminator="\n")
+    writer.writerow(columns)
+    writer.writerows([_cell(v) for v in row] for row in rows)
+
+
+def _document_rows(documents: list[Any]) -> tuple[list[str], list[tuple[Any, ...]]]:
+    """Documents as columns (their top-level fields, in order of appearance) and rows."""
+    columns: list[str] = []
+    for document in documents:
+        if isinstance(document, dict):
+            columns += [key for key in document if key not in columns]
+    return columns, [
+        tuple(document.get(c) if isinstance(document, dict) else None for c in columns)
+        for document in documents
     ]
 
 
@@ -304,40 +339,53 @@ def _json_value(value: Any) -> Any:
     return value
 
 
+#: rows a table is aligned over: a longer result prints in blocks of this many, each
+#: aligned on its own (as psql's FETCH_COUNT does), so its rows need not fit in memory
+TABLE_ROWS = 1000
+
+
 def _print_table(result: QueryResult) -> None:
     if result.documents is not None:
-        print(json.dumps(result.documents, indent=2, default=str))
+        _write_json_array(result.documents, ensure_ascii=True)
         return
     if not result.columns:
         print(result.status)
         return
-    cells = [[_cell(v) for v in row] for row in result.rows]
-    if sys.stdout.isatty():
-        from rich.console import Console
-        from rich.table import Table
-        from rich.text import Text
-
-        # Text, not str: rich would read "[1, 2]" or "[/x]" in a value as markup
-        table = Table(show_lines=False)
-        for column in result.columns:
-            table.add_column(Text(column))
-        for row in cells:
-            table.add_row(*(Text(c) for c in row))
-        Console().print(table)
-    else:
-        _print_plain_table(result.columns, cells)
-    count = len(cells)
+    rows = iter(result.rows)
+    count = 0
+    header = True  # the first block, even an empty one, prints the header
+    while True:
+        block = [[_cell(v) for v in row] for row in itertools.islice(rows, TABLE_ROWS)]
+        if not block and not header:
+            break
+        if sys.stdout.isatty():
+            _print_rich_table(result.columns, block, header)
+        else:
+            _print_plain_table(result.columns, block, header)
+        header = False
+        count += len(block)
     note(f"({count} row{'s' if count != 1 else ''})")
 
 
-def _print_plain_table(columns: list[str], cells: list[list[str]]) -> None:
+def _print_rich_table(columns: list[str], cells: list[list[str]], header: bool) -> None:
+    # Text, not str: rich would read "[1, 2]" or "[/x]" in a value as markup
+    table = Table(show_lines=False, show_header=header)
+    for column in columns:
+        table.add_column(Text(column))
+    for row in cells:
+        table.add_row(*(Text(c) for c in row))
+    Console().print(table)
+
+
+def _print_plain_table(columns: list[str], cells: list[list[str]], header: bool) -> None:
     """Aligned columns; a value with line breaks takes several lines, each but its last
     marked with a ``+`` as psql does (so they cannot pass for rows)."""
     split = [[value.splitlines() or [""] for value in row] for row in cells]
     widths = [max([len(c), *(len(line) for row in split for line in row[i])])
               for i, c in enumerate(columns)]
-    print(" | ".join(c.ljust(w) for c, w in zip(columns, widths, strict=True)).rstrip())
-    print("-+-".join("-" * w for w in widths))
+    if header:
+        print(" | ".join(c.ljust(w) for c, w in zip(columns, widths, strict=True)).rstrip())
+        print("-+-".join("-" * w for w in widths))
     for row in split:
         for n in range(max(len(lines) for lines in row)):
             print("| ".join(

@@ -7,6 +7,7 @@ import contextlib
 import json
 import os
 import secrets
+import subprocess
 import sys
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -20,6 +21,29 @@ from claude_db.errors import ClaudeDbError
 from claude_db.testing.cli import ClaudeCli, CliResult, assert_one_line_error
 from claude_db.testing.fixtures import traversable_tmpdir
 from claude_db.testing.leaks import leftovers, runtime_class
+
+#: how much more memory ``query`` may take for :attr:`EngineContract.big_query` than for
+#: one row: a million rows held at once take >500 MB as Python objects; streamed, ~nothing
+STREAMING_BOUND = 100 << 20
+#: run by :func:`peak_rss`: the peak RSS of its only child
+PEAK_RSS = """
+import resource, subprocess, sys
+done = subprocess.run(sys.argv[1:], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+print(done.returncode, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * 1024)
+sys.stderr.buffer.write(done.stderr)
+"""
+
+
+def peak_rss(argv: Sequence[str], *, cwd: Path, env: dict[str, str] | None = None) -> int:
+    """The peak RSS in bytes of the program ``argv`` (its output dropped), measured by a
+    parent of its own (``RUSAGE_CHILDREN``: nothing else of the test's counts); it must
+    succeed."""
+    proc = subprocess.run([sys.executable, "-c", PEAK_RSS, *argv], cwd=cwd, env=env,
+                          capture_output=True, text=True, timeout=600)
+    code, peak = proc.stdout.split()
+    assert code == "0", f"{' '.join(argv)} failed: {proc.stderr}"
+    return int(peak)
+
 
 #: the password every contract session gets: each of these characters must be encoded in URLs
 CONTRACT_PASSWORD = "p@ss:w/rd%?#x"
@@ -77,6 +101,10 @@ class EngineContract:
     ]
     #: a query the server rejects
     invalid_query: ClassVar[str] = "SELEKT nothing FROM nowhere"
+    #: a query of a million rows of ~200 bytes, to check that ``query`` streams them (its
+    #: peak memory stays within :data:`STREAMING_BOUND` of a one-row query's); None: not
+    #: checked (an engine that keeps results in the client)
+    big_query: ClassVar[str | None] = None
     #: fed to ``claude-db shell`` on stdin, and a text its output must contain (None: no check)
     shell_input: ClassVar[str | None] = "SELECT 40 + 2 AS answer;\n"
     shell_expected: ClassVar[str] = "42"
@@ -250,6 +278,18 @@ class EngineContract:
         table = contract_session.db("query", self.probe_query)
         assert table.code == 0 and table.stdout.strip(), table
         assert_one_line_error(contract_session.db("query", self.invalid_query), 1)
+
+    def test_query_streams(self, contract_session: ContractSession) -> None:
+        if self.big_query is None:
+            pytest.skip(f"{type(self).__name__}.big_query is not set: streaming not checked")
+        cli = contract_session.cli
+        for output in ("--csv", "--json", "table"):
+            flags = [] if output == "table" else [output]
+            small = peak_rss([str(cli.bin_dir / "claude-db"), "query", self.probe_query, *flags],
+                             cwd=cli.workdir, env=cli.environment())
+            big = peak_rss([str(cli.bin_dir / "claude-db"), "query", self.big_query, *flags],
+                           cwd=cli.workdir, env=cli.environment())
+            assert big - small < STREAMING_BOUND, (output, small, big)
 
     def test_export_reset_import_round_trip(
         self, contract_session: ContractSession, tmp_path: Path

@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator
+from pathlib import Path
 from typing import Any
 
 from claude_db import ClaudeDbError, Credentials, Endpoint, Engine, LocalServer, QueryResult, Tools
 from claude_db.errors import NotRunningError, UsageError
 from claude_db.urls import build_url
+from claude_db_mongo import history
 from claude_db_mongo.archive import (
     GZIP_MAGIC,
     MAGIC,
@@ -95,7 +98,8 @@ class MongoEngine(Engine):
 
     # -- operations -------------------------------------------------------------------------
 
-    def query(self, endpoint: Endpoint, text: str) -> QueryResult:
+    @contextlib.contextmanager
+    def query(self, endpoint: Endpoint, text: str) -> Iterator[QueryResult]:
         command = parse_command(text)
         name = next(iter(command))
         with (
@@ -105,12 +109,13 @@ class MongoEngine(Engine):
             reply = client[endpoint.database].command(command, session=session)
             cursor = reply.get("cursor")
             if isinstance(cursor, dict) and "id" in cursor:
-                documents = _drain(client, endpoint.database, cursor, session)
-                status = f"{name}: {len(documents)} document{'' if len(documents) == 1 else 's'}"
+                # batch by batch (getMore) as they are read: a big result never sits in memory
+                batches = _batches(client, endpoint.database, cursor, session)
+                yield QueryResult(status=f"{name}: ok",
+                                  documents=(d for batch in batches for d in _relaxed(batch)))
             else:
-                documents = [{k: v for k, v in reply.items() if k not in REPLY_NOISE}]
-                status = f"{name}: ok"
-        return documents_result(documents, status)
+                yield QueryResult(status=f"{name}: ok", documents=_relaxed(
+                    [{k: v for k, v in reply.items() if k not in REPLY_NOISE}]))
 
     def dump(self, tools: Tools) -> Iterator[bytes]:
         if dump_format(tools) == "mongodump":
@@ -166,6 +171,47 @@ class MongoEngine(Engine):
             raise UsageError(f"refusing to reset the server's own database {endpoint.database!r}")
         with client_for("reset", endpoint, self.connect_timeout) as client:
             client.drop_database(endpoint.database)
+
+    # -- snapshots: core's dumps, kept with the server (claude_db_mongo.history)
+
+    def snapshot_save(self, endpoint: Endpoint, tools: Tools, directory: Path) -> None:
+        super().snapshot_save(endpoint, tools, directory)
+        with client_for("snapshot", endpoint, self.connect_timeout) as client:
+            history.keep(client, directory)
+
+    def snapshot_catalog(self, endpoint: Endpoint) -> list[dict[str, Any]] | None:
+        with client_for("reading the snapshots", endpoint, self.connect_timeout) as client:
+            return history.catalog(client)
+
+    def snapshot_recover(self, endpoint: Endpoint) -> list[str]:
+        with client_for("reading the snapshots", endpoint, self.connect_timeout) as client:
+            return history.sweep(client)
+
+    def snapshot_keep(self, endpoint: Endpoint, directory: Path) -> None:
+        if history.kept_key(directory) is None:  # saved by an older claude-db: keep it there
+            with client_for("keeping the snapshot", endpoint, self.connect_timeout) as client:
+                history.keep(client, directory)
+
+    def snapshot_restore(self, endpoint: Endpoint, tools: Tools, directory: Path) -> None:
+        with client_for("reading the snapshot", endpoint, self.connect_timeout) as client:
+            history.fetch(client, directory)
+        super().snapshot_restore(endpoint, tools, directory)
+
+    def snapshot_delete(self, endpoint: Endpoint, tools: Tools, directory: Path) -> None:
+        with client_for("deleting the snapshot", endpoint, self.connect_timeout) as client:
+            history.delete(client, directory)
+
+    def snapshot_sizes(self, endpoint: Endpoint, directories: list[Path]) -> list[int]:
+        with client_for("reading the snapshots", endpoint, self.connect_timeout) as client:
+            return [history.size(client, directory) for directory in directories]
+
+    def snapshot_note(self, endpoint: Endpoint, note: dict[str, str]) -> None:
+        with client_for("keeping the note", endpoint, self.connect_timeout) as client:
+            history.note(client, note)
+
+    def snapshot_noted(self, endpoint: Endpoint) -> dict[str, str] | None:
+        with client_for("reading the snapshots", endpoint, self.connect_timeout) as client:
+            return history.noted(client)
 
     def shell_argv(self, endpoint: Endpoint) -> list[str]:
         # The URL (and its password) comes from the environment, never the command line;
@@ -243,43 +289,33 @@ def parse_command(text: str) -> dict[str, Any]:
     return command
 
 
-def _drain(client: Any, database: str, cursor: dict[str, Any], session: Any) -> list[Any]:
-    """Every document of a command's cursor (getMore until the server closes it)."""
-    documents = list(cursor.get("firstBatch", []))
+def _batches(client: Any, database: str, cursor: dict[str, Any], session: Any
+             ) -> Iterator[list[Any]]:
+    """The documents of a command's cursor, a batch at a time (getMore until the server
+    closes it; a cursor left unread is killed)."""
+    yield list(cursor.get("firstBatch", []))
     cursor_id = cursor["id"]
     db_name, _, collection = str(cursor.get("ns", "")).partition(".")
     db = client[db_name or database]
-    while cursor_id:
-        reply = db.command({"getMore": cursor_id, "collection": collection}, session=session)
-        more = reply["cursor"]
-        batch = more.get("nextBatch", [])
-        documents.extend(batch)
-        cursor_id = more.get("id", 0)
-        if not batch and cursor_id:  # a tailable cursor at its end: it would wait forever
-            db.command({"killCursors": collection, "cursors": [cursor_id]}, session=session)
-            break
-    return documents
+    try:
+        while cursor_id:
+            reply = db.command({"getMore": cursor_id, "collection": collection}, session=session)
+            more = reply["cursor"]
+            batch = more.get("nextBatch", [])
+            cursor_id = more.get("id", 0)
+            if not batch and cursor_id:  # a tailable cursor at its end: it would wait forever
+                break
+            yield batch
+    finally:
+        if cursor_id:  # (the client may be closed already: the server times the cursor out)
+            with contextlib.suppress(Exception):
+                db.command({"killCursors": collection, "cursors": [cursor_id]},
+                           session=session)
 
 
-def documents_result(documents: list[Any], status: str) -> QueryResult:
-    """Documents as relaxed extended JSON (ObjectIds, dates... printable), with columns and
-    rows of their top-level fields for ``--csv``."""
+def _relaxed(documents: list[Any]) -> list[Any]:
+    """Documents as relaxed extended JSON: ObjectIds, dates... printable."""
     from bson import json_util
 
-    plain = json.loads(json_util.dumps(documents, json_options=json_util.RELAXED_JSON_OPTIONS))
-    columns: list[str] = []
-    for document in plain:
-        if isinstance(document, dict):
-            columns += [key for key in document if key not in columns]
-    rows: list[Sequence[Any]] = [
-        tuple(_cell(document.get(column)) if isinstance(document, dict) else None
-              for column in columns)
-        for document in plain
-    ]
-    return QueryResult(columns=columns, rows=rows, status=status, documents=plain)
-
-
-def _cell(value: Any) -> Any:
-    if value is None or isinstance(value, bool | int | float | str):
-        return value
-    return json.dumps(value, ensure_ascii=False)
+    return list(json.loads(json_util.dumps(documents,
+                                           json_options=json_util.RELAXED_JSON_OPTIONS)))

@@ -21,6 +21,7 @@ from pathlib import Path
 
 from claude_db import Tools
 from claude_db.errors import ClaudeDbError, NotRunningError
+from claude_db_mysql.history import SCHEMA as HISTORY_SCHEMA
 from claude_db_mysql.sql import quote_ident, quote_literal
 from claude_db_mysql.switches import (
     SYSTEM_SCHEMAS,
@@ -100,7 +101,8 @@ class Clients:
         return [line.split("\t") for line in out.decode().splitlines()]
 
     def user_databases(self) -> list[str]:
-        excluded = ", ".join(f"'{name}'" for name in SYSTEM_SCHEMAS)
+        # (the snapshots' history is no user's: an import never dumps or puts it back)
+        excluded = ", ".join(f"'{name}'" for name in (*SYSTEM_SCHEMAS, HISTORY_SCHEMA))
         rows = self.execute(
             "SELECT SCHEMA_NAME FROM information_schema.SCHEMATA "
             f"WHERE SCHEMA_NAME NOT IN ({excluded})"

@@ -4,13 +4,14 @@ clients for dumps and imports (claude_db_mysql.dumps)."""
 from __future__ import annotations
 
 import contextlib
+import re
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
 from claude_db import Credentials, Endpoint, Engine, LocalServer, QueryResult, Tools
 from claude_db.errors import ClaudeDbError, NotRunningError
-from claude_db_mysql import tablespaces
+from claude_db_mysql import history, tablespaces
 from claude_db_mysql.dumps import Clients
 from claude_db_mysql.local import MariaDBLocalServer
 from claude_db_mysql.sql import quote_ident
@@ -18,6 +19,11 @@ from claude_db_mysql.sql import quote_ident
 #: client errors that mean "no server answers there" (2002 socket, 2003 TCP, 2013 lost
 #: during the handshake)
 CANNOT_CONNECT = (2002, 2003, 2013)
+#: the server's "error in your SQL syntax" (also what several statements get without
+#: CLIENT.MULTI_STATEMENTS, before any of them ran)
+PARSE_ERROR = 1064
+#: a procedure's call, which may give several results: the last one with rows is wanted
+CALL = re.compile(r"\s*(?:(?:--|#)[^\n]*\n\s*|/\*.*?\*/\s*)*call\b", re.IGNORECASE | re.DOTALL)
 #: run MariaDB's client where it exists (its `mysql` name is deprecated there), else MySQL's
 PICK_CLIENT = 'exec "$(command -v mariadb || command -v mysql || echo mysql)" "$@"'
 
@@ -78,19 +84,31 @@ class MySQLEngine(Engine):
 
     # -- operations -----------------------------------------------------------------------
 
-    def query(self, endpoint: Endpoint, text: str) -> QueryResult:
+    @contextlib.contextmanager
+    def query(self, endpoint: Endpoint, text: str) -> Iterator[QueryResult]:
+        # One statement streams (an unbuffered cursor: rows as they are read). Several
+        # statements (which a connection without CLIENT.MULTI_STATEMENTS refuses as a parse
+        # error, before any ran) and a CALL (whose results may be several) run as before:
+        # all at once, giving the last result with rows (else the last status), in memory.
         import pymysql
+        from pymysql.cursors import SSCursor
 
         try:
-            with connect(endpoint, timeout=10, multi_statements=True) as conn, conn.cursor() as cur:
-                cur.execute(text)  # no arguments: PyMySQL leaves '%' alone
-                # several statements (or a CALL): the last result with rows, else the last status
-                result = _result(cur)
-                while cur.nextset():
-                    following = _result(cur)
-                    if following.columns or not result.columns:
-                        result = following
-                return result
+            streams = CALL.match(text) is None
+            with connect(endpoint, timeout=10, multi_statements=not streams) as conn:
+                if streams:
+                    try:
+                        with conn.cursor(SSCursor) as cur:
+                            cur.execute(text)  # no arguments: PyMySQL leaves '%' alone
+                            yield _result(cur, streamed=True)
+                            return
+                    except pymysql.err.ProgrammingError as exc:
+                        if not exc.args or exc.args[0] != PARSE_ERROR:
+                            raise
+                    with connect(endpoint, timeout=10, multi_statements=True) as again:
+                        yield _last_result(again, text)
+                else:
+                    yield _last_result(conn, text)
         except pymysql.MySQLError as exc:
             raise _error("query failed", endpoint, exc) from None
 
@@ -130,7 +148,7 @@ class MySQLEngine(Engine):
             raise _error("reset failed", endpoint, exc) from None
 
     # -- snapshots: table files where the data directory is ours (claude_db_mysql.tablespaces),
-    # else core's dumps
+    # else core's dumps; kept with the server where the user may (claude_db_mysql.history)
 
     def snapshot_save(self, endpoint: Endpoint, tools: Tools, directory: Path) -> None:
         with _maintenance(endpoint, "snapshot failed") as conn:
@@ -139,20 +157,52 @@ class MySQLEngine(Engine):
             super().snapshot_save(endpoint, tools, directory)
         with _maintenance(endpoint, "snapshot failed") as conn:  # for diff; right after the copy
             tablespaces.keep_tables(conn, endpoint.database, directory)
+            history.keep(conn, directory)
+
+    def snapshot_catalog(self, endpoint: Endpoint) -> list[dict[str, Any]] | None:
+        with _maintenance(endpoint, "reading the snapshots failed", database=None) as conn:
+            return history.catalog(conn)
+
+    def snapshot_keep(self, endpoint: Endpoint, directory: Path) -> None:
+        if history.kept_key(directory) is None:  # saved by an older claude-db: keep it there
+            with _maintenance(endpoint, "keeping the snapshot failed", database=None) as conn:
+                history.keep(conn, directory)
+
+    def snapshot_note(self, endpoint: Endpoint, note: dict[str, str]) -> None:
+        with _maintenance(endpoint, "keeping the note failed", database=None) as conn:
+            history.note(conn, note)
+
+    def snapshot_noted(self, endpoint: Endpoint) -> dict[str, str] | None:
+        with _maintenance(endpoint, "reading the snapshots failed", database=None) as conn:
+            return history.noted(conn)
+
+    def snapshot_delete(self, endpoint: Endpoint, tools: Tools, directory: Path) -> None:
+        with _maintenance(endpoint, "deleting the snapshot failed", database=None) as conn:
+            history.delete(conn, directory)
+
+    def snapshot_sizes(self, endpoint: Endpoint, directories: list[Path]) -> list[int]:
+        with _maintenance(endpoint, "reading the snapshots failed", database=None) as conn:
+            return [history.size(conn, directory) for directory in directories]
 
     def tables(self, endpoint: Endpoint, directory: Path | None = None) -> dict[str, Any]:
         if directory is not None:
+            self._fetch(endpoint, directory)
             return tablespaces.kept_tables(directory)
         with _maintenance(endpoint, "reading the tables failed") as conn:
             return tablespaces.tables(conn, endpoint.database)
 
     def snapshot_restore(self, endpoint: Endpoint, tools: Tools, directory: Path) -> None:
+        self._fetch(endpoint, directory)
         if not tablespaces.saved(directory):
             super().snapshot_restore(endpoint, tools, directory)
             return
         self.reset(endpoint)
         with _maintenance(endpoint, "restoring the snapshot failed") as conn:
             tablespaces.restore(conn, Clients(tools), directory)
+
+    def _fetch(self, endpoint: Endpoint, directory: Path) -> None:
+        with _maintenance(endpoint, "reading the snapshot failed", database=None) as conn:
+            history.fetch(conn, directory)
 
     def shell_argv(self, endpoint: Endpoint) -> list[str]:
         # MariaDB 11 images have only `mariadb`, MySQL's only `mysql`: take what is there.
@@ -193,27 +243,39 @@ def connect(
 
 
 @contextlib.contextmanager
-def _maintenance(endpoint: Endpoint, what: str) -> Iterator[Any]:
-    """A connection to ``endpoint``'s database whose driver errors become ours."""
+def _maintenance(
+    endpoint: Endpoint, what: str, database: str | object | None = _SAME_DATABASE
+) -> Iterator[Any]:
+    """A connection to ``endpoint``'s database (or ``database``) whose driver errors
+    become ours."""
     import pymysql
 
     try:
-        with connect(endpoint, timeout=10) as conn:
+        with connect(endpoint, timeout=10, database=database) as conn:
             yield conn
     except pymysql.MySQLError as exc:
         raise _error(what, endpoint, exc) from None
 
 
-def _result(cursor: Any) -> QueryResult:
+def _last_result(conn: Any, text: str) -> QueryResult:
+    """Several statements (or a CALL): the last result with rows, else the last status."""
+    with conn.cursor() as cur:
+        cur.execute(text)
+        result = _result(cur)
+        while cur.nextset():
+            following = _result(cur)
+            if following.columns or not result.columns:
+                result = following
+        return result
+
+
+def _result(cursor: Any, streamed: bool = False) -> QueryResult:
     if cursor.description is None:
         count = cursor.rowcount
         return QueryResult(status=f"Query OK, {count} row{'s' if count != 1 else ''} affected")
-    rows = cursor.fetchall()
-    return QueryResult(
-        columns=[column[0] for column in cursor.description],
-        rows=[tuple(_plain(value) for value in row) for row in rows],
-        status=f"{len(rows)} row{'s' if len(rows) != 1 else ''} in set",
-    )
+    rows = (tuple(_plain(value) for value in row) for row in cursor.fetchall_unbuffered()
+            ) if streamed else [tuple(_plain(value) for value in row) for row in cursor.fetchall()]
+    return QueryResult(columns=[column[0] for column in cursor.description], rows=rows)
 
 
 def _plain(value: Any) -> Any:

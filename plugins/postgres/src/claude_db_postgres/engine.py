@@ -25,6 +25,7 @@ from claude_db_postgres.connection import native_env
 from claude_db_postgres.connection import pg_message as _pg_message
 from claude_db_postgres.connection import tail as _tail
 from claude_db_postgres.local import PostgresLocalServer
+from claude_db_postgres.query import run as run_query
 
 CHUNK = 1 << 20
 #: pipe capacity to and from pg_dump/psql: they run ahead while we (de)compress a chunk
@@ -62,24 +63,10 @@ class PostgresEngine(Engine):
 
     # -- operations -----------------------------------------------------------------------
 
-    def query(self, endpoint: Endpoint, text: str) -> QueryResult:
-        import psycopg
-
-        try:
-            with _connect(endpoint, timeout=10) as conn:
-                conn.autocommit = True  # like psql -c: the statement commits on its own
-                _load_as_server_text(conn.adapters)
-                with conn.cursor() as cur:
-                    cur.execute(text.encode())  # bytes: no client-side parameter parsing of '%'
-                    while cur.nextset():  # several statements: the last one's result, as
-                        pass  # psql -c showed before v15
-                    result = QueryResult(status=cur.statusmessage or "")
-                    if cur.description is not None:
-                        result.columns = [col.name for col in cur.description]
-                        result.rows = [tuple(_plain(v) for v in row) for row in cur.fetchall()]
-                    return result
-        except psycopg.Error as exc:
-            raise ClaudeDbError(f"query failed: {_pg_message(exc)}") from None
+    def query(
+        self, endpoint: Endpoint, text: str
+    ) -> contextlib.AbstractContextManager[QueryResult]:
+        return run_query(endpoint, text)
 
     def dump(self, tools: Tools) -> Iterator[bytes]:
         # Privileges are kept (a REVOKE ... FROM PUBLIC guards a SECURITY DEFINER function),
@@ -277,6 +264,12 @@ class PostgresEngine(Engine):
 
     def snapshot_keep(self, endpoint: Endpoint, directory: Path) -> None:
         snapshots.keep(endpoint, directory)
+
+    def snapshot_note(self, endpoint: Endpoint, note: dict[str, str]) -> None:
+        snapshots.note(endpoint, note)
+
+    def snapshot_noted(self, endpoint: Endpoint) -> dict[str, str] | None:
+        return snapshots.noted(endpoint)
 
     def snapshot_sizes(self, endpoint: Endpoint, directories: list[Path]) -> list[int]:
         return snapshots.sizes(endpoint, directories)
@@ -795,58 +788,6 @@ def _widen(pipe: Any) -> None:
     if setpipe is not None:
         with contextlib.suppress(OSError, ValueError):
             fcntl.fcntl(pipe.fileno(), setpipe, PIPE_BYTES)
-
-
-#: types whose psycopg values are JSON-native (arrays of them load as lists of them)
-JSON_NATIVE = frozenset({
-    "bool", "int2", "int4", "int8", "oid", "xid", "xid8", "cid", "float4", "float8",
-    "json", "jsonb", "text", "varchar", "bpchar", "name", '"char"',
-})
-
-
-class ServerFloat(float):
-    """A float that prints as the server sent it (``1``, ``1e+20``, ``NaN``), not as Python
-    would (``1.0``): JSON gets the number, tables and CSV the server's text."""
-
-    __slots__ = ("text",)
-    text: str
-
-    def __new__(cls, text: str) -> ServerFloat:
-        value = super().__new__(cls, text)
-        value.text = text
-        return value
-
-    def __str__(self) -> str:
-        return self.text
-
-
-def _load_as_server_text(adapters: Any) -> None:
-    """Load every non-JSON-native built-in type (numeric, dates and times, interval, bytea,
-    uuid, inet, money, ranges...) as the server's text, as psql prints it; keep bool, ints,
-    floats, json/jsonb and text as Python values. Array loaders use their element's loader,
-    so arrays of these load as lists of server text. Unknown types already load as text."""
-    from psycopg.adapt import Loader
-    from psycopg.types.string import TextLoader
-
-    class FloatLoader(Loader):
-        def load(self, data: Any) -> ServerFloat:
-            return ServerFloat(bytes(data).decode())
-
-    for info in adapters.types:
-        if info.name in ("float4", "float8"):
-            adapters.register_loader(info.oid, FloatLoader)
-        elif info.name not in JSON_NATIVE:
-            adapters.register_loader(info.oid, TextLoader)
-
-
-def _plain(value: Any) -> Any:
-    """Text of a SQL_ASCII database arrives as bytes (in arrays too): as str, to print and
-    JSON-encode it."""
-    if isinstance(value, bytes):
-        return value.decode(errors="replace")
-    if isinstance(value, list):
-        return [_plain(v) for v in value]
-    return value
 
 
 #: psql's own messages: ``psql:<stdin>:3: ERROR:  ...`` from the server,

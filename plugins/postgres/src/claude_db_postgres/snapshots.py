@@ -638,3 +638,36 @@ def _tables(conn: Any) -> dict[str, Any]:
             for key, count in conn.execute(counts).fetchall():
                 found[key]["rows"] = int(count)
     return found
+
+
+#: in records: core's note for undo (the last destructive command that took no snapshot)
+NOTE = "unsnapshotted"
+
+
+def note(endpoint: Endpoint, value: dict[str, str]) -> None:
+    """Keep core's note for undo with the server, so the host and a session container both
+    see it: in the record of every snapshot (deleting one keeps it; with none, there is
+    nothing older undo could wrongly restore)."""
+    import psycopg
+
+    try:
+        with _maintenance(endpoint) as conn:
+            for template, record in _records(conn).items():
+                if record is not None and not record.get("pending"):
+                    _comment(conn, template, {**record, NOTE: value})
+    except psycopg.Error as exc:
+        raise ClaudeDbError(f"keeping the note failed: {_message(exc)}") from None
+
+
+def noted(endpoint: Endpoint) -> dict[str, str] | None:
+    """The latest note :func:`note` kept, if any."""
+    import psycopg
+
+    try:
+        with _maintenance(endpoint) as conn:
+            notes = [record.get(NOTE) for record in _records(conn).values() if record]
+    except psycopg.Error as exc:
+        raise ClaudeDbError(f"reading the snapshots failed: {_message(exc)}") from None
+    whole = [{"reason": n["reason"], "at": n["at"]} for n in notes if isinstance(n, dict)
+             and isinstance(n.get("reason"), str) and isinstance(n.get("at"), str)]
+    return max(whole, key=lambda n: n["at"]) if whole else None

@@ -39,13 +39,13 @@ def register_commands(app: typer.Typer) -> None:
         if target.engine.name != ExampleEngine.name:
             raise UsageError(f"session {target.name!r} uses {target.engine.name}, not example")
         target.require_running()
-        result = target.engine.query(
+        with target.engine.query(
             target.endpoint(),
             "SELECT table_name FROM information_schema.tables "
             "WHERE table_schema = 'public' ORDER BY table_name",
-        )
-        for row in result.rows:
-            print(row[0])
+        ) as result:
+            for row in result.rows:
+                print(row[0])
 
 
 @hookimpl

@@ -7,6 +7,7 @@ plugin's :class:`~claude_db_postgres.local.PostgresLocalServer` to run locally.
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 from collections.abc import Iterable, Iterator
 from typing import Any
@@ -57,17 +58,20 @@ class ExampleEngine(Engine):
 
     # -- operations ---------------------------------------------------------------------
 
-    def query(self, endpoint: Endpoint, text: str) -> QueryResult:
+    @contextlib.contextmanager
+    def query(self, endpoint: Endpoint, text: str) -> Iterator[QueryResult]:
+        # The connection stays open while the caller reads the rows. This example keeps the
+        # result in the client (psycopg's client-side cursor) and hands it out row by row;
+        # an engine meant for big results streams them from the server instead (the
+        # postgres plugin's claude_db_postgres/query.py: libpq's chunked rows).
         try:
             with _connect(endpoint, timeout=10) as conn:
                 conn.autocommit = True
                 with conn.cursor() as cur:
                     cur.execute(text.encode())
-                    result = QueryResult(status=cur.statusmessage or "")
-                    if cur.description is not None:
-                        result.columns = [col.name for col in cur.description]
-                        result.rows = [tuple(_plain(v) for v in row) for row in cur.fetchall()]
-                    return result
+                    columns = [col.name for col in cur.description or []]
+                    yield QueryResult(columns=columns, status=cur.statusmessage or "",
+                                      rows=(tuple(_plain(v) for v in row) for row in cur))
         except psycopg.Error as exc:
             raise ClaudeDbError(f"query failed: {_first_line(exc)}") from None
 

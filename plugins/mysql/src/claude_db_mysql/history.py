@@ -1,0 +1,225 @@
+"""MySQL snapshots kept with the server: one history for the host and a session container.
+
+The server's database ``claude_db_snapshots`` holds each snapshot's record (core's
+``snapshot.json``) and its files (the dump, the table list ``diff`` reads) in 1 MiB
+chunks; a snapshot's directory in a state directory holds ``mysql.json`` naming it, and
+the files once fetched (:func:`fetch`). A snapshot is written in one transaction: a save
+killed at any point leaves nothing of it on the server. So the host and a session
+container (whose state is its own filesystem) list, restore and undo the same snapshots,
+and a re-created container finds them all (core's ``_sync``, ``Engine.snapshot_catalog``).
+
+Table files (``.ibd``/``.cfg`` of a physical snapshot, claude_db_mysql.tablespaces) stay
+where they were saved, beside the server on the local runtime: only that server's own
+data directory can take them back. The record says where they are.
+
+Where the session's user may not create that database (``CLAUDE_DB_USER`` with privileges
+on its own database only), snapshots stay in the state directory of whoever took them.
+"""
+
+from __future__ import annotations
+
+import json
+import secrets
+import shutil
+from pathlib import Path
+from typing import Any
+
+from claude_db.errors import ClaudeDbError
+from claude_db.snapshots import META
+
+SCHEMA = "claude_db_snapshots"
+RECORD = "mysql.json"  # in the snapshot's directory: {"key": <its id on the server>}
+CHUNK = 1 << 20
+#: kept where they were saved, never sent to the server
+LOCAL_SUFFIXES = (".ibd", ".cfg")
+#: the server refuses: no privilege to create the database or its tables (1044, 1142), or
+#: to read them (1142, 1143)
+NOT_ALLOWED = (1044, 1142, 1143)
+#: the database or a table is missing: no snapshot was ever kept on this server
+MISSING = (1049, 1146)
+DDL = (
+    f"CREATE DATABASE IF NOT EXISTS {SCHEMA} CHARACTER SET utf8mb4",
+    f"CREATE TABLE IF NOT EXISTS {SCHEMA}.snapshots (id CHAR(24) PRIMARY KEY, "
+    "record LONGTEXT NOT NULL) ENGINE=InnoDB",
+    f"CREATE TABLE IF NOT EXISTS {SCHEMA}.files (id CHAR(24) NOT NULL, "
+    "name VARCHAR(255) NOT NULL, seq INT NOT NULL, data LONGBLOB NOT NULL, "
+    "PRIMARY KEY (id, name, seq)) ENGINE=InnoDB",
+    # what core notes for undo (the last destructive command that took no snapshot)
+    f"CREATE TABLE IF NOT EXISTS {SCHEMA}.notes (name VARCHAR(64) PRIMARY KEY, "
+    "value LONGTEXT NOT NULL) ENGINE=InnoDB",
+)
+#: the one note core keeps
+UNSNAPSHOTTED = "unsnapshotted"
+
+
+def catalog(conn: Any) -> list[dict[str, Any]] | None:
+    """The snapshots the server keeps (``Engine.snapshot_catalog``); None where the user may
+    not keep any there (then the state directories are the history)."""
+    import pymysql
+
+    try:
+        with conn.cursor() as cur:
+            cur.execute(f"SELECT id, record FROM {SCHEMA}.snapshots")
+            rows = cur.fetchall()
+    except pymysql.MySQLError as exc:
+        code = exc.args[0] if exc.args else None
+        if code in MISSING:  # none kept yet: where they will be, if the user may
+            return [] if _create(conn) else None
+        if code in NOT_ALLOWED:
+            return None
+        raise
+    found = []
+    for key, text in rows:
+        try:
+            record = json.loads(text)
+        except ValueError:
+            record = None  # listed as unrecorded, to delete
+        found.append({"record": record, "key": f"mysql-{key}", "files": _files(key)})
+    return found
+
+
+def keep(conn: Any, directory: Path) -> bool:
+    """Keep the snapshot saved in ``directory`` with the server: its record and files, in
+    one transaction, then ``mysql.json``. False where the user may not (nothing changed)."""
+    if not _create(conn):
+        return False
+    record = json.loads((directory / META).read_text())
+    if any(path.suffix in LOCAL_SUFFIXES for path in directory.iterdir()):
+        record["table_files"] = str(directory.parent / record["name"])  # after core's rename
+    key = secrets.token_hex(12)
+    conn.begin()
+    try:
+        with conn.cursor() as cur:
+            for path in sorted(directory.iterdir()):
+                if path.name in (META, RECORD) or path.suffix in LOCAL_SUFFIXES:
+                    continue
+                with path.open("rb") as data:
+                    for seq, chunk in enumerate(iter(lambda: data.read(CHUNK), b"")):
+                        cur.execute(f"INSERT INTO {SCHEMA}.files VALUES (%s, %s, %s, %s)",
+                                    (key, path.name, seq, chunk))
+            cur.execute(f"INSERT INTO {SCHEMA}.snapshots VALUES (%s, %s)",
+                        (key, json.dumps(record)))
+        conn.commit()
+    except BaseException:
+        conn.rollback()
+        raise
+    for name, text in _files(key).items():
+        (directory / name).write_text(text)
+    return True
+
+
+def fetch(conn: Any, directory: Path) -> None:
+    """Bring the snapshot's files from the server into ``directory`` (a state directory
+    that did not save it), the table files from where they were saved."""
+    key = kept_key(directory)
+    if key is None:
+        return  # kept in this directory only
+    with conn.cursor() as cur:
+        cur.execute(f"SELECT record FROM {SCHEMA}.snapshots WHERE id = %s", (key,))
+        found = cur.fetchone()
+        if found is None:
+            raise ClaudeDbError("the snapshot is gone from the server")
+        cur.execute(f"SELECT DISTINCT name FROM {SCHEMA}.files WHERE id = %s", (key,))
+        names = [name for (name,) in cur.fetchall()]
+    for name in names:
+        if not (directory / name).exists():
+            _fetch_file(conn, key, name, directory)
+    table_files = json.loads(found[0]).get("table_files")
+    if table_files and Path(table_files) != directory:
+        source = Path(table_files)
+        for path in sorted(source.glob("*")) if source.is_dir() else []:
+            if path.suffix in LOCAL_SUFFIXES and not (directory / path.name).exists():
+                shutil.copyfile(path, directory / path.name)
+
+
+def _fetch_file(conn: Any, key: str, name: str, directory: Path) -> None:
+    from pymysql.cursors import SSCursor
+
+    partial = directory / f".{name}.fetching"
+    with partial.open("wb") as out, conn.cursor(SSCursor) as cur:
+        cur.execute(f"SELECT data FROM {SCHEMA}.files WHERE id = %s AND name = %s ORDER BY seq",
+                    (key, name))
+        for (chunk,) in cur.fetchall_unbuffered():  # chunk by chunk, never the whole file
+            out.write(chunk)
+    partial.rename(directory / name)
+
+
+def delete(conn: Any, directory: Path) -> None:
+    key = kept_key(directory)
+    if key is None:
+        return
+    conn.begin()
+    with conn.cursor() as cur:
+        cur.execute(f"DELETE FROM {SCHEMA}.files WHERE id = %s", (key,))
+        cur.execute(f"DELETE FROM {SCHEMA}.snapshots WHERE id = %s", (key,))
+    conn.commit()
+
+
+def size(conn: Any, directory: Path) -> int:
+    """Bytes the snapshot takes: on the server, and its table files here."""
+    local = sum(p.stat().st_size for p in directory.iterdir()
+                if p.is_file() and p.suffix in LOCAL_SUFFIXES)
+    key = kept_key(directory)
+    if key is None:
+        return sum(p.stat().st_size for p in directory.iterdir() if p.is_file())
+    with conn.cursor() as cur:
+        cur.execute(f"SELECT COALESCE(SUM(LENGTH(data)), 0) FROM {SCHEMA}.files WHERE id = %s",
+                    (key,))
+        return local + int(cur.fetchone()[0])
+
+
+def note(conn: Any, value: dict[str, str]) -> None:
+    """Keep core's note with the server (where the user may keep snapshots there)."""
+    if _create(conn):
+        with conn.cursor() as cur:
+            cur.execute(f"REPLACE INTO {SCHEMA}.notes VALUES (%s, %s)",
+                        (UNSNAPSHOTTED, json.dumps(value)))
+
+
+def noted(conn: Any) -> dict[str, str] | None:
+    """The note kept with the server, if any (and whole)."""
+    import pymysql
+
+    try:
+        with conn.cursor() as cur:
+            cur.execute(f"SELECT value FROM {SCHEMA}.notes WHERE name = %s", (UNSNAPSHOTTED,))
+            found = cur.fetchone()
+    except pymysql.MySQLError as exc:
+        if exc.args and exc.args[0] in (*MISSING, *NOT_ALLOWED):
+            return None
+        raise
+    try:
+        value = json.loads(found[0]) if found else None
+    except ValueError:
+        return None
+    if isinstance(value, dict) and all(isinstance(value.get(k), str) for k in ("reason", "at")):
+        return {"reason": value["reason"], "at": value["at"]}
+    return None
+
+
+def kept_key(directory: Path) -> str | None:
+    """The snapshot's id on the server, if it is kept there."""
+    try:
+        key = json.loads((directory / RECORD).read_text())["key"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    return key if isinstance(key, str) and len(key) == 24 and key.isalnum() else None
+
+
+def _files(key: str) -> dict[str, str]:
+    return {RECORD: json.dumps({"key": key})}
+
+
+def _create(conn: Any) -> bool:
+    """Make the history's database and tables if missing; False if the user may not."""
+    import pymysql
+
+    try:
+        with conn.cursor() as cur:
+            for statement in DDL:
+                cur.execute(statement)
+    except pymysql.MySQLError as exc:
+        if exc.args and exc.args[0] in NOT_ALLOWED:
+            return False
+        raise
+    return True
