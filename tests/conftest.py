@@ -15,6 +15,7 @@ import pytest
 pytest.register_assert_rewrite("claude_db.testing")
 
 from claude_db.testing import BIN, OUR_VARIABLES, Cli, CliResult  # noqa: E402
+from claude_db.testing.cli import TEST_ENV  # noqa: E402
 from claude_db.testing.safety import cleanup, fresh_state  # noqa: E402
 
 # claude_db.testing's fixtures (isolated_plugins, register_plugin, claude_cli...) for every
@@ -63,6 +64,8 @@ def isolated_env(monkeypatch: pytest.MonkeyPatch, state_root: Path) -> Iterator[
             monkeypatch.delenv(key)
     monkeypatch.setenv("CLAUDE_DB_STATE_DIR", str(state_root))
     monkeypatch.setenv("CLAUDE_DB_RUNTIME", "local")
+    for key, value in TEST_ENV.items():  # a loaded machine's servers may take minutes
+        monkeypatch.setenv(key, value)
     from claude_db.app import reset_app
 
     reset_app()
@@ -96,7 +99,7 @@ def cli(workdir: Path) -> Cli:
         cwd: Path | None = None,
         env: dict[str, str] | None = None,
         input: bytes | str | None = None,
-        timeout: float = 180,
+        timeout: float = 600,  # a guard against a hang, never a measure (a loaded machine)
     ) -> CliResult:
         program = shutil.which(argv[0], path=str(BIN)) or argv[0]
         proc = subprocess.run(

@@ -289,7 +289,7 @@ def test_a_mariadb_sessions_sql_reaches_no_file_outside_its_server(
         assert b"s3cret-maria" not in environ
 
 
-def test_the_admin_roles_name_is_not_a_session_user(cli: Cli, tmp_path: Path) -> None:
+def test_the_admin_roles_name_is_not_a_session_user(cli: Cli, state: Path, tmp_path: Path) -> None:
     workdir = tmp_path / "w"
     workdir.mkdir()
     result = cli("claude-session", "start", "iso-admin", cwd=workdir,

@@ -59,7 +59,8 @@ def attacker() -> str:
     try:
         pwd.getpwnam(ATTACKER)
     except KeyError:
-        subprocess.run(["useradd", "-m", ATTACKER], check=True)
+        subprocess.run(["useradd", "-m", ATTACKER])  # another run may make it meanwhile
+        pwd.getpwnam(ATTACKER)
     return ATTACKER
 
 
@@ -166,7 +167,7 @@ def test_gc_stops_a_lost_sessions_server_found_by_its_pid_file(
     }, planned
     swept = cli("claude-session", "gc")
     assert swept.code == 0, swept
-    assert not is_running(record["pid"]) and not listening(record["port"])
+    assert not is_running(record["pid"]) and not listening(record["port"], state)
     assert state_leftovers(state, [record["port"]]) == NOTHING_LEFT
 
 
@@ -356,7 +357,7 @@ def test_a_truncated_session_record_breaks_only_its_session(
         ("process", str(record["pid"])), ("session", "sec-cut")}, planned
     deleted = cli("claude-session", "delete", "sec-cut", "--yes")
     assert deleted.code == 0, deleted
-    assert not listening(record["port"]) and not is_running(record["pid"])
+    assert not listening(record["port"], state) and not is_running(record["pid"])
     assert not (state / "sessions" / "sec-cut").exists()
 
     # a key a newer claude-db wrote is no reason to refuse the session
