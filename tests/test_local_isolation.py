@@ -112,10 +112,10 @@ def test_a_sessions_url_reaches_nothing_outside_its_database(cli: Cli, tmp_path:
         b_port = _runtime_state("iso-b")["port"]
         with pytest.raises(psycopg.OperationalError):
             psycopg.connect(url_a.replace(f":{_runtime_state('iso-a')['port']}/",
-                                          f":{b_port}/"), connect_timeout=5)
+                                          f":{b_port}/"), connect_timeout=120)
         with pytest.raises(psycopg.OperationalError, match="rejects connection"):
             psycopg.connect(host="127.0.0.1", port=b_port, user="claude_admin",
-                            dbname="postgres", connect_timeout=5)
+                            dbname="postgres", connect_timeout=120)
         # B itself is untouched and its own URL works
         with psycopg.connect(url_b) as conn:
             assert conn.execute("SELECT 1").fetchone() == (1,)

@@ -550,11 +550,11 @@ def test_python_api_round_trip(
 
 def test_readiness_needs_the_right_password(standin: StandIn) -> None:
     engine = MongoEngine()
-    assert engine.check_ready(standin.endpoint, timeout=5)
+    assert engine.check_ready(standin.endpoint, timeout=120)
     wrong = Endpoint(standin.endpoint.host, standin.endpoint.port,
                      Credentials(USER, "not the password", "appdb"))
     with pytest.raises(ClaudeDbError, match="authentication failed"):
-        engine.check_ready(wrong, timeout=5)
+        engine.check_ready(wrong, timeout=120)
     anonymous = Endpoint(standin.endpoint.host, standin.endpoint.port, Credentials("", "", "appdb"))
     # unauthenticated, the server answers a ping but nothing that reads data
     with pytest.raises(ClaudeDbError, match="requires authentication"):

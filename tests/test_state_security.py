@@ -73,7 +73,7 @@ def own_dir(tmp_path: Path, name: str) -> str:
 
 def as_attacker(*argv: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(["runuser", "-u", ATTACKER, "--", *argv], capture_output=True,
-                          text=True, timeout=60, stdin=subprocess.DEVNULL)
+                          text=True, timeout=300, stdin=subprocess.DEVNULL)
 
 
 @contextlib.contextmanager
@@ -313,7 +313,7 @@ def test_a_command_kept_waiting_for_a_lock_says_what_it_waits_for(
         assert waiting.poll() is None  # still waiting
     finally:
         holder.stdin.close()
-        holder.wait(timeout=60)
+        holder.wait(timeout=300)
     _, rest = waiting.communicate(timeout=120)
     assert waiting.returncode == 0, rest
     assert rest == "session sec-wait stopped\n"

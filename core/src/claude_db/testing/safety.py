@@ -238,7 +238,7 @@ def start_with_frozen_server(
                     raise AssertionError(f"start ended ({proc.returncode}) with its server frozen")
                 return proc, pids[0], session
             time.sleep(0.002)
-        _, err = proc.communicate(timeout=60)
+        _, err = proc.communicate(timeout=300)  # a guard against a hang
         if proc.returncode != 0:
             raise AssertionError(f"start failed before its server appeared: {err.decode()}")
         subprocess.run([str(BIN / "claude-session"), "delete", session, "--yes"],
