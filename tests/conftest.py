@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -16,6 +17,11 @@ pytest.register_assert_rewrite("claude_db.testing")
 
 from claude_db.testing import BIN, OUR_VARIABLES, Cli, CliResult  # noqa: E402
 from claude_db.testing.cli import TEST_ENV  # noqa: E402
+from claude_db.testing.docker import (  # noqa: E402
+    DOCKER_IMAGES,
+    docker_daemon,  # noqa: F401 - engine_session's
+    remove_everything,
+)
 from claude_db.testing.safety import cleanup, fresh_state  # noqa: E402
 
 # claude_db.testing's fixtures (isolated_plugins, register_plugin, claude_cli...) for every
@@ -115,3 +121,22 @@ def cli(workdir: Path) -> Cli:
                          raw_stdout=proc.stdout)
 
     return run
+
+
+@pytest.fixture
+def engine_session(cli: Cli, engine: str, request: pytest.FixtureRequest) -> Iterator[str]:
+    """A session of ``engine`` (a fixture of the test's module: "postgres", "mysql@docker";
+    see ``claude_db.testing.docker.EVERYWHERE``), named after the module, deleted at the end."""
+    db, _, runtime = engine.partition("@")
+    prefix = request.module.__name__.removeprefix("test_")
+    name = f"{prefix}-{db}-{uuid.uuid4().hex[:8]}"  # Docker names are global: unique
+    argv = ["claude-session", "start", name, "--db", db]
+    if runtime == "docker":
+        request.getfixturevalue("docker_daemon")  # fails loudly without Docker or images
+        argv += ["--runtime", "docker", "--db-image", DOCKER_IMAGES[db]]
+    started = cli(*argv)
+    assert started.code == 0, started
+    yield name
+    cli("claude-session", "delete", name, "--yes")
+    if runtime == "docker":
+        remove_everything(name)
