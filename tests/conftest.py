@@ -22,7 +22,10 @@ from claude_db.testing.docker import (  # noqa: E402
     docker_daemon,  # noqa: F401 - engine_session's
     remove_everything,
 )
+from claude_db.testing.install import shared_wheelhouse  # noqa: E402
 from claude_db.testing.safety import cleanup, fresh_state  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
 
 # claude_db.testing's fixtures (isolated_plugins, register_plugin, claude_cli...) for every
 # test, with pytest's assertion rewriting for the engine contract suite it holds
@@ -60,6 +63,15 @@ def state_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
         if str(parent).startswith("/tmp/") and parent.stat().st_uid == os.geteuid():
             os.chmod(parent, parent.stat().st_mode | 0o111)
     return root
+
+
+@pytest.fixture(scope="session")
+def project_wheels(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Wheels of core, every plugin and the example engine, and of the third-party packages
+    they need: built once per test run, for every test that installs as users do."""
+    plugins = sorted(path.parent for path in (ROOT / "plugins").glob("*/pyproject.toml"))
+    projects = [ROOT / "core", *plugins, ROOT / "tests" / "example_engine"]
+    return shared_wheelhouse(tmp_path_factory, "project-wheels", projects)
 
 
 @pytest.fixture(autouse=True)

@@ -30,7 +30,6 @@ from claude_db.testing import (
     CliResult,
     EngineContract,
     assert_one_line_error,
-    build_wheelhouse,
     fresh_environment,
     pip,
     traversable_tmpdir,
@@ -343,11 +342,9 @@ def test_without_podman_or_a_service_one_clear_error(cli: ClaudeCli, tmp_path: P
 # -- installed as users install it ------------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def podman_wheels(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return build_wheelhouse(traversable_tmpdir(tmp_path_factory, "podman-wheels"),
-                            [ROOT / "core", ROOT / "plugins" / "postgres",
-                             ROOT / "plugins" / "podman"])
+@pytest.fixture(scope="session")
+def podman_wheels(project_wheels: Path) -> Path:
+    return project_wheels
 
 
 @pytest.fixture(scope="module")
