@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -15,7 +16,16 @@ import pytest
 pytest.register_assert_rewrite("claude_db.testing")
 
 from claude_db.testing import BIN, OUR_VARIABLES, Cli, CliResult  # noqa: E402
+from claude_db.testing.cli import TEST_ENV  # noqa: E402
+from claude_db.testing.docker import (  # noqa: E402
+    DOCKER_IMAGES,
+    docker_daemon,  # noqa: F401 - engine_session's
+    remove_everything,
+)
+from claude_db.testing.install import shared_wheelhouse  # noqa: E402
 from claude_db.testing.safety import cleanup, fresh_state  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
 
 # claude_db.testing's fixtures (isolated_plugins, register_plugin, claude_cli...) for every
 # test, with pytest's assertion rewriting for the engine contract suite it holds
@@ -55,6 +65,15 @@ def state_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return root
 
 
+@pytest.fixture(scope="session")
+def project_wheels(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Wheels of core, every plugin and the example engine, and of the third-party packages
+    they need: built once per test run, for every test that installs as users do."""
+    plugins = sorted(path.parent for path in (ROOT / "plugins").glob("*/pyproject.toml"))
+    projects = [ROOT / "core", *plugins, ROOT / "tests" / "example_engine"]
+    return shared_wheelhouse(tmp_path_factory, "project-wheels", projects)
+
+
 @pytest.fixture(autouse=True)
 def isolated_env(monkeypatch: pytest.MonkeyPatch, state_root: Path) -> Iterator[None]:
     """No test sees the developer's sessions, settings or plugins' variables."""
@@ -63,6 +82,8 @@ def isolated_env(monkeypatch: pytest.MonkeyPatch, state_root: Path) -> Iterator[
             monkeypatch.delenv(key)
     monkeypatch.setenv("CLAUDE_DB_STATE_DIR", str(state_root))
     monkeypatch.setenv("CLAUDE_DB_RUNTIME", "local")
+    for key, value in TEST_ENV.items():  # a loaded machine's servers may take minutes
+        monkeypatch.setenv(key, value)
     from claude_db.app import reset_app
 
     reset_app()
@@ -96,7 +117,7 @@ def cli(workdir: Path) -> Cli:
         cwd: Path | None = None,
         env: dict[str, str] | None = None,
         input: bytes | str | None = None,
-        timeout: float = 180,
+        timeout: float = 600,  # a guard against a hang, never a measure (a loaded machine)
     ) -> CliResult:
         program = shutil.which(argv[0], path=str(BIN)) or argv[0]
         proc = subprocess.run(
@@ -112,3 +133,22 @@ def cli(workdir: Path) -> Cli:
                          raw_stdout=proc.stdout)
 
     return run
+
+
+@pytest.fixture
+def engine_session(cli: Cli, engine: str, request: pytest.FixtureRequest) -> Iterator[str]:
+    """A session of ``engine`` (a fixture of the test's module: "postgres", "mysql@docker";
+    see ``claude_db.testing.docker.EVERYWHERE``), named after the module, deleted at the end."""
+    db, _, runtime = engine.partition("@")
+    prefix = request.module.__name__.removeprefix("test_")
+    name = f"{prefix}-{db}-{uuid.uuid4().hex[:8]}"  # Docker names are global: unique
+    argv = ["claude-session", "start", name, "--db", db]
+    if runtime == "docker":
+        request.getfixturevalue("docker_daemon")  # fails loudly without Docker or images
+        argv += ["--runtime", "docker", "--db-image", DOCKER_IMAGES[db]]
+    started = cli(*argv)
+    assert started.code == 0, started
+    yield name
+    cli("claude-session", "delete", name, "--yes")
+    if runtime == "docker":
+        remove_everything(name)

@@ -157,6 +157,7 @@ def assert_paired(case: dict[str, Any]) -> None:
     assert not failed and case["same_work"], failed
 
 
+@pytest.mark.slow  # a whole benchmark run of its own: `./dev test --all` (CI) runs it
 def test_local_cases_measure_the_same_work_and_leave_nothing(tmp_path: Path) -> None:
     proc, result = run_bench(
         tmp_path, "--only", "local-start,reset,dumps,cli,density", "--rounds", "1",
@@ -210,6 +211,7 @@ def test_bad_options_are_refused(tmp_path: Path) -> None:
 
 
 @pytest.mark.docker
+@pytest.mark.slow  # a whole benchmark run of its own: `./dev test --all` (CI) runs it
 def test_docker_case_compares_the_same_image(tmp_path: Path) -> None:
     proc, result = run_bench(tmp_path, "--only", "docker-start", "--rounds", "1", "--warmup", "0")
     assert proc.returncode == 0, proc.stdout + proc.stderr

@@ -13,7 +13,6 @@ import os
 import signal
 import subprocess
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -22,16 +21,14 @@ import pytest
 
 from claude_db.testing import Cli, assert_one_line_error
 from claude_db.testing.docker import (
+    EVERYWHERE,
     docker_daemon,  # noqa: F401 - a fixture
     remove_everything,
 )
 from claude_db.testing.safety import database_url, fingerprint, seed, session_json
 
 KILLED = -signal.SIGKILL
-IMAGES = {"postgres": "claude-db-test/postgres:15", "mysql": "claude-db-test/mariadb:10.11"}
 MONGO_STANDIN = "claude-db-test/mongo-standin:latest"
-EVERYWHERE = ["postgres", "mysql", pytest.param("postgres@docker", marks=pytest.mark.docker),
-              pytest.param("mysql@docker", marks=pytest.mark.docker)]
 
 
 @pytest.fixture(params=["postgres"])
@@ -40,20 +37,9 @@ def engine(request: pytest.FixtureRequest) -> str:
 
 
 @pytest.fixture
-def session(cli: Cli, engine: str, request: pytest.FixtureRequest) -> Iterator[str]:
-    db, _, runtime = engine.partition("@")
-    name = f"ckpt-{db}-{uuid.uuid4().hex[:8]}"  # Docker names are global: unique
-    argv = ["claude-session", "start", name, "--db", db]
-    if runtime == "docker":
-        request.getfixturevalue("docker_daemon")  # fails loudly without Docker or images
-        argv += ["--runtime", "docker", "--db-image", IMAGES[db]]
-    started = cli(*argv)
-    assert started.code == 0, started
-    seed(cli, engine, session=name)
-    yield name
-    cli("claude-session", "delete", name, "--yes")
-    if runtime == "docker":
-        remove_everything(name)
+def session(cli: Cli, engine: str, engine_session: str) -> str:
+    seed(cli, engine, session=engine_session)
+    return engine_session
 
 
 def run(cli: Cli, session: str, *argv: str, env: dict[str, str] | None = None) -> Any:

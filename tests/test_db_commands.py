@@ -386,7 +386,7 @@ def test_a_terminal_table_prints_brackets_as_text(
         done = subprocess.run(
             [str(BIN / "claude-db"), "query", "select '{\"k\": [null]}'::jsonb j, '[/x]' t"],
             cwd=workdir, stdin=subprocess.DEVNULL, stdout=writer, stderr=subprocess.PIPE,
-            env={**os.environ, "COLUMNS": "80"}, timeout=60,
+            env={**os.environ, "COLUMNS": "80"}, timeout=300,
         )
         os.close(writer)
         shown = b""

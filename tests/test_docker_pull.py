@@ -49,7 +49,7 @@ def registry(tmp_path: Path, docker_daemon: None) -> Iterator[str]:
     proc = subprocess.Popen([binary, "serve", str(config)], stdout=log, stderr=log,
                             stdin=subprocess.DEVNULL)
     try:
-        deadline = time.monotonic() + 30
+        deadline = time.monotonic() + 180  # a hang guard: a loaded machine is slow
         while True:
             try:
                 urllib.request.urlopen(f"http://127.0.0.1:{port}/v2/", timeout=1).close()

@@ -84,7 +84,7 @@ def test_a_value_that_needs_quotes_reads_alike_in_dotenv_and_sh(
 
 @pytest.mark.parametrize("dangling", [False, True], ids=["to a file", "dangling"])
 def test_a_symlinked_env_is_refused_and_its_target_untouched(
-    cli: Cli, workdir: Path, tmp_path: Path, dangling: bool
+    cli: Cli, state: Path, workdir: Path, tmp_path: Path, dangling: bool
 ) -> None:
     outside = tmp_path / "outside"
     outside.mkdir()

@@ -89,13 +89,13 @@ def test_gc_removes_what_a_killed_start_left(cli: Cli, state: Path, tmp_path: Pa
     assert swept.code == 0, swept
     assert f"removed session {name}" in swept.stdout
     assert session_leader_servers(state, name) == []
-    assert not listening(port)
+    assert not listening(port, state)
     assert not (state / "sessions" / name).exists()
     assert not (state / "sessions" / ".locks" / f"{name}.lock").exists()
 
     # the live session was not touched
     assert session_json(state, "gc-live")["name"] == "gc-live"
-    assert listening(live_port)
+    assert listening(live_port, state)
     assert pg_fingerprint(database_url(cli, "gc-live")) == live_data
 
     again = cli("claude-session", "gc", "--json")
@@ -237,7 +237,7 @@ def test_every_start_sweeps_cheaply(cli: Cli, state: Path, workdir: Path) -> Non
     assert started.code == 0, started
     assert "removed 2 leftovers" in started.stderr  # the stray server and the session
     assert session_leader_servers(state, name) == []
-    assert not listening(port)
+    assert not listening(port, state)
     assert not (state / "sessions" / name).exists()
     assert cli("claude-session", "delete", "gc-next", "--yes").code == 0
     # the name of the crashed start can be used again

@@ -112,10 +112,10 @@ def test_a_sessions_url_reaches_nothing_outside_its_database(cli: Cli, tmp_path:
         b_port = _runtime_state("iso-b")["port"]
         with pytest.raises(psycopg.OperationalError):
             psycopg.connect(url_a.replace(f":{_runtime_state('iso-a')['port']}/",
-                                          f":{b_port}/"), connect_timeout=5)
+                                          f":{b_port}/"), connect_timeout=120)
         with pytest.raises(psycopg.OperationalError, match="rejects connection"):
             psycopg.connect(host="127.0.0.1", port=b_port, user="claude_admin",
-                            dbname="postgres", connect_timeout=5)
+                            dbname="postgres", connect_timeout=120)
         # B itself is untouched and its own URL works
         with psycopg.connect(url_b) as conn:
             assert conn.execute("SELECT 1").fetchone() == (1,)
@@ -292,7 +292,7 @@ def test_a_mariadb_sessions_sql_reaches_no_file_outside_its_server(
         assert b"s3cret-maria" not in environ
 
 
-def test_the_admin_roles_name_is_not_a_session_user(cli: Cli, tmp_path: Path) -> None:
+def test_the_admin_roles_name_is_not_a_session_user(cli: Cli, state: Path, tmp_path: Path) -> None:
     workdir = tmp_path / "w"
     workdir.mkdir()
     result = cli("claude-session", "start", "iso-admin", cwd=workdir,

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import socket
+from pathlib import Path
 from urllib.parse import quote, unquote, urlsplit
 
 import pytest
@@ -90,7 +91,7 @@ def test_installed_plugin_is_discovered(cli: Cli) -> None:
     assert "mongosh" in cli("claude-db", "--help").stdout
 
 
-def test_disabled_plugin_is_named_as_not_loaded(cli: Cli) -> None:
+def test_disabled_plugin_is_named_as_not_loaded(cli: Cli, state: Path) -> None:
     env = {"CLAUDE_DB_DISABLE_PLUGINS": "mongo"}
     listed = json.loads(cli("claude-db", "plugins", "--json", env=env).stdout)
     assert "mongo" not in listed["engines"]
@@ -100,7 +101,7 @@ def test_disabled_plugin_is_named_as_not_loaded(cli: Cli) -> None:
     assert json.loads(cli("claude-session", "list", "--json").stdout) == []
 
 
-def test_local_runtime_without_mongod_says_so_in_one_line(cli: Cli) -> None:
+def test_local_runtime_without_mongod_says_so_in_one_line(cli: Cli, state: Path) -> None:
     if find_mongod() is not None:
         pytest.fail("this machine has a mongod: this test expects none (MongoDB is not packaged "
                     "by Debian); test the local runtime with it instead")

@@ -18,7 +18,6 @@ from packaging.requirements import Requirement
 from claude_db.testing import (
     ClaudeCli,
     assert_one_line_error,
-    build_wheelhouse,
     fresh_environment,
     pip,
     traversable_tmpdir,
@@ -31,12 +30,9 @@ from test_mongo_standin import StandIn, standin  # noqa: F401
 ROOT = Path(__file__).resolve().parents[1]
 
 
-@pytest.fixture(scope="module")
-def wheelhouse(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return build_wheelhouse(
-        tmp_path_factory.mktemp("mongo-wheelhouse"),
-        [ROOT / "core", ROOT / "plugins" / "postgres", ROOT / "plugins" / "mongo"],
-    )
+@pytest.fixture
+def wheelhouse(project_wheels: Path) -> Path:
+    return project_wheels
 
 
 def test_the_wheel_declares_the_entry_point_and_dependencies(wheelhouse: Path) -> None:

@@ -22,6 +22,7 @@ import shutil
 import subprocess
 from collections.abc import Iterator
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -94,29 +95,43 @@ def standin(tmp_path_factory: pytest.TempPathFactory) -> Iterator[StandIn]:
     storage, log = root / "data", root / "server.log"
     base = [server, "--host", "127.0.0.1", "--storage-path", str(storage), "--standalone",
             "--log-level", "WARNING", "--cache-size", "256M"]
-    endpoint = Endpoint("127.0.0.1", free_port(), Credentials(USER, CONTRACT_PASSWORD, "appdb"))
-    failed = lambda proc: (  # noqa: E731
-        f"{SERVER} exited: {log.read_text(errors='replace')[-2000:]}"
-        if proc.poll() is not None else None
-    )
+    credentials = Credentials(USER, CONTRACT_PASSWORD, "appdb")
+
+    def exited(proc: subprocess.Popen[bytes]) -> str | None:
+        return (f"{SERVER} exited: {log.read_text(errors='replace')[-2000:]}"
+                if proc.poll() is not None else None)
+
+    def serve(*extra: str, user: Credentials) -> tuple[subprocess.Popen[bytes], Endpoint]:
+        """The server on a free port; on another one if a server another test started
+        meanwhile took that port first (tests run side by side)."""
+        attempts = 0
+        while True:
+            attempts += 1
+            endpoint = Endpoint("127.0.0.1", free_port(), credentials)
+            logged = log.stat().st_size if log.exists() else 0
+            proc = _start([*base, "--port", str(endpoint.port), *extra], log)
+            try:
+                wait_until_ready(MongoEngine(), Endpoint(endpoint.host, endpoint.port, user),
+                                 timeout=120, failure=partial(exited, proc), what=SERVER)
+            except ClaudeDbError:
+                _stop(proc)
+                taken = b"address already in use" in log.read_bytes()[logged:].lower()
+                if not taken or attempts == 3:
+                    raise
+                continue
+            return proc, endpoint
 
     # 1. like the official image's init: no auth, create the root user in admin, stop
-    first = _start([*base, "--port", str(endpoint.port)], log)
+    first, endpoint = serve(user=Credentials("", "", "admin"))
     try:
-        anonymous = Endpoint(endpoint.host, endpoint.port, Credentials("", "", "admin"))
-        wait_until_ready(MongoEngine(), anonymous, timeout=120, failure=lambda: failed(first),
-                         what=SERVER)
         with MongoClient(host=endpoint.host, port=endpoint.port, directConnection=True) as c:
             c.admin.command("createUser", USER, pwd=CONTRACT_PASSWORD, roles=["root"])
     finally:
         _stop(first)
 
     # 2. the server as sessions see it: authentication required
-    endpoint = Endpoint(endpoint.host, free_port(), endpoint.credentials)
-    proc = _start([*base, "--port", str(endpoint.port), "--auth"], log)
+    proc, endpoint = serve("--auth", user=credentials)
     try:
-        wait_until_ready(MongoEngine(), endpoint, timeout=120, failure=lambda: failed(proc),
-                         what=SERVER)
         yield StandIn(endpoint, log)
     finally:
         _stop(proc)
@@ -604,11 +619,11 @@ def documents(engine: MongoEngine, endpoint: Endpoint, text: str) -> list[Any]:
 
 def test_readiness_needs_the_right_password(standin: StandIn) -> None:
     engine = MongoEngine()
-    assert engine.check_ready(standin.endpoint, timeout=5)
+    assert engine.check_ready(standin.endpoint, timeout=120)
     wrong = Endpoint(standin.endpoint.host, standin.endpoint.port,
                      Credentials(USER, "not the password", "appdb"))
     with pytest.raises(ClaudeDbError, match="authentication failed"):
-        engine.check_ready(wrong, timeout=5)
+        engine.check_ready(wrong, timeout=120)
     anonymous = Endpoint(standin.endpoint.host, standin.endpoint.port, Credentials("", "", "appdb"))
     # unauthenticated, the server answers a ping but nothing that reads data
     with pytest.raises(ClaudeDbError, match="requires authentication"):

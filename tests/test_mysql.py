@@ -440,7 +440,7 @@ def test_reset_ends_connections_and_keeps_the_character_set(
         holder.ping(reconnect=False)
 
 
-def test_without_the_plugin_the_engine_is_missing(cli: Cli) -> None:
+def test_without_the_plugin_the_engine_is_missing(cli: Cli, state: Path) -> None:
     result = cli("claude-session", "start", "no-plugin", "--db", "mysql",
                  env={"CLAUDE_DB_DISABLE_PLUGINS": "mysql"})
     assert_one_line_error(result, ExitCode.USAGE)

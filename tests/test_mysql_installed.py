@@ -7,21 +7,15 @@ third-party wheels they need) first gets core and postgres only, then the mysql 
 
 from __future__ import annotations
 
-import importlib.util
 import subprocess
 import sys
-import zipfile
-from importlib import metadata
 from pathlib import Path
 
 import pytest
-from packaging.requirements import Requirement
-from packaging.utils import canonicalize_name
 
 from claude_db.testing import ClaudeCli, assert_one_line_error, traversable_tmpdir
 
 ROOT = Path(__file__).resolve().parents[1]
-OURS = {"claude-db", "claude-db-postgres", "claude-db-mysql"}
 
 
 def pip(*args: str) -> None:
@@ -32,39 +26,9 @@ def pip(*args: str) -> None:
     assert proc.returncode == 0, f"pip {' '.join(args)} failed:\n{proc.stdout}\n{proc.stderr}"
 
 
-def requirements_of(wheel: Path) -> list[str]:
-    with zipfile.ZipFile(wheel) as archive:
-        name = next(n for n in archive.namelist() if n.endswith(".dist-info/METADATA"))
-        head = archive.read(name).decode().split("\n\n", 1)[0]
-    return [line.split(": ", 1)[1] for line in head.splitlines()
-            if line.startswith("Requires-Dist: ")]
-
-
-@pytest.fixture(scope="module")
-def wheelhouse(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    house = tmp_path_factory.mktemp("mysql-wheelhouse")
-    projects = [ROOT / "core", ROOT / "plugins" / "postgres", ROOT / "plugins" / "mysql"]
-    isolation = [] if importlib.util.find_spec("hatchling") is None else ["--no-build-isolation"]
-    pip("wheel", "-q", "--no-deps", *isolation, "-w", str(house), *map(str, projects))
-    wanted: set[str] = set()
-    for wheel in house.glob("*.whl"):
-        for line in requirements_of(wheel):
-            requirement = Requirement(line)
-            if canonicalize_name(requirement.name) in OURS:
-                continue
-            if requirement.marker and "extra" in str(requirement.marker):
-                continue
-            wanted.add(f"{requirement.name}[{','.join(requirement.extras)}]"
-                       if requirement.extras else requirement.name)
-    # the versions this environment runs: the fresh one tests the same code
-    constraints = house / "constraints.txt"
-    constraints.write_text("".join(
-        f"{d.metadata['Name']}=={d.version}\n" for d in metadata.distributions()
-        if canonicalize_name(d.metadata["Name"]) not in OURS
-    ))
-    pip("download", "-q", "--only-binary=:all:", "-d", str(house), "-c", str(constraints),
-        *sorted(wanted))
-    return house
+@pytest.fixture
+def wheelhouse(project_wheels: Path) -> Path:
+    return project_wheels
 
 
 def test_pip_install_claude_db_mysql_adds_the_engine(

@@ -10,6 +10,7 @@ their entry points, as after ``pip install claude-db-example``.
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import textwrap
 from collections.abc import Callable
@@ -117,12 +118,15 @@ def write_broken_distribution(parent: Path, entry_point: str, source: str) -> Pa
 
 
 @pytest.fixture(scope="session")
-def wheelhouse(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """Wheels of this project, the broken plugins and every third-party dependency."""
+def wheelhouse(tmp_path_factory: pytest.TempPathFactory, project_wheels: Path) -> Path:
+    """Wheels of this project (the test run's), the broken plugins and every third-party
+    dependency."""
     sources = tmp_path_factory.mktemp("broken-sources")
-    projects = [ROOT / "core", ROOT / "plugins" / "postgres", ROOT / "tests" / "example_engine"]
-    projects += [write_broken_distribution(sources, ep, src) for ep, src in BROKEN.items()]
-    return build_wheelhouse(tmp_path_factory.mktemp("wheelhouse"), projects)
+    house = tmp_path_factory.mktemp("wheelhouse")
+    for wheel in project_wheels.glob("*.whl"):
+        shutil.copy2(wheel, house)
+    broken = [write_broken_distribution(sources, ep, src) for ep, src in BROKEN.items()]
+    return build_wheelhouse(house, broken)
 
 
 @pytest.fixture(scope="session")

@@ -195,7 +195,7 @@ def test_start_again_makes_sure_the_session_runs(cli: Cli, workdir: Path) -> Non
 
 
 def test_a_second_session_never_takes_a_directory_over(
-    cli: Cli, workdir: Path, tmp_path: Path
+    cli: Cli, state: Path, workdir: Path, tmp_path: Path
 ) -> None:
     assert cli("claude-session", "start", "first").code == 0
     try:

@@ -11,7 +11,6 @@ import json
 import os
 import subprocess
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +18,9 @@ import psycopg
 import pytest
 
 from claude_db.testing import Cli, assert_one_line_error
+from claude_db.testing.docker import DOCKER_IMAGES as IMAGES
 from claude_db.testing.docker import (
+    EVERYWHERE,
     SESSION_IMAGE,
     docker_daemon,  # noqa: F401 - a fixture
     remove_everything,
@@ -27,13 +28,6 @@ from claude_db.testing.docker import (
 from claude_db.testing.safety import fingerprint, seed, session_json
 
 ENGINES = ["postgres", "mysql"]
-#: every engine on every runtime: "<engine>" runs locally, "<engine>@docker" in containers
-EVERYWHERE = [
-    "postgres", "mysql",
-    pytest.param("postgres@docker", marks=pytest.mark.docker),
-    pytest.param("mysql@docker", marks=pytest.mark.docker),
-]
-IMAGES = {"postgres": "claude-db-test/postgres:15", "mysql": "claude-db-test/mariadb:10.11"}
 
 
 @pytest.fixture(params=ENGINES)
@@ -42,19 +36,8 @@ def engine(request: pytest.FixtureRequest) -> str:
 
 
 @pytest.fixture
-def session(cli: Cli, engine: str, request: pytest.FixtureRequest) -> Iterator[str]:
-    db, _, runtime = engine.partition("@")
-    name = f"snap-{db}-{uuid.uuid4().hex[:8]}"  # Docker names are global: unique
-    argv = ["claude-session", "start", name, "--db", db]
-    if runtime == "docker":
-        request.getfixturevalue("docker_daemon")  # fails loudly without Docker or images
-        argv += ["--runtime", "docker", "--db-image", IMAGES[db]]
-    started = cli(*argv)
-    assert started.code == 0, started
-    yield name
-    cli("claude-session", "delete", name, "--yes")
-    if runtime == "docker":
-        remove_everything(name)
+def session(engine_session: str) -> str:
+    return engine_session
 
 
 def snapshots(cli: Cli, session: str, env: dict[str, str] | None = None) -> list[dict[str, Any]]:

@@ -97,7 +97,13 @@ from claude_db.testing.fixtures import (
     registered_engine,
     traversable_tmpdir,
 )
-from claude_db.testing.install import build_wheelhouse, fresh_environment, pip, wheel_metadata
+from claude_db.testing.install import (
+    build_wheelhouse,
+    fresh_environment,
+    pip,
+    shared_wheelhouse,
+    wheel_metadata,
+)
 from claude_db.testing.leaks import (
     leftovers,
     processes_mentioning,
@@ -132,6 +138,7 @@ __all__ = [
     "run_on_terminal",
     "runtime_class",
     "runtime_leftovers",
+    "shared_wheelhouse",
     "traversable_tmpdir",
     "wheel_metadata",
 ]

@@ -19,6 +19,10 @@ OUR_VARIABLES = ("CLAUDE_", "DATABASE_URL", "DB_", "PG", "MYSQL", "MARIADB", "MO
 FOREIGN_PYTHON = ("PYTHONPATH", "PYTHONHOME", "PYTHONSTARTUP", "PYTHONUSERBASE", "VIRTUAL_ENV")
 #: where this Python's ``claude-db``/``claude-session`` are installed
 BIN = Path(sys.executable).parent
+#: what test CLIs wait for a server to be ready (``CLAUDE_DB_READY_TIMEOUT``): the default 60 s
+#: is too short for a loaded test machine (a docker start once took longer); the wait
+#: guards against a hang only
+TEST_ENV = {"CLAUDE_DB_READY_TIMEOUT": "600"}
 
 
 @dataclass
@@ -68,7 +72,7 @@ class ClaudeCli:
         }
         base["PATH"] = os.pathsep.join([str(self.bin_dir), base.get("PATH", os.defpath)])
         base["CLAUDE_DB_STATE_DIR"] = str(self.state_dir)
-        return {**base, **self.env, **(extra or {})}
+        return {**base, **TEST_ENV, **self.env, **(extra or {})}
 
     def __call__(
         self,

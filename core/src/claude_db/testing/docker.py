@@ -87,6 +87,10 @@ def session_workdir(tmp_path: Path, label: str) -> Path:
 
 #: the test images the docker runtime's tests use (built by tests/images/build.sh)
 DOCKER_IMAGES = {"postgres": DB_IMAGE, "mysql": "claude-db-test/mariadb:10.11"}
+#: every engine of DOCKER_IMAGES on every runtime, to parametrize ``engine`` with (tests/
+#: conftest.py's ``engine_session``): "<engine>" runs locally, "<engine>@docker" in containers
+EVERYWHERE = [*DOCKER_IMAGES, *(pytest.param(f"{engine}@docker", marks=pytest.mark.docker)
+                                for engine in DOCKER_IMAGES)]
 
 
 def docker_cli_env(state: Path) -> dict[str, str]:

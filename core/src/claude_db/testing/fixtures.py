@@ -23,13 +23,18 @@ def traversable_tmpdir(factory: pytest.TempPathFactory, name: str) -> Path:
     """A temporary directory an unprivileged server user can traverse (servers run as one
     when the tests run as root; pytest's base temporary directory is 0700)."""
     path = factory.mktemp(name)
-    os.chmod(path, 0o711)
+    make_traversable(path)
+    return path
+
+
+def make_traversable(path: Path) -> None:
+    """Let every user through ``path`` (0711) and through its temporary parents of ours."""
+    os.chmod(path, path.stat().st_mode & 0o7777 | 0o711)
     for parent in path.parents:
         with contextlib.suppress(OSError):
             ours = parent.stat().st_uid == os.geteuid()
             if ours and str(parent).startswith(("/tmp/", "/var/tmp/")):
                 os.chmod(parent, parent.stat().st_mode | 0o111)
-    return path
 
 
 @pytest.fixture(scope="session")

@@ -3,10 +3,20 @@ environments that install from them alone."""
 
 from __future__ import annotations
 
+import hashlib
+import os
+import shutil
 import subprocess
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+from claude_db.locks import hold, lock_for
+from claude_db.testing.fixtures import make_traversable
+
+if TYPE_CHECKING:
+    import pytest
 
 
 def pip(*args: str) -> str:
@@ -66,6 +76,27 @@ def build_wheelhouse(dest: Path, projects: Sequence[Path]) -> Path:
     if third_party:
         pip("download", "-q", "--only-binary=:all:", "-d", str(dest), "-c", str(constraints),
             *third_party)
+    return dest
+
+
+def shared_wheelhouse(
+    factory: pytest.TempPathFactory, name: str, projects: Sequence[Path]
+) -> Path:
+    """:func:`build_wheelhouse` once per test run, in the run's temporary directory: the
+    workers of a parallel run (pytest-xdist) share it (the first builds it under a lock,
+    the others wait for it), so that every test installing wheels pays one build."""
+    base = factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        base = base.parent  # the run's: each worker's own is below it
+    dest = base / name
+    wanted = hashlib.sha256("\n".join(map(str, projects)).encode()).hexdigest()
+    built = dest / ".built-from"
+    with hold(lock_for(dest), f"the wheelhouse {dest}"):
+        if not built.exists() or built.read_text() != wanted:
+            shutil.rmtree(dest, ignore_errors=True)
+            build_wheelhouse(dest, projects)
+            make_traversable(dest)  # rootless tests install from it as another user
+            built.write_text(wanted)
     return dest
 
 

@@ -3,11 +3,14 @@ still holds (as ``claude-session gc`` finds it)."""
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import socket
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+
+import psutil
 
 from claude_db import processes
 from claude_db.errors import ClaudeDbError
@@ -39,7 +42,7 @@ def leftovers(
         found.append(f"process {pid} (the server)")
     if env.get("DB_HOST") in ("127.0.0.1", "localhost", "::1") and _port_answers(
         env["DB_HOST"], int(env["DB_PORT"])
-    ):
+    ) and not _taken_by_another_session(int(env["DB_PORT"]), state_dir):
         found.append(f"port {env['DB_HOST']}:{env['DB_PORT']} still answers")
     if record.get("runtime"):
         found += runtime_leftovers(state_dir, name, record["runtime"])
@@ -68,6 +71,31 @@ def runtime_class(name: str) -> type[Runtime]:
 def processes_mentioning(text: str) -> list[tuple[int, str]]:
     """Live processes whose command line contains ``text``."""
     return processes.processes_mentioning(text)
+
+
+def port_listeners(port: int) -> list[tuple[int | None, str]]:
+    """The processes listening on TCP ``port`` (any address), with their command lines
+    (pid None, command line empty: a listener whose process this user cannot see)."""
+    found: list[tuple[int | None, str]] = []
+    for conn in psutil.net_connections("tcp"):
+        if conn.status != psutil.CONN_LISTEN or getattr(conn.laddr, "port", None) != port:
+            continue
+        cmdline = ""
+        with contextlib.suppress(psutil.Error):
+            cmdline = " ".join(psutil.Process(conn.pid).cmdline()) if conn.pid else ""
+        found.append((conn.pid, cmdline))
+    return found
+
+
+def _taken_by_another_session(port: int, state_dir: Path) -> bool:
+    """Whether every listener on ``port`` is another claude-db session's server (its command
+    line names a ``sessions/`` directory outside ``state_dir``): a port a deleted session
+    freed may be taken at once by a session another test starts meanwhile (pytest-xdist
+    runs tests side by side)."""
+    listeners = port_listeners(port)
+    return bool(listeners) and all(
+        "/sessions/" in cmdline and str(state_dir) not in cmdline for _, cmdline in listeners
+    )
 
 
 def _port_answers(host: str, port: int) -> bool:

@@ -8,7 +8,6 @@ import hashlib
 import json
 import os
 import signal
-import socket
 import subprocess
 import time
 from collections.abc import Callable
@@ -17,7 +16,8 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
-from claude_db.testing.cli import BIN, OUR_VARIABLES, Cli
+from claude_db.testing.cli import BIN, OUR_VARIABLES, TEST_ENV, Cli
+from claude_db.testing.leaks import port_listeners
 
 #: the data every snapshot test seeds, per engine: several tables, a second schema or
 #: table with other types, a view, enough rows that a half-restored copy would show
@@ -153,10 +153,12 @@ def server_processes(state: Path) -> list[tuple[int, str]]:
     return found
 
 
-def listening(port: int) -> bool:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.settimeout(1)
-        return sock.connect_ex(("127.0.0.1", port)) == 0
+def listening(port: int, state: Path) -> bool:
+    """Whether a server of ``state`` (a process whose command line names it) listens on
+    ``port``; a listener this user cannot see counts too. Another server on that port is
+    not ours: a port a deleted session freed may be taken at once by a server another test
+    starts meanwhile (pytest-xdist runs tests side by side)."""
+    return any(pid is None or str(state) in cmdline for pid, cmdline in port_listeners(port))
 
 
 def state_leftovers(state: Path, ports: list[int]) -> dict[str, Any]:
@@ -165,7 +167,7 @@ def state_leftovers(state: Path, ports: list[int]) -> dict[str, Any]:
     return {
         # (the local runtime's background copy of a server template is a cache, not a leak)
         "processes": [p for p in server_processes(state) if f"{sessions}/" in p[1]],
-        "ports": [p for p in ports if listening(p)],
+        "ports": [p for p in ports if listening(p, state)],
         "session entries": session_entries(sessions),
         "kept": sorted(p.name for p in (state / "kept").iterdir())
         if (state / "kept").exists() else [],
@@ -193,7 +195,7 @@ def session_json(state: Path, name: str) -> dict[str, Any]:
 def cli_env(state: Path) -> dict[str, str]:
     """The environment of a CLI run by hand (Popen): ours, with only this state directory."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(OUR_VARIABLES)}
-    return {**env, "CLAUDE_DB_STATE_DIR": str(state), "CLAUDE_DB_RUNTIME": "local"}
+    return {**env, **TEST_ENV, "CLAUDE_DB_STATE_DIR": str(state), "CLAUDE_DB_RUNTIME": "local"}
 
 
 def session_leader_servers(state: Path, name: str) -> list[int]:
@@ -236,7 +238,7 @@ def start_with_frozen_server(
                     raise AssertionError(f"start ended ({proc.returncode}) with its server frozen")
                 return proc, pids[0], session
             time.sleep(0.002)
-        _, err = proc.communicate(timeout=60)
+        _, err = proc.communicate(timeout=300)  # a guard against a hang
         if proc.returncode != 0:
             raise AssertionError(f"start failed before its server appeared: {err.decode()}")
         subprocess.run([str(BIN / "claude-session"), "delete", session, "--yes"],
