@@ -5,10 +5,10 @@ built image that honours the official images' MYSQL_*/MARIADB_* environment
 
 from __future__ import annotations
 
-from claude_db.testing import EngineContract
+from claude_db.testing import EngineContract, QueryStreamingContract
 
 
-class TestMySQLContract(EngineContract):
+class TestMySQLContract(QueryStreamingContract, EngineContract):
     engine_name = "mysql"
     runtimes = ("local", "docker")
     docker_image = "claude-db-test/mariadb:10.11"

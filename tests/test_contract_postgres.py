@@ -8,11 +8,11 @@ import random
 
 import pytest
 
-from claude_db.testing import ContractSession, EngineContract
+from claude_db.testing import ContractSession, EngineContract, QueryStreamingContract
 from claude_db_postgres.engine import TransactionControl
 
 
-class TestPostgresContract(EngineContract):
+class TestPostgresContract(QueryStreamingContract, EngineContract):
     engine_name = "postgres"
     runtimes = ("local", "docker")
     docker_image = os.environ.get("CLAUDE_DB_IMAGE") or "claude-db-test/postgres:15"

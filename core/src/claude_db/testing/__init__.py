@@ -86,7 +86,12 @@ from claude_db.testing.cli import (
     read_dotenv,
     run_on_terminal,
 )
-from claude_db.testing.contract import CONTRACT_PASSWORD, ContractSession, EngineContract
+from claude_db.testing.contract import (
+    CONTRACT_PASSWORD,
+    ContractSession,
+    EngineContract,
+    QueryStreamingContract,
+)
 from claude_db.testing.fixtures import (
     claude_app,
     claude_cli,
@@ -121,6 +126,7 @@ __all__ = [
     "CliResult",
     "ContractSession",
     "EngineContract",
+    "QueryStreamingContract",
     "assert_one_line_error",
     "build_wheelhouse",
     "claude_app",

@@ -22,7 +22,7 @@ from claude_db.testing.cli import ClaudeCli, CliResult, assert_one_line_error
 from claude_db.testing.fixtures import traversable_tmpdir
 from claude_db.testing.leaks import leftovers, runtime_class
 
-#: how much more memory ``query`` may take for :attr:`EngineContract.big_query` than for
+#: how much more memory ``query`` may take for :attr:`QueryStreamingContract.big_query` than for
 #: one row: a million rows held at once take >500 MB as Python objects; streamed, ~nothing
 STREAMING_BOUND = 100 << 20
 #: run by :func:`peak_rss`: the peak RSS of its only child
@@ -101,10 +101,6 @@ class EngineContract:
     ]
     #: a query the server rejects
     invalid_query: ClassVar[str] = "SELEKT nothing FROM nowhere"
-    #: a query of a million rows of ~200 bytes, to check that ``query`` streams them (its
-    #: peak memory stays within :data:`STREAMING_BOUND` of a one-row query's); None: not
-    #: checked (an engine that keeps results in the client)
-    big_query: ClassVar[str | None] = None
     #: fed to ``claude-db shell`` on stdin, and a text its output must contain (None: no check)
     shell_input: ClassVar[str | None] = "SELECT 40 + 2 AS answer;\n"
     shell_expected: ClassVar[str] = "42"
@@ -279,18 +275,6 @@ class EngineContract:
         assert table.code == 0 and table.stdout.strip(), table
         assert_one_line_error(contract_session.db("query", self.invalid_query), 1)
 
-    def test_query_streams(self, contract_session: ContractSession) -> None:
-        if self.big_query is None:
-            pytest.skip(f"{type(self).__name__}.big_query is not set: streaming not checked")
-        cli = contract_session.cli
-        for output in ("--csv", "--json", "table"):
-            flags = [] if output == "table" else [output]
-            small = peak_rss([str(cli.bin_dir / "claude-db"), "query", self.probe_query, *flags],
-                             cwd=cli.workdir, env=cli.environment())
-            big = peak_rss([str(cli.bin_dir / "claude-db"), "query", self.big_query, *flags],
-                           cwd=cli.workdir, env=cli.environment())
-            assert big - small < STREAMING_BOUND, (output, small, big)
-
     def test_export_reset_import_round_trip(
         self, contract_session: ContractSession, tmp_path: Path
     ) -> None:
@@ -374,3 +358,24 @@ def _runs_containers(runtime: str) -> bool:
         return runtime_class(runtime).runs_containers
     except ClaudeDbError:
         return False
+
+
+class QueryStreamingContract:
+    """Mixed into an :class:`EngineContract` subclass whose engine streams ``query``
+    results from the server (an engine that keeps them in the client leaves it out):
+    ``class TestMyContract(QueryStreamingContract, EngineContract)``."""
+
+    #: a query of a million rows of ~200 bytes: ``query``'s peak memory for it stays within
+    #: :data:`STREAMING_BOUND` of a one-row query's, in every output format
+    big_query: ClassVar[str]
+    probe_query: ClassVar[str]
+
+    def test_query_streams(self, contract_session: ContractSession) -> None:
+        cli = contract_session.cli
+        for output in ("--csv", "--json", "table"):
+            flags = [] if output == "table" else [output]
+            small = peak_rss([str(cli.bin_dir / "claude-db"), "query", self.probe_query, *flags],
+                             cwd=cli.workdir, env=cli.environment())
+            big = peak_rss([str(cli.bin_dir / "claude-db"), "query", self.big_query, *flags],
+                           cwd=cli.workdir, env=cli.environment())
+            assert big - small < STREAMING_BOUND, (output, small, big)
