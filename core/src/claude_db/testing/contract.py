@@ -371,6 +371,9 @@ class QueryStreamingContract:
     probe_query: ClassVar[str]
 
     def test_query_streams(self, contract_session: ContractSession) -> None:
+        assert isinstance(self, EngineContract), "mixed into an EngineContract subclass"
+        self.reset(contract_session)
+        self.seed(contract_session)  # the probe query's rows, whatever ran before
         cli = contract_session.cli
         for output in ("--csv", "--json", "table"):
             flags = [] if output == "table" else [output]
