@@ -226,6 +226,9 @@ def test_removed_worktree_is_reclaimed_not_a_live_one(
     assert started.code == 0, started
     for tree in (gone, removed_by_git):
         assert not (state / "sessions" / names[tree]).exists()
+        # the start says which session it reclaimed and where its data went
+        assert f"removed session {names[tree]}: its worktree {tree} was removed; data kept" \
+            in started.stderr + started.stdout, started
     assert not Path(f"/proc/{pid}").exists() or b"postgres" not in Path(
         f"/proc/{pid}/cmdline").read_bytes()
     kept = sorted(p.name for p in (state / "kept").iterdir())

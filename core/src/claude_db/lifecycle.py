@@ -287,10 +287,12 @@ def _sweep_orphans(app: App, runtimes: list[str]) -> list[str]:
                    if o.removed]
     except Exception as exc:
         return [f"warning: the orphan sweep failed ({exc}); see claude-session gc --dry-run"]
-    if not removed:
-        return []
-    return [f"removed {len(removed)} leftovers of gone sessions (claude-session gc --dry-run "
-            "lists them)"]
+    # a reclaimed worktree's session is named with where its data went; the rest (processes,
+    # directories, locks of sessions already gone) only counted
+    said = [f"removed session {o.what}: {o.detail}" for o in removed if o.kind == "session"]
+    if rest := len(removed) - len(said):
+        said.append(f"removed {rest} leftover{'s' if rest > 1 else ''} of gone sessions")
+    return said
 
 
 def stop_session(app: App, name: str) -> Session:
