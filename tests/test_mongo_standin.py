@@ -20,6 +20,7 @@ import json
 import os
 import shutil
 import subprocess
+import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from functools import partial
@@ -628,3 +629,98 @@ def test_readiness_needs_the_right_password(standin: StandIn) -> None:
     # unauthenticated, the server answers a ping but nothing that reads data
     with pytest.raises(ClaudeDbError, match="requires authentication"):
         documents(engine, anonymous, '{"listCollections": 1}')
+
+
+def test_a_file_name_planted_on_the_server_never_writes_outside_the_snapshot(
+    cli: Cli, standin: StandIn, db: Any, tmp_path: Path
+) -> None:
+    """A chunk of ``claude_db_snapshots.files`` whose name climbs out of the snapshot's
+    directory (anyone with rights on the server may plant one) is refused before anything
+    is written: restore fails with one error line, the file is never made."""
+    with standin.client() as client:
+        client.drop_database(history.DATABASE)
+    db.items.insert_one({"n": 1})
+    host = standin.env(CLAUDE_DB_STATE_DIR=str(tmp_path / "host"))
+    assert cli("claude-db", "snapshot", "save", "s1", env=host).code == 0
+    target = Path(f"/tmp/pwned-{uuid.uuid4().hex}")
+    with standin.client() as client:
+        kept = client[history.DATABASE]
+        key = kept.snapshots.find_one({})["_id"]
+        kept.files.insert_one({"snapshot": key, "owner": USER, "seq": 0, "data": b"x",
+                               "name": "/" + "../" * 40 + str(target)[1:]})
+    try:
+        elsewhere = standin.env(CLAUDE_DB_STATE_DIR=str(tmp_path / "container"))
+        restored = cli("claude-db", "snapshot", "restore", "s1", "--yes", env=elsewhere)
+        assert_one_line_error(restored, ExitCode.FAILED)
+        assert "the snapshot's files on the server are not valid" in restored.stderr, restored
+        assert not target.exists()
+    finally:
+        target.unlink(missing_ok=True)
+        with standin.client() as client:
+            client.drop_database(history.DATABASE)
+
+
+def test_each_user_of_a_shared_server_sees_only_its_own_snapshots(
+    cli: Cli, standin: StandIn, db: Any, tmp_path: Path
+) -> None:
+    """Two users of one server (bare URLs, state directories of their own) keep separate
+    histories: one's listing and undo never see the other's snapshot."""
+    other = f"b{uuid.uuid4().hex[:8]}"
+    with standin.client() as client:
+        client.drop_database(history.DATABASE)
+        client.admin.command("createUser", other, pwd=CONTRACT_PASSWORD, roles=[
+            {"role": "dbOwner", "db": other},
+            {"role": "readWrite", "db": history.DATABASE}])
+    mine = standin.env(CLAUDE_DB_STATE_DIR=str(tmp_path / "mine"))
+    try:
+        db.items.insert_one({"n": 1})
+        theirs = as_user(standin, other, tmp_path)
+        saved = cli("claude-db", "snapshot", "save", "x", env=theirs)
+        assert saved.code == 0, saved
+        shown = cli("claude-db", "snapshot", "list", "--json", env=mine)
+        assert shown.code == 0, shown
+        assert json.loads(shown.stdout) == []
+        undone = cli("claude-db", "undo", env=mine)
+        assert_one_line_error(undone, ExitCode.FAILED)
+        assert "nothing to undo" in undone.stderr, undone
+        assert db.items.count_documents({}) == 1
+        shown = cli("claude-db", "snapshot", "list", "--json", env=theirs)
+        assert [s["name"] for s in json.loads(shown.stdout)] == ["x"]
+    finally:
+        with standin.client() as client:
+            client.admin.command("dropUser", other)
+            client.drop_database(other)
+            client.drop_database(history.DATABASE)
+
+
+def test_a_user_without_rights_on_the_history_keeps_snapshots_in_its_state_directory(
+    cli: Cli, standin: StandIn, tmp_path: Path
+) -> None:
+    """Unauthorized on ``claude_db_snapshots``: every snapshot command still works, with the
+    state directory as the history (as MySQL's users without the privilege)."""
+    bare = f"c{uuid.uuid4().hex[:8]}"
+    with standin.client() as client:
+        client.admin.command("createUser", bare, pwd=CONTRACT_PASSWORD,
+                             roles=[{"role": "dbOwner", "db": bare}])
+    try:
+        unprivileged = as_user(standin, bare, tmp_path)
+        saved = cli("claude-db", "snapshot", "save", "y", env=unprivileged)
+        assert saved.code == 0, saved
+        shown = cli("claude-db", "snapshot", "list", "--json", env=unprivileged)
+        assert shown.code == 0, shown
+        assert [s["name"] for s in json.loads(shown.stdout)] == ["y"]
+        restored = cli("claude-db", "snapshot", "restore", "y", "--yes", env=unprivileged)
+        assert restored.code == 0, restored
+    finally:
+        with standin.client() as client:
+            client.admin.command("dropUser", bare)
+            client.drop_database(bare)
+
+
+def as_user(standin: StandIn, user: str, tmp_path: Path) -> dict[str, str]:
+    """The environment of ``user`` (made in admin) with a bare URL, a state directory of its
+    own."""
+    endpoint = Endpoint(standin.endpoint.host, standin.endpoint.port,
+                        Credentials(user, CONTRACT_PASSWORD, user))
+    return {"DATABASE_URL": MongoEngine().url(endpoint), **DRIVER,
+            "CLAUDE_DB_STATE_DIR": str(tmp_path / user)}

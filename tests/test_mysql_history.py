@@ -182,3 +182,65 @@ def test_reset_and_undo_inside_a_mysql_session_container(cli: Cli, workdir: Path
     finally:
         cli("claude-session", "delete", name, "--yes")
         remove_everything(name)
+
+
+def test_a_file_name_planted_on_the_server_never_writes_outside_the_snapshot(
+    cli: Cli, workdir: Path, session: str, tmp_path: Path
+) -> None:
+    """A row of ``claude_db_snapshots.files`` whose name climbs out of the snapshot's
+    directory (anyone with rights on the server may plant one) is refused before anything
+    is written: restore fails with one error line, the file is never made."""
+    assert cli("claude-db", "snapshot", "save", "s1").code == 0
+    target = Path(f"/tmp/pwned-{uuid.uuid4().hex}")
+    planted = cli("claude-db", "query", "INSERT INTO claude_db_snapshots.files SELECT id, "
+                  f"CONCAT('/', REPEAT('../', 40), '{str(target)[1:]}'), 0, 'x' "
+                  "FROM claude_db_snapshots.snapshots")
+    assert planted.code == 0, planted
+    try:
+        inside = container(cli, workdir, session, tmp_path / "container")
+        restored = cli("claude-db", "snapshot", "restore", "s1", **inside)
+        assert_one_line_error(restored, ExitCode.FAILED)
+        assert "the snapshot's files on the server are not valid" in restored.stderr, restored
+        assert not target.exists()
+    finally:
+        target.unlink(missing_ok=True)
+
+
+def test_each_user_of_a_shared_server_sees_only_its_own_snapshots(
+    cli: Cli, workdir: Path, session: str, tmp_path: Path
+) -> None:
+    """Two users of one server (bare URLs, state directories of their own) keep separate
+    histories: the session's listing and undo never see another user's snapshot."""
+    other = f"b{uuid.uuid4().hex[:8]}"
+    url = read_env(workdir)["DATABASE_URL"]
+    for statement in (f"CREATE DATABASE {other}",
+                      f"CREATE USER '{other}'@'%' IDENTIFIED BY 'pw-{other}'",
+                      f"CREATE USER '{other}'@'localhost' IDENTIFIED BY 'pw-{other}'",
+                      f"GRANT ALL ON {other}.* TO '{other}'@'%', '{other}'@'localhost'",
+                      f"GRANT ALL ON claude_db_snapshots.* TO '{other}'@'%', "
+                      f"'{other}'@'localhost'"):
+        made = cli("claude-db", "query", statement)
+        assert made.code == 0, made
+    at = url.rsplit("@", 1)[1]  # host:port/database?options
+    theirs_url = f"mysql://{other}:pw-{other}@{at.split('/', 1)[0]}/{other}"
+    if "?" in at:
+        theirs_url += "?" + at.split("?", 1)[1]
+    theirs = {"cwd": tmp_path / "b", "env": {"DATABASE_URL": theirs_url,
+                                           "CLAUDE_DB_STATE_DIR": str(tmp_path / "b-state")}}
+    (tmp_path / "b").mkdir()
+    assert cli("claude-db", "query", "CREATE TABLE u (n INT)", **theirs).code == 0
+    saved = cli("claude-db", "snapshot", "save", "x", **theirs)
+    assert saved.code == 0, saved
+    assert "x" not in [s["name"] for s in listed(cli, cwd=workdir)]
+    undone = cli("claude-db", "undo")
+    assert_one_line_error(undone, ExitCode.FAILED)
+    assert "nothing to undo" in undone.stderr, undone
+    assert [s["name"] for s in listed(cli, **theirs)] == ["x"]
+
+
+def test_listing_snapshots_creates_nothing_on_the_server(cli: Cli, session: str) -> None:
+    """``snapshot list`` only reads: the history's database is made by the first save."""
+    assert listed(cli) == []
+    shown = cli("claude-db", "query", "SHOW DATABASES LIKE 'claude_db_snapshots'", "--json")
+    assert shown.code == 0, shown
+    assert json.loads(shown.stdout) == []

@@ -177,41 +177,41 @@ class MongoEngine(Engine):
     def snapshot_save(self, endpoint: Endpoint, tools: Tools, directory: Path) -> None:
         super().snapshot_save(endpoint, tools, directory)
         with client_for("snapshot", endpoint, self.connect_timeout) as client:
-            history.keep(client, directory)
+            history.keep(client, directory, endpoint.user)
 
     def snapshot_catalog(self, endpoint: Endpoint) -> list[dict[str, Any]] | None:
         with client_for("reading the snapshots", endpoint, self.connect_timeout) as client:
-            return history.catalog(client)
+            return history.catalog(client, endpoint.user)
 
     def snapshot_recover(self, endpoint: Endpoint) -> list[str]:
         with client_for("reading the snapshots", endpoint, self.connect_timeout) as client:
-            return history.sweep(client)
+            return history.sweep(client, endpoint.user)
 
     def snapshot_keep(self, endpoint: Endpoint, directory: Path) -> None:
         if history.kept_key(directory) is None:  # saved by an older claude-db: keep it there
             with client_for("keeping the snapshot", endpoint, self.connect_timeout) as client:
-                history.keep(client, directory)
+                history.keep(client, directory, endpoint.user)
 
     def snapshot_restore(self, endpoint: Endpoint, tools: Tools, directory: Path) -> None:
         with client_for("reading the snapshot", endpoint, self.connect_timeout) as client:
-            history.fetch(client, directory)
+            history.fetch(client, directory, endpoint.user)
         super().snapshot_restore(endpoint, tools, directory)
 
     def snapshot_delete(self, endpoint: Endpoint, tools: Tools, directory: Path) -> None:
         with client_for("deleting the snapshot", endpoint, self.connect_timeout) as client:
-            history.delete(client, directory)
+            history.delete(client, directory, endpoint.user)
 
     def snapshot_sizes(self, endpoint: Endpoint, directories: list[Path]) -> list[int]:
         with client_for("reading the snapshots", endpoint, self.connect_timeout) as client:
-            return [history.size(client, directory) for directory in directories]
+            return [history.size(client, directory, endpoint.user) for directory in directories]
 
     def snapshot_note(self, endpoint: Endpoint, note: dict[str, str]) -> None:
         with client_for("keeping the note", endpoint, self.connect_timeout) as client:
-            history.note(client, note)
+            history.note(client, note, endpoint.user)
 
     def snapshot_noted(self, endpoint: Endpoint) -> dict[str, str] | None:
         with client_for("reading the snapshots", endpoint, self.connect_timeout) as client:
-            return history.noted(client)
+            return history.noted(client, endpoint.user)
 
     def shell_argv(self, endpoint: Endpoint) -> list[str]:
         # The URL (and its password) comes from the environment, never the command line;

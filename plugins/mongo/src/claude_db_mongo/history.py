@@ -8,18 +8,28 @@ multi-document transactions): a snapshot is listed whole or not at all, and the 
 a save killed before its record are swept a day later (:func:`sweep`; a save running
 elsewhere meanwhile is never touched). So the host and a session container list, restore
 and undo the same snapshots, and a re-created container finds them all.
+
+Each user of the server sees only its own snapshots and note (``owner``: the URL's user,
+the same from the host and a container), as PostgreSQL lists only the role's own. A user
+without rights on that database (``Unauthorized``) keeps snapshots in the state directory
+of whoever took them, as MySQL's does.
 """
 
 from __future__ import annotations
 
 import json
+import os
+import re
 import secrets
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from claude_db.errors import ClaudeDbError
 from claude_db.snapshots import META
+
+if TYPE_CHECKING:
+    from pymongo import MongoClient
 
 DATABASE = "claude_db_snapshots"
 RECORD = "mongo.json"  # in the snapshot's directory: {"key": <its id on the server>}
@@ -27,12 +37,20 @@ CHUNK = 1 << 20
 #: chunks without a record older than this are a killed save's: swept
 ORPHAN_AGE = timedelta(days=1)
 UNSNAPSHOTTED = "unsnapshotted"
+#: the server's code for a user without the rights an operation needs
+UNAUTHORIZED = 13
+#: a file name the server may give: one plain name, never a path (anyone with rights on the
+#: server may plant a chunk; a name like "../../x" would write outside the snapshot)
+FILE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,200}")
 
 
-def catalog(client: Any) -> list[dict[str, Any]]:
-    """The snapshots the server keeps (``Engine.snapshot_catalog``)."""
+def catalog(client: MongoClient[Any], owner: str) -> list[dict[str, Any]] | None:
+    """The user's snapshots the server keeps (``Engine.snapshot_catalog``); None where the
+    user may not keep any there (then the state directories are the history)."""
+    if not allowed(client):
+        return None
     found = []
-    for document in client[DATABASE].snapshots.find({}, {"record": 1}):
+    for document in client[DATABASE].snapshots.find({"owner": owner}, {"record": 1}):
         try:
             record = json.loads(document["record"])
         except (KeyError, TypeError, ValueError):
@@ -42,9 +60,24 @@ def catalog(client: Any) -> list[dict[str, Any]]:
     return found
 
 
-def keep(client: Any, directory: Path) -> None:
+def allowed(client: MongoClient[Any]) -> bool:
+    """Whether the user may read the history's database (reading creates nothing)."""
+    from pymongo.errors import OperationFailure
+
+    try:
+        client[DATABASE].snapshots.find_one({}, {"_id": 1})
+    except OperationFailure as exc:
+        if exc.code == UNAUTHORIZED:
+            return False
+        raise
+    return True
+
+
+def keep(client: MongoClient[Any], directory: Path, owner: str) -> None:
     """Keep the snapshot saved in ``directory`` with the server: its files, then its record,
-    then ``mongo.json``."""
+    then ``mongo.json``. Nothing where the user may not."""
+    if not allowed(client):
+        return
     key = secrets.token_hex(12)
     db = client[DATABASE]
     started = datetime.now(UTC)
@@ -53,67 +86,86 @@ def keep(client: Any, directory: Path) -> None:
             continue
         with path.open("rb") as data:
             for seq, chunk in enumerate(iter(lambda: data.read(CHUNK), b"")):
-                db.files.insert_one({"snapshot": key, "name": path.name, "seq": seq,
-                                     "data": chunk, "started": started})
+                db.files.insert_one({"snapshot": key, "owner": owner, "name": path.name,
+                                     "seq": seq, "data": chunk, "started": started})
     record = json.loads((directory / META).read_text())
-    db.snapshots.insert_one({"_id": key, "record": json.dumps(record)})
+    db.snapshots.insert_one({"_id": key, "owner": owner, "record": json.dumps(record)})
     for name, text in _files(key).items():
         (directory / name).write_text(text)
 
 
-def fetch(client: Any, directory: Path) -> None:
+def fetch(client: MongoClient[Any], directory: Path, owner: str) -> None:
     """Bring the snapshot's files from the server into ``directory`` (a state directory
     that did not save it)."""
     key = kept_key(directory)
     if key is None:
         return  # kept in this directory only
     db = client[DATABASE]
-    if db.snapshots.find_one({"_id": key}) is None:
+    if db.snapshots.find_one({"_id": key, "owner": owner}) is None:
         raise ClaudeDbError("the snapshot is gone from the server")
-    for name in db.files.distinct("name", {"snapshot": key}):
+    for name in valid_names(db.files.distinct("name", {"snapshot": key})):
         if (directory / name).exists():
             continue
         partial = directory / f".{name}.fetching"
-        with partial.open("wb") as out:
+        partial.unlink(missing_ok=True)  # a fetch killed before
+        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW
+        with os.fdopen(os.open(partial, flags, 0o600), "wb") as out:
             for chunk in db.files.find({"snapshot": key, "name": name}).sort("seq", 1):
                 out.write(chunk["data"])
         partial.rename(directory / name)
 
 
-def delete(client: Any, directory: Path) -> None:
+def valid_names(names: list[Any]) -> list[str]:
+    """The file names the server gives, if every one is a plain name this module wrote."""
+    bad = [name for name in names if not isinstance(name, str)
+           or not FILE_NAME.fullmatch(name) or name in (META, RECORD)]
+    if bad:
+        raise ClaudeDbError("the snapshot's files on the server are not valid: "
+                            f"{str(bad[0])[:80]!r} is not a file name claude-db writes")
+    return names
+
+
+def delete(client: MongoClient[Any], directory: Path, owner: str) -> None:
     key = kept_key(directory)
     if key is not None:  # the record first: never listed without its files
-        client[DATABASE].snapshots.delete_one({"_id": key})
-        client[DATABASE].files.delete_many({"snapshot": key})
+        client[DATABASE].snapshots.delete_one({"_id": key, "owner": owner})
+        client[DATABASE].files.delete_many({"snapshot": key, "owner": owner})
 
 
-def size(client: Any, directory: Path) -> int:
+def size(client: MongoClient[Any], directory: Path, owner: str) -> int:
     key = kept_key(directory)
     if key is None:
         return sum(p.stat().st_size for p in directory.iterdir() if p.is_file())
     return sum(len(chunk["data"]) for chunk in
-               client[DATABASE].files.find({"snapshot": key}, {"data": 1}))
+               client[DATABASE].files.find({"snapshot": key, "owner": owner}, {"data": 1}))
 
 
-def sweep(client: Any) -> list[str]:
-    """Remove the chunks of saves killed before their record (older than a day)."""
+def sweep(client: MongoClient[Any], owner: str) -> list[str]:
+    """Remove the user's chunks of saves killed before their record (older than a day)."""
+    if not allowed(client):
+        return []
     db = client[DATABASE]
     recorded = {document["_id"] for document in db.snapshots.find({}, {"_id": 1})}
     old = datetime.now(UTC) - ORPHAN_AGE
-    doomed = [key for key in db.files.distinct("snapshot", {"started": {"$lt": old}})
+    doomed = [key for key in db.files.distinct("snapshot", {"owner": owner,
+                                                            "started": {"$lt": old}})
               if key not in recorded]
     for key in doomed:
-        db.files.delete_many({"snapshot": key})
+        db.files.delete_many({"snapshot": key, "owner": owner})
     return [f"removed the chunks of an unfinished snapshot ({key})" for key in doomed]
 
 
-def note(client: Any, value: dict[str, str]) -> None:
-    client[DATABASE].notes.replace_one({"_id": UNSNAPSHOTTED},
-                                       {"_id": UNSNAPSHOTTED, **value}, upsert=True)
+def note(client: MongoClient[Any], value: dict[str, str], owner: str) -> None:
+    """Keep core's note with the server (where the user may keep snapshots there)."""
+    if allowed(client):
+        which = {"owner": owner, "name": UNSNAPSHOTTED}
+        client[DATABASE].notes.replace_one(which, {**which, **value}, upsert=True)
 
 
-def noted(client: Any) -> dict[str, str] | None:
-    found = client[DATABASE].notes.find_one({"_id": UNSNAPSHOTTED})
+def noted(client: MongoClient[Any], owner: str) -> dict[str, str] | None:
+    if not allowed(client):
+        return None
+    found = client[DATABASE].notes.find_one({"owner": owner, "name": UNSNAPSHOTTED})
     if found and all(isinstance(found.get(k), str) for k in ("reason", "at")):
         return {"reason": found["reason"], "at": found["at"]}
     return None

@@ -12,13 +12,18 @@ Table files (``.ibd``/``.cfg`` of a physical snapshot, claude_db_mysql.tablespac
 where they were saved, beside the server on the local runtime: only that server's own
 data directory can take them back. The record says where they are.
 
-Where the session's user may not create that database (``CLAUDE_DB_USER`` with privileges
+Each user of the server sees only its own snapshots and note (the ``owner`` column: the
+user part of ``CURRENT_USER()``, the same from the host and a container), as PostgreSQL
+lists only the role's own: two users of one shared server never restore or delete each
+other's. Where the session's user may not create that database (``CLAUDE_DB_USER`` with privileges
 on its own database only), snapshots stay in the state directory of whoever took them.
 """
 
 from __future__ import annotations
 
 import json
+import os
+import re
 import secrets
 import shutil
 from pathlib import Path
@@ -40,31 +45,38 @@ MISSING = (1049, 1146)
 DDL = (
     f"CREATE DATABASE IF NOT EXISTS {SCHEMA} CHARACTER SET utf8mb4",
     f"CREATE TABLE IF NOT EXISTS {SCHEMA}.snapshots (id CHAR(24) PRIMARY KEY, "
-    "record LONGTEXT NOT NULL) ENGINE=InnoDB",
+    "owner VARCHAR(255) NOT NULL, record LONGTEXT NOT NULL, KEY (owner)) ENGINE=InnoDB",
     f"CREATE TABLE IF NOT EXISTS {SCHEMA}.files (id CHAR(24) NOT NULL, "
     "name VARCHAR(255) NOT NULL, seq INT NOT NULL, data LONGBLOB NOT NULL, "
     "PRIMARY KEY (id, name, seq)) ENGINE=InnoDB",
     # what core notes for undo (the last destructive command that took no snapshot)
-    f"CREATE TABLE IF NOT EXISTS {SCHEMA}.notes (name VARCHAR(64) PRIMARY KEY, "
-    "value LONGTEXT NOT NULL) ENGINE=InnoDB",
+    f"CREATE TABLE IF NOT EXISTS {SCHEMA}.notes (owner VARCHAR(255) NOT NULL, "
+    "name VARCHAR(64) NOT NULL, value LONGTEXT NOT NULL, PRIMARY KEY (owner, name)) "
+    "ENGINE=InnoDB",
 )
+#: who keeps a snapshot: the user part of 'user@host' (after the last '@')
+OWNER = ("LEFT(CURRENT_USER(), CHAR_LENGTH(CURRENT_USER()) "
+         "- LOCATE('@', REVERSE(CURRENT_USER())))")
 #: the one note core keeps
 UNSNAPSHOTTED = "unsnapshotted"
+#: a file name the server may give: one plain name, never a path (anyone with rights on the
+#: server may plant a row; a name like "../../x" would write outside the snapshot)
+FILE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,200}")
 
 
 def catalog(conn: Any) -> list[dict[str, Any]] | None:
-    """The snapshots the server keeps (``Engine.snapshot_catalog``); None where the user may
-    not keep any there (then the state directories are the history)."""
+    """The user's snapshots the server keeps (``Engine.snapshot_catalog``); None where the
+    user may not keep any there (then the state directories are the history)."""
     import pymysql
 
     try:
         with conn.cursor() as cur:
-            cur.execute(f"SELECT id, record FROM {SCHEMA}.snapshots")
+            cur.execute(f"SELECT id, record FROM {SCHEMA}.snapshots WHERE owner = {OWNER}")
             rows = cur.fetchall()
     except pymysql.MySQLError as exc:
         code = exc.args[0] if exc.args else None
-        if code in MISSING:  # none kept yet: where they will be, if the user may
-            return [] if _create(conn) else None
+        if code in MISSING:  # none kept yet (made by the first save, never by a listing)
+            return []
         if code in NOT_ALLOWED:
             return None
         raise
@@ -97,8 +109,8 @@ def keep(conn: Any, directory: Path) -> bool:
                     for seq, chunk in enumerate(iter(lambda: data.read(CHUNK), b"")):
                         cur.execute(f"INSERT INTO {SCHEMA}.files VALUES (%s, %s, %s, %s)",
                                     (key, path.name, seq, chunk))
-            cur.execute(f"INSERT INTO {SCHEMA}.snapshots VALUES (%s, %s)",
-                        (key, json.dumps(record)))
+            cur.execute(f"INSERT INTO {SCHEMA}.snapshots (id, owner, record) "
+                        f"VALUES (%s, {OWNER}, %s)", (key, json.dumps(record)))
         conn.commit()
     except BaseException:
         conn.rollback()
@@ -115,12 +127,13 @@ def fetch(conn: Any, directory: Path) -> None:
     if key is None:
         return  # kept in this directory only
     with conn.cursor() as cur:
-        cur.execute(f"SELECT record FROM {SCHEMA}.snapshots WHERE id = %s", (key,))
+        cur.execute(f"SELECT record FROM {SCHEMA}.snapshots WHERE id = %s AND owner = {OWNER}",
+                    (key,))
         found = cur.fetchone()
         if found is None:
             raise ClaudeDbError("the snapshot is gone from the server")
         cur.execute(f"SELECT DISTINCT name FROM {SCHEMA}.files WHERE id = %s", (key,))
-        names = [name for (name,) in cur.fetchall()]
+        names = valid_names([name for (name,) in cur.fetchall()])
     for name in names:
         if not (directory / name).exists():
             _fetch_file(conn, key, name, directory)
@@ -136,7 +149,10 @@ def _fetch_file(conn: Any, key: str, name: str, directory: Path) -> None:
     from pymysql.cursors import SSCursor
 
     partial = directory / f".{name}.fetching"
-    with partial.open("wb") as out, conn.cursor(SSCursor) as cur:
+    partial.unlink(missing_ok=True)  # a fetch killed before
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW
+    with os.fdopen(os.open(partial, flags, 0o600), "wb") as out, \
+            conn.cursor(SSCursor) as cur:
         cur.execute(f"SELECT data FROM {SCHEMA}.files WHERE id = %s AND name = %s ORDER BY seq",
                     (key, name))
         for (chunk,) in cur.fetchall_unbuffered():  # chunk by chunk, never the whole file
@@ -144,14 +160,25 @@ def _fetch_file(conn: Any, key: str, name: str, directory: Path) -> None:
     partial.rename(directory / name)
 
 
+def valid_names(names: list[Any]) -> list[str]:
+    """The file names the server gives, if every one is a plain name this module wrote."""
+    bad = [name for name in names if not isinstance(name, str)
+           or not FILE_NAME.fullmatch(name) or name in (META, RECORD)]
+    if bad:
+        raise ClaudeDbError("the snapshot's files on the server are not valid: "
+                            f"{str(bad[0])[:80]!r} is not a file name claude-db writes")
+    return names
+
+
 def delete(conn: Any, directory: Path) -> None:
     key = kept_key(directory)
     if key is None:
         return
     conn.begin()
-    with conn.cursor() as cur:
-        cur.execute(f"DELETE FROM {SCHEMA}.files WHERE id = %s", (key,))
-        cur.execute(f"DELETE FROM {SCHEMA}.snapshots WHERE id = %s", (key,))
+    with conn.cursor() as cur:  # the files only of the user's own snapshot
+        if cur.execute(f"DELETE FROM {SCHEMA}.snapshots WHERE id = %s AND owner = {OWNER}",
+                       (key,)):
+            cur.execute(f"DELETE FROM {SCHEMA}.files WHERE id = %s", (key,))
     conn.commit()
 
 
@@ -163,8 +190,9 @@ def size(conn: Any, directory: Path) -> int:
     if key is None:
         return sum(p.stat().st_size for p in directory.iterdir() if p.is_file())
     with conn.cursor() as cur:
-        cur.execute(f"SELECT COALESCE(SUM(LENGTH(data)), 0) FROM {SCHEMA}.files WHERE id = %s",
-                    (key,))
+        cur.execute(f"SELECT COALESCE(SUM(LENGTH(f.data)), 0) FROM {SCHEMA}.files f "
+                    f"JOIN {SCHEMA}.snapshots s ON s.id = f.id "
+                    f"WHERE f.id = %s AND s.owner = {OWNER}", (key,))
         return local + int(cur.fetchone()[0])
 
 
@@ -172,8 +200,8 @@ def note(conn: Any, value: dict[str, str]) -> None:
     """Keep core's note with the server (where the user may keep snapshots there)."""
     if _create(conn):
         with conn.cursor() as cur:
-            cur.execute(f"REPLACE INTO {SCHEMA}.notes VALUES (%s, %s)",
-                        (UNSNAPSHOTTED, json.dumps(value)))
+            cur.execute(f"REPLACE INTO {SCHEMA}.notes (owner, name, value) "
+                        f"VALUES ({OWNER}, %s, %s)", (UNSNAPSHOTTED, json.dumps(value)))
 
 
 def noted(conn: Any) -> dict[str, str] | None:
@@ -182,7 +210,8 @@ def noted(conn: Any) -> dict[str, str] | None:
 
     try:
         with conn.cursor() as cur:
-            cur.execute(f"SELECT value FROM {SCHEMA}.notes WHERE name = %s", (UNSNAPSHOTTED,))
+            cur.execute(f"SELECT value FROM {SCHEMA}.notes WHERE owner = {OWNER} AND name = %s",
+                        (UNSNAPSHOTTED,))
             found = cur.fetchone()
     except pymysql.MySQLError as exc:
         if exc.args and exc.args[0] in (*MISSING, *NOT_ALLOWED):
