@@ -137,9 +137,13 @@ def fetch(conn: Any, directory: Path) -> None:
     for name in names:
         if not (directory / name).exists():
             _fetch_file(conn, key, name, directory)
+    # the record is the server's (the session's SQL may write it): table files are only
+    # taken from a sibling of ``directory`` in this session's own snapshot store, never
+    # from a path anywhere on this machine (another session's snapshots, say)
     table_files = json.loads(found[0]).get("table_files")
-    if table_files and Path(table_files) != directory:
-        source = Path(table_files)
+    source = Path(table_files) if isinstance(table_files, str) else directory
+    if (source != directory and source.parent == directory.parent
+            and FILE_NAME.fullmatch(source.name)):
         for path in sorted(source.glob("*")) if source.is_dir() else []:
             if path.suffix in LOCAL_SUFFIXES and not (directory / path.name).exists():
                 shutil.copyfile(path, directory / path.name)
