@@ -141,3 +141,11 @@ def test_a_statement_failing_while_it_runs_runs_once(cli: Cli, postgres: Path) -
     last = cli("claude-db", "query", "SELECT last_value FROM s", "--csv")
     assert last.stdout == "last_value\n1\n", last
 
+
+def test_mariadb_reader_stopping_early_ends_the_query(mariadb: Path) -> None:
+    """Review M3: `query ... | head` hangs up instead of reading every row left (an
+    unbuffered cursor's close would): a billion-row result ends with the reader."""
+    head = subprocess.run(f"{BIN / 'claude-db'} query 'SELECT seq FROM seq_1_to_1000000000' "
+                          "--csv | head -3", shell=True, cwd=mariadb, capture_output=True,
+                          text=True, timeout=300)  # a hang guard, not a timing assertion
+    assert head.stdout == "seq\n1\n2\n" and "Traceback" not in head.stderr, head
