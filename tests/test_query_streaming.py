@@ -126,3 +126,26 @@ def test_an_error_while_rows_stream_is_one_line(cli: Cli, postgres: Path) -> Non
                           "--csv | head -3", shell=True, cwd=postgres, capture_output=True,
                           text=True, timeout=300)
     assert head.stdout == "generate_series\n1\n2\n" and "Traceback" not in head.stderr, head
+
+
+def test_a_statement_failing_while_it_runs_runs_once(cli: Cli, postgres: Path) -> None:
+    """Review M8: only text the server refuses as several commands is sent again; a
+    syntax error raised while running (dynamic SQL) after a nextval is not run twice."""
+    for statement in ["CREATE SEQUENCE s",
+                      "CREATE FUNCTION f() RETURNS int LANGUAGE plpgsql AS "
+                      "$$ BEGIN EXECUTE 'SELEC 1'; RETURN 1; END $$"]:
+        assert cli("claude-db", "query", statement).code == 0, statement
+    failed = cli("claude-db", "query", "SELECT nextval('s'), f()")
+    assert_one_line_error(failed, ExitCode.FAILED)
+    assert "syntax error" in failed.stderr, failed
+    last = cli("claude-db", "query", "SELECT last_value FROM s", "--csv")
+    assert last.stdout == "last_value\n1\n", last
+
+
+def test_mariadb_reader_stopping_early_ends_the_query(mariadb: Path) -> None:
+    """Review M3: `query ... | head` hangs up instead of reading every row left (an
+    unbuffered cursor's close would): a billion-row result ends with the reader."""
+    head = subprocess.run(f"{BIN / 'claude-db'} query 'SELECT seq FROM seq_1_to_1000000000' "
+                          "--csv | head -3", shell=True, cwd=mariadb, capture_output=True,
+                          text=True, timeout=300)  # a hang guard, not a timing assertion
+    assert head.stdout == "seq\n1\n2\n" and "Traceback" not in head.stderr, head

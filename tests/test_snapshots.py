@@ -377,3 +377,28 @@ def test_database_level_state_survives_reset_undo_and_restore(
                "--session", session).code == 0
     assert cli("claude-db", "snapshot", "restore", "configured", "--session", session).code == 0
     assert state() == before
+
+
+def test_reset_and_undo_of_the_database_named_postgres(cli: Cli) -> None:
+    """Review M7: the shared admin connection is keyed by the admin database too: the one
+    opened on "postgres" is not reused to move or drop the database "postgres". Its owner
+    is not the session's superuser: the snapshot becomes the role's, the owner comes back."""
+    name = f"snap-pgdb-{uuid.uuid4().hex[:8]}"
+    assert cli("claude-session", "start", name, "--superuser").code == 0  # owns "postgres"
+    try:
+        target = ["-d", "postgres", "--session", name]
+        created = cli("claude-db", "query", "CREATE TABLE kept (n int)", *target)
+        assert created.code == 0, created
+        reset = cli("claude-db", "reset", "--yes", *target)
+        assert reset.code == 0, reset
+        gone = cli("claude-db", "query", "SELECT to_regclass('kept') IS NULL", "--csv", *target)
+        assert gone.code == 0 and gone.stdout.splitlines()[1:] == ["t"], gone
+        undone = cli("claude-db", "undo", "--yes", "--session", name)  # the reset's database
+        assert undone.code == 0, undone
+        back = cli("claude-db", "query", "SELECT count(*) FROM kept", *target)
+        assert back.code == 0, back
+        owners = cli("claude-db", "query", "SELECT pg_get_userbyid(datdba) FROM pg_database "
+                     "WHERE datname IN ('postgres', 'template1')", "--csv", *target)
+        assert len(set(owners.stdout.splitlines()[1:])) == 1, owners  # its owner again
+    finally:
+        cli("claude-session", "delete", name, "--yes")

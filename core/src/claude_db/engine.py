@@ -46,6 +46,14 @@ class QueryResult:
     #: document engines: the result as JSON values (dicts, lists...), instead of columns/rows
     documents: Iterable[Any] | None = None
 
+    # an engine written before ``Engine.query`` became a context manager returns a plain
+    # result: it is its own context, with nothing to end
+    def __enter__(self) -> QueryResult:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        return None
+
 
 class DumpDirectory(Iterable[bytes]):
     """An import's source that is a directory dump (``pg_dump -Fd``) where ``restore_with``

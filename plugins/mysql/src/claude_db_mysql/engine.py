@@ -94,21 +94,29 @@ class MySQLEngine(Engine):
         from pymysql.cursors import SSCursor
 
         try:
-            streams = CALL.match(text) is None
-            with connect(endpoint, timeout=10, multi_statements=not streams) as conn:
-                if streams:
+            if CALL.match(text) is None:
+                with connect(endpoint, timeout=10) as conn:
+                    cur = conn.cursor(SSCursor)
+                    cur.execute("SET SESSION net_write_timeout = 86400")  # a paused pager
                     try:
-                        with conn.cursor(SSCursor) as cur:
-                            cur.execute(text)  # no arguments: PyMySQL leaves '%' alone
-                            yield _result(cur, streamed=True)
-                            return
+                        cur.execute(text)  # no arguments: PyMySQL leaves '%' alone
                     except pymysql.err.ProgrammingError as exc:
                         if not exc.args or exc.args[0] != PARSE_ERROR:
                             raise
-                    with connect(endpoint, timeout=10, multi_statements=True) as again:
-                        yield _last_result(again, text)
-                else:
-                    yield _last_result(conn, text)
+                    else:
+                        try:
+                            yield _result(cur, streamed=True)
+                        except BaseException:
+                            # the reader stopped (`query ... | head`): the cursor's close
+                            # reads every row left, unless the server ends the query first
+                            _interrupt(endpoint, conn.thread_id())
+                            with contextlib.suppress(pymysql.MySQLError):
+                                cur.close()
+                            raise
+                        cur.close()
+                        return
+            with connect(endpoint, timeout=10, multi_statements=True) as conn:
+                yield _last_result(conn, text)
         except pymysql.MySQLError as exc:
             raise _error("query failed", endpoint, exc) from None
 
@@ -276,6 +284,15 @@ def _result(cursor: Any, streamed: bool = False) -> QueryResult:
     rows = (tuple(_plain(value) for value in row) for row in cursor.fetchall_unbuffered()
             ) if streamed else [tuple(_plain(value) for value in row) for row in cursor.fetchall()]
     return QueryResult(columns=[column[0] for column in cursor.description], rows=rows)
+
+
+def _interrupt(endpoint: Endpoint, thread: int) -> None:
+    """End the query connection ``thread`` runs (KILL QUERY: its connection stays)."""
+    import pymysql
+
+    with contextlib.suppress(pymysql.MySQLError), \
+            connect(endpoint, timeout=10) as conn, conn.cursor() as cur:
+        cur.execute("KILL QUERY %s", (thread,))
 
 
 def _plain(value: Any) -> Any:

@@ -21,6 +21,8 @@ from claude_db_postgres.connection import connect, pg_message
 
 #: rows per chunk libpq hands over (and the most held at once)
 CHUNK_ROWS = 1000
+#: the server's refusal of text holding several commands (it runs none of them)
+SEVERAL_COMMANDS = "cannot insert multiple commands into a prepared statement"
 
 
 @contextlib.contextmanager
@@ -35,7 +37,12 @@ def run(endpoint: Endpoint, text: str) -> Iterator[QueryResult]:
             try:
                 try:
                     result = _streamed(conn, text.encode())
-                except psycopg.errors.SyntaxError:
+                except psycopg.errors.SyntaxError as exc:
+                    # only text refused as several commands before any ran goes again:
+                    # a statement that failed while running may have done what a
+                    # rollback does not undo (nextval)
+                    if exc.diag.message_primary != SEVERAL_COMMANDS:
+                        raise
                     result = _all_at_once(conn, text.encode())
                 yield result
             finally:

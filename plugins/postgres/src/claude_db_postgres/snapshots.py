@@ -207,6 +207,10 @@ def _move(conn: Any, database: str, template: str, meta: dict[str, Any], owner: 
     with conn.transaction():
         conn.execute(sql.SQL("ALTER DATABASE {} RENAME TO {}").format(
             sql.Identifier(database), sql.Identifier(template)))
+        # snapshots are the role's own databases (_records), also when a superuser moves
+        # one it does not own ("postgres"); the record keeps the owner to give back
+        conn.execute(sql.SQL("ALTER DATABASE {} OWNER TO CURRENT_USER").format(
+            sql.Identifier(template)))
         _record(conn, template, meta, owner, state, pending=pending)
         _refuse_connections(conn, template)
 
@@ -520,7 +524,9 @@ def _maintenance(endpoint: Endpoint) -> Iterator[Any]:
         with _admin(endpoint) as conn:
             yield conn
         return
-    key = (endpoint.host, endpoint.port, endpoint.user, endpoint.password)
+    # the admin database is part of the key: one opened on "postgres" cannot move or drop it
+    key = (endpoint.host, endpoint.port, endpoint.user, endpoint.password,
+           _admin_database(endpoint))
     conn = shared.get("conn")
     if conn is None or shared["key"] != key or conn.broken or conn.closed \
             or conn.info.transaction_status != TransactionStatus.IDLE:  # cut short: anew
@@ -530,9 +536,12 @@ def _maintenance(endpoint: Endpoint) -> Iterator[Any]:
     yield shared["conn"]
 
 
+def _admin_database(endpoint: Endpoint) -> str:
+    return "postgres" if endpoint.database != "postgres" else "template1"
+
+
 def _admin(endpoint: Endpoint) -> Any:
-    other = "postgres" if endpoint.database != "postgres" else "template1"
-    conn = connect(endpoint.with_database(other), timeout=10)
+    conn = connect(endpoint.with_database(_admin_database(endpoint)), timeout=10)
     conn.autocommit = True
     # local servers commit asynchronously: a snapshot reported saved must survive a crash
     conn.execute("SET synchronous_commit = on")

@@ -330,10 +330,14 @@ def share_ssh(state_dir: Path) -> None:
         host = docker_host()
     except DockerUnavailableError:  # a context that does not exist: the ping says so
         return
-    real = shutil.which("ssh")
+    directory = state_dir / SSH_DIR
+    # an inherited PATH may already lead with our ssh: it must not run itself forever
+    inherited = os.pathsep.join(
+        entry for entry in os.environ.get("PATH", os.defpath).split(os.pathsep)
+        if os.path.realpath(entry or ".") != os.path.realpath(directory))
+    real = shutil.which("ssh", path=inherited)
     if _path_before_ssh is not None or not host.startswith("ssh://") or real is None:
         return
-    directory = state_dir / SSH_DIR
     make_private_dir(directory)
     control = _control_dir(directory)
     if control is None:
@@ -349,7 +353,7 @@ def share_ssh(state_dir: Path) -> None:
         fresh.write_text(script)
         fresh.chmod(0o700)
         os.replace(fresh, wrapper)
-    _path_before_ssh = os.environ.get("PATH", os.defpath)
+    _path_before_ssh = inherited
     os.environ["PATH"] = f"{directory}{os.pathsep}{_path_before_ssh}"
 
 
