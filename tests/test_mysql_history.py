@@ -182,3 +182,25 @@ def test_reset_and_undo_inside_a_mysql_session_container(cli: Cli, workdir: Path
     finally:
         cli("claude-session", "delete", name, "--yes")
         remove_everything(name)
+
+
+def test_a_history_lost_on_the_server_is_kept_again_from_the_state_directory(
+    cli: Cli, workdir: Path, session: str, tmp_path: Path
+) -> None:
+    """H2: the server's history dropped (a replaced volume, an agent dropping unknown
+    databases): the state directory's snapshots, which hold the whole dump, are kept with
+    the server again under their id, never removed; one deleted elsewhere still goes."""
+    before = rows(cli, session)
+    assert cli("claude-db", "snapshot", "save", "old").code == 0
+    assert cli("claude-db", "snapshot", "save", "gone").code == 0
+    inside = container(cli, workdir, session, tmp_path / "container")
+    assert cli("claude-db", "snapshot", "delete", "gone", **inside).code == 0
+    assert [s["name"] for s in listed(cli, cwd=workdir)] == ["old"]  # deleted elsewhere
+    assert cli("claude-db", "query", "DROP DATABASE claude_db_snapshots").code == 0
+    assert [s["name"] for s in listed(cli, cwd=workdir)] == ["old"]
+    again = container(cli, workdir, session, tmp_path / "re-created")
+    assert [s["name"] for s in listed(cli, **again)] == ["old"]
+    assert cli("claude-db", "query", "DELETE FROM t").code == 0
+    restored = cli("claude-db", "snapshot", "restore", "old", **again)
+    assert restored.code == 0, restored
+    assert rows(cli, session) == before

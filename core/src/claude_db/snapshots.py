@@ -469,16 +469,19 @@ def _sync(target: Target, store: SnapshotStore) -> None:
     if noted is not None and (here is None or noted["at"] > here["at"]):  # noted elsewhere
         store.root.mkdir(parents=True, exist_ok=True)
         (store.root / UNSNAPSHOTTED).write_text(json.dumps(noted))
-    adopted = False
-    for snapshot in store.all():  # recorded only here (an older claude-db): record it there
+    adopted, stays = False, set()
+    for snapshot in store.all():
         match = _match(held, snapshot.path)
-        if snapshot.readable and match is not None and match["record"] is None:
+        if not snapshot.readable or (match is not None and match["record"] is not None):
+            continue
+        # known here only (an older claude-db, a server that lost its history): its data
+        # may be here only, so the server keeps it again; if it cannot, it stays here
+        try:
             engine.snapshot_keep(endpoint, snapshot.path)
             adopted = True
-        elif snapshot.readable and match is None:  # its data may be here only (MySQL dumps
-            with contextlib.suppress(Exception):  # of an older claude-db): kept there if so
-                engine.snapshot_keep(endpoint, snapshot.path)
-                adopted = True
+        except (ClaudeDbError, OSError) as exc:
+            stays.add(snapshot.name)
+            print(f"warning: snapshot {snapshot.name} is kept here only: {exc}", file=sys.stderr)
     if adopted:
         held = engine.snapshot_catalog(endpoint) or []
     kept = set()
@@ -489,8 +492,8 @@ def _sync(target: Target, store: SnapshotStore) -> None:
         kept.add(record["name"])
         _write_cached(store.root / record["name"], record, entry["files"])
     for snapshot in store.all():
-        if snapshot.name not in kept:  # deleted elsewhere, or the server is a new one
-            shutil.rmtree(snapshot.path, ignore_errors=True)
+        if snapshot.name not in kept | stays and engine.snapshot_deleted(endpoint, snapshot.path):
+            shutil.rmtree(snapshot.path, ignore_errors=True)  # deleted elsewhere
 
 
 def _checked(record: dict[str, Any] | None) -> dict[str, Any] | None:

@@ -164,9 +164,12 @@ class MySQLEngine(Engine):
             return history.catalog(conn)
 
     def snapshot_keep(self, endpoint: Endpoint, directory: Path) -> None:
-        if history.kept_key(directory) is None:  # saved by an older claude-db: keep it there
-            with _maintenance(endpoint, "keeping the snapshot failed", database=None) as conn:
-                history.keep(conn, directory)
+        with _maintenance(endpoint, "keeping the snapshot failed", database=None) as conn:
+            history.keep(conn, directory)
+
+    def snapshot_deleted(self, endpoint: Endpoint, directory: Path) -> bool:
+        with _maintenance(endpoint, "reading the snapshots failed", database=None) as conn:
+            return history.deleted(conn, directory)
 
     def snapshot_note(self, endpoint: Endpoint, note: dict[str, str]) -> None:
         with _maintenance(endpoint, "keeping the note failed", database=None) as conn:
