@@ -437,13 +437,18 @@ def unfinished(root: Path) -> list[Path]:
 def discard_unfinished(target: Target, path: Path) -> None:
     """Free what an :func:`unfinished` snapshot holds (e.g. a template database on the
     server, which must run), then its directory. A save the server recorded before its
-    command died is whole, not unfinished: then only the directory goes (the snapshot is
-    listed from the server), as for a database an older claude-db moved (listed unrecorded)."""
+    command died is whole, not unfinished: then the save is finished (its directory may
+    hold the only copy of table files); a database an older claude-db moved stays on the
+    server (listed unrecorded), only the directory goes."""
     endpoint = target.endpoint()
     held = target.engine.snapshot_catalog(endpoint)
     if held is not None and path.name.endswith(PARTIAL):
         match = _match(held, path)
-        if match is not None and (match["record"] is not None or (path / MOVED).exists()):
+        record = _checked(match["record"]) if match is not None else None
+        if record is not None:
+            _finish(path, path.parent / record["name"])
+            return
+        if match is not None and (path / MOVED).exists():
             shutil.rmtree(path)
             return
     target.engine.snapshot_delete(endpoint, target.tools(), path)
@@ -451,6 +456,19 @@ def discard_unfinished(target: Target, path: Path) -> None:
 
 
 # -- internals (the store's lock is held) ---------------------------------------------------
+
+
+def _finish(partial: Path, path: Path) -> None:
+    """Finish a save the server recorded: ``partial`` becomes ``path`` (a listing may have
+    made ``path`` already, with the server's files only: what it lacks moves into it)."""
+    if not path.exists():
+        os.rename(partial, path)
+        return
+    for item in partial.iterdir():
+        if not (path / item.name).exists():
+            os.rename(item, path / item.name)
+    shutil.rmtree(partial)
+
 
 
 def _sync(target: Target, store: SnapshotStore) -> None:

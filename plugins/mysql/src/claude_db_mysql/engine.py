@@ -4,6 +4,7 @@ clients for dumps and imports (claude_db_mysql.dumps)."""
 from __future__ import annotations
 
 import contextlib
+import json
 import re
 from collections.abc import Iterable, Iterator
 from pathlib import Path
@@ -199,6 +200,13 @@ class MySQLEngine(Engine):
         if not tablespaces.saved(directory):
             super().snapshot_restore(endpoint, tools, directory)
             return
+        tables = json.loads((directory / tablespaces.RECORD).read_text())["tables"]
+        missing = [name for name in (tablespaces.SCHEMA, *(
+            f"{table}{suffix}" for table in tables for suffix in (".ibd", ".cfg")))
+            if not (directory / name).is_file()]
+        if missing:  # checked before the database is dropped: nothing changes
+            raise ClaudeDbError(f"the snapshot's table files are gone ({missing[0]} and "
+                                f"{len(missing) - 1} more): it cannot be restored")
         self.reset(endpoint)
         with _maintenance(endpoint, "restoring the snapshot failed") as conn:
             tablespaces.restore(conn, Clients(tools), directory)
