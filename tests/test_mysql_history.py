@@ -204,3 +204,26 @@ def test_a_history_lost_on_the_server_is_kept_again_from_the_state_directory(
     restored = cli("claude-db", "snapshot", "restore", "old", **again)
     assert restored.code == 0, restored
     assert rows(cli, session) == before
+
+
+def test_the_history_database_is_no_commands(
+    cli: Cli, workdir: Path, session: str, tmp_path: Path
+) -> None:
+    """M2: `claude_db_snapshots` holds the snapshots: no command takes it (reset would drop
+    them), no import writes there; one error line, exit 2, every snapshot still listed."""
+    assert cli("claude-db", "snapshot", "save", "kept").code == 0
+    before = listed(cli, cwd=workdir)
+    table = tmp_path / "table.sql"
+    table.write_text("CREATE TABLE z (n INT);\n")
+    for argv in (["reset", "--yes"], ["query", "SELECT 1"], ["snapshot", "save", "x"],
+                 ["import", "--replace", "--yes", str(table)]):
+        refused = cli("claude-db", *argv, "-d", "claude_db_snapshots")
+        assert_one_line_error(refused, ExitCode.USAGE)
+        assert "claude-db's own" in refused.stderr, refused
+    dump = tmp_path / "switch.sql"
+    dump.write_text("USE claude_db_snapshots;\nDELETE FROM snapshots;\n")
+    imported = cli("claude-db", "import", str(dump))
+    assert_one_line_error(imported, imported.code)
+    assert imported.code != 0 and "claude-db keeps the snapshots" in imported.stderr, imported
+    assert listed(cli, cwd=workdir) == before
+    assert [s["name"] for s in before] == ["kept"]

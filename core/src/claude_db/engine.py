@@ -256,6 +256,9 @@ class Engine(ABC):
     container_data_dir: ClassVar[str]
     #: name of the interactive client (``claude-db shell`` runs it)
     shell_name: ClassVar[str]
+    #: databases on the server the engine keeps for itself (its snapshot history): no
+    #: command takes them (``--database``), no import writes there
+    internal_databases: ClassVar[tuple[str, ...]] = ()
 
     # -- connection contract --------------------------------------------------------------
 

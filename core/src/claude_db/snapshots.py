@@ -505,7 +505,8 @@ def _sync(target: Target, store: SnapshotStore) -> None:
     kept = set()
     for entry in held:
         record = _checked(entry["record"]) or _unrecorded(engine, entry["key"])
-        if not NAME_PATTERN.fullmatch(record["name"]):  # the server's names become paths
+        if (not NAME_PATTERN.fullmatch(record["name"])  # the server's names become paths
+                or record["database"].lower() in engine.internal_databases):  # never ours
             continue
         kept.add(record["name"])
         _write_cached(store.root / record["name"], record, entry["files"])

@@ -47,6 +47,7 @@ class MySQLEngine(Engine):
     default_user = "root"
     container_data_dir = "/var/lib/mysql"
     shell_name = "mysql"
+    internal_databases = (history.SCHEMA,)
 
     def native_env(self, endpoint: Endpoint) -> dict[str, str]:
         # mysql/mysqldump read MYSQL_HOST, MYSQL_TCP_PORT and MYSQL_PWD; they take the user
