@@ -206,8 +206,9 @@ class MySQLEngine(Engine):
             f"{table}{suffix}" for table in tables for suffix in (".ibd", ".cfg")))
             if not (directory / name).is_file()]
         if missing:  # checked before the database is dropped: nothing changes
-            raise ClaudeDbError(f"the snapshot's table files are gone ({missing[0]} and "
-                                f"{len(missing) - 1} more): it cannot be restored")
+            gone = ", ".join(missing[:3]) + (", ..." if len(missing) > 3 else "")
+            raise ClaudeDbError(f"the snapshot's table files are gone ({gone}): "
+                                "it cannot be restored, the database is unchanged")
         self.reset(endpoint)
         with _maintenance(endpoint, "restoring the snapshot failed") as conn:
             tablespaces.restore(conn, Clients(tools), directory)
