@@ -357,3 +357,42 @@ def test_mongo_checkpoint_and_undo_to_diff_unsupported(cli: Cli) -> None:
     finally:
         cli("claude-session", "delete", name, "--yes")
         remove_everything(name)
+
+
+def test_physical_checkpoint_killed_at_saved_is_finished_and_undoable(cli: Cli) -> None:
+    """H4: a MariaDB checkpoint of table files (a database above MIN_BYTES, local runtime)
+    killed once the server recorded it, before its directory got its name: gc finishes the
+    save (the directory holds the only copy of the table files), and undo to it gives back
+    every row."""
+    name = f"ckphys-{uuid.uuid4().hex[:8]}"
+    started = cli("claude-session", "start", name, "--db", "mysql", "--runtime", "local")
+    assert started.code == 0, started
+    try:
+        seed(cli, "mysql", session=name)
+        sql(cli, name, "CREATE TABLE big (id INT PRIMARY KEY, pad LONGBLOB) ENGINE=InnoDB")
+        # 48 MiB of rows: above MIN_BYTES (32 MiB), so the checkpoint copies table files
+        sql(cli, name, "INSERT INTO big SELECT seq, REPEAT(MD5(seq), 1536) FROM seq_1_to_1000")
+        before = fingerprint(cli, "mysql", session=name)
+        killed = cli("claude-db", "checkpoint", "--session", name,
+                     env={"CLAUDE_DB_TEST_KILL_AT": "saved"})
+        assert killed.code == KILLED, killed
+        gc = cli("claude-session", "gc")
+        assert gc.code == 0, gc
+        snapshots = Path(os.environ["CLAUDE_DB_STATE_DIR"]) / "sessions" / name / "snapshots"
+        assert not [p for p in snapshots.iterdir() if p.name.startswith(".") and p.is_dir()]
+        [found] = listed(cli, name)
+        assert (snapshots / found["name"] / "big.ibd").is_file()  # the physical path ran
+        sql(cli, name, "DELETE FROM big")
+        undone = run(cli, name, "undo", "--to", found["name"], "--yes")
+        assert undone.code == 0, undone
+        assert fingerprint(cli, "mysql", session=name) == before
+        # its table files gone: undo says so before it drops anything
+        (snapshots / found["name"] / "big.ibd").unlink()
+        sql(cli, name, "DELETE FROM big WHERE id > 500")
+        changed = fingerprint(cli, "mysql", session=name)
+        refused = cli("claude-db", "undo", "--to", found["name"], "--yes", "--session", name)
+        assert_one_line_error(refused, 1)
+        assert "big.ibd" in refused.stderr, refused
+        assert fingerprint(cli, "mysql", session=name) == changed
+    finally:
+        cli("claude-session", "delete", name, "--yes")

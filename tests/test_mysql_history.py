@@ -244,3 +244,48 @@ def test_listing_snapshots_creates_nothing_on_the_server(cli: Cli, session: str)
     shown = cli("claude-db", "query", "SHOW DATABASES LIKE 'claude_db_snapshots'", "--json")
     assert shown.code == 0, shown
     assert json.loads(shown.stdout) == []
+
+
+def test_a_history_lost_on_the_server_is_kept_again_from_the_state_directory(
+    cli: Cli, workdir: Path, session: str, tmp_path: Path
+) -> None:
+    """H2: the server's history dropped (a replaced volume, an agent dropping unknown
+    databases): the state directory's snapshots, which hold the whole dump, are kept with
+    the server again under their id, never removed; one deleted elsewhere still goes."""
+    before = rows(cli, session)
+    assert cli("claude-db", "snapshot", "save", "old").code == 0
+    assert cli("claude-db", "snapshot", "save", "gone").code == 0
+    inside = container(cli, workdir, session, tmp_path / "container")
+    assert cli("claude-db", "snapshot", "delete", "gone", **inside).code == 0
+    assert [s["name"] for s in listed(cli, cwd=workdir)] == ["old"]  # deleted elsewhere
+    assert cli("claude-db", "query", "DROP DATABASE claude_db_snapshots").code == 0
+    assert [s["name"] for s in listed(cli, cwd=workdir)] == ["old"]
+    again = container(cli, workdir, session, tmp_path / "re-created")
+    assert [s["name"] for s in listed(cli, **again)] == ["old"]
+    assert cli("claude-db", "query", "DELETE FROM t").code == 0
+    restored = cli("claude-db", "snapshot", "restore", "old", **again)
+    assert restored.code == 0, restored
+    assert rows(cli, session) == before
+
+
+def test_the_history_database_is_no_commands(
+    cli: Cli, workdir: Path, session: str, tmp_path: Path
+) -> None:
+    """M2: `claude_db_snapshots` holds the snapshots: no command takes it (reset would drop
+    them), no import writes there; one error line, exit 2, every snapshot still listed."""
+    assert cli("claude-db", "snapshot", "save", "kept").code == 0
+    before = listed(cli, cwd=workdir)
+    table = tmp_path / "table.sql"
+    table.write_text("CREATE TABLE z (n INT);\n")
+    for argv in (["reset", "--yes"], ["query", "SELECT 1"], ["snapshot", "save", "x"],
+                 ["import", "--replace", "--yes", str(table)]):
+        refused = cli("claude-db", *argv, "-d", "claude_db_snapshots")
+        assert_one_line_error(refused, ExitCode.USAGE)
+        assert "claude-db's own" in refused.stderr, refused
+    dump = tmp_path / "switch.sql"
+    dump.write_text("USE claude_db_snapshots;\nDELETE FROM snapshots;\n")
+    imported = cli("claude-db", "import", str(dump))
+    assert_one_line_error(imported, imported.code)
+    assert imported.code != 0 and "claude-db keeps the snapshots" in imported.stderr, imported
+    assert listed(cli, cwd=workdir) == before
+    assert [s["name"] for s in before] == ["kept"]

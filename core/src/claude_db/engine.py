@@ -264,6 +264,9 @@ class Engine(ABC):
     container_data_dir: ClassVar[str]
     #: name of the interactive client (``claude-db shell`` runs it)
     shell_name: ClassVar[str]
+    #: databases on the server the engine keeps for itself (its snapshot history): no
+    #: command takes them (``--database``), no import writes there
+    internal_databases: ClassVar[tuple[str, ...]] = ()
 
     # -- connection contract --------------------------------------------------------------
 
@@ -396,6 +399,12 @@ class Engine(ABC):
 
     def snapshot_keep(self, endpoint: Endpoint, directory: Path) -> None:  # noqa: B027
         """Record with the server a snapshot only ``directory`` knows (catalog engines)."""
+
+    def snapshot_deleted(self, endpoint: Endpoint, directory: Path) -> bool:
+        """Whether core may remove ``directory``, a snapshot the server does not list:
+        the server says it was deleted, or the directory holds nothing of it. The default:
+        always (the server holds all of a snapshot's data; catalog engines)."""
+        return True
 
     def snapshot_note(self, endpoint: Endpoint, note: dict[str, str]) -> None:  # noqa: B027
         """Keep with the server what core notes for ``undo``: the last destructive command

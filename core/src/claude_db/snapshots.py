@@ -437,13 +437,18 @@ def unfinished(root: Path) -> list[Path]:
 def discard_unfinished(target: Target, path: Path) -> None:
     """Free what an :func:`unfinished` snapshot holds (e.g. a template database on the
     server, which must run), then its directory. A save the server recorded before its
-    command died is whole, not unfinished: then only the directory goes (the snapshot is
-    listed from the server), as for a database an older claude-db moved (listed unrecorded)."""
+    command died is whole, not unfinished: then the save is finished (its directory may
+    hold the only copy of table files); a database an older claude-db moved stays on the
+    server (listed unrecorded), only the directory goes."""
     endpoint = target.endpoint()
     held = target.engine.snapshot_catalog(endpoint)
     if held is not None and path.name.endswith(PARTIAL):
         match = _match(held, path)
-        if match is not None and (match["record"] is not None or (path / MOVED).exists()):
+        record = _checked(match["record"]) if match is not None else None
+        if record is not None:
+            _finish(path, path.parent / record["name"])
+            return
+        if match is not None and (path / MOVED).exists():
             shutil.rmtree(path)
             return
     target.engine.snapshot_delete(endpoint, target.tools(), path)
@@ -451,6 +456,19 @@ def discard_unfinished(target: Target, path: Path) -> None:
 
 
 # -- internals (the store's lock is held) ---------------------------------------------------
+
+
+def _finish(partial: Path, path: Path) -> None:
+    """Finish a save the server recorded: ``partial`` becomes ``path`` (a listing may have
+    made ``path`` already, with the server's files only: what it lacks moves into it)."""
+    if not path.exists():
+        os.rename(partial, path)
+        return
+    for item in partial.iterdir():
+        if not (path / item.name).exists():
+            os.rename(item, path / item.name)
+    shutil.rmtree(partial)
+
 
 
 def _sync(target: Target, store: SnapshotStore) -> None:
@@ -469,28 +487,32 @@ def _sync(target: Target, store: SnapshotStore) -> None:
     if noted is not None and (here is None or noted["at"] > here["at"]):  # noted elsewhere
         store.root.mkdir(parents=True, exist_ok=True)
         (store.root / UNSNAPSHOTTED).write_text(json.dumps(noted))
-    adopted = False
-    for snapshot in store.all():  # recorded only here (an older claude-db): record it there
+    adopted, stays = False, set()
+    for snapshot in store.all():
         match = _match(held, snapshot.path)
-        if snapshot.readable and match is not None and match["record"] is None:
+        if not snapshot.readable or (match is not None and match["record"] is not None):
+            continue
+        # known here only (an older claude-db, a server that lost its history): its data
+        # may be here only, so the server keeps it again; if it cannot, it stays here
+        try:
             engine.snapshot_keep(endpoint, snapshot.path)
             adopted = True
-        elif snapshot.readable and match is None:  # its data may be here only (MySQL dumps
-            with contextlib.suppress(Exception):  # of an older claude-db): kept there if so
-                engine.snapshot_keep(endpoint, snapshot.path)
-                adopted = True
+        except (ClaudeDbError, OSError) as exc:
+            stays.add(snapshot.name)
+            print(f"warning: snapshot {snapshot.name} is kept here only: {exc}", file=sys.stderr)
     if adopted:
         held = engine.snapshot_catalog(endpoint) or []
     kept = set()
     for entry in held:
         record = _checked(entry["record"]) or _unrecorded(engine, entry["key"])
-        if not NAME_PATTERN.fullmatch(record["name"]):  # the server's names become paths
+        if (not NAME_PATTERN.fullmatch(record["name"])  # the server's names become paths
+                or record["database"].lower() in engine.internal_databases):  # never ours
             continue
         kept.add(record["name"])
         _write_cached(store.root / record["name"], record, entry["files"])
     for snapshot in store.all():
-        if snapshot.name not in kept:  # deleted elsewhere, or the server is a new one
-            shutil.rmtree(snapshot.path, ignore_errors=True)
+        if snapshot.name not in kept | stays and engine.snapshot_deleted(endpoint, snapshot.path):
+            shutil.rmtree(snapshot.path, ignore_errors=True)  # deleted elsewhere
 
 
 def _checked(record: dict[str, Any] | None) -> dict[str, Any] | None:

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 from claude_db.app import App
 from claude_db.engine import Endpoint, Engine, Tools
-from claude_db.errors import NotRunningError
+from claude_db.errors import NotRunningError, UsageError
 from claude_db.readiness import listening as listening  # imported from here too
 from claude_db.runtime import Runtime
 from claude_db.runtimes.url import UrlRuntime
@@ -39,10 +39,18 @@ class Target:
         return isinstance(self.runtime, UrlRuntime)
 
     def endpoint(self, database: str | None = None) -> Endpoint:
+        self._refuse_internal(database)
         return self.runtime.endpoint(self.session, self.engine).with_database(database)
 
     def tools(self, database: str | None = None) -> Tools:
+        self._refuse_internal(database)
         return self.runtime.tools(self.session, self.engine, database)
+
+    def _refuse_internal(self, database: str | None) -> None:
+        """A database the engine keeps for itself (its snapshot history) is no command's."""
+        if database is not None and database.lower() in self.engine.internal_databases:
+            raise UsageError(f"database {database!r} is claude-db's own (it keeps the "
+                             "snapshots there): name another with --database")
 
     def require_running(self) -> None:
         status = self.runtime.status(self.session)

@@ -48,6 +48,7 @@ class MongoEngine(Engine):
     default_user = "root"
     container_data_dir = "/data/db"
     shell_name = "mongosh"
+    internal_databases = (history.DATABASE,)
     #: seconds to find the server before a command gives up (it is then "not running")
     connect_timeout = 5.0
 

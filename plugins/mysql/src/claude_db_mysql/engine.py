@@ -4,6 +4,7 @@ clients for dumps and imports (claude_db_mysql.dumps)."""
 from __future__ import annotations
 
 import contextlib
+import json
 import re
 from collections.abc import Iterable, Iterator
 from pathlib import Path
@@ -46,6 +47,7 @@ class MySQLEngine(Engine):
     default_user = "root"
     container_data_dir = "/var/lib/mysql"
     shell_name = "mysql"
+    internal_databases = (history.SCHEMA,)
 
     def native_env(self, endpoint: Endpoint) -> dict[str, str]:
         # mysql/mysqldump read MYSQL_HOST, MYSQL_TCP_PORT and MYSQL_PWD; they take the user
@@ -172,9 +174,12 @@ class MySQLEngine(Engine):
             return history.catalog(conn)
 
     def snapshot_keep(self, endpoint: Endpoint, directory: Path) -> None:
-        if history.kept_key(directory) is None:  # saved by an older claude-db: keep it there
-            with _maintenance(endpoint, "keeping the snapshot failed", database=None) as conn:
-                history.keep(conn, directory)
+        with _maintenance(endpoint, "keeping the snapshot failed", database=None) as conn:
+            history.keep(conn, directory)
+
+    def snapshot_deleted(self, endpoint: Endpoint, directory: Path) -> bool:
+        with _maintenance(endpoint, "reading the snapshots failed", database=None) as conn:
+            return history.deleted(conn, directory)
 
     def snapshot_note(self, endpoint: Endpoint, note: dict[str, str]) -> None:
         with _maintenance(endpoint, "keeping the note failed", database=None) as conn:
@@ -204,6 +209,14 @@ class MySQLEngine(Engine):
         if not tablespaces.saved(directory):
             super().snapshot_restore(endpoint, tools, directory)
             return
+        tables = json.loads((directory / tablespaces.RECORD).read_text())["tables"]
+        missing = [name for name in (tablespaces.SCHEMA, *(
+            f"{table}{suffix}" for table in tables for suffix in (".ibd", ".cfg")))
+            if not (directory / name).is_file()]
+        if missing:  # checked before the database is dropped: nothing changes
+            gone = ", ".join(missing[:3]) + (", ..." if len(missing) > 3 else "")
+            raise ClaudeDbError(f"the snapshot's table files are gone ({gone}): "
+                                "it cannot be restored, the database is unchanged")
         self.reset(endpoint)
         with _maintenance(endpoint, "restoring the snapshot failed") as conn:
             tablespaces.restore(conn, Clients(tools), directory)

@@ -53,6 +53,9 @@ DDL = (
     f"CREATE TABLE IF NOT EXISTS {SCHEMA}.notes (owner VARCHAR(255) NOT NULL, "
     "name VARCHAR(64) NOT NULL, value LONGTEXT NOT NULL, PRIMARY KEY (owner, name)) "
     "ENGINE=InnoDB",
+    # the ids of deleted snapshots: only these may go from other state directories (a
+    # history lost with its database is kept again from theirs, :func:`keep`)
+    f"CREATE TABLE IF NOT EXISTS {SCHEMA}.deleted (id CHAR(24) PRIMARY KEY) ENGINE=InnoDB",
 )
 #: who keeps a snapshot: the user part of 'user@host' (after the last '@')
 OWNER = ("LEFT(CURRENT_USER(), CHAR_LENGTH(CURRENT_USER()) "
@@ -92,19 +95,22 @@ def catalog(conn: Any) -> list[dict[str, Any]] | None:
 
 def keep(conn: Any, directory: Path) -> bool:
     """Keep the snapshot saved in ``directory`` with the server: its record and files, in
-    one transaction, then ``mysql.json``. False where the user may not (nothing changed)."""
+    one transaction, then ``mysql.json``. A directory that names its id already is kept
+    again under it if the server lost it (not deleted, and its data is here). False where
+    the user may not, or nothing is to keep (nothing changed)."""
     if not _create(conn):
         return False
+    key = kept_key(directory)
+    if key is not None and (_known(conn, key) or not _holds_data(directory)):
+        return False
+    key = key or secrets.token_hex(12)
     record = json.loads((directory / META).read_text())
     if any(path.suffix in LOCAL_SUFFIXES for path in directory.iterdir()):
         record["table_files"] = str(directory.parent / record["name"])  # after core's rename
-    key = secrets.token_hex(12)
     conn.begin()
     try:
         with conn.cursor() as cur:
-            for path in sorted(directory.iterdir()):
-                if path.name in (META, RECORD) or path.suffix in LOCAL_SUFFIXES:
-                    continue
+            for path in _data_files(directory):
                 with path.open("rb") as data:
                     for seq, chunk in enumerate(iter(lambda: data.read(CHUNK), b"")):
                         cur.execute(f"INSERT INTO {SCHEMA}.files VALUES (%s, %s, %s, %s)",
@@ -178,12 +184,55 @@ def delete(conn: Any, directory: Path) -> None:
     key = kept_key(directory)
     if key is None:
         return
+    _create(conn)  # the tombstones' table, on a history an older claude-db made
     conn.begin()
     with conn.cursor() as cur:  # the files only of the user's own snapshot
         if cur.execute(f"DELETE FROM {SCHEMA}.snapshots WHERE id = %s AND owner = {OWNER}",
                        (key,)):
             cur.execute(f"DELETE FROM {SCHEMA}.files WHERE id = %s", (key,))
+            cur.execute(f"INSERT IGNORE INTO {SCHEMA}.deleted VALUES (%s)", (key,))
     conn.commit()
+
+
+def deleted(conn: Any, directory: Path) -> bool:
+    """Whether the snapshot in ``directory`` (which the server does not list) may go from
+    it: the server says it was deleted, or the directory holds none of its data."""
+    key = kept_key(directory)
+    if not _holds_data(directory):
+        return True
+    if key is None:
+        return False
+    import pymysql
+
+    try:
+        with conn.cursor() as cur:
+            cur.execute(f"SELECT 1 FROM {SCHEMA}.deleted WHERE id = %s", (key,))
+            return cur.fetchone() is not None
+    except pymysql.MySQLError as exc:
+        if exc.args and exc.args[0] in MISSING:  # a history older than its tombstones
+            return False
+        raise
+
+
+def _known(conn: Any, key: str) -> bool:
+    """Whether the server keeps the snapshot ``key``, or says it was deleted."""
+    with conn.cursor() as cur:
+        cur.execute(f"SELECT 1 FROM {SCHEMA}.snapshots WHERE id = %s UNION ALL "
+                    f"SELECT 1 FROM {SCHEMA}.deleted WHERE id = %s", (key, key))
+        return cur.fetchone() is not None
+
+
+def _data_files(directory: Path) -> list[Path]:
+    """The files of the snapshot in ``directory`` that the server keeps."""
+    return [path for path in sorted(directory.iterdir())
+            if path.is_file() and not path.name.startswith(".")
+            and path.name not in (META, RECORD) and path.suffix not in LOCAL_SUFFIXES]
+
+
+def _holds_data(directory: Path) -> bool:
+    """Whether ``directory`` holds a snapshot's data, not only its record (a listing)."""
+    return any(path.is_file() and path.name not in (META, RECORD)
+               and not path.name.startswith(".") for path in directory.iterdir())
 
 
 def size(conn: Any, directory: Path) -> int:

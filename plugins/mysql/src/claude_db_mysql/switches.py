@@ -22,6 +22,7 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
 from claude_db.errors import ClaudeDbError
+from claude_db_mysql.history import SCHEMA as HISTORY_SCHEMA
 
 #: schemas of the server itself: never dumped, never dropped, never imported into
 SYSTEM_SCHEMAS = ("mysql", "information_schema", "performance_schema", "sys")
@@ -103,6 +104,9 @@ class SwitchGuard:
         if match is None:
             return None
         name = database_name(match.group(1))
+        if name.lower() == HISTORY_SCHEMA:  # claude-db's own: refused like a system schema
+            return Refusal(f"writes to {name!r}, where claude-db keeps the snapshots: imports "
+                           "take user databases only", system=True)
         if name.lower() in SYSTEM_SCHEMAS:
             return Refusal(
                 f"writes to {name!r}, a system schema of the server (accounts, grants, its "
