@@ -210,7 +210,8 @@ def test_native_variables_let_the_client_connect(cli: Cli, local_session: dict[s
 
 def test_local_server_accepts_the_password_only(cli: Cli, local_session: dict[str, str]) -> None:
     record = json.loads(cli("claude-session", "list", "--json").stdout)
-    assert [s["name"] for s in record] == ["my-local"]
+    # (the state directory is the worker's: other tests' sessions may be listed too)
+    assert [s["engine"] for s in record if s["name"] == "my-local"] == ["mysql"]
     accounts = fetch(local_session, "SELECT User, Host FROM mysql.user WHERE User <> 'mariadb.sys'")
     assert sorted(accounts) == [("root", "%"), ("root", "localhost")]
     host, port = local_session["MYSQL_HOST"], int(local_session["MYSQL_TCP_PORT"])

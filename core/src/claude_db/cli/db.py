@@ -13,9 +13,6 @@ from typing import Any
 from urllib.parse import quote
 
 import typer
-from rich.console import Console
-from rich.table import Table
-from rich.text import Text
 
 from claude_db import snapshots
 from claude_db.app import get_app
@@ -368,6 +365,12 @@ def _print_table(result: QueryResult) -> None:
 
 
 def _print_rich_table(columns: list[str], cells: list[list[str]], header: bool) -> None:
+    # imported here, not at the top: only a terminal's table needs rich, and its import
+    # would cost every scripted query (tests/test_bench.py checks the query path skips it)
+    from rich.console import Console
+    from rich.table import Table
+    from rich.text import Text
+
     # Text, not str: rich would read "[1, 2]" or "[/x]" in a value as markup
     table = Table(show_lines=False, show_header=header)
     for column in columns:

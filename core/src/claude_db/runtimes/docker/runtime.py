@@ -212,11 +212,12 @@ class DockerRuntime(Runtime):
             return  # nothing was made
         docker = self._client()
         self._inspected.clear()
-        has_data = self._volume(docker, session) is not None
-        if keep_data and has_data:
+        # the data volume is asked for only when it is to be kept: a volume of another owner
+        # that took its name never stops a delete (it is left alone below, by its labels)
+        if keep_data and self._volume(docker, session) is not None:
             self.stop(session, engine)  # a clean shutdown: the kept data must be consistent
             self._keep_volume(docker, session, engine)
-        elif has_data and state.get("kept_volume"):
+        elif state.get("kept_volume") and self._own_volume_left(docker, session):
             # a `delete --keep-data` cut short while it copied: its copy may be half
             self._discard_kept_copy(docker, session)
             for key in ("kept_volume", "kept_data"):
@@ -444,6 +445,14 @@ class DockerRuntime(Runtime):
 
     def _volume(self, docker: DockerClient, session: Session) -> dict[str, Any] | None:
         return self._find(docker, session, "volume", session.runtime_state["volume"])
+
+    def _own_volume_left(self, docker: DockerClient, session: Session) -> bool:
+        """Whether the session's own data volume is still there (a volume of another owner
+        that took its name is not)."""
+        try:
+            return self._volume(docker, session) is not None
+        except NotOursError:
+            return False
 
     def _remove_container(self, docker: DockerClient, attrs: dict[str, Any]) -> None:
         with slow(docker), docker_errors(f"removing container {attrs['Name'].lstrip('/')!r}"):
