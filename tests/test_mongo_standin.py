@@ -388,6 +388,43 @@ def test_one_snapshot_history_for_every_state_directory(
         client.drop_database(history.DATABASE)
 
 
+def test_a_history_lost_on_the_server_is_kept_again_from_the_state_directory(
+    cli: Cli, standin: StandIn, db: Any, tmp_path: Path
+) -> None:
+    """The history database dropped (by hand, an agent, a new volume): the snapshots a
+    state directory holds are kept again from it, never deleted; one deleted elsewhere
+    before stays deleted."""
+    with standin.client() as client:
+        client.drop_database(history.DATABASE)
+    db.items.insert_many([{"n": n} for n in range(50)])
+
+    def where(name: str) -> dict[str, Any]:
+        return {"env": standin.env(CLAUDE_DB_STATE_DIR=str(tmp_path / name))}
+
+    def names(**kwargs: Any) -> list[str]:
+        shown = cli("claude-db", "snapshot", "list", "--json", **kwargs)
+        assert shown.code == 0, shown
+        return [s["name"] for s in json.loads(shown.stdout)]
+
+    host, other = where("host"), where("other")
+    try:
+        for name in ("old", "gone"):
+            assert cli("claude-db", "snapshot", "save", name, **host).code == 0
+        assert names(**other) == ["old", "gone"]
+        assert cli("claude-db", "snapshot", "delete", "gone", **other).code == 0
+        assert names(**host) == ["old"]
+        with standin.client() as client:
+            client.drop_database(history.DATABASE)
+        assert names(**host) == ["old"]  # before: [] (its directory was removed)
+        assert names(**where("fresh")) == ["old"]
+        db.items.delete_many({})
+        assert cli("claude-db", "snapshot", "restore", "old", "--yes", **where("fresh")).code == 0
+        assert db.items.count_documents({}) == 50
+    finally:
+        with standin.client() as client:
+            client.drop_database(history.DATABASE)
+
+
 def test_export_import_through_pipes(cli: Cli, standin: StandIn, db: Any) -> None:
     db.items.insert_many([{"_id": n, "label": f"item {n}"} for n in range(100)])
     env = standin.env()

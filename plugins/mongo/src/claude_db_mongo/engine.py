@@ -189,9 +189,13 @@ class MongoEngine(Engine):
             return history.sweep(client, endpoint.user)
 
     def snapshot_keep(self, endpoint: Endpoint, directory: Path) -> None:
-        if history.kept_key(directory) is None:  # saved by an older claude-db: keep it there
-            with client_for("keeping the snapshot", endpoint, self.connect_timeout) as client:
-                history.keep(client, directory, endpoint.user)
+        # saved by an older claude-db, or lost by the server: kept there (again)
+        with client_for("keeping the snapshot", endpoint, self.connect_timeout) as client:
+            history.keep(client, directory, endpoint.user)
+
+    def snapshot_deleted(self, endpoint: Endpoint, directory: Path) -> bool:
+        with client_for("reading the snapshots", endpoint, self.connect_timeout) as client:
+            return history.deleted(client, directory)
 
     def snapshot_restore(self, endpoint: Endpoint, tools: Tools, directory: Path) -> None:
         with client_for("reading the snapshot", endpoint, self.connect_timeout) as client:

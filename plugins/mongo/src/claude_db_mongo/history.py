@@ -75,11 +75,20 @@ def allowed(client: MongoClient[Any]) -> bool:
 
 def keep(client: MongoClient[Any], directory: Path, owner: str) -> None:
     """Keep the snapshot saved in ``directory`` with the server: its files, then its record,
-    then ``mongo.json``. Nothing where the user may not."""
+    then ``mongo.json``. A directory that names its id already is kept again under it if
+    the server lost it (neither kept nor deleted, and its data is here). Nothing where the
+    user may not."""
     if not allowed(client):
         return
-    key = secrets.token_hex(12)
     db = client[DATABASE]
+    key = kept_key(directory)
+    if key is not None:
+        known = (db.snapshots.find_one({"_id": key}, {"_id": 1}) is not None
+                 or db.deleted.find_one({"_id": key}, {"_id": 1}) is not None)
+        if known or not _holds_data(directory):
+            return
+        db.files.delete_many({"snapshot": key, "owner": owner})  # a killed keep's chunks
+    key = key or secrets.token_hex(12)
     started = datetime.now(UTC)
     for path in sorted(directory.iterdir()):
         if path.name in (META, RECORD) or not path.is_file():
@@ -127,9 +136,32 @@ def valid_names(names: list[Any]) -> list[str]:
 
 def delete(client: MongoClient[Any], directory: Path, owner: str) -> None:
     key = kept_key(directory)
-    if key is not None:  # the record first: never listed without its files
-        client[DATABASE].snapshots.delete_one({"_id": key, "owner": owner})
-        client[DATABASE].files.delete_many({"snapshot": key, "owner": owner})
+    if key is None:
+        return
+    db = client[DATABASE]
+    # the tombstone first: only a snapshot the server says was deleted goes from other
+    # state directories (a history lost with its database is kept again from theirs)
+    if db.deleted.find_one({"_id": key}, {"_id": 1}) is None:
+        db.deleted.insert_one({"_id": key, "owner": owner})
+    # then the record: never listed without its files
+    if db.snapshots.delete_one({"_id": key, "owner": owner}).deleted_count:
+        db.files.delete_many({"snapshot": key, "owner": owner})
+
+
+def deleted(client: MongoClient[Any], directory: Path) -> bool:
+    """Whether the snapshot in ``directory`` (which the server does not list) may go from
+    it: the server says it was deleted, or the directory holds none of its data."""
+    key = kept_key(directory)
+    if not _holds_data(directory):
+        return True
+    if key is None or not allowed(client):
+        return False
+    return client[DATABASE].deleted.find_one({"_id": key}, {"_id": 1}) is not None
+
+
+def _holds_data(directory: Path) -> bool:
+    return any(path.is_file() and not path.name.startswith(".")
+               and path.name not in (META, RECORD) for path in directory.iterdir())
 
 
 def size(client: MongoClient[Any], directory: Path, owner: str) -> int:
