@@ -235,7 +235,9 @@ def test_every_start_sweeps_cheaply(cli: Cli, state: Path, workdir: Path) -> Non
     name, _, port = killed_start(state, "gc-crashed", workdir)
     started = cli("claude-session", "start", "gc-next")
     assert started.code == 0, started
-    assert "removed 2 leftovers" in started.stderr  # the stray server and the session
+    # the session by name, the stray server counted
+    assert "removed session gc-crashed: its start never finished" in started.stderr, started
+    assert "removed 1 leftover of gone sessions" in started.stderr, started
     assert session_leader_servers(state, name) == []
     assert not listening(port, state)
     assert not (state / "sessions" / name).exists()

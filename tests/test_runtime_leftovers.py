@@ -86,7 +86,7 @@ def test_gc_asks_each_runtime_and_takes_only_gone_sessions_parts(
             # the start's own sweep asked the runtime it uses: the gone session's part went
             assert sorted(p.name for p in ledger.iterdir()) == ["lg-busy"]
             (ledger / "lg-live").touch()  # what the runtime holds for the live session
-            assert any("removed 1 leftovers" in note for note in notes), notes
+            assert any("removed 1 leftover of gone sessions" in note for note in notes), notes
             LedgerRuntime.asked.clear()
             assert collect_garbage(claude_app, cheap=True) == []
             assert LedgerRuntime.asked == [state]  # a live session uses it now
