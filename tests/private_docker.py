@@ -96,8 +96,10 @@ def _up(directory: Path) -> PrivateEngine:
 
 
 def _down(engine: PrivateEngine) -> None:
-    subprocess.run(["bash", str(SCRIPT), "down", str(engine.directory)], check=True,
-                   capture_output=True, timeout=300)
+    stopped = subprocess.run(["bash", str(SCRIPT), "down", str(engine.directory)],
+                             capture_output=True, text=True, timeout=300)
+    if stopped.returncode != 0:
+        pytest.fail(f"could not stop the private dockerd: {stopped.stderr.strip()[-2000:]}")
 
 
 @pytest.fixture(scope="session")

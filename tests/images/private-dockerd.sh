@@ -171,11 +171,19 @@ down() {
         ip netns del "$ns"  # takes the namespace's end of the veth (and so the pair) with it
     fi
     if ip link show "$veth_here" >/dev/null 2>&1; then ip link del "$veth_here"; fi
-    # what dockerd mounted under its roots is gone with it; anything left is not ours to force
+    # what dockerd mounted under its roots goes with it, and with its containerd, which may
+    # still be unmounting for a moment after dockerd exits; anything left then is not ours
+    # to force
+    local i
+    for ((i = 0; i < TIMEOUT * 5; i++)); do
+        grep -qF -e " $dir/" -e " $exec_root" /proc/mounts || break
+        sleep 0.2
+    done
     if ! grep -qF -e " $dir/" -e " $exec_root" /proc/mounts; then
         rm -rf "$exec_root" "$dir"
     else
-        die "mounts under $dir or $exec_root remain; left in place"
+        die "mounts under $dir or $exec_root remain; left in place:" \
+            "$(grep -F -e " $dir/" -e " $exec_root" /proc/mounts | cut -d' ' -f2 | head -5)"
     fi
 }
 
