@@ -30,6 +30,8 @@ from claude_db_mysql.dumps import SANDBOX_LINE, without_sandbox_line
 
 DOCKER_IMAGE = "claude-db-test/mariadb:10.11"
 RUNTIMES = ["local", pytest.param("docker", marks=pytest.mark.docker)]
+#: the name of the local session (``local_session``, ``session`` on the local runtime)
+LOCAL = "my-local"
 
 BIG_ROWS = 50_000
 MAKE_BIG = f"""
@@ -98,7 +100,7 @@ def runtime(request: pytest.FixtureRequest) -> str:
 def session(cli: Cli, workdir: Path, runtime: str) -> Iterator[dict[str, str]]:
     """A mysql session in ``workdir`` on ``runtime``; its .env as a dict."""
     # Docker names are global: tests running at once on other workers need their own
-    name = "my-local" if runtime == "local" else f"my-{runtime}-{uuid.uuid4().hex[:6]}"
+    name = LOCAL if runtime == "local" else f"my-{runtime}-{uuid.uuid4().hex[:6]}"
     result = cli("claude-session", "start", name, "--db", "mysql", "--runtime", runtime,
                  env={"CLAUDE_DB_IMAGE": DOCKER_IMAGE})
     assert result.code == 0, result
@@ -111,12 +113,12 @@ def session(cli: Cli, workdir: Path, runtime: str) -> Iterator[dict[str, str]]:
 
 @pytest.fixture
 def local_session(cli: Cli, workdir: Path) -> Iterator[dict[str, str]]:
-    result = cli("claude-session", "start", "my-local", "--db", "mysql", "--runtime", "local")
+    result = cli("claude-session", "start", LOCAL, "--db", "mysql", "--runtime", "local")
     assert result.code == 0, result
     try:
         yield read_env(workdir)
     finally:
-        cli("claude-session", "delete", "my-local", "--yes")
+        cli("claude-session", "delete", LOCAL, "--yes")
 
 
 # -- the commands ---------------------------------------------------------------------------
@@ -211,7 +213,7 @@ def test_native_variables_let_the_client_connect(cli: Cli, local_session: dict[s
 def test_local_server_accepts_the_password_only(cli: Cli, local_session: dict[str, str]) -> None:
     record = json.loads(cli("claude-session", "list", "--json").stdout)
     # (the state directory is the worker's: other tests' sessions may be listed too)
-    assert [s["engine"] for s in record if s["name"] == "my-local"] == ["mysql"]
+    assert [s["engine"] for s in record if s["name"] == LOCAL] == ["mysql"]
     accounts = fetch(local_session, "SELECT User, Host FROM mysql.user WHERE User <> 'mariadb.sys'")
     assert sorted(accounts) == [("root", "%"), ("root", "localhost")]
     host, port = local_session["MYSQL_HOST"], int(local_session["MYSQL_TCP_PORT"])
@@ -221,7 +223,7 @@ def test_local_server_accepts_the_password_only(cli: Cli, local_session: dict[st
             pymysql.connect(host=host, port=port, user="root", password=password)
         assert denied.value.args[0] == 1045
     # the socket too: its password was set with the TCP account's
-    state = Path(os.environ["CLAUDE_DB_STATE_DIR"]) / "sessions" / "my-local" / "session.json"
+    state = Path(os.environ["CLAUDE_DB_STATE_DIR"]) / "sessions" / LOCAL / "session.json"
     socket_dir = json.loads(state.read_text())["runtime_state"]["socket_dir"]
     sock = str(Path(socket_dir) / "mysqld.sock")
     with pytest.raises(pymysql.err.OperationalError) as denied:
@@ -375,7 +377,7 @@ def test_import_applies_nothing_when_a_statement_fails(
 def test_interrupted_import_is_rolled_back(cli: Cli, local_session: dict[str, str]) -> None:
     """Ctrl-C in the middle of an import: the client is stopped and the database put back."""
     proc = subprocess.Popen(
-        [str(BIN / "claude-db"), "import", "--session", "my-local", "-"],
+        [str(BIN / "claude-db"), "import", "--session", LOCAL, "-"],
         stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
     )
     assert proc.stdin is not None
@@ -408,7 +410,7 @@ def test_bad_input(cli: Cli, local_session: dict[str, str], tmp_path: Path) -> N
     assert "Unknown database 'nowhere'" in unknown_db.stderr
     assert tables(local_session) == []
 
-    stopped = cli("claude-session", "stop", "my-local")
+    stopped = cli("claude-session", "stop", LOCAL)
     assert stopped.code == 0, stopped
     for argv in (("status",), ("query", "SELECT 1"), ("export", "-"), ("reset", "--yes"),
                  ("import", "-"), ("mysql", "-e", "SELECT 1"), ("shell",)):

@@ -18,17 +18,16 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import uuid
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+import test_mysql
 from claude_db.envfile import read_env
 from claude_db.errors import ExitCode
 from claude_db.testing import Cli, assert_one_line_error
 from claude_db_mysql.switches import ImportRefusedError, SwitchGuard
-from test_mysql import DOCKER_IMAGE, RUNTIMES, connect, databases, fetch, tables
+from test_mysql import DOCKER_IMAGE, LOCAL, connect, databases, fetch, tables
 
 COMMENTED = """
 DELIMITER //
@@ -59,34 +58,8 @@ VERSIONED = (
 )
 ALL_VERSIONS = "SELECT amount FROM prices FOR SYSTEM_TIME ALL ORDER BY amount"
 
-
-@pytest.fixture(params=RUNTIMES)
-def runtime(request: pytest.FixtureRequest) -> str:
-    return str(request.param)
-
-
-@pytest.fixture
-def session(cli: Cli, workdir: Path, runtime: str) -> Iterator[dict[str, str]]:
-    # Docker names are global: tests running at once on other workers need their own
-    name = "fid-local" if runtime == "local" else f"fid-{runtime}-{uuid.uuid4().hex[:6]}"
-    started = cli("claude-session", "start", name, "--db", "mysql", "--runtime", runtime,
-                  env={"CLAUDE_DB_IMAGE": DOCKER_IMAGE})
-    assert started.code == 0, started
-    try:
-        yield read_env(workdir)
-    finally:
-        deleted = cli("claude-session", "delete", name, "--yes")
-        assert deleted.code == 0, deleted
-
-
-@pytest.fixture
-def local_session(cli: Cli, workdir: Path) -> Iterator[dict[str, str]]:
-    started = cli("claude-session", "start", "fid-local", "--db", "mysql", "--runtime", "local")
-    assert started.code == 0, started
-    try:
-        yield read_env(workdir)
-    finally:
-        cli("claude-session", "delete", "fid-local", "--yes")
+#: test_mysql's fixtures: the runtimes, a session on each, a local session
+runtime, session, local_session = test_mysql.runtime, test_mysql.session, test_mysql.local_session
 
 
 def dump_with_client(env: dict[str, str], *args: str) -> bytes:
@@ -140,8 +113,8 @@ def test_a_dump_of_all_databases_is_refused(
     assert databases(local_session) == [
         "appdb", "information_schema", "mysql", "performance_schema", "sys"]
 
-    assert cli("claude-session", "stop", "fid-local").code == 0
-    attached = cli("claude-session", "attach", "fid-local", "--no-shell")
+    assert cli("claude-session", "stop", LOCAL).code == 0
+    attached = cli("claude-session", "attach", LOCAL, "--no-shell")
     assert attached.code == 0, attached
     assert tables(local_session) == ["mine"]
 
@@ -159,8 +132,8 @@ def test_the_session_account_is_made_again_at_start(
     assert_one_line_error(locked_out, ExitCode.FAILED)
     assert "Access denied" in locked_out.stderr, locked_out
 
-    assert cli("claude-session", "stop", "fid-local").code == 0
-    attached = cli("claude-session", "attach", "fid-local", "--no-shell")
+    assert cli("claude-session", "stop", LOCAL).code == 0
+    attached = cli("claude-session", "attach", LOCAL, "--no-shell")
     assert attached.code == 0, attached
     grants = fetch(local_session, "SHOW GRANTS")
     assert "GRANT ALL PRIVILEGES ON *.* TO `root`@`%`" in grants[0][0], grants
@@ -351,7 +324,7 @@ BULK_SUM = "SELECT COUNT(*), SUM(CRC32(payload)), MAX(id) FROM bulk"
 
 
 def snapshot_files(name: str) -> list[str]:
-    root = Path(os.environ["CLAUDE_DB_STATE_DIR"]) / "sessions" / "fid-local" / "snapshots"
+    root = Path(os.environ["CLAUDE_DB_STATE_DIR"]) / "sessions" / LOCAL / "snapshots"
     return sorted(path.name for path in (root / name).iterdir())
 
 

@@ -62,6 +62,15 @@ def listed(cli: Cli, **kwargs: Any) -> list[dict[str, Any]]:
     return found
 
 
+def restores(cli: Cli, session: str, name: str, before: Any, **where: Any) -> None:
+    """The rows deleted, snapshot ``name`` restored (from ``where``: ``cli`` keywords)
+    brings them back as ``before``."""
+    assert cli("claude-db", "query", "DELETE FROM t").code == 0
+    restored = cli("claude-db", "snapshot", "restore", name, **where)
+    assert restored.code == 0, restored
+    assert rows(cli, session) == before
+
+
 def container(cli: Cli, workdir: Path, session: str, where: Path) -> dict[str, Any]:
     """``cli`` keywords that run a command as in the session's container: its URL and name,
     a state directory no one else sees."""
@@ -92,10 +101,7 @@ def test_one_history_for_the_host_and_a_recreated_container(
     assert rows(cli, session) == before
     assert [s["reason"] for s in listed(cli, cwd=workdir)] == ["", "reset", "undo"]
     # the host restores what the container saved, and deletes it for both
-    assert cli("claude-db", "query", "DELETE FROM t").code == 0
-    restored = cli("claude-db", "snapshot", "restore", "s1")
-    assert restored.code == 0, restored
-    assert rows(cli, session) == before
+    restores(cli, session, "s1", before)
     assert cli("claude-db", "snapshot", "delete", "s1").code == 0
     assert "s1" not in [s["name"] for s in listed(cli, **again)]
 
@@ -138,10 +144,7 @@ def test_a_dump_an_older_claude_db_kept_here_is_kept_with_the_server(
     assert [s["name"] for s in listed(cli, cwd=workdir)] == ["old"]
     inside = container(cli, workdir, session, tmp_path / "container")
     assert [s["name"] for s in listed(cli, **inside)] == ["old"]
-    assert cli("claude-db", "query", "DELETE FROM t").code == 0
-    restored = cli("claude-db", "snapshot", "restore", "old", **inside)
-    assert restored.code == 0, restored
-    assert rows(cli, session) == before
+    restores(cli, session, "old", before, **inside)
 
 
 @pytest.mark.docker
@@ -262,10 +265,7 @@ def test_a_history_lost_on_the_server_is_kept_again_from_the_state_directory(
     assert [s["name"] for s in listed(cli, cwd=workdir)] == ["old"]
     again = container(cli, workdir, session, tmp_path / "re-created")
     assert [s["name"] for s in listed(cli, **again)] == ["old"]
-    assert cli("claude-db", "query", "DELETE FROM t").code == 0
-    restored = cli("claude-db", "snapshot", "restore", "old", **again)
-    assert restored.code == 0, restored
-    assert rows(cli, session) == before
+    restores(cli, session, "old", before, **again)
 
 
 def test_the_history_database_is_no_commands(

@@ -41,6 +41,15 @@ def _held(remote_engine: PrivateEngine, label: str) -> list[str]:
     return found
 
 
+def _delete_leaves_nothing(
+    cli: Cli, remote_engine: PrivateEngine, name: str, env: dict[str, str]
+) -> None:
+    """``delete`` the session: nothing of it is left on the remote engine."""
+    deleted = cli("claude-session", "delete", name, "--yes", env=env)
+    assert deleted.code == 0, deleted
+    assert _held(remote_engine, f"claude-db.session={name}") == []
+
+
 def _published(remote_engine: PrivateEngine, name: str) -> list[object]:
     """Every host port the remote engine binds for the session's containers."""
     bound: list[object] = []
@@ -95,9 +104,7 @@ def test_every_command_works_on_a_remote_engine_without_publishing(
         listed = json.loads(cli("claude-session", "list", "--json", env=env).stdout)
         assert [s["status"] for s in listed if s["name"] == name] == ["running"]
         assert _published(remote_engine, name) == []
-        deleted = cli("claude-session", "delete", name, "--yes", env=env)
-        assert deleted.code == 0, deleted
-        assert _held(remote_engine, f"claude-db.session={name}") == []
+        _delete_leaves_nothing(cli, remote_engine, name, env)
     finally:
         cli("claude-session", "delete", name, "--yes", env=env)
 
@@ -163,9 +170,7 @@ def test_the_current_docker_context_is_honoured(
         assert missing.code == 7, missing
         assert "the docker context 'no-such'" in missing.stderr, missing
 
-        deleted = cli("claude-session", "delete", name, "--yes", env=env)
-        assert deleted.code == 0, deleted
-        assert _held(remote_engine, f"claude-db.session={name}") == []
+        _delete_leaves_nothing(cli, remote_engine, name, env)
     finally:
         cli("claude-session", "delete", name, "--yes", env=env)
 

@@ -191,6 +191,17 @@ def _batch(target: Target, lock: contextlib.AbstractContextManager[None]) -> Ite
         yield
 
 
+@contextlib.contextmanager
+def _synced(app: App, target: Target) -> Iterator[SnapshotStore]:
+    """The target's snapshot store, locked and in step with the server, which must run: what
+    every command that changes or compares snapshots starts with."""
+    target.require_running()
+    store = store_for(app, target)
+    with store.lock():
+        _sync(target, store)
+        yield store
+
+
 # -- commands ------------------------------------------------------------------------------
 
 
@@ -198,10 +209,7 @@ def save(app: App, target: Target, name: str | None, database: str | None) -> Sn
     """``claude-db snapshot save [NAME]``: a copy; other clients go on undisturbed."""
     if name is not None:
         validate_snapshot_name(name)
-    target.require_running()
-    store = store_for(app, target)
-    with store.lock():
-        _sync(target, store)
+    with _synced(app, target) as store:
         return _save(target, store, name, database, reason="")
 
 
@@ -218,19 +226,13 @@ def list_snapshots(app: App, target: Target) -> list[Snapshot]:
 def restore(app: App, target: Target, name: str) -> tuple[Snapshot, Snapshot | None]:
     """``claude-db snapshot restore NAME``: returns the snapshot and the safety snapshot taken."""
     validate_snapshot_name(name)
-    target.require_running()
-    store = store_for(app, target)
-    with store.lock():
-        _sync(target, store)
+    with _synced(app, target) as store:
         return _restore(app, target, store, store.get(name), reason=RESTORE)
 
 
 def undo(app: App, target: Target) -> tuple[Snapshot, Snapshot | None]:
     """``claude-db undo``: restore the snapshot taken before the last destructive command."""
-    target.require_running()
-    store = store_for(app, target)
-    with store.lock():
-        _sync(target, store)
+    with _synced(app, target) as store:
         return _restore(app, target, store, _undo_candidate(store), reason=UNDO)
 
 
@@ -279,10 +281,7 @@ def take_checkpoint(app: App, target: Target, label: str, hook: bool = False
     disturbing any client; then retention. Returns it and what retention has to say."""
     if any(not c.isprintable() for c in label) or len(label) > LABEL_MAX:
         raise UsageError(f"invalid label: at most {LABEL_MAX} printable characters")
-    target.require_running()
-    store = store_for(app, target)
-    with store.lock():
-        _sync(target, store)
+    with _synced(app, target) as store:
         stamp = datetime.now(UTC).strftime("%Y%m%d-%H%M%S")
         snapshot = _save(target, store, store.free_name(f"cp-{stamp}"), None,
                          HOOK if hook else CHECKPOINT, label=label)
@@ -304,10 +303,7 @@ def diff(app: App, target: Target, name: str | None) -> tuple[Snapshot, dict[str
     (default: the latest checkpoint), and every table's rows then and now."""
     if name is not None:
         validate_snapshot_name(name)
-    target.require_running()
-    store = store_for(app, target)
-    with store.lock():
-        _sync(target, store)
+    with _synced(app, target) as store:
         if name is not None:
             snapshot = store.get(name)
         else:
@@ -363,10 +359,7 @@ def made_by(snapshot: Snapshot) -> str:
 
 def delete(app: App, target: Target, name: str) -> Snapshot:
     validate_snapshot_name(name)
-    target.require_running()
-    store = store_for(app, target)
-    with store.lock():
-        _sync(target, store)
+    with _synced(app, target) as store:
         snapshot = store.get(name)
         _delete(target, snapshot)
         return snapshot

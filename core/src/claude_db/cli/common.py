@@ -160,8 +160,16 @@ def _coerce_plain_values_first() -> None:
     core.build_runtime_param = plain_values_first  # type: ignore[attr-defined]
 
 
-def add_version_option(app: typer.Typer, prog: str) -> None:
-    """``--version``: this program's version (core's distribution) and the Python it runs on."""
+def program_app(prog: str, help: str) -> typer.Typer:
+    """The app of the program ``prog`` (``claude-db``, ``claude-session``): its help without
+    arguments and on ``-h``, and ``--version``: this program's version (core's distribution)
+    and the Python it runs on."""
+    app = typer.Typer(
+        help=help,
+        no_args_is_help=True,
+        add_completion=False,
+        context_settings={"help_option_names": ["-h", "--help"]},
+    )
 
     def show(value: bool) -> None:
         if value:
@@ -177,6 +185,8 @@ def add_version_option(app: typer.Typer, prog: str) -> None:
         ),
     ) -> None:
         pass
+
+    return app
 
 
 def fail(message: str, code: int) -> NoReturn:

@@ -20,10 +20,10 @@ from claude_db.cli.common import (
     DatabaseOption,
     JsonOption,
     SessionOption,
-    add_version_option,
     confirm,
     note,
     print_json,
+    program_app,
     resolve_target,
     run,
 )
@@ -56,13 +56,7 @@ CLAUDE_DB_ALLOW_URL_DESTRUCTIVE=true.
 
 
 def create_app() -> typer.Typer:
-    app = typer.Typer(
-        help=HELP,
-        no_args_is_help=True,
-        add_completion=False,
-        context_settings={"help_option_names": ["-h", "--help"]},
-    )
-    add_version_option(app, "claude-db")
+    app = program_app("claude-db", HELP)
     app.command()(status)
     app.command()(info)
     app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})(shell)

@@ -12,10 +12,10 @@ from claude_db import hooks
 from claude_db.app import App, get_app
 from claude_db.cli.common import (
     JsonOption,
-    add_version_option,
     confirm,
     note,
     print_json,
+    program_app,
     run,
 )
 from claude_db.database import locate
@@ -49,13 +49,7 @@ HELP = """Start, list, attach, stop and delete sessions, each with its own datab
 
 
 def create_app() -> typer.Typer:
-    app = typer.Typer(
-        help=HELP,
-        no_args_is_help=True,
-        add_completion=False,
-        context_settings={"help_option_names": ["-h", "--help"]},
-    )
-    add_version_option(app, "claude-session")
+    app = program_app("claude-session", HELP)
     for command in (start, fork, list_, env, attach, stop, delete, gc):
         name = command.__name__.rstrip("_")
         app.command(name)(command)

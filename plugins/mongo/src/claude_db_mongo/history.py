@@ -18,14 +18,13 @@ of whoever took them, as MySQL's does.
 from __future__ import annotations
 
 import json
-import os
-import re
 import secrets
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from claude_db.errors import ClaudeDbError
+from claude_db.kept_snapshots import KeptSnapshots, chunks, write_fetched
 from claude_db.snapshots import META
 
 if TYPE_CHECKING:
@@ -33,15 +32,12 @@ if TYPE_CHECKING:
 
 DATABASE = "claude_db_snapshots"
 RECORD = "mongo.json"  # in the snapshot's directory: {"key": <its id on the server>}
-CHUNK = 1 << 20
+KEPT = KeptSnapshots(RECORD)
 #: chunks without a record older than this are a killed save's: swept
 ORPHAN_AGE = timedelta(days=1)
 UNSNAPSHOTTED = "unsnapshotted"
 #: the server's code for a user without the rights an operation needs
 UNAUTHORIZED = 13
-#: a file name the server may give: one plain name, never a path (anyone with rights on the
-#: server may plant a chunk; a name like "../../x" would write outside the snapshot)
-FILE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,200}")
 
 
 def catalog(client: MongoClient[Any], owner: str) -> list[dict[str, Any]] | None:
@@ -56,7 +52,7 @@ def catalog(client: MongoClient[Any], owner: str) -> list[dict[str, Any]] | None
         except (KeyError, TypeError, ValueError):
             record = None  # listed as unrecorded, to delete
         found.append({"record": record, "key": f"mongo-{document['_id']}",
-                      "files": _files(str(document["_id"]))})
+                      "files": KEPT.files(str(document["_id"]))})
     return found
 
 
@@ -81,11 +77,11 @@ def keep(client: MongoClient[Any], directory: Path, owner: str) -> None:
     if not allowed(client):
         return
     db = client[DATABASE]
-    key = kept_key(directory)
+    key = KEPT.key(directory)
     if key is not None:
         known = (db.snapshots.find_one({"_id": key}, {"_id": 1}) is not None
                  or db.deleted.find_one({"_id": key}, {"_id": 1}) is not None)
-        if known or not _holds_data(directory):
+        if known or not KEPT.holds_data(directory):
             return
         db.files.delete_many({"snapshot": key, "owner": owner})  # a killed keep's chunks
     key = key or secrets.token_hex(12)
@@ -93,49 +89,32 @@ def keep(client: MongoClient[Any], directory: Path, owner: str) -> None:
     for path in sorted(directory.iterdir()):
         if path.name in (META, RECORD) or not path.is_file():
             continue
-        with path.open("rb") as data:
-            for seq, chunk in enumerate(iter(lambda: data.read(CHUNK), b"")):
-                db.files.insert_one({"snapshot": key, "owner": owner, "name": path.name,
-                                     "seq": seq, "data": chunk, "started": started})
+        for seq, chunk in enumerate(chunks(path)):
+            db.files.insert_one({"snapshot": key, "owner": owner, "name": path.name,
+                                 "seq": seq, "data": chunk, "started": started})
     record = json.loads((directory / META).read_text())
     db.snapshots.insert_one({"_id": key, "owner": owner, "record": json.dumps(record)})
-    for name, text in _files(key).items():
+    for name, text in KEPT.files(key).items():
         (directory / name).write_text(text)
 
 
 def fetch(client: MongoClient[Any], directory: Path, owner: str) -> None:
     """Bring the snapshot's files from the server into ``directory`` (a state directory
     that did not save it)."""
-    key = kept_key(directory)
+    key = KEPT.key(directory)
     if key is None:
         return  # kept in this directory only
     db = client[DATABASE]
     if db.snapshots.find_one({"_id": key, "owner": owner}) is None:
         raise ClaudeDbError("the snapshot is gone from the server")
-    for name in valid_names(db.files.distinct("name", {"snapshot": key})):
-        if (directory / name).exists():
-            continue
-        partial = directory / f".{name}.fetching"
-        partial.unlink(missing_ok=True)  # a fetch killed before
-        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW
-        with os.fdopen(os.open(partial, flags, 0o600), "wb") as out:
-            for chunk in db.files.find({"snapshot": key, "name": name}).sort("seq", 1):
-                out.write(chunk["data"])
-        partial.rename(directory / name)
-
-
-def valid_names(names: list[Any]) -> list[str]:
-    """The file names the server gives, if every one is a plain name this module wrote."""
-    bad = [name for name in names if not isinstance(name, str)
-           or not FILE_NAME.fullmatch(name) or name in (META, RECORD)]
-    if bad:
-        raise ClaudeDbError("the snapshot's files on the server are not valid: "
-                            f"{str(bad[0])[:80]!r} is not a file name claude-db writes")
-    return names
+    for name in KEPT.valid_names(db.files.distinct("name", {"snapshot": key})):
+        if not (directory / name).exists():
+            found = db.files.find({"snapshot": key, "name": name}).sort("seq", 1)
+            write_fetched(directory / name, (chunk["data"] for chunk in found))
 
 
 def delete(client: MongoClient[Any], directory: Path, owner: str) -> None:
-    key = kept_key(directory)
+    key = KEPT.key(directory)
     if key is None:
         return
     db = client[DATABASE]
@@ -151,21 +130,16 @@ def delete(client: MongoClient[Any], directory: Path, owner: str) -> None:
 def deleted(client: MongoClient[Any], directory: Path) -> bool:
     """Whether the snapshot in ``directory`` (which the server does not list) may go from
     it: the server says it was deleted, or the directory holds none of its data."""
-    key = kept_key(directory)
-    if not _holds_data(directory):
+    key = KEPT.key(directory)
+    if not KEPT.holds_data(directory):
         return True
     if key is None or not allowed(client):
         return False
     return client[DATABASE].deleted.find_one({"_id": key}, {"_id": 1}) is not None
 
 
-def _holds_data(directory: Path) -> bool:
-    return any(path.is_file() and not path.name.startswith(".")
-               and path.name not in (META, RECORD) for path in directory.iterdir())
-
-
 def size(client: MongoClient[Any], directory: Path, owner: str) -> int:
-    key = kept_key(directory)
+    key = KEPT.key(directory)
     if key is None:
         return sum(p.stat().st_size for p in directory.iterdir() if p.is_file())
     return sum(len(chunk["data"]) for chunk in
@@ -201,16 +175,3 @@ def noted(client: MongoClient[Any], owner: str) -> dict[str, str] | None:
     if found and all(isinstance(found.get(k), str) for k in ("reason", "at")):
         return {"reason": found["reason"], "at": found["at"]}
     return None
-
-
-def kept_key(directory: Path) -> str | None:
-    """The snapshot's id on the server, if it is kept there."""
-    try:
-        key = json.loads((directory / RECORD).read_text())["key"]
-    except (OSError, ValueError, KeyError, TypeError):
-        return None
-    return key if isinstance(key, str) and len(key) == 24 and key.isalnum() else None
-
-
-def _files(key: str) -> dict[str, str]:
-    return {RECORD: json.dumps({"key": key})}

@@ -22,19 +22,18 @@ on its own database only), snapshots stay in the state directory of whoever took
 from __future__ import annotations
 
 import json
-import os
-import re
 import secrets
 import shutil
 from pathlib import Path
 from typing import Any
 
 from claude_db.errors import ClaudeDbError
+from claude_db.kept_snapshots import FILE_NAME, KeptSnapshots, chunks, write_fetched
 from claude_db.snapshots import META
 
 SCHEMA = "claude_db_snapshots"
 RECORD = "mysql.json"  # in the snapshot's directory: {"key": <its id on the server>}
-CHUNK = 1 << 20
+KEPT = KeptSnapshots(RECORD)
 #: kept where they were saved, never sent to the server
 LOCAL_SUFFIXES = (".ibd", ".cfg")
 #: the server refuses: no privilege to create the database or its tables (1044, 1142), or
@@ -62,9 +61,6 @@ OWNER = ("LEFT(CURRENT_USER(), CHAR_LENGTH(CURRENT_USER()) "
          "- LOCATE('@', REVERSE(CURRENT_USER())))")
 #: the one note core keeps
 UNSNAPSHOTTED = "unsnapshotted"
-#: a file name the server may give: one plain name, never a path (anyone with rights on the
-#: server may plant a row; a name like "../../x" would write outside the snapshot)
-FILE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,200}")
 
 
 def catalog(conn: Any) -> list[dict[str, Any]] | None:
@@ -89,7 +85,7 @@ def catalog(conn: Any) -> list[dict[str, Any]] | None:
             record = json.loads(text)
         except ValueError:
             record = None  # listed as unrecorded, to delete
-        found.append({"record": record, "key": f"mysql-{key}", "files": _files(key)})
+        found.append({"record": record, "key": f"mysql-{key}", "files": KEPT.files(key)})
     return found
 
 
@@ -100,8 +96,8 @@ def keep(conn: Any, directory: Path) -> bool:
     the user may not, or nothing is to keep (nothing changed)."""
     if not _create(conn):
         return False
-    key = kept_key(directory)
-    if key is not None and (_known(conn, key) or not _holds_data(directory)):
+    key = KEPT.key(directory)
+    if key is not None and (_known(conn, key) or not KEPT.holds_data(directory)):
         return False
     key = key or secrets.token_hex(12)
     record = json.loads((directory / META).read_text())
@@ -111,17 +107,16 @@ def keep(conn: Any, directory: Path) -> bool:
     try:
         with conn.cursor() as cur:
             for path in _data_files(directory):
-                with path.open("rb") as data:
-                    for seq, chunk in enumerate(iter(lambda: data.read(CHUNK), b"")):
-                        cur.execute(f"INSERT INTO {SCHEMA}.files VALUES (%s, %s, %s, %s)",
-                                    (key, path.name, seq, chunk))
+                for seq, chunk in enumerate(chunks(path)):
+                    cur.execute(f"INSERT INTO {SCHEMA}.files VALUES (%s, %s, %s, %s)",
+                                (key, path.name, seq, chunk))
             cur.execute(f"INSERT INTO {SCHEMA}.snapshots (id, owner, record) "
                         f"VALUES (%s, {OWNER}, %s)", (key, json.dumps(record)))
         conn.commit()
     except BaseException:
         conn.rollback()
         raise
-    for name, text in _files(key).items():
+    for name, text in KEPT.files(key).items():
         (directory / name).write_text(text)
     return True
 
@@ -129,7 +124,7 @@ def keep(conn: Any, directory: Path) -> bool:
 def fetch(conn: Any, directory: Path) -> None:
     """Bring the snapshot's files from the server into ``directory`` (a state directory
     that did not save it), the table files from where they were saved."""
-    key = kept_key(directory)
+    key = KEPT.key(directory)
     if key is None:
         return  # kept in this directory only
     with conn.cursor() as cur:
@@ -139,7 +134,7 @@ def fetch(conn: Any, directory: Path) -> None:
         if found is None:
             raise ClaudeDbError("the snapshot is gone from the server")
         cur.execute(f"SELECT DISTINCT name FROM {SCHEMA}.files WHERE id = %s", (key,))
-        names = valid_names([name for (name,) in cur.fetchall()])
+        names = KEPT.valid_names([name for (name,) in cur.fetchall()])
     for name in names:
         if not (directory / name).exists():
             _fetch_file(conn, key, name, directory)
@@ -158,30 +153,15 @@ def fetch(conn: Any, directory: Path) -> None:
 def _fetch_file(conn: Any, key: str, name: str, directory: Path) -> None:
     from pymysql.cursors import SSCursor
 
-    partial = directory / f".{name}.fetching"
-    partial.unlink(missing_ok=True)  # a fetch killed before
-    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW
-    with os.fdopen(os.open(partial, flags, 0o600), "wb") as out, \
-            conn.cursor(SSCursor) as cur:
+    with conn.cursor(SSCursor) as cur:
         cur.execute(f"SELECT data FROM {SCHEMA}.files WHERE id = %s AND name = %s ORDER BY seq",
                     (key, name))
-        for (chunk,) in cur.fetchall_unbuffered():  # chunk by chunk, never the whole file
-            out.write(chunk)
-    partial.rename(directory / name)
-
-
-def valid_names(names: list[Any]) -> list[str]:
-    """The file names the server gives, if every one is a plain name this module wrote."""
-    bad = [name for name in names if not isinstance(name, str)
-           or not FILE_NAME.fullmatch(name) or name in (META, RECORD)]
-    if bad:
-        raise ClaudeDbError("the snapshot's files on the server are not valid: "
-                            f"{str(bad[0])[:80]!r} is not a file name claude-db writes")
-    return names
+        # chunk by chunk, never the whole file
+        write_fetched(directory / name, (chunk for (chunk,) in cur.fetchall_unbuffered()))
 
 
 def delete(conn: Any, directory: Path) -> None:
-    key = kept_key(directory)
+    key = KEPT.key(directory)
     if key is None:
         return
     _create(conn)  # the tombstones' table, on a history an older claude-db made
@@ -197,8 +177,8 @@ def delete(conn: Any, directory: Path) -> None:
 def deleted(conn: Any, directory: Path) -> bool:
     """Whether the snapshot in ``directory`` (which the server does not list) may go from
     it: the server says it was deleted, or the directory holds none of its data."""
-    key = kept_key(directory)
-    if not _holds_data(directory):
+    key = KEPT.key(directory)
+    if not KEPT.holds_data(directory):
         return True
     if key is None:
         return False
@@ -229,17 +209,11 @@ def _data_files(directory: Path) -> list[Path]:
             and path.name not in (META, RECORD) and path.suffix not in LOCAL_SUFFIXES]
 
 
-def _holds_data(directory: Path) -> bool:
-    """Whether ``directory`` holds a snapshot's data, not only its record (a listing)."""
-    return any(path.is_file() and path.name not in (META, RECORD)
-               and not path.name.startswith(".") for path in directory.iterdir())
-
-
 def size(conn: Any, directory: Path) -> int:
     """Bytes the snapshot takes: on the server, and its table files here."""
     local = sum(p.stat().st_size for p in directory.iterdir()
                 if p.is_file() and p.suffix in LOCAL_SUFFIXES)
-    key = kept_key(directory)
+    key = KEPT.key(directory)
     if key is None:
         return sum(p.stat().st_size for p in directory.iterdir() if p.is_file())
     with conn.cursor() as cur:
@@ -277,19 +251,6 @@ def noted(conn: Any) -> dict[str, str] | None:
     if isinstance(value, dict) and all(isinstance(value.get(k), str) for k in ("reason", "at")):
         return {"reason": value["reason"], "at": value["at"]}
     return None
-
-
-def kept_key(directory: Path) -> str | None:
-    """The snapshot's id on the server, if it is kept there."""
-    try:
-        key = json.loads((directory / RECORD).read_text())["key"]
-    except (OSError, ValueError, KeyError, TypeError):
-        return None
-    return key if isinstance(key, str) and len(key) == 24 and key.isalnum() else None
-
-
-def _files(key: str) -> dict[str, str]:
-    return {RECORD: json.dumps({"key": key})}
 
 
 def _create(conn: Any) -> bool:

@@ -1,0 +1,90 @@
+"""The state directory's side of server-kept snapshots (MySQL's and MongoDB's histories):
+what the server gives is never trusted with this machine's files."""
+
+from __future__ import annotations
+
+import json
+import stat
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from claude_db.errors import ClaudeDbError
+from claude_db.kept_snapshots import CHUNK, KeptSnapshots, chunks, write_fetched
+from claude_db.snapshots import META
+
+KEPT = KeptSnapshots("engine.json")
+
+
+def test_a_key_is_24_letters_or_digits_else_none(tmp_path: Path) -> None:
+    assert KEPT.key(tmp_path) is None  # no record: kept here only
+    for bad in ("../../etc", "a" * 23, "a" * 25, "a b" * 8, 7, None):
+        (tmp_path / "engine.json").write_text(json.dumps({"key": bad}))
+        assert KEPT.key(tmp_path) is None, bad
+    (tmp_path / "engine.json").write_text("{not json")
+    assert KEPT.key(tmp_path) is None
+    for name, text in KEPT.files("ab" * 12).items():
+        (tmp_path / name).write_text(text)
+    assert KEPT.key(tmp_path) == "ab" * 12
+    # another engine's record names nothing for this one
+    assert KeptSnapshots("other.json").key(tmp_path) is None
+
+
+@pytest.mark.parametrize("name", ["../x", "/etc/passwd", ".hidden", "a/b", "", META,
+                                  "engine.json", "x" * 202, 3])
+def test_only_plain_names_the_server_gives(name: object) -> None:
+    with pytest.raises(ClaudeDbError, match="not a file name claude-db writes"):
+        KEPT.valid_names(["dump.sql", name])
+
+
+def test_plain_names_pass() -> None:
+    assert KEPT.valid_names(["dump.sql", "tables.json", "t1.ibd"]) == [
+        "dump.sql", "tables.json", "t1.ibd"]
+
+
+def test_only_records_hold_no_data(tmp_path: Path) -> None:
+    (tmp_path / META).write_text("{}")
+    (tmp_path / "engine.json").write_text("{}")
+    (tmp_path / ".dump.sql.fetching").write_text("half")
+    (tmp_path / "sub").mkdir()
+    assert not KEPT.holds_data(tmp_path)
+    (tmp_path / "dump.sql").write_text("data")
+    assert KEPT.holds_data(tmp_path)
+
+
+def test_chunks_read_the_whole_file_in_pieces(tmp_path: Path) -> None:
+    path = tmp_path / "dump"
+    data = bytes(range(256)) * (CHUNK // 256 * 2 + 3)
+    path.write_bytes(data)
+    pieces = list(chunks(path))
+    assert [len(p) for p in pieces] == [CHUNK, CHUNK, 3 * 256]
+    assert b"".join(pieces) == data
+    (tmp_path / "empty").write_bytes(b"")
+    assert list(chunks(tmp_path / "empty")) == []
+
+
+def test_a_fetched_file_never_follows_a_planted_link(tmp_path: Path) -> None:
+    outside = tmp_path / "outside"
+    outside.write_text("precious")
+    directory = tmp_path / "snapshot"
+    directory.mkdir()
+    (directory / ".dump.sql.fetching").symlink_to(outside)
+    write_fetched(directory / "dump.sql", [b"one ", b"two"])
+    assert outside.read_text() == "precious"
+    assert (directory / "dump.sql").read_bytes() == b"one two"
+    assert stat.S_IMODE((directory / "dump.sql").stat().st_mode) == 0o600
+    assert sorted(p.name for p in directory.iterdir()) == ["dump.sql"]
+
+
+def test_a_fetch_that_fails_leaves_no_file(tmp_path: Path) -> None:
+    def broken() -> Iterator[bytes]:
+        yield b"half"
+        raise ConnectionError("the server went away")
+
+    with pytest.raises(ConnectionError):
+        write_fetched(tmp_path / "dump.sql", broken())
+    assert not (tmp_path / "dump.sql").exists()  # the next fetch starts again
+    write_fetched(tmp_path / "dump.sql", [b"whole"])
+    assert (tmp_path / "dump.sql").read_bytes() == b"whole"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["dump.sql"]
