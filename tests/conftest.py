@@ -31,12 +31,30 @@ ROOT = Path(__file__).resolve().parents[1]
 # test, with pytest's assertion rewriting for the engine contract suite it holds
 pytest_plugins = ["claude_db.testing"]
 
+#: The quick loop (``./dev test``) runs every behaviour once, on the local runtime where a
+#: scenario runs on both; ``slow`` tests are what CI (``./dev test --all``) adds. Besides the
+#: modules and tests marked ``slow`` themselves (other runtimes, scale, fresh installs): a
+#: scenario's docker variant outside the docker runtime's own modules, and the contract's
+#: million-row streaming checks. The docker runtime's own tests stay in the quick loop.
+DOCKER_RUNTIME_OWN = {"test_docker_runtime", "test_docker_isolation", "test_docker_tools",
+                      "test_docker_availability", "test_contract_postgres",
+                      "test_contract_mysql", "test_mongo_docker"}
+
+
+def _slow(item: pytest.Item) -> bool:
+    module = item.module.__name__.rpartition(".")[2] if isinstance(item, pytest.Function) else ""
+    docker_variant = item.get_closest_marker("docker") and module not in DOCKER_RUNTIME_OWN
+    return bool(docker_variant) or getattr(item, "originalname", "") == "test_query_streams"
+
+
 @pytest.hookimpl(tryfirst=True)  # before pytest-xdist reads the groups (--dist loadgroup)
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """Tests that share a module- or class-scoped fixture (a running session, a wheelhouse,
     a second user) run on one worker of a parallel run, so that it is made once, not once
     per worker. A test's own ``xdist_group`` mark wins."""
     for item in items:
+        if _slow(item):
+            item.add_marker(pytest.mark.slow)
         if item.get_closest_marker("xdist_group") or not hasattr(item, "_fixtureinfo"):
             continue
         shared = [

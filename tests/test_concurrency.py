@@ -11,6 +11,8 @@ import json
 import subprocess
 from pathlib import Path
 
+import pytest
+
 from claude_db.testing import BIN, Cli, CliResult
 from claude_db.testing.safety import (
     NOTHING_LEFT,
@@ -19,6 +21,8 @@ from claude_db.testing.safety import (
     session_leader_servers,
     state_leftovers,
 )
+
+pytestmark = pytest.mark.slow  # many commands at once: `./dev test --all` (CI) runs it
 
 
 def spawn(state: Path, cwd: Path, *argv: str) -> subprocess.Popen[bytes]:

@@ -25,6 +25,7 @@ NOBODY = "tcp://127.0.0.1:9"  # the discard port: nothing listens there
 
 @pytest.mark.docker
 @pytest.mark.xdist_group("private-dockerd")  # one private daemon, on one worker
+@pytest.mark.slow  # a daemon of its own: `./dev test --all` (CI) runs it
 def test_a_daemon_on_tcp_works(
     cli: Cli, new_name: Callable[[], str], remote_engine: PrivateEngine
 ) -> None:

@@ -27,6 +27,8 @@ from claude_db.testing import (
 # the stand-in server lives with the driver-level tests
 from test_mongo_standin import StandIn, standin  # noqa: F401
 
+pytestmark = pytest.mark.slow  # a fresh install: `./dev test --all` (CI) runs it
+
 ROOT = Path(__file__).resolve().parents[1]
 
 

@@ -15,6 +15,8 @@ import pytest
 
 from claude_db.testing import ClaudeCli, assert_one_line_error, traversable_tmpdir
 
+pytestmark = pytest.mark.slow  # a fresh install: `./dev test --all` (CI) runs it
+
 ROOT = Path(__file__).resolve().parents[1]
 
 

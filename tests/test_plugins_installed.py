@@ -29,8 +29,9 @@ from claude_db.testing import (
 )
 
 ROOT = Path(__file__).resolve().parents[1]
-# one worker of a parallel run builds the wheelhouse once for the whole file
-pytestmark = pytest.mark.xdist_group("plugins-installed")
+# one worker of a parallel run builds the wheelhouse once for the whole file; fresh
+# environments installed with pip are slow: `./dev test --all` (CI) runs them
+pytestmark = [pytest.mark.xdist_group("plugins-installed"), pytest.mark.slow]
 EXAMPLE_HOOKS = [
     "register_commands", "register_engines", "session_deleted", "session_env",
     "session_started", "session_stopped",

@@ -46,7 +46,7 @@ if shutil.which("podman") is None:
     pytest.skip("PODMAN TESTS SKIPPED: podman is not installed (apt-get install podman uidmap "
                 "slirp4netns fuse-overlayfs)", allow_module_level=True)
 
-pytestmark = pytest.mark.podman
+pytestmark = [pytest.mark.podman, pytest.mark.slow]  # `./dev test --all` (CI) runs it
 
 
 @pytest.fixture(scope="session", autouse=True)

@@ -15,6 +15,8 @@ import pytest
 from claude_db.errors import ExitCode
 from claude_db.testing import BIN, Cli, assert_one_line_error, contract
 
+pytestmark = pytest.mark.slow  # a million rows each: `./dev test --all` (CI) runs it
+
 ROWS = 1_000_000
 
 

@@ -118,10 +118,12 @@ def check_parallel_starts(state: Path, repo: Path, env: dict[str, str], *options
 SLOW_MACHINE = {"CLAUDE_DB_READY_TIMEOUT": "600"}
 
 
+@pytest.mark.slow  # twenty servers at once: `./dev test --all` (CI) runs it
 def test_twenty_worktrees_start_at_once_local(state: Path, repo: Path) -> None:
     check_parallel_starts(state, repo, {**cli_env(state), **SLOW_MACHINE})
 
 
+@pytest.mark.slow  # twenty servers at once: `./dev test --all` (CI) runs it
 def test_twenty_worktrees_start_at_once_docker(state: Path, repo: Path) -> None:
     env = {**docker_cli_env(state), **SLOW_MACHINE}
     try:
