@@ -53,6 +53,18 @@ def test_only_records_hold_no_data(tmp_path: Path) -> None:
     assert KEPT.holds_data(tmp_path)
 
 
+def test_the_files_sent_are_those_a_fetch_takes_back(tmp_path: Path) -> None:
+    """One selection for every engine: a killed fetch's hidden leftover is never sent (a
+    fetch would then refuse the whole snapshot), nor the records, nor local-only files."""
+    for name in (META, "engine.json", ".dump.sql.fetching", "dump.sql", "t1.ibd", "t1.cfg"):
+        (tmp_path / name).write_text("x")
+    (tmp_path / "sub").mkdir()
+    sent = [path.name for path in KEPT.data_files(tmp_path)]
+    assert sent == ["dump.sql", "t1.cfg", "t1.ibd"]
+    assert KEPT.valid_names(sent) == sent
+    assert [path.name for path in KEPT.data_files(tmp_path, (".ibd", ".cfg"))] == ["dump.sql"]
+
+
 def test_chunks_read_the_whole_file_in_pieces(tmp_path: Path) -> None:
     path = tmp_path / "dump"
     data = bytes(range(256)) * (CHUNK // 256 * 2 + 3)

@@ -425,6 +425,38 @@ def test_a_history_lost_on_the_server_is_kept_again_from_the_state_directory(
             client.drop_database(history.DATABASE)
 
 
+def test_a_killed_fetchs_leftover_is_never_kept_with_the_server(
+    cli: Cli, standin: StandIn, db: Any, tmp_path: Path
+) -> None:
+    """A hidden ``.<file>.fetching`` left in a snapshot's directory by a killed fetch is not
+    one of its files: kept again from that directory, the snapshot still restores elsewhere
+    (before, the leftover was sent, and every fetch refused the snapshot)."""
+    with standin.client() as client:
+        client.drop_database(history.DATABASE)
+    db.items.insert_many([{"n": n} for n in range(20)])
+    host = standin.env(CLAUDE_DB_STATE_DIR=str(tmp_path / "host"))
+    try:
+        assert cli("claude-db", "snapshot", "save", "s1", env=host).code == 0
+        [record] = (tmp_path / "host").rglob(history.RECORD)
+        [data] = [path for path in record.parent.iterdir()
+                  if path.name not in ("snapshot.json", history.RECORD)]
+        (record.parent / f".{data.name}.fetching").write_bytes(b"half")
+        with standin.client() as client:
+            client.drop_database(history.DATABASE)
+        listed = cli("claude-db", "snapshot", "list", "--json", env=host)  # keeps it again
+        assert listed.code == 0, listed
+        with standin.client() as client:
+            assert client[history.DATABASE].files.distinct("name") == [data.name]
+        db.items.delete_many({})
+        fresh = standin.env(CLAUDE_DB_STATE_DIR=str(tmp_path / "fresh"))
+        restored = cli("claude-db", "snapshot", "restore", "s1", "--yes", env=fresh)
+        assert restored.code == 0, restored
+        assert db.items.count_documents({}) == 20
+    finally:
+        with standin.client() as client:
+            client.drop_database(history.DATABASE)
+
+
 def test_export_import_through_pipes(cli: Cli, standin: StandIn, db: Any) -> None:
     db.items.insert_many([{"_id": n, "label": f"item {n}"} for n in range(100)])
     env = standin.env()

@@ -59,10 +59,19 @@ class KeptSnapshots:
                                 f"{str(bad[0])[:80]!r} is not a file name claude-db writes")
         return names
 
+    def data_files(self, directory: Path, local_suffixes: tuple[str, ...] = ()) -> list[Path]:
+        """The snapshot's files in ``directory`` that the server keeps, by name: only the
+        names :meth:`valid_names` takes back (a hidden leftover such as a killed fetch's
+        ``.dump.fetching`` sent would make every later fetch refuse the snapshot), less
+        those ending in one of ``local_suffixes`` (files kept in this directory only)."""
+        return [path for path in sorted(directory.iterdir())
+                if path.is_file() and FILE_NAME.fullmatch(path.name)
+                and path.name not in (META, self.record)
+                and not path.name.endswith(local_suffixes)]
+
     def holds_data(self, directory: Path) -> bool:
         """Whether ``directory`` holds a snapshot's data, not only its records (a listing)."""
-        return any(path.is_file() and not path.name.startswith(".")
-                   and path.name not in (META, self.record) for path in directory.iterdir())
+        return bool(self.data_files(directory))
 
 
 def chunks(path: Path) -> Iterator[bytes]:

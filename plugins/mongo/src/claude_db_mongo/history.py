@@ -86,9 +86,7 @@ def keep(client: MongoClient[Any], directory: Path, owner: str) -> None:
         db.files.delete_many({"snapshot": key, "owner": owner})  # a killed keep's chunks
     key = key or secrets.token_hex(12)
     started = datetime.now(UTC)
-    for path in sorted(directory.iterdir()):
-        if path.name in (META, RECORD) or not path.is_file():
-            continue
+    for path in KEPT.data_files(directory):
         for seq, chunk in enumerate(chunks(path)):
             db.files.insert_one({"snapshot": key, "owner": owner, "name": path.name,
                                  "seq": seq, "data": chunk, "started": started})

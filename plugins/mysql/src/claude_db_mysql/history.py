@@ -106,7 +106,7 @@ def keep(conn: Any, directory: Path) -> bool:
     conn.begin()
     try:
         with conn.cursor() as cur:
-            for path in _data_files(directory):
+            for path in KEPT.data_files(directory, LOCAL_SUFFIXES):
                 for seq, chunk in enumerate(chunks(path)):
                     cur.execute(f"INSERT INTO {SCHEMA}.files VALUES (%s, %s, %s, %s)",
                                 (key, path.name, seq, chunk))
@@ -200,13 +200,6 @@ def _known(conn: Any, key: str) -> bool:
         cur.execute(f"SELECT 1 FROM {SCHEMA}.snapshots WHERE id = %s UNION ALL "
                     f"SELECT 1 FROM {SCHEMA}.deleted WHERE id = %s", (key, key))
         return cur.fetchone() is not None
-
-
-def _data_files(directory: Path) -> list[Path]:
-    """The files of the snapshot in ``directory`` that the server keeps."""
-    return [path for path in sorted(directory.iterdir())
-            if path.is_file() and not path.name.startswith(".")
-            and path.name not in (META, RECORD) and path.suffix not in LOCAL_SUFFIXES]
 
 
 def size(conn: Any, directory: Path) -> int:
