@@ -18,6 +18,7 @@ import pytest
 from claude_db.envfile import read_env
 from claude_db.errors import ExitCode
 from claude_db.testing import BIN, Cli, assert_one_line_error
+from claude_db_postgres.engine import LINE_BYTES, CopyData
 
 CHECKSUM = "select count(*), md5(coalesce(string_agg(t::text, ',' order by id), '')) from t"
 
@@ -141,6 +142,50 @@ def test_import_is_all_or_nothing(cli: Cli, session: dict[str, str], workdir: Pa
         "claude-db", "query", "select count(*) from pg_tables where schemaname='public'", "--csv"
     )
     assert tables.stdout.splitlines()[1] == "0"
+
+
+def test_import_of_copy_data_without_its_end_line_says_so(
+    cli: Cli, session: dict[str, str], workdir: Path
+) -> None:
+    """A file cut inside COPY data (its ``\\.`` line missing): the error names the COPY,
+    not psql's complaint about whatever line it read next as a row; nothing is applied."""
+    (workdir / "cut.sql").write_text(
+        "create table copied(id int, label text);\n\n"
+        "COPY public.copied (id, label) FROM stdin;\n1\tone\n2\ttwo\n"
+    )
+    result = cli("claude-db", "import", "cut.sql")
+    assert_one_line_error(result, ExitCode.FAILED)
+    assert "nothing was applied: line 3: the COPY's data has no \\. end line" in result.stderr, (
+        result)
+    tables = cli(
+        "claude-db", "query", "select count(*) from pg_tables where tablename='copied'", "--csv"
+    )
+    assert tables.stdout.splitlines()[1] == "0"
+
+
+@pytest.mark.parametrize(
+    ("script", "left_open"),
+    [
+        (b"COPY t (a) FROM stdin;\n1\n\\.\n", None),
+        (b"COPY t (a) FROM stdin;\n1\n\\.", None),  # the tail's newline ends the \\. line
+        (b"select 1;\n\ncopy t from STDIN with (format csv);\r\n1\r\n", 3),
+        (b"COPY a FROM stdin;\n\\.\n" * 3 + b"x\n" * 500 + b"COPY b FROM stdin;\n1\n", 507),
+        (b"COPY t FROM stdin;\nCOPY u FROM stdin;\n\\.\n", None),  # a row, then the end
+        (b"x" * (LINE_BYTES + 10) + b"\nCOPY t FROM stdin;\n1\n", 2),  # after a long line
+        (b"select 'COPY t FROM stdin;';\n", None),
+    ],
+    ids=["ended", "ended-at-eof", "csv-crlf", "after-others", "row-like-copy", "long-line",
+         "in-a-string"],
+)
+def test_copy_data_left_open_is_found_however_the_input_is_cut(
+    script: bytes, left_open: int | None
+) -> None:
+    for size in (1, 2, 3, 7, 64, len(script)):
+        copy = CopyData()
+        for at in range(0, len(script), size):
+            copy.scan(script[at : at + size])
+        copy.finish()
+        assert copy.left_open == left_open, size
 
 
 def test_import_rejects_missing_and_corrupt_files(

@@ -145,17 +145,19 @@ class PostgresEngine(Engine):
             )
             assert proc.stdin is not None
             _widen(proc.stdin)
-            control = TransactionControl()
+            control, copy = TransactionControl(), CopyData()
             lines, ends_line = 0, True  # where the input ends: a line psql may report
             last = b""  # the input's last bytes: how it ends decides the tail
             try:
                 for chunk in sql:
                     control.scan(chunk)
+                    copy.scan(chunk)
                     lines += chunk.count(b"\n")
                     ends_line = chunk.endswith(b"\n") if chunk else ends_line
                     last = (last + chunk[-TAIL_BYTES:])[-TAIL_BYTES:]
                     proc.stdin.write(chunk)
                 control.finish()
+                copy.finish()
                 proc.stdin.write(_tail_after(last, commit, mark))
                 proc.stdin.close()
             except BrokenPipeError:
@@ -172,6 +174,12 @@ class PostgresEngine(Engine):
             error = _psql_error(errors, last_line=lines + (not ends_line) or None)
             if code == 0 and mark in printed and error is None:
                 return
+            failed_at = re.match(r"line (\d+):", error or "")
+            if copy.left_open is not None and (
+                error is None or (failed_at and int(failed_at.group(1)) >= copy.left_open)
+            ):  # psql's error is about what it read as rows after the file's end
+                error = (f"line {copy.left_open}: the COPY's data has no \\. end line "
+                         "(the file ends inside it)")
             if error is None:
                 error = _tail(errors) if code != 0 else (
                     "psql stopped before the end of the file (a \\q, or COPY data without "
@@ -362,6 +370,52 @@ class TransactionControl:
     def _found(self, match: re.Match[bytes], line: int) -> None:
         word = (match.group(1) or match.group(2)).decode()
         self.found = (" ".join(word.upper().split()) if match.group(1) else word, line)
+
+
+#: a line that starts COPY data (pg_dump writes each COPY on one line), and one that ends
+#: it; each with the newline before it (a literal first byte the regex engine skips to)
+COPY_FROM_STDIN = re.compile(rb"\nCOPY\b[^\n]*\bFROM\s+STDIN\b[^\n]*;[ \t]*\r?(?=\n)", re.I)
+COPY_END = re.compile(rb"\n\\\.\r?(?=\n)")
+#: an unfinished line longer than this is neither (a long row or INSERT): not kept whole
+LINE_BYTES = 1 << 16
+
+
+class CopyData:
+    """Finds COPY data the input leaves open (a file cut before its ``\\.`` line), line by
+    line, chunk by chunk: psql then reads what follows as rows and complains about those.
+
+    A false positive (such a line inside a string) only changes the wording of a failed
+    import's error, never what is applied.
+    """
+
+    def __init__(self) -> None:
+        self.left_open: int | None = None  # once finished: the line of the unended COPY
+        self._open: int | None = None
+        self._line = 1  # the number of the line after ``_rest``'s first newline
+        self._rest = b"\n"  # the newline before the last, unfinished line, and its start
+
+    def scan(self, chunk: bytes) -> None:
+        data = self._rest + chunk
+        whole = data.rfind(b"\n")  # the newline that ends the last complete line
+        line, counted, pos = self._line, 0, 0
+        while match := (COPY_FROM_STDIN if self._open is None else COPY_END).search(
+            data, pos, whole + 1
+        ):
+            if self._open is None:
+                line += data.count(b"\n", counted, match.start())
+                counted = match.start()
+                self._open = line
+            else:
+                self._open = None
+            pos = match.end()
+        self._line += data.count(b"\n", 0, whole)
+        rest = data[whole:]
+        self._rest = rest if len(rest) <= LINE_BYTES else b"\n-"  # "-": starts neither line
+
+    def finish(self) -> None:
+        """The input ended: the newline the tail starts with ends its last line."""
+        self.scan(b"\n")
+        self.left_open = self._open
 
 
 def _first(data: bytes) -> re.Match[bytes] | None:
