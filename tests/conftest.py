@@ -31,11 +31,12 @@ ROOT = Path(__file__).resolve().parents[1]
 # test, with pytest's assertion rewriting for the engine contract suite it holds
 pytest_plugins = ["claude_db.testing"]
 
-#: The quick loop (``./dev test``) runs every behaviour once, on the local runtime where a
-#: scenario runs on both; ``slow`` tests are what CI (``./dev test --all``) adds. Besides the
-#: modules and tests marked ``slow`` themselves (other runtimes, scale, fresh installs): a
-#: scenario's docker variant outside the docker runtime's own modules, and the contract's
-#: million-row streaming checks. The docker runtime's own tests stay in the quick loop.
+#: The quick loop (``./dev test``) runs every behaviour once; ``slow`` tests are what CI
+#: (``./dev test --all``) adds. Besides the modules and tests marked ``slow`` themselves
+#: (other runtimes, scale, fresh installs), the other cells of a scenario's matrix: its
+#: docker variant outside the docker runtime's own modules (those stay), its MySQL variant
+#: where it runs on PostgreSQL too (MySQL's own modules stay), a kill at every step but the
+#: first (``step``), and the contract's million-row streaming checks.
 DOCKER_RUNTIME_OWN = {"test_docker_runtime", "test_docker_isolation", "test_docker_tools",
                       "test_docker_availability", "test_contract_postgres",
                       "test_contract_mysql", "test_mongo_docker"}
@@ -44,7 +45,12 @@ DOCKER_RUNTIME_OWN = {"test_docker_runtime", "test_docker_isolation", "test_dock
 def _slow(item: pytest.Item) -> bool:
     module = item.module.__name__.rpartition(".")[2] if isinstance(item, pytest.Function) else ""
     docker_variant = item.get_closest_marker("docker") and module not in DOCKER_RUNTIME_OWN
-    return bool(docker_variant) or getattr(item, "originalname", "") == "test_query_streams"
+    spec = getattr(item, "callspec", None)
+    engine = spec.params.get("engine") if spec else None
+    other_engine = isinstance(engine, str) and not engine.startswith("postgres")
+    later_step = spec is not None and spec.indices.get("step", 0) > 0
+    return (bool(docker_variant) or other_engine or later_step
+            or getattr(item, "originalname", "") == "test_query_streams")
 
 
 @pytest.hookimpl(tryfirst=True)  # before pytest-xdist reads the groups (--dist loadgroup)
