@@ -164,6 +164,26 @@ def test_import_of_copy_data_without_its_end_line_says_so(
 
 
 @pytest.mark.parametrize(
+    ("script", "expected"),
+    [
+        ("COPY missing (a) FROM stdin;\n1\n2\n", 'line 1: relation "missing" does not exist'),
+        ("create table t3(a int);\nselect 'x\nCOPY t FROM stdin;\n';\n"
+         "create table t3(a int);\n", 'line 5: relation "t3" already exists'),
+    ],
+    ids=["copy-into-nothing", "copy-in-a-string"],
+)
+def test_an_error_inside_the_file_is_never_taken_for_an_open_copy(
+    cli: Cli, session: dict[str, str], workdir: Path, script: str, expected: str
+) -> None:
+    """psql's own error within the file stays the error, even where the file seems to leave
+    a COPY open (review: the COPY message hid both)."""
+    (workdir / "bad.sql").write_text(script)
+    result = cli("claude-db", "import", "bad.sql")
+    assert_one_line_error(result, ExitCode.FAILED)
+    assert f"nothing was applied: {expected}" in result.stderr, result
+
+
+@pytest.mark.parametrize(
     ("script", "left_open"),
     [
         (b"COPY t (a) FROM stdin;\n1\n\\.\n", None),

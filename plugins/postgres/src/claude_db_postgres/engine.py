@@ -171,13 +171,16 @@ class PostgresEngine(Engine):
             code = proc.wait()
             output.seek(0)
             printed = output.read().decode(errors="replace").splitlines()
-            error = _psql_error(errors, last_line=lines + (not ends_line) or None)
+            last_line = lines + (not ends_line)
+            error = _psql_error(errors, last_line=last_line or None)
             if code == 0 and mark in printed and error is None:
                 return
-            failed_at = re.match(r"line (\d+):", error or "")
-            if copy.left_open is not None and (
-                error is None or (failed_at and int(failed_at.group(1)) >= copy.left_open)
-            ):  # psql's error is about what it read as rows after the file's end
+            # psql's own line number, not capped: past the file's end, psql read what we
+            # sent after it as rows of a COPY the file left open; within the file, its
+            # error is the file's own (an open COPY seen in a string must not hide it)
+            failed_at = re.match(r"line (\d+):", _psql_error(errors) or "")
+            past_end = failed_at is not None and int(failed_at.group(1)) > last_line
+            if copy.left_open is not None and (error is None or past_end):
                 error = (f"line {copy.left_open}: the COPY's data has no \\. end line "
                          "(the file ends inside it)")
             if error is None:
