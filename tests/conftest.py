@@ -17,6 +17,7 @@ pytest.register_assert_rewrite("claude_db.testing")
 
 from claude_db.testing import BIN, OUR_VARIABLES, Cli, CliResult  # noqa: E402
 from claude_db.testing.cli import TEST_ENV  # noqa: E402
+from claude_db.testing.contract import QueryStreamingContract  # noqa: E402
 from claude_db.testing.docker import (  # noqa: E402
     DOCKER_IMAGES,
     docker_daemon,  # noqa: F401 - engine_session's
@@ -31,26 +32,26 @@ ROOT = Path(__file__).resolve().parents[1]
 # test, with pytest's assertion rewriting for the engine contract suite it holds
 pytest_plugins = ["claude_db.testing"]
 
-#: The quick loop (``./dev test``) runs every behaviour once; ``slow`` tests are what CI
-#: (``./dev test --all``) adds. Besides the modules and tests marked ``slow`` themselves
-#: (other runtimes, scale, fresh installs), the other cells of a scenario's matrix: its
-#: docker variant outside the docker runtime's own modules (those stay), its MySQL variant
-#: where it runs on PostgreSQL too (MySQL's own modules stay), a kill at every step but the
-#: first (``step``), and the contract's million-row streaming checks.
-DOCKER_RUNTIME_OWN = {"test_docker_runtime", "test_docker_isolation", "test_docker_tools",
-                      "test_docker_availability", "test_contract_postgres",
-                      "test_contract_mysql", "test_mongo_docker"}
+#: The quick loop (``./dev test``) runs every behaviour on the local runtime once, and the
+#: docker runtime's own modules whole; ``slow`` tests are what CI (``./dev test --all``)
+#: adds. Besides the modules and tests marked ``slow`` themselves (other runtimes, scale,
+#: fresh installs): the docker-marked tests of other modules (a scenario's docker cells,
+#: session containers), a scenario's MySQL cells where it runs on PostgreSQL too (MySQL's
+#: own modules stay whole), a kill at every step but the first (``step``), and the engine
+#: contract's million-row streaming checks.
+DOCKER_RUNTIME_OWN = {"test_contract_postgres", "test_contract_mysql", "test_mongo_docker"}
 
 
 def _slow(item: pytest.Item) -> bool:
     module = item.module.__name__.rpartition(".")[2] if isinstance(item, pytest.Function) else ""
-    docker_variant = item.get_closest_marker("docker") and module not in DOCKER_RUNTIME_OWN
+    docker_own = module.startswith("test_docker_") or module in DOCKER_RUNTIME_OWN
     spec = getattr(item, "callspec", None)
     engine = spec.params.get("engine") if spec else None
-    other_engine = isinstance(engine, str) and not engine.startswith("postgres")
-    later_step = spec is not None and spec.indices.get("step", 0) > 0
-    return (bool(docker_variant) or other_engine or later_step
-            or getattr(item, "originalname", "") == "test_query_streams")
+    return ((item.get_closest_marker("docker") is not None and not docker_own)
+            or (isinstance(engine, str) and not engine.startswith("postgres"))
+            or (spec is not None and spec.indices.get("step", 0) > 0)
+            or (getattr(item, "originalname", "") == "test_query_streams"
+                and issubclass(getattr(item, "cls", None) or object, QueryStreamingContract)))
 
 
 @pytest.hookimpl(tryfirst=True)  # before pytest-xdist reads the groups (--dist loadgroup)

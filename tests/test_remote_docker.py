@@ -23,7 +23,8 @@ if TYPE_CHECKING:
 
 pytest_plugins = ["private_docker"]
 
-pytestmark = [pytest.mark.docker, pytest.mark.xdist_group("private-dockerd")]  # one private daemon
+# one private daemon on one worker; remote engines are another runtime: slow (CI runs them)
+pytestmark = [pytest.mark.docker, pytest.mark.xdist_group("private-dockerd"), pytest.mark.slow]
 
 
 def _env(remote_engine: PrivateEngine, transport: str) -> dict[str, str]:
