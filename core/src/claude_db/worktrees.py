@@ -14,7 +14,6 @@ never taken for a removed one.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import os
 import subprocess
@@ -97,6 +96,8 @@ def readable_name(workdir: Path, worktree: Worktree | None) -> str:
 
 def disambiguated(name: str, workdir: Path) -> str:
     """``name`` with a short hash of ``workdir``'s path: the same on every start."""
+    import hashlib  # late: hashlib loads OpenSSL, a cost every command would pay
+
     digest = hashlib.sha256(str(workdir.resolve()).encode()).hexdigest()[:HASH_LENGTH]
     return f"{name[:48 - HASH_LENGTH - 1].rstrip('-')}-{digest}"
 
@@ -258,6 +259,8 @@ def _reclaim(app: App, name: str) -> None:
 def _write_record(app: App, name: str, kept: dict[str, Any]) -> None:
     directory = app.settings.state_dir / KEPT_DIR
     directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+    import hashlib
+
     what = hashlib.sha256(json.dumps(kept["kept"], sort_keys=True).encode()).hexdigest()[:12]
     record = directory / f"{name}-{what}{RECLAIMED_SUFFIX}"  # one per kept data, retried or not
     fd = os.open(record, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)

@@ -7,7 +7,6 @@ import fcntl
 import itertools
 import os
 import re
-import secrets
 import subprocess
 import sys
 import tempfile
@@ -124,6 +123,7 @@ class PostgresEngine(Engine):
         # psql. The transaction's id (printed first) tells afterwards whether the file
         # committed it on its own; the end mark (printed last) that psql read the file to its
         # end: a \\q, or COPY data without its \\. line, stops psql early, silently.
+        import secrets  # late: secrets loads hashlib (OpenSSL), a cost every command would pay
         mark = f"claude-db: end of input {secrets.token_hex(8)}"
         begin = ["-c", "BEGIN", "-c", "SELECT txid_current()"] if options.transaction else []
         argv = [
