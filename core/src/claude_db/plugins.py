@@ -13,7 +13,7 @@ import sys
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from importlib.metadata import EntryPoint, entry_points
-from typing import TYPE_CHECKING, Any, Generic, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, NamedTuple, TypeVar
 
 import pluggy
 
@@ -246,8 +246,7 @@ def load_plugins(settings: Settings, *, discover: bool = True) -> Plugins:
     return plugins
 
 
-@dataclass(frozen=True)
-class Installed:
+class Installed(NamedTuple):  # a NamedTuple: a dataclass takes ~0.4 ms more to create
     """An installed entry point with its distribution's name and version."""
 
     ep: EntryPoint
