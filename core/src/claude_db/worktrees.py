@@ -257,10 +257,10 @@ def _reclaim(app: App, name: str) -> None:
 
 
 def _write_record(app: App, name: str, kept: dict[str, Any]) -> None:
+    import hashlib  # late, as above
+
     directory = app.settings.state_dir / KEPT_DIR
     directory.mkdir(mode=0o700, parents=True, exist_ok=True)
-    import hashlib
-
     what = hashlib.sha256(json.dumps(kept["kept"], sort_keys=True).encode()).hexdigest()[:12]
     record = directory / f"{name}-{what}{RECLAIMED_SUFFIX}"  # one per kept data, retried or not
     fd = os.open(record, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
