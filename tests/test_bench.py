@@ -244,5 +244,6 @@ def test_the_query_path_imports_no_other_engine_docker_or_rich(tmp_path: Path) -
     modules = {line.rsplit("|", 1)[1].strip() for line in proc.stderr.splitlines()
                if line.startswith("import time:") and "|" in line}
     assert "psycopg" in modules  # the measurement works: it sees what was imported
-    heavy = ("docker", "rich", "bson", "pymongo", "pymysql")
+    # hashlib loads OpenSSL (~2 ms): only what makes passwords or hashes paths needs it
+    heavy = ("docker", "rich", "bson", "pymongo", "pymysql", "hashlib")
     assert not {m for m in modules if m.split(".")[0] in heavy}

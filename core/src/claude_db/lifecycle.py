@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import secrets
 from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
@@ -87,6 +86,7 @@ def start_session(
                                                _database_image(settings, engine, image))
             notes += [note] if note else []
         session.engine, session.runtime = engine.name, runtime.name
+        import secrets  # late: secrets loads hashlib (OpenSSL), a cost every command would pay
         session.credentials = Credentials(
             user=settings.user or engine.default_user,
             password=settings.password or secrets.token_urlsafe(18),

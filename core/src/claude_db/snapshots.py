@@ -24,7 +24,6 @@ is nothing to undo for it). ``undo`` restores the latest snapshot, skipping the 
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import os
 import re
@@ -177,6 +176,7 @@ def store_for(app: App, target: Target) -> SnapshotStore:
     if not target.bare_url:
         root = app.store.directory(target.name) / "snapshots"
         return SnapshotStore(root, lambda: _batch(target, app.store.lock(target.name)))
+    import hashlib  # late: hashlib loads OpenSSL, a cost every command would pay
     endpoint = target.endpoint()
     key = f"{target.engine.name}|{endpoint.host}|{endpoint.port}|{endpoint.user}"
     root = app.settings.state_dir / "url-snapshots" / hashlib.sha256(key.encode()).hexdigest()[:16]

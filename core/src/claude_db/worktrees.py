@@ -14,7 +14,6 @@ never taken for a removed one.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import os
 import subprocess
@@ -97,6 +96,8 @@ def readable_name(workdir: Path, worktree: Worktree | None) -> str:
 
 def disambiguated(name: str, workdir: Path) -> str:
     """``name`` with a short hash of ``workdir``'s path: the same on every start."""
+    import hashlib  # late: hashlib loads OpenSSL, a cost every command would pay
+
     digest = hashlib.sha256(str(workdir.resolve()).encode()).hexdigest()[:HASH_LENGTH]
     return f"{name[:48 - HASH_LENGTH - 1].rstrip('-')}-{digest}"
 
@@ -256,6 +257,8 @@ def _reclaim(app: App, name: str) -> None:
 
 
 def _write_record(app: App, name: str, kept: dict[str, Any]) -> None:
+    import hashlib  # late, as above
+
     directory = app.settings.state_dir / KEPT_DIR
     directory.mkdir(mode=0o700, parents=True, exist_ok=True)
     what = hashlib.sha256(json.dumps(kept["kept"], sort_keys=True).encode()).hexdigest()[:12]

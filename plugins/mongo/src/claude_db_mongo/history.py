@@ -18,7 +18,6 @@ of whoever took them, as MySQL's does.
 from __future__ import annotations
 
 import json
-import secrets
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -84,6 +83,7 @@ def keep(client: MongoClient[Any], directory: Path, owner: str) -> None:
         if known or not KEPT.holds_data(directory):
             return
         db.files.delete_many({"snapshot": key, "owner": owner})  # a killed keep's chunks
+    import secrets  # late: secrets loads hashlib (OpenSSL), a cost every command would pay
     key = key or secrets.token_hex(12)
     started = datetime.now(UTC)
     for path in KEPT.data_files(directory):

@@ -22,7 +22,6 @@ on its own database only), snapshots stay in the state directory of whoever took
 from __future__ import annotations
 
 import json
-import secrets
 import shutil
 from pathlib import Path
 from typing import Any
@@ -99,6 +98,7 @@ def keep(conn: Any, directory: Path) -> bool:
     key = KEPT.key(directory)
     if key is not None and (_known(conn, key) or not KEPT.holds_data(directory)):
         return False
+    import secrets  # late: secrets loads hashlib (OpenSSL), a cost every command would pay
     key = key or secrets.token_hex(12)
     record = json.loads((directory / META).read_text())
     if any(path.suffix in LOCAL_SUFFIXES for path in directory.iterdir()):

@@ -12,7 +12,6 @@ from __future__ import annotations
 import functools
 import os
 import re
-import secrets
 import shutil
 import signal
 from pathlib import Path
@@ -134,6 +133,7 @@ def init_sql(credentials: Credentials) -> str:
     if credentials.user != "root":
         statements.append("DROP USER IF EXISTS 'root'@'localhost'")  # the user is the superuser
     # a throwaway password: TCP logins fail until set_password sets the session's
+    import secrets  # late: secrets loads hashlib (OpenSSL), a cost every command would pay
     unusable = quote_literal(secrets.token_urlsafe(24))
     statements += [
         f"CREATE USER IF NOT EXISTS {user}@'localhost'",

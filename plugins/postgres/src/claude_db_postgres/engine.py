@@ -7,7 +7,6 @@ import fcntl
 import itertools
 import os
 import re
-import secrets
 import subprocess
 import sys
 import tempfile
@@ -124,6 +123,7 @@ class PostgresEngine(Engine):
         # psql. The transaction's id (printed first) tells afterwards whether the file
         # committed it on its own; the end mark (printed last) that psql read the file to its
         # end: a \\q, or COPY data without its \\. line, stops psql early, silently.
+        import secrets  # late: secrets loads hashlib (OpenSSL), a cost every command would pay
         mark = f"claude-db: end of input {secrets.token_hex(8)}"
         begin = ["-c", "BEGIN", "-c", "SELECT txid_current()"] if options.transaction else []
         argv = [
@@ -309,7 +309,7 @@ CONTROL = (
     rb"[ \t]*(?=[CcEeRrAaPp\\])(?:(?i:(COMMIT|END(?=[ \t]+(?:TRANSACTION|WORK)\b)"
     rb"|ROLLBACK(?![ \t]+TO\b)|ABORT|PREPARE[ \t]+TRANSACTION)\b)|(\\c(?:onnect)?)(?![A-Za-z]))"
 )
-CONTROL_AT = (re.compile(rb"\n" + CONTROL), re.compile(rb";" + CONTROL))
+CONTROL_AT = (rb"\n" + CONTROL, rb";" + CONTROL)
 #: the end of the stream so far, scanned again with the next chunk (a line cut in two)
 CARRY = 128
 #: a match is decided only this far from the end of what was read: what follows tells
@@ -348,17 +348,19 @@ class TransactionControl:
         self.found: tuple[str, int] | None = None
         self._carry = b"\n"  # before the first line: a newline, as if one ended there
         self._lines = 1  # newlines so far, that one included: the current line's number
+        # compiled here, not at import: only an import needs them
+        self._patterns = [re.compile(pattern) for pattern in CONTROL_AT]
 
     def scan(self, chunk: bytes) -> None:
         if self.found is not None or not chunk:
             return
         carry = self._carry
         joined = carry + chunk[:CARRY]
-        match = _first(joined)
+        match = self._first(joined)
         if match and match.start() < len(carry) and match.end() <= len(joined) - MARGIN:
             self._found(match, self._lines - carry.count(b"\n", match.start() + 1))
             return
-        match = _first(chunk)
+        match = self._first(chunk)
         if match and match.end() <= len(chunk) - MARGIN:
             self._found(match, self._lines + chunk.count(b"\n", 0, match.start() + 1))
             return
@@ -367,13 +369,16 @@ class TransactionControl:
 
     def finish(self) -> None:
         """The stream ended: decide what was waiting for more input."""
-        if self.found is None and (match := _first(self._carry + b"\n")):
+        if self.found is None and (match := self._first(self._carry + b"\n")):
             self._found(match, self._lines - self._carry.count(b"\n", match.start() + 1))
 
     def _found(self, match: re.Match[bytes], line: int) -> None:
         word = (match.group(1) or match.group(2)).decode()
         self.found = (" ".join(word.upper().split()) if match.group(1) else word, line)
 
+    def _first(self, data: bytes) -> re.Match[bytes] | None:
+        matches = [m for m in (pattern.search(data) for pattern in self._patterns) if m]
+        return min(matches, key=lambda m: m.start(), default=None)
 
 #: a line that starts COPY data (pg_dump writes each COPY on one line), and one that ends
 #: it; each with the newline before it (a literal first byte the regex engine skips to)
@@ -420,10 +425,6 @@ class CopyData:
         self.scan(b"\n")
         self.left_open = self._open
 
-
-def _first(data: bytes) -> re.Match[bytes] | None:
-    matches = [m for m in (pattern.search(data) for pattern in CONTROL_AT) if m]
-    return min(matches, key=lambda m: m.start(), default=None)
 
 
 #: what pg_dump -Fc files start with; a -Ft file is a tar archive whose first member is
@@ -560,12 +561,11 @@ def _psql_knows_restrict(tools: Tools, env: dict[str, str]) -> bool:
 #: one privilege statement of pg_dump's (always one line, identifiers quoted): the roles it
 #: grants to or revokes from, and the role of ALTER DEFAULT PRIVILEGES FOR ROLE
 ROLE = rb'(?:PUBLIC|"(?:[^"]|"")+")'
-ACL_LINE = re.compile(
+ACL_LINE = (
     rb"(?:GRANT|REVOKE|ALTER DEFAULT PRIVILEGES)\b.* (?:TO|FROM) (" + ROLE
     + rb"(?:, " + ROLE + rb")*)(?: WITH GRANT OPTION)?;\n"
 )
-FOR_ROLE = re.compile(rb"ALTER DEFAULT PRIVILEGES FOR ROLE (" + ROLE + rb")")
-ROLE_NAME = re.compile(ROLE)
+FOR_ROLE = rb"ALTER DEFAULT PRIVILEGES FOR ROLE (" + ROLE + rb")"
 
 
 class SqlLines:
@@ -629,13 +629,16 @@ class Privileges(SqlLines):
         super().__init__()
         self.user = user
         self.roles: set[str] = set()
+        # compiled here, not at import: only a dump needs them
+        self._acl_line, self._for_role = re.compile(ACL_LINE), re.compile(FOR_ROLE)
+        self._role = re.compile(ROLE)
 
     def _left_out(self, line: bytes) -> bool:
-        found = ACL_LINE.fullmatch(line)
+        found = self._acl_line.fullmatch(line)
         if found is None:
             return False
-        roles = ROLE_NAME.findall(found.group(1))
-        if owner := FOR_ROLE.match(line):
+        roles = self._role.findall(found.group(1))
+        if owner := self._for_role.match(line):
             roles.append(owner.group(1))
         missing = {
             name for name in map(_role_name, roles) if name and not self._restorable(name)
@@ -652,16 +655,20 @@ class Privileges(SqlLines):
 
 #: what ``import --skip-ownership`` leaves out: ALTER ... OWNER TO, GRANT, REVOKE, ALTER
 #: DEFAULT PRIVILEGES, SET SESSION AUTHORIZATION (one line each, as pg_dump writes them)
-OWNERSHIP_LINE = re.compile(
+OWNERSHIP_LINE = (
     rb"(?:ALTER\b[^\n]* OWNER TO [^\n]*|(?:GRANT|REVOKE|ALTER DEFAULT PRIVILEGES)\b[^\n]*"
-    rb"|SET SESSION AUTHORIZATION\b[^\n]*|RESET SESSION AUTHORIZATION);[ \t]*\r?\n?",
-    re.IGNORECASE,
+    rb"|SET SESSION AUTHORIZATION\b[^\n]*|RESET SESSION AUTHORIZATION);[ \t]*\r?\n?"
 )
 
 
 class Ownership(SqlLines):
+    def __init__(self) -> None:
+        super().__init__()
+        # compiled here, not at import: only import --skip-ownership needs it
+        self._line = re.compile(OWNERSHIP_LINE, re.IGNORECASE)
+
     def _left_out(self, line: bytes) -> bool:
-        if OWNERSHIP_LINE.fullmatch(line) is None:
+        if self._line.fullmatch(line) is None:
             return False
         self.left_out += 1
         return True
@@ -674,22 +681,19 @@ IDENTS = rb"(?:" + IDENT + rb")(?:\s*,\s*(?:" + IDENT + rb"))*"
 #: them): OWNER TO, GRANT ... TO, GRANTED BY, REVOKE ... FROM, CREATE/ALTER POLICY ... TO,
 #: ALTER DEFAULT PRIVILEGES FOR ROLE, ALTER ROLE, SET ROLE, SET SESSION AUTHORIZATION,
 #: GRANT role TO role
-ROLE_USES = [
-    re.compile(rb"^ALTER\b.*?\bOWNER\s+TO\s+(" + IDENT + rb")", re.IGNORECASE),
-    re.compile(rb"^(?:ALTER\s+DEFAULT\b.*?\b)?GRANT\b.*?\bTO\s+(" + IDENTS + rb")",
-               re.IGNORECASE),
-    re.compile(rb"^GRANT\s+(" + IDENTS + rb")\s+TO\b", re.IGNORECASE),  # a membership
-    re.compile(rb"^(?:GRANT|REVOKE)\b.*?\bGRANTED\s+BY\s+(" + IDENT + rb")", re.IGNORECASE),
-    re.compile(rb"^(?:ALTER\s+DEFAULT\b.*?\b)?REVOKE\b.*?\bFROM\s+(" + IDENTS + rb")",
-               re.IGNORECASE),
-    re.compile(rb"^(?:CREATE|ALTER)\s+POLICY\b.*?\bTO\s+(" + IDENTS + rb")", re.IGNORECASE),
-    re.compile(rb"^ALTER\s+DEFAULT\s+PRIVILEGES\s+FOR\s+(?:ROLE|USER)\s+(" + IDENTS + rb")",
-               re.IGNORECASE),
-    re.compile(rb"^ALTER\s+(?:ROLE|USER)\s+(" + IDENT + rb")", re.IGNORECASE),
-    re.compile(rb"^SET\s+(?:SESSION\s+AUTHORIZATION|ROLE)\s+(" + IDENT + rb")", re.IGNORECASE),
-]
+ROLE_USES = (
+    rb"^ALTER\b.*?\bOWNER\s+TO\s+(" + IDENT + rb")",
+    rb"^(?:ALTER\s+DEFAULT\b.*?\b)?GRANT\b.*?\bTO\s+(" + IDENTS + rb")",
+    rb"^GRANT\s+(" + IDENTS + rb")\s+TO\b",  # a membership
+    rb"^(?:GRANT|REVOKE)\b.*?\bGRANTED\s+BY\s+(" + IDENT + rb")",
+    rb"^(?:ALTER\s+DEFAULT\b.*?\b)?REVOKE\b.*?\bFROM\s+(" + IDENTS + rb")",
+    rb"^(?:CREATE|ALTER)\s+POLICY\b.*?\bTO\s+(" + IDENTS + rb")",
+    rb"^ALTER\s+DEFAULT\s+PRIVILEGES\s+FOR\s+(?:ROLE|USER)\s+(" + IDENTS + rb")",
+    rb"^ALTER\s+(?:ROLE|USER)\s+(" + IDENT + rb")",
+    rb"^SET\s+(?:SESSION\s+AUTHORIZATION|ROLE)\s+(" + IDENT + rb")",
+)
 #: a role the dump creates itself: not ours to create
-ROLE_CREATED = re.compile(rb"^CREATE\s+(?:ROLE|USER|GROUP)\s+(" + IDENT + rb")", re.IGNORECASE)
+ROLE_CREATED = rb"^CREATE\s+(?:ROLE|USER|GROUP)\s+(" + IDENT + rb")"
 #: words where a role name may stand that name none
 NOT_ROLES = frozenset({"public", "current_user", "current_role", "session_user", "none",
                        "default", "group"})
@@ -717,6 +721,9 @@ class MissingRoles(SqlLines):
         self._seen: set[str] = set()
         self._wanted: list[str] = []
         self._conn: Any = None
+        # compiled here, not at import: only --create-roles needs them (~1.5 ms a command)
+        self._uses = [re.compile(use, re.IGNORECASE) for use in ROLE_USES]
+        self._created = re.compile(ROLE_CREATED, re.IGNORECASE)
 
     def __enter__(self) -> MissingRoles:
         return self
@@ -733,10 +740,10 @@ class MissingRoles(SqlLines):
                 self._conn.close()
 
     def _left_out(self, line: bytes) -> bool:
-        if created := ROLE_CREATED.match(line):
+        if created := self._created.match(line):
             self._seen.add(_identifier(created.group(1)))
             return False
-        for use in ROLE_USES:
+        for use in self._uses:
             if found := use.match(line):
                 for quoted in re.findall(IDENT, found.group(1)):
                     name = _identifier(quoted)

@@ -28,8 +28,8 @@ from __future__ import annotations
 import contextlib
 import contextvars
 import json
+import os
 import re
-import secrets
 import subprocess
 import sys
 import tempfile
@@ -60,7 +60,7 @@ _SHARED: contextvars.ContextVar[dict[str, Any] | None] = contextvars.ContextVar(
 def save(endpoint: Endpoint, tools: Tools, directory: Path) -> None:
     import psycopg
 
-    template = f"{PREFIX}{secrets.token_hex(6)}"
+    template = f"{PREFIX}{os.urandom(6).hex()}"
     # named before it exists: a failed or interrupted save can always be cleaned up
     _write(directory, template)
     try:
@@ -87,7 +87,7 @@ def move(endpoint: Endpoint, directory: Path, source: Path | None) -> bool:
     role may not rename the database (core then copies instead)."""
     import psycopg
 
-    template = f"{PREFIX}{secrets.token_hex(6)}"
+    template = f"{PREFIX}{os.urandom(6).hex()}"
     _write(directory, template)
     try:
         with _maintenance(endpoint) as conn:

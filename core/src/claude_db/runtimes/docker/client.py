@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import hashlib
 import io
 import ipaddress
 import json
@@ -363,6 +362,7 @@ def _control_dir(directory: Path) -> Path | None:
     it; None when that one is not ours (another user made it first): then nothing is shared."""
     if len(str(directory)) <= CONTROL_DIR_MAX:
         return directory
+    import hashlib  # late: hashlib loads OpenSSL, a cost every command would pay
     digest = hashlib.sha256(str(directory).encode()).hexdigest()[:12]
     short = Path("/tmp") / f"cdb-ssh-{os.geteuid()}-{digest}"
     try:

@@ -14,7 +14,6 @@ Linux only: it tells its servers apart by process identities (see ``claude_db.pr
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import os
 import pwd
 import shutil
@@ -268,6 +267,7 @@ class LocalRuntime(Runtime):
         # "owner": the user owns its database and is no superuser (before, every template
         # made it a superuser: those are never used for new sessions)
         role = "superuser" if server.superuser else "owner"
+        import hashlib  # late: hashlib loads OpenSSL, a cost every command would pay
         key = hashlib.sha256(
             f"{server.bindir()}|{credentials.user}|{credentials.database}|{run_as.name}|{role}"
             .encode()
