@@ -4,6 +4,7 @@ what the server gives is never trusted with this machine's files."""
 from __future__ import annotations
 
 import json
+import os
 import stat
 from collections.abc import Iterator
 from pathlib import Path
@@ -96,7 +97,53 @@ def test_a_fetch_that_fails_leaves_no_file(tmp_path: Path) -> None:
 
     with pytest.raises(ConnectionError):
         write_fetched(tmp_path / "dump.sql", broken())
-    assert not (tmp_path / "dump.sql").exists()  # the next fetch starts again
+    # no half file, not even the hidden one (sizes would count it until the next fetch)
+    assert list(tmp_path.iterdir()) == []
     write_fetched(tmp_path / "dump.sql", [b"whole"])
     assert (tmp_path / "dump.sql").read_bytes() == b"whole"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["dump.sql"]
+
+
+def test_an_interrupted_fetch_leaves_no_file(tmp_path: Path) -> None:
+    """Ctrl-C (or SIGTERM made KeyboardInterrupt) mid-way cleans up as an error does."""
+    def interrupted() -> Iterator[bytes]:
+        yield b"half"
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        write_fetched(tmp_path / "dump.sql", interrupted())
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_fetched_file_is_on_disk_before_it_takes_its_name(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A crash after the rename must not leave a cut dump that looks whole: the data is
+    synced while the file still has its hidden name (the real fsync runs)."""
+    synced: list[tuple[list[str], bytes]] = []
+    real_fsync = os.fsync
+
+    def fsync(descriptor: int) -> None:
+        real_fsync(descriptor)
+        synced.append((sorted(p.name for p in tmp_path.iterdir()),
+                       (tmp_path / ".dump.sql.fetching").read_bytes()))
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    write_fetched(tmp_path / "dump.sql", [b"one ", b"two"])
+    assert synced == [([".dump.sql.fetching"], b"one two")]
+    assert (tmp_path / "dump.sql").read_bytes() == b"one two"
+
+
+def test_a_fetched_file_replaces_a_link_planted_at_its_name(tmp_path: Path) -> None:
+    """A dangling link at the final name (to a file that does not exist yet) is replaced,
+    never written through: nothing appears outside, the file is a regular 0600 one."""
+    outside = tmp_path / "outside"
+    directory = tmp_path / "snapshot"
+    directory.mkdir()
+    (directory / "dump.sql").symlink_to(outside)
+    write_fetched(directory / "dump.sql", [b"data"])
+    assert not outside.exists() and not outside.is_symlink()
+    fetched = (directory / "dump.sql").lstat()
+    assert stat.S_ISREG(fetched.st_mode)
+    assert stat.S_IMODE(fetched.st_mode) == 0o600
+    assert (directory / "dump.sql").read_bytes() == b"data"
+    assert sorted(p.name for p in directory.iterdir()) == ["dump.sql"]

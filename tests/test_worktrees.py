@@ -249,6 +249,51 @@ def test_removed_worktree_is_reclaimed_not_a_live_one(
     assert cli("claude-db", "status", cwd=live).code == 0
 
 
+def test_start_of_an_existing_session_sweeps_removed_worktrees_too(
+    cli: Cli, state: Path, repo: Path
+) -> None:
+    """Every start sweeps (README), not only one that makes a session (a first-time user:
+    ``start`` again in the main checkout said "runs" and left the removed worktree's
+    session running)."""
+    assert cli("claude-session", "start", cwd=repo).code == 0
+    gone = add_worktree(repo, "wt2")
+    assert cli("claude-session", "start", cwd=gone).code == 0
+    name = f"{repo.name}-wt2"
+    shutil.rmtree(gone)
+
+    again = cli("claude-session", "start", cwd=repo)
+    assert again.code == 0, again
+    assert f"session {repo.name} runs" in again.stdout, again
+    assert f"removed session {name}: its worktree {gone} was removed; data kept" \
+        in again.stderr + again.stdout, again
+    assert not (state / "sessions" / name).exists()
+    # the session being started is never taken: it runs, and still answers
+    assert (state / "sessions" / repo.name / "session.json").exists()
+    assert cli("claude-db", "status", cwd=repo).code == 0
+    listed = {s["name"] for s in json.loads(
+        cli("claude-session", "list", "--json", cwd=repo).stdout)}
+    assert name not in listed and repo.name in listed
+
+
+def test_the_sweep_of_a_start_never_takes_the_session_it_starts(
+    cli: Cli, state: Path, repo: Path
+) -> None:
+    """A start killed before it finished leaves its session ``unfinished``, which a sweep
+    removes; the sweep of the next start of that very session must leave it to that start
+    (without that session's lock held, the sweep removed it; the start then failed)."""
+    killed = cli("claude-session", "start", cwd=repo,
+                 env={"CLAUDE_DB_TEST_KILL_AT": "dotenv-written"})
+    assert killed.code == -9, killed
+    [name] = [p.name for p in (state / "sessions").iterdir() if not p.name.startswith(".")]
+
+    again = cli("claude-session", "start", cwd=repo)
+    assert again.code == 0, again
+    assert f"session {name} runs" in again.stdout, again
+    assert "removed" not in again.stderr + again.stdout, again
+    assert (state / "sessions" / name / "session.json").exists()
+    assert cli("claude-db", "status", cwd=repo).code == 0
+
+
 def test_a_reclaim_killed_midway_is_finished_by_the_next_sweep(
     cli: Cli, state: Path, repo: Path
 ) -> None:

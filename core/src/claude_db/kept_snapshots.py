@@ -82,11 +82,19 @@ def chunks(path: Path) -> Iterator[bytes]:
 
 def write_fetched(path: Path, data: Iterable[bytes]) -> None:
     """Write ``data`` (a fetched file's chunks) to ``path``, whole or not at all: into a
-    hidden sibling first, created anew (never through a link someone planted), 0600."""
+    hidden sibling first, created anew (never through a link someone planted), 0600, on
+    disk before it takes the name (a crash must not leave a cut file that looks whole)."""
     partial = path.with_name(f".{path.name}.fetching")
-    partial.unlink(missing_ok=True)  # a fetch killed before
+    partial.unlink(missing_ok=True)  # a fetch killed (kill -9) before
     flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW
-    with os.fdopen(os.open(partial, flags, 0o600), "wb") as out:
-        for chunk in data:
-            out.write(chunk)
-    partial.rename(path)
+    descriptor = os.open(partial, flags, 0o600)
+    try:
+        with os.fdopen(descriptor, "wb") as out:
+            for chunk in data:
+                out.write(chunk)
+            out.flush()
+            os.fsync(out.fileno())
+        partial.rename(path)
+    except BaseException:  # no half file left behind (nor counted in sizes)
+        partial.unlink(missing_ok=True)
+        raise

@@ -118,7 +118,8 @@ def start_session(
         if raced is None or like is not None:  # a fork's reserve refuses a taken name
             notes += _create(app, session, engine, runtime, workdir, write_dotenv, create)
     if raced is not None:
-        return _start_existing(app, raced, workdir, engine_name, runtime_name, image)
+        return _start_existing(app, raced, workdir, engine_name, runtime_name, image,
+                               swept=True)
     app.plugins.hook.session_started(session=session)
     return session, notes
 
@@ -171,15 +172,19 @@ def _create(
 
 def _start_existing(
     app: App, session: Session, workdir: Path, engine_name: str | None,
-    runtime_name: str | None, image: str | None,
+    runtime_name: str | None, image: str | None, *, swept: bool = False,
 ) -> tuple[Session, list[str]]:
-    """``start`` of a session that exists: in its own work directory, make it run."""
+    """``start`` of a session that exists: in its own work directory, make it run. The
+    cheap sweep runs as on every start (``swept``: this start ran it already)."""
     if Path(session.workdir) != workdir.resolve():
         raise SessionExistsError(
             f"session {session.name!r} already exists, for {session.workdir}; give this "
             "directory's session another name: claude-session start NAME"
         )
     notes = [f"session {session.name} {ALREADY_HERE}"]
+    if not swept:
+        with app.store.lock(session.name):  # busy to the sweep: never taken (a killed start's)
+            notes += _sweep_orphans(app, [session.runtime] if session.runtime else [])
     notes += kept_settings(app, session, engine_name, runtime_name, image)
     notes += ensure_running(app, session)
     return session, notes
