@@ -292,6 +292,13 @@ def test_the_sweep_of_a_start_never_takes_the_session_it_starts(
     assert "removed" not in again.stderr + again.stdout, again
     assert (state / "sessions" / name / "session.json").exists()
     assert cli("claude-db", "status", cwd=repo).code == 0
+    # the start that made it run finished it: no later sweep or gc takes it for a killed
+    # start (before: listed unfinished, and removed by the next gc with its data)
+    listed = json.loads(cli("claude-session", "list", "--json", cwd=repo).stdout)
+    assert [s["status"] for s in listed if s["name"] == name] == ["running"], listed
+    swept = cli("claude-session", "gc", cwd=repo)
+    assert swept.code == 0 and name not in swept.stdout + swept.stderr, swept
+    assert cli("claude-db", "status", cwd=repo).code == 0
 
 
 def test_a_reclaim_killed_midway_is_finished_by_the_next_sweep(

@@ -348,7 +348,12 @@ def ensure_running(app: App, session: Session) -> list[str]:
         runtime.start_workspace(session, engine, session_env(app, session))
         app.store.save(session)
     values = session_env(app, session, for_dotenv=True)
-    return notes + refresh_env(Path(session.workdir), values, _owner(app, session))
+    notes += refresh_env(Path(session.workdir), values, _owner(app, session))
+    # a start killed late left the session unfinished (a sweep would take it for garbage,
+    # data and all): running, ready and in its .env, it is whole now
+    with app.store.lock(session.name):
+        (app.store.directory(session.name) / STARTING_MARKER).unlink(missing_ok=True)
+    return notes
 
 
 def stale_dotenv(app: App, session: Session) -> tuple[str, str] | None:
