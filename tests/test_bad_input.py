@@ -242,6 +242,17 @@ def test_bad_input(world: World, cli: Cli, argv: tuple[str, ...], code: int,
     assert snapshot_of_everything(world) == before
 
 
+def test_the_messages_name_the_cause(world: World, cli: Cli) -> None:
+    env = {"CLAUDE_DB_STATE_DIR": str(world.state)}
+    empty = cli("claude-db", "import", "--replace", "--yes", "-", cwd=world.home, env=env)
+    assert empty.stderr == "error: stdin is empty: nothing to import\n", empty
+    for auto in ("3", "0"):  # a missing database is no reason to turn snapshots off
+        missing = cli("claude-db", "reset", "--yes", "-d", "nosuchdb", cwd=world.home,
+                      env={**env, "CLAUDE_DB_AUTO_SNAPSHOTS": auto})
+        assert 'database "nosuchdb" does not exist' in missing.stderr, missing
+        assert "CLAUDE_DB_AUTO_SNAPSHOTS" not in missing.stderr, missing
+
+
 def test_there_are_at_least_thirty_cases() -> None:
     assert len(CASES) >= 30
     assert len({name for name, *_ in CASES}) == len(CASES)
