@@ -309,6 +309,7 @@ def opened(source: str) -> Iterator[Iterator[bytes] | DumpDirectory]:
 
 @contextlib.contextmanager
 def _reading(source: str) -> Iterator[None]:
+    """Input that cannot be read or decompressed: one line, nothing applied."""
     try:
         yield
     except (OSError, EOFError, zlib.error, lzma.LZMAError) as exc:  # unreadable or corrupt

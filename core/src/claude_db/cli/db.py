@@ -464,8 +464,9 @@ def import_(
     if replace:
         check_source(source)
         target.require_running()
-        _answering(target, target.endpoint(database))  # as reset: never a misspelt database
-        name = target.endpoint(database).database
+        endpoint = target.endpoint(database)
+        _answering(target, endpoint)  # as reset: never creates a misspelt database
+        name = endpoint.database
         confirm(f"Replace all data in {name} of session {target.name}?", yes)
         taken = snapshots.replace_from(get_app(), target, source, database)
         kept = f" (the previous data is in snapshot {taken.name}: claude-db undo)" if taken else ""
