@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import psycopg
 import pytest
 
 from claude_db.errors import ExitCode
@@ -79,6 +80,8 @@ def world(tmp_path_factory: pytest.TempPathFactory, state_root: Path) -> Iterato
         (files / "a-directory").mkdir()
         (files / "dump.7z").write_bytes(b"7z\xbc\xaf\x27\x1c" + bytes(range(256)))
         (files / "random.bin").write_bytes(b"\x00garbage\x01\x02" * 50)
+        (files / "empty.sql.gz").write_bytes(b"")
+        (files / "nothing.sql.gz").write_bytes(gzip.compress(b""))  # empty once decompressed
         yield world
     finally:
         cleanup(state)
@@ -92,8 +95,11 @@ def snapshot_of_everything(world: World) -> dict[str, Any]:
         if relative.startswith("templates") or "/server/" in relative:
             continue  # the servers' own files change as they run
         files[relative] = hashlib.sha256(path.read_bytes()).hexdigest() if path.is_file() else "dir"
+    with psycopg.connect(world.urls["bad-main"], autocommit=True) as conn:
+        names = conn.execute("SELECT datname FROM pg_database ORDER BY 1").fetchall()
     return {
         "databases": {name: pg_fingerprint(url) for name, url in world.urls.items()},
+        "bad-main's server holds": names,  # none created (reset of a misspelt --database)
         "state files": files,
         "servers": sorted(cmd for _, cmd in server_processes(world.state)),
         "home .env": (world.home / ".env").read_text(),
@@ -194,6 +200,27 @@ CASES: list[tuple[str, tuple[str, ...], int, dict[str, str]]] = [
     ("import binary data", ("claude-db", "import", f"{F}/random.bin"), FAILED, {}),
     ("replace and skip ownership", ("claude-db", "import", "--replace", "--yes",
                                     "--skip-ownership", f"{F}/broken.sql"), USAGE, {}),
+    ("replace from empty stdin", ("claude-db", "import", "--replace", "--yes", "-"), USAGE, {}),
+    ("replace from empty stdin, no snapshots", ("claude-db", "import", "--replace", "--yes", "-"),
+     USAGE, {"CLAUDE_DB_AUTO_SNAPSHOTS": "0"}),
+    ("replace from a 0-byte .sql.gz", ("claude-db", "import", "--replace", "--yes",
+                                       f"{F}/empty.sql.gz"), USAGE, {}),
+    ("replace from a gzip of nothing", ("claude-db", "import", "--replace", "--yes",
+                                        f"{F}/nothing.sql.gz"), USAGE, {}),
+    ("import empty stdin", ("claude-db", "import", "-"), USAGE, {}),
+    ("import a gzip of nothing", ("claude-db", "import", f"{F}/nothing.sql.gz"), USAGE, {}),
+    ("import empty stdin, no transaction", ("claude-db", "import", "--no-transaction", "-"),
+     USAGE, {}),
+    ("reset a missing database", ("claude-db", "reset", "--yes", "-d", "nosuchdb"), FAILED, {}),
+    ("reset a missing database, no snapshots", ("claude-db", "reset", "--yes", "-d", "nosuchdb"),
+     FAILED, {"CLAUDE_DB_AUTO_SNAPSHOTS": "0"}),
+    ("replace a missing database, no snapshots", ("claude-db", "import", "--replace", "--yes",
+                                                  "-d", "nosuchdb", f"{F}/broken.sql"),
+     FAILED, {"CLAUDE_DB_AUTO_SNAPSHOTS": "0"}),
+    ("status of the reserved database", ("claude-db", "status", "-d", "claude_db_snapshots"),
+     USAGE, {}),
+    ("reset the reserved database", ("claude-db", "reset", "--yes", "-d", "claude_db_snapshots"),
+     USAGE, {"CLAUDE_DB_AUTO_SNAPSHOTS": "0"}),
     ("export format unknown", ("claude-db", "export", f"{F}/x.sql", "--format", "xml"),
      USAGE, {}),
 ]
@@ -213,6 +240,17 @@ def test_bad_input(world: World, cli: Cli, argv: tuple[str, ...], code: int,
     result = cli(*argv, cwd=cwd, env=environment)
     assert_one_line_error(result, code)
     assert snapshot_of_everything(world) == before
+
+
+def test_the_messages_name_the_cause(world: World, cli: Cli) -> None:
+    env = {"CLAUDE_DB_STATE_DIR": str(world.state)}
+    empty = cli("claude-db", "import", "--replace", "--yes", "-", cwd=world.home, env=env)
+    assert empty.stderr == "error: stdin is empty: nothing to import\n", empty
+    for auto in ("3", "0"):  # a missing database is no reason to turn snapshots off
+        missing = cli("claude-db", "reset", "--yes", "-d", "nosuchdb", cwd=world.home,
+                      env={**env, "CLAUDE_DB_AUTO_SNAPSHOTS": auto})
+        assert 'database "nosuchdb" does not exist' in missing.stderr, missing
+        assert "CLAUDE_DB_AUTO_SNAPSHOTS" not in missing.stderr, missing
 
 
 def test_there_are_at_least_thirty_cases() -> None:

@@ -17,6 +17,7 @@ import pytest
 
 from claude_db.envfile import read_env
 from claude_db.errors import ExitCode
+from claude_db.readiness import wait_until
 from claude_db.testing import BIN, Cli, assert_one_line_error
 from claude_db_postgres.engine import LINE_BYTES, CopyData
 
@@ -571,3 +572,41 @@ def test_a_query_read_from_stdin(cli: Cli, session: dict[str, str]) -> None:
     assert_one_line_error(empty, ExitCode.USAGE)
     plain = cli("claude-db", "export", "plain.sql")
     assert plain.code == 0 and "compression" not in plain.stderr, plain
+
+
+
+def _reading_stdin(pid: int) -> bool:
+    """Whether process ``pid`` waits in a read of its stdin (a pipe)."""
+    with contextlib.suppress(OSError):
+        waits = Path(f"/proc/{pid}/wchan").read_text()
+        call = Path(f"/proc/{pid}/syscall").read_text().split()
+        return "pipe_read" in waits and len(call) > 1 and call[1] == "0x0"  # fd 0
+    return False
+
+
+def test_replace_reads_its_input_before_it_replaces_anything(
+    cli: Cli, session: dict[str, str], workdir: Path
+) -> None:
+    """``export - | import --replace -`` on the same database: an import that emptied the
+    database before its input came would import an empty (or cut) export, and say
+    "replaced". It waits for the first bytes with the data untouched."""
+    filled = cli("claude-db", "query", "create table t(id int primary key, v text); "
+                 "insert into t select g, md5(g::text) from generate_series(1, 2000) g")
+    assert filled.code == 0, filled
+    before = _checksum(session["DATABASE_URL"])
+    exported = cli("claude-db", "export", "dump.pgc", "--format", "custom")
+    assert exported.code == 0, exported
+    importing = subprocess.Popen(
+        [str(BIN / "claude-db"), "import", "--replace", "--yes", "-"], cwd=workdir,
+        env=dict(os.environ), stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    try:
+        assert wait_until(lambda: _reading_stdin(importing.pid), timeout=300)
+        assert _checksum(session["DATABASE_URL"]) == before  # nothing replaced yet
+        _, stderr = importing.communicate((workdir / "dump.pgc").read_bytes(), timeout=300)
+    finally:
+        importing.kill()
+        importing.wait()
+    assert importing.returncode == 0, stderr
+    assert _checksum(session["DATABASE_URL"]) == before

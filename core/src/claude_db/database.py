@@ -272,22 +272,46 @@ def _dump_directory(path: Path) -> bool:
 def import_from(
     target: Target, source: str, database: str | None,
     options: ImportOptions = ImportOptions(),
+    data: Iterator[bytes] | DumpDirectory | None = None,
 ) -> None:
-    """Apply a dump from ``source`` (``-`` = stdin; compression detected), all or nothing."""
-    check_source(source)
+    """Apply a dump from ``source`` (``-`` = stdin; compression detected), all or nothing;
+    ``data`` is ``source`` already :func:`opened` (else it is opened here)."""
+    if data is None:
+        with opened(source) as data:
+            import_from(target, source, database, options, data)
+        return
     target.require_running()
     tools = target.tools(database)
     if source != "-":  # the script's \i, \ir and \copy find files beside it
         tools.workdir = Path(os.path.abspath(source)).parent
+    with _reading(source):
+        target.engine.restore_with(tools, data, options)
+
+
+@contextlib.contextmanager
+def opened(source: str) -> Iterator[Iterator[bytes] | DumpDirectory]:
+    """``source``'s bytes (decompressed) for :func:`import_from`, refused if there are none:
+    a caller that replaces or snapshots the database opens it first, so empty input (an
+    empty file, a failed pipe) changes nothing. A ``pg_dump -Fd`` directory is read where
+    the engine's tools run (mounted on docker)."""
+    check_source(source)
+    if source != "-" and _dump_directory(Path(source)):
+        yield DumpDirectory(Path(os.path.abspath(source)))
+        return
+    with contextlib.ExitStack() as stack:
+        with _reading(source):
+            chunks = stack.enter_context(_open_source(source))
+            first = next((chunk for chunk in chunks if chunk), None)
+        if first is None:
+            raise UsageError(f"{_label(source)} is empty: nothing to import")
+        yield itertools.chain([first], chunks)
+
+
+@contextlib.contextmanager
+def _reading(source: str) -> Iterator[None]:
+    """Input that cannot be read or decompressed: one line, nothing applied."""
     try:
-        if source != "-" and _dump_directory(Path(source)):
-            # its files are read where the engine's tools run (mounted on docker)
-            target.engine.restore_with(
-                tools, DumpDirectory(Path(os.path.abspath(source))), options
-            )
-            return
-        with _open_source(source) as chunks:
-            target.engine.restore_with(tools, chunks, options)
+        yield
     except (OSError, EOFError, zlib.error, lzma.LZMAError) as exc:  # unreadable or corrupt
         reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else exc
         raise ClaudeDbError(f"cannot read {source}, nothing was applied: {reason}") from None

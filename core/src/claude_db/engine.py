@@ -265,8 +265,9 @@ class Engine(ABC):
     #: name of the interactive client (``claude-db shell`` runs it)
     shell_name: ClassVar[str]
     #: databases on the server the engine keeps for itself (its snapshot history): no
-    #: command takes them (``--database``), no import writes there
-    internal_databases: ClassVar[tuple[str, ...]] = ()
+    #: command takes them (``--database``), no import writes there. Every engine reserves
+    #: ``claude_db_snapshots`` (README), whether it keeps snapshots there or not
+    internal_databases: ClassVar[tuple[str, ...]] = ("claude_db_snapshots",)
 
     # -- connection contract --------------------------------------------------------------
 

@@ -35,8 +35,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from claude_db.database import check_source, import_from
-from claude_db.engine import Engine, ImportOptions
+from claude_db.database import check_source, import_from, opened
+from claude_db.engine import DumpDirectory, Engine, ImportOptions
 from claude_db.errors import ClaudeDbError, PartlyAppliedError, UsageError
 from claude_db.faults import checkpoint
 from claude_db.locks import hold, lock_for
@@ -387,13 +387,15 @@ def replace_from(app: App, target: Target, source: str, database: str | None) ->
     has checked the source (``database.check_source``) and that the server runs, before asking.
     """
     store = store_for(app, target)
-    with store.lock():
+    # opened before the lock (a pipe may wait for a command that takes it) and before the
+    # snapshot: empty input is refused with nothing changed
+    with opened(source) as data, store.lock():
         _sync(target, store)
         snapshot = _automatic(app, target, store, database, IMPORT, move=True, prune=False)
         try:
             if snapshot is None or not snapshot.emptied:
                 target.engine.reset(target.endpoint(database))
-            import_from(target, source, database)
+            import_from(target, source, database, data=data)
         except BaseException as exc:
             if snapshot is None:
                 raise
@@ -813,10 +815,18 @@ def import_outside_a_transaction(
             "failure: CLAUDE_DB_AUTO_SNAPSHOTS is 0"
         )
     target.require_running()
+    with opened(source) as data:  # empty input is refused before the snapshot
+        return _import_after_snapshot(app, target, source, database, options, data)
+
+
+def _import_after_snapshot(
+    app: App, target: Target, source: str, database: str | None, options: ImportOptions,
+    data: Iterator[bytes] | DumpDirectory,
+) -> Snapshot:
     taken = before_destroying(app, target, database, IMPORT)
     assert taken is not None  # automatic snapshots are on
     try:
-        import_from(target, source, database, replace(options, transaction=False))
+        import_from(target, source, database, replace(options, transaction=False), data)
     except BaseException as exc:
         try:
             _, safety = restore(app, target, taken.name)

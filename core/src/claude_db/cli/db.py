@@ -44,6 +44,7 @@ from claude_db.errors import (
 )
 from claude_db.lifecycle import database_env, stale_dotenv
 from claude_db.plugins import add_commands
+from claude_db.target import Target
 
 HELP = """Work with the current session's database.
 
@@ -83,17 +84,11 @@ def main() -> None:
     run(create_app, "claude-db")
 
 
-def status(
-    session: str | None = SessionOption,
-    database: str | None = DatabaseOption,
-    as_json: bool = JsonOption,
-) -> None:
-    """Check that the database answers an authenticated query."""
-    target = resolve_target(session)
-    target.require_running()
-    endpoint = target.endpoint(database)
+def _answering(target: Target, endpoint: Endpoint) -> str:
+    """The server's version once ``endpoint`` answers an authenticated query; else one
+    line saying why not (a database that does not exist: exit 1)."""
     try:
-        version = target.engine.check_ready(endpoint, timeout=5)
+        return target.engine.check_ready(endpoint, timeout=5)
     except NotRunningError:
         raise
     except Exception as exc:
@@ -103,6 +98,18 @@ def status(
             raise NotRunningError(f"{where} does not answer: {reason}") from None
         # it answered, but no: wrong password, no such database...
         raise ClaudeDbError(f"{where} answers but refused: {reason}") from None
+
+
+def status(
+    session: str | None = SessionOption,
+    database: str | None = DatabaseOption,
+    as_json: bool = JsonOption,
+) -> None:
+    """Check that the database answers an authenticated query."""
+    target = resolve_target(session)
+    target.require_running()
+    endpoint = target.endpoint(database)
+    version = _answering(target, endpoint)
     stale = None
     if not target.bare_url:
         stale = stale_dotenv(get_app(), target.session)
@@ -458,7 +465,9 @@ def import_(
     if replace:
         check_source(source)
         target.require_running()
-        name = target.endpoint(database).database
+        endpoint = target.endpoint(database)
+        _answering(target, endpoint)  # as reset: never creates a misspelt database
+        name = endpoint.database
         confirm(f"Replace all data in {name} of session {target.name}?", yes)
         taken = snapshots.replace_from(get_app(), target, source, database)
         kept = f" (the previous data is in snapshot {taken.name}: claude-db undo)" if taken else ""
@@ -504,6 +513,7 @@ def reset(
     target = resolve_target(session, destructive="reset")
     target.require_running()
     endpoint = target.endpoint(database)
+    _answering(target, endpoint)  # reset empties a database, never creates a misspelt one
     confirm(f"Destroy all data in {endpoint.database} of session {target.name}?", yes)
     taken = snapshots.before_destroying(get_app(), target, database, snapshots.RESET, empty=True)
     if taken is None or not taken.emptied:  # PostgreSQL moves the data instead: no copy
