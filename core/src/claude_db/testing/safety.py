@@ -16,6 +16,8 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
+import psutil
+
 from claude_db.testing.cli import BIN, OUR_VARIABLES, TEST_ENV, Cli
 from claude_db.testing.leaks import port_listeners
 
@@ -202,12 +204,17 @@ def cli_env(state: Path) -> dict[str, str]:
 
 
 def session_leader_servers(state: Path, name: str) -> list[int]:
-    """Server processes (session leaders, as the local runtime starts them) of one session."""
+    """Server processes (session leaders, as the local runtime starts them) of one session.
+
+    Not their children: PostgreSQL's children are session leaders too (``setsid`` at their
+    start), and until one sets its process title its command line is the server's (a full
+    run caught one so)."""
     prefix = f"{state}/sessions/{name}/"
+    found = [pid for pid, command in server_processes(state) if prefix in command]
     pids = []
-    for pid, command in server_processes(state):
-        with contextlib.suppress(ProcessLookupError):
-            if prefix in command and os.getsid(pid) == pid:
+    for pid in found:
+        with contextlib.suppress(ProcessLookupError, psutil.NoSuchProcess):
+            if os.getsid(pid) == pid and psutil.Process(pid).ppid() not in found:
                 pids.append(pid)
     return pids
 
