@@ -1,20 +1,18 @@
-"""SIGTERM and ``claude-session start``, as README "Exit codes" tells it: 130 once the
-command runs (what it made is removed); while it is still loading, before its handlers
-are set and before it has made anything, the signal ends it as SIGTERM does."""
+"""SIGTERM and ``claude-session start``, as README "Exit codes" tells it: while it is still
+loading, before its handlers are set and before it has made anything, the signal ends it
+as SIGTERM does. (Once the command runs it is an interrupt, exit 130:
+tests/test_faults.py::test_interrupt_during_start_while_waiting_for_the_session_lock.)"""
 
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import os
 import signal
 import subprocess
 import sys
 from pathlib import Path
 
-from claude_db.locks import lock_for
-from claude_db.testing import BIN
-from claude_db.testing.safety import cli_env, locks_waited_for_by, wait_for
+from claude_db.testing.safety import cli_env, wait_for
 
 #: ``claude-session start early``, held (reading the FIFO argv[1]) after claude-db's
 #: modules are loaded and before its command runs
@@ -57,21 +55,3 @@ def test_sigterm_while_loading_ends_start_as_sigterm_does_having_made_nothing(
     assert not (workdir / ".env").exists()
     assert not (state / "sessions" / "early").exists()
 
-
-def test_sigterm_once_start_runs_is_an_interrupt(state: Path, workdir: Path) -> None:
-    sessions = state / "sessions"
-    sessions.mkdir()
-    with open(lock_for(sessions / "term-wait"), "a") as held:
-        fcntl.flock(held, fcntl.LOCK_EX)  # as another command on this session would
-        proc = subprocess.Popen(
-            [str(BIN / "claude-session"), "start", "term-wait"], cwd=workdir,
-            env=cli_env(state), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE, text=True,
-        )
-        wait_for("start to wait for the lock", lambda: locks_waited_for_by(proc.pid))
-        os.kill(proc.pid, signal.SIGTERM)
-        _, err = proc.communicate(timeout=120)
-    assert proc.returncode == 130, err
-    assert err.splitlines()[-1] == "error: interrupted", err
-    assert not (sessions / "term-wait").exists()
-    assert not (workdir / ".env").exists()

@@ -197,9 +197,10 @@ def _dump_tools_of(port: int) -> list[int]:
 # -- Ctrl-C during start ---------------------------------------------------------------------
 
 
-def interrupt(proc: subprocess.Popen[bytes]) -> tuple[int, str]:
-    """Ctrl-C as a terminal sends it: SIGINT to the CLI's whole process group."""
-    os.killpg(proc.pid, signal.SIGINT)
+def interrupt(proc: subprocess.Popen[bytes], sig: int = signal.SIGINT) -> tuple[int, str]:
+    """Ctrl-C as a terminal sends it (SIGINT to the CLI's whole process group), or
+    ``sig`` the same way (SIGTERM: a job or service being stopped)."""
+    os.killpg(proc.pid, sig)
     _, err = proc.communicate(timeout=120)
     return proc.returncode, err.decode()
 
@@ -241,10 +242,12 @@ def test_interrupt_during_a_docker_start_leaves_nothing(state: Path, workdir: Pa
         remove_everything(name)
 
 
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
 def test_interrupt_during_start_while_waiting_for_the_session_lock(
-    state: Path, workdir: Path
+    state: Path, workdir: Path, sig: int
 ) -> None:
-    """Interrupted before anything was made: nothing is made, nothing is left."""
+    """Interrupted (Ctrl-C, or SIGTERM once its handlers are set) before anything was made:
+    exit 130, nothing is made, nothing is left."""
     sessions = state / "sessions"
     sessions.mkdir()
     with open(lock_for(sessions / "fault-wait"), "a") as held:
@@ -255,12 +258,13 @@ def test_interrupt_during_start_while_waiting_for_the_session_lock(
             stderr=subprocess.PIPE, start_new_session=True,
         )
         wait_for("start to wait for the lock", lambda: locks_waited_for_by(proc.pid))
-        code, stderr = interrupt(proc)
+        code, stderr = interrupt(proc, sig)
         # a machine slow enough may let the wait's notice come first ("waiting for ...")
         waited = [line for line in stderr.splitlines() if line.startswith("waiting for ")]
         assert_interrupted(code, "\n".join(line for line in stderr.splitlines()
                                             if line not in waited))
     assert not (sessions / "fault-wait").exists()
+    assert not (workdir / ".env").exists()
     assert session_leader_servers(state, "fault-wait") == []
 
 
