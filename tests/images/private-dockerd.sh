@@ -167,10 +167,12 @@ down() {
     dir=$(realpath "$dir")
     stop_pid "$dir/ssh/sshd.pid"
     stop_pid "$dir/dockerd.pid"  # stops its containers and its own containerd with it
-    if ip netns list | grep -qw "$ns"; then
-        ip netns del "$ns"  # takes the namespace's end of the veth (and so the pair) with it
-    fi
-    if ip link show "$veth_here" >/dev/null 2>&1; then ip link del "$veth_here"; fi
+    # the veth first: deleting this end takes the pair at once, while a deleted namespace
+    # frees its devices later, in the kernel's background (a `show` then `del` after it
+    # raced: "Cannot find device"); gone by any hand counts as done
+    ip link del "$veth_here" 2>/dev/null || ! ip link show "$veth_here" >/dev/null 2>&1 \
+        || die "could not delete $veth_here"
+    if ip netns list | grep -qw "$ns"; then ip netns del "$ns"; fi
     # what dockerd mounted under its roots goes with it, and with its containerd, which may
     # still be unmounting for a moment after dockerd exits; anything left then is not ours
     # to force
