@@ -165,3 +165,29 @@ def test_a_remote_tunnel_without_a_docker_cli_is_one_clear_error(
     monkeypatch.setenv("PATH", "/nonexistent")
     with pytest.raises(DockerUnavailableError, match="no docker CLI"):
         tunnel("some-db", 5432)
+
+
+@pytest.mark.docker
+@pytest.mark.xdist_group("private-dockerd")  # one private daemon, on one worker
+@pytest.mark.slow  # a daemon of its own: `./dev test --all` (CI) runs it
+def test_an_engine_out_of_network_addresses_is_one_line_that_says_what_to_do(
+    cli: Cli, new_name: Callable[[], str], remote_engine: PrivateEngine
+) -> None:
+    """Each docker session takes a network from the engine's address pools (~30 by Docker's
+    default): with none left, `start` says why and what to do, and leaves nothing."""
+    blocker = f"{new_name()}-whole-pool"  # one network that holds every address of the pool
+    remote_engine.docker("network", "create", "--subnet", remote_engine.values["POOL"], blocker)
+    try:
+        name = new_name()
+        engine = {"DOCKER_HOST": remote_engine.socket}
+        result = cli("claude-session", "start", name, "--runtime", "docker", env=engine)
+        assert_one_line_error(result, 1)
+        assert "address pools" in result.stderr and "daemon.json" in result.stderr, result
+        for kind in ("container", "network", "volume"):
+            held = remote_engine.docker(kind, "ls", "-q", *(("-a",) if kind == "container" else ()),
+                                        "--filter", f"label=claude-db.session={name}")
+            assert held.stdout == "", (kind, held)
+        listed = json.loads(cli("claude-session", "list", "--json", env=engine).stdout)
+        assert name not in [s["name"] for s in listed]
+    finally:
+        remote_engine.docker("network", "rm", blocker)

@@ -16,7 +16,7 @@
 # route that goes with the veth) and let in by a rule in the namespace's iptables, so a
 # local client on its unix socket reaches them as it reaches a local engine's. Nothing here
 # touches the machine's main daemon, its docker0 or this machine's iptables.
-# `up` writes DIR/env (shell assignments: SOCKET, ADDR, CERTS, SSH_KEY, SSH_KNOWN_HOSTS, ...).
+# `up` writes DIR/env (shell assignments: SOCKET, ADDR, POOL, CERTS, SSH_KEY, SSH_KNOWN_HOSTS).
 set -euo pipefail
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 . "$here/lib.sh"
@@ -76,6 +76,7 @@ up() {
     {
         echo "SOCKET=$socket"
         echo "ADDR=$addr"
+        echo "POOL=$pool"
         echo "CERTS=$dir/certs/client"
         echo "SSH_KEY=$dir/ssh/id_ed25519"
         echo "SSH_KNOWN_HOSTS=$dir/ssh/known_hosts"

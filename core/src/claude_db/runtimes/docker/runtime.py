@@ -73,6 +73,12 @@ FAILURE_CHECK_INTERVAL = 0.5  # seconds; each look is an inspect competing with 
 STOP_TIMEOUT = 30  # seconds a database gets to shut down cleanly
 PORT_ATTEMPTS = 5  # free loopback ports tried when the one chosen is taken meanwhile
 # bash when the image has it, else sh; not a login shell: /etc/profile would reset PATH
+#: how Docker says its address pools have no subnet left for a new network (before 23.0;
+#: from 23.0 on)
+POOLS_FULL = ("fully subnetted", "non-overlapping IPv4 address pool")
+POOLS_HINT = ("each docker session takes one network from the engine's address pools: "
+              "delete sessions you are done with (claude-session list), or give the engine "
+              "more (default-address-pools in its daemon.json)")
 SHELL = "if command -v bash >/dev/null 2>&1; then exec bash; else exec sh; fi"
 
 
@@ -562,12 +568,18 @@ class DockerRuntime(Runtime):
 
     def _create_network(self, docker: DockerClient, session: Session, engine: Engine) -> None:
         name = session.runtime_state["network"]
+        try:
+            with slow(docker), docker_errors(f"creating network {name!r}"):
+                # the low-level call: the SDK's model would look the new network up again
+                created = docker.api.create_network(
+                    name, driver="bridge", check_duplicate=True,
+                    labels=self._labels(session, engine, "network"),
+                )
+        except ClaudeDbError as exc:
+            if any(words in str(exc) for words in POOLS_FULL):
+                raise ClaudeDbError(f"{exc} ({POOLS_HINT})") from None
+            raise
         with slow(docker), docker_errors(f"creating network {name!r}"):
-            # the low-level call: the SDK's model would look the new network up again
-            created = docker.api.create_network(
-                name, driver="bridge", check_duplicate=True,
-                labels=self._labels(session, engine, "network"),
-            )
             # check_duplicate is best effort: two creates at once can both succeed
             same = [n for n in docker.api.networks(names=[name]) if n["Name"] == name]
             if len(same) > 1:
