@@ -1,6 +1,6 @@
-"""SIGTERM and ``claude-session start``, as README "Exit codes" tells it: while it is still
-loading, before its handlers are set and before it has made anything, the signal ends it
-as SIGTERM does. (Once the command runs it is an interrupt, exit 130:
+"""A signal while ``claude-session start`` is still loading, as README "Exit codes" tells it:
+before its handlers are set and before it has made anything, Ctrl-C (SIGINT) and SIGTERM end
+it as the signal does, with no traceback. (Once the command runs, an interrupt is exit 130:
 tests/test_faults.py::test_interrupt_during_start_while_waiting_for_the_session_lock.)"""
 
 from __future__ import annotations
@@ -12,26 +12,39 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from claude_db.testing.safety import cli_env, wait_for
 
-#: ``claude-session start early``, held (reading the FIFO argv[1]) after claude-db's
-#: modules are loaded and before its command runs
-LOADED_THEN_START = """
+#: ``claude-session start early`` as its console script runs it (the entry point from the
+#: installed distribution's metadata), held (reading the FIFO argv[1]) as it loads the
+#: command's modules
+HELD_WHILE_LOADING = """
 import sys
-from claude_db.cli.session import main
-with open(sys.argv[1]) as fifo:
-    fifo.read()
+from importlib.metadata import entry_points
+
+FIFO = sys.argv[1]
+
+class Hold:
+    def find_spec(self, name, path=None, target=None):
+        if name == "claude_db.cli.session":
+            with open(FIFO) as fifo:
+                fifo.read()
+
+sys.meta_path.insert(0, Hold())
+(script,) = entry_points(group="console_scripts", name="claude-session")
 sys.argv = ["claude-session", "start", "early"]
-main()
+script.load()()
 """
 
 
-def test_sigterm_while_loading_ends_start_as_sigterm_does_having_made_nothing(
-    state: Path, workdir: Path, tmp_path: Path
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+def test_a_signal_while_loading_ends_start_as_the_signal_does_having_made_nothing(
+    state: Path, workdir: Path, tmp_path: Path, sig: int
 ) -> None:
     fifo = tmp_path / "hold"
     os.mkfifo(fifo)
-    proc = subprocess.Popen([sys.executable, "-c", LOADED_THEN_START, str(fifo)], cwd=workdir,
+    proc = subprocess.Popen([sys.executable, "-c", HELD_WHILE_LOADING, str(fifo)], cwd=workdir,
                             env=cli_env(state), stdin=subprocess.DEVNULL,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     writer: list[int] = []
@@ -44,14 +57,14 @@ def test_sigterm_while_loading_ends_start_as_sigterm_does_having_made_nothing(
 
     try:
         wait_for("claude-session to load", held)
-        os.kill(proc.pid, signal.SIGTERM)
-        _, err = proc.communicate(timeout=120)
+        os.kill(proc.pid, sig)
+        out, err = proc.communicate(timeout=120)
     finally:
         proc.kill()  # only if the test failed before: it ended already
         proc.wait()
         for fd in writer:
             os.close(fd)
-    assert proc.returncode == -signal.SIGTERM, err
+    assert proc.returncode == -sig, err
+    assert (out, err) == (b"", b"")  # Python's KeyboardInterrupt traceback was here
     assert not (workdir / ".env").exists()
     assert not (state / "sessions" / "early").exists()
-

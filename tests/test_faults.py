@@ -268,6 +268,28 @@ def test_interrupt_during_start_while_waiting_for_the_session_lock(
     assert session_leader_servers(state, "fault-wait") == []
 
 
+def test_a_hangup_the_caller_ignores_does_not_interrupt_start(
+    cli: Cli, state: Path, workdir: Path
+) -> None:
+    """`nohup claude-session start`: the hangup of a closed terminal, which it was started
+    ignoring, stays ignored (its handlers took SIGHUP over); the start goes on."""
+    sessions = state / "sessions"
+    sessions.mkdir()
+    with open(lock_for(sessions / "fault-nohup"), "a") as held:
+        fcntl.flock(held, fcntl.LOCK_EX)  # as another command on this session would
+        proc = subprocess.Popen(
+            ["nohup", str(BIN / "claude-session"), "start", "fault-nohup"], cwd=workdir,
+            env=cli_env(state), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE, start_new_session=True,
+        )
+        wait_for("start to wait for the lock", lambda: locks_waited_for_by(proc.pid))
+        os.killpg(proc.pid, signal.SIGHUP)  # while it waits: nothing else is under way
+    _, stderr = proc.communicate(timeout=180)  # the lock is free: the start goes on
+    assert proc.returncode == 0, stderr
+    assert cli("claude-db", "status", "--session", "fault-nohup").code == 0
+    assert cli("claude-session", "delete", "fault-nohup", "--yes").code == 0
+
+
 def test_interrupt_leaves_the_name_usable(cli: Cli, state: Path, workdir: Path) -> None:
     proc, server, name = start_with_frozen_server(state, "fault-again", workdir)
     os.killpg(proc.pid, signal.SIGINT)

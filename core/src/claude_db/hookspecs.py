@@ -20,6 +20,9 @@ if TYPE_CHECKING:
     from claude_db.session import Session
 
 hookspec = pluggy.HookspecMarker("claude_db")
+#: mark hook implementations with ``@hookimpl`` (plugins import it from ``claude_db``, never
+#: pluggy)
+hookimpl = pluggy.HookimplMarker("claude_db")
 
 
 @hookspec

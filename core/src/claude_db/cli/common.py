@@ -92,7 +92,8 @@ def _take_verbose(argv: list[str]) -> tuple[list[str], bool]:
 
 def _interruptible() -> list[int]:
     """Ctrl-C, SIGTERM and SIGHUP all interrupt a command (its cleanup runs: a start
-    leaves nothing behind); the returned list records that one arrived."""
+    leaves nothing behind); the returned list records that one arrived. A signal the
+    caller ignores stays ignored: `nohup claude-session start` outlives its terminal."""
     received: list[int] = []
 
     def interrupt(signum: int, frame: object) -> None:
@@ -100,7 +101,8 @@ def _interruptible() -> list[int]:
         raise KeyboardInterrupt
 
     for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
-        signal.signal(sig, interrupt)
+        if signal.getsignal(sig) is not signal.SIG_IGN:
+            signal.signal(sig, interrupt)
     return received
 
 
