@@ -45,8 +45,11 @@ start_dockerd() {  # $@: extra dockerd flags
     printf '\n=== %s docker-up: dockerd %s\n' "$(date -Is)" "$*" >>"$LOG"
     # setsid+nohup: the daemon must outlive this script and its caller's session.
     # shellcheck disable=SC2086  # CLAUDE_DB_DOCKERD_ARGS: extra flags, split on purpose
+    # Each docker session takes a network: Docker's default address pools hold ~30, fewer
+    # than the suite's workers can hold at once (twenty worktrees on one of them); 256 here
     setsid nohup dockerd \
         --host unix:///var/run/docker.sock --host "$TCP" \
+        --default-address-pool "base=${CLAUDE_DB_DOCKERD_POOL:-10.200.0.0/16},size=24" \
         --pidfile "$PIDFILE" "$@" ${CLAUDE_DB_DOCKERD_ARGS:-} >>"$LOG" 2>&1 </dev/null &
     local pid=$! i
     for ((i = 0; i < TIMEOUT * 5; i++)); do
