@@ -106,6 +106,16 @@ def test_a_symlinked_env_is_refused_and_its_target_untouched(
     assert cli("claude-session", "list", "--json").stdout.strip() == "[]"
 
 
+def test_an_env_that_is_a_directory_is_one_line_naming_it(cli: Cli, workdir: Path) -> None:
+    """First-time user: it said "error: 3: Is a directory" (a file descriptor's number)."""
+    (workdir / ".env").mkdir()
+    started = cli("claude-session", "start", "envdir")
+    assert_one_line_error(started, ExitCode.USAGE)
+    assert f"{workdir / '.env'} is not a file" in started.stderr, started
+    assert (workdir / ".env").is_dir() and not any((workdir / ".env").iterdir())
+    assert cli("claude-session", "list", "--json").stdout.strip() == "[]"
+
+
 @pytest.mark.parametrize("name", ["app[1]", "a*b", "svc\\x", "x?y", "#hash", "!bang"])
 def test_env_in_a_glob_named_directory_is_ignored_by_git(
     cli: Cli, tmp_path: Path, name: str

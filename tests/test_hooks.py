@@ -221,6 +221,17 @@ def test_a_failing_hook_prints_one_line_and_exits_0(cli: Cli, state: Path, repo:
     assert_one_line_error(unknown, 2)
 
 
+def test_input_that_is_not_json_does_nothing_on_a_guess(state: Path, repo: Path, cli: Cli) -> None:
+    """Not what an agent sends (first-time user: it started a session where the hook
+    happened to run): one line, exit 0, nothing made."""
+    assert cli("claude-session", "hooks", "install", "--no-git", cwd=repo).code == 0
+    for event, body in (("SessionStart", "not json"), ("Stop", "[1, 2]")):
+        line = one_line(run_as_claude_code(repo, event, body))
+        assert line.endswith("hook failed: its input is not a JSON object"), line
+    assert not (repo / ".env").exists()
+    assert not (state / "sessions").exists() or not any((state / "sessions").iterdir())
+
+
 def test_git_worktree_add_starts_a_session(cli: Cli, state: Path, repo: Path) -> None:
     assert cli("claude-session", "hooks", "install", "--no-claude", cwd=repo).code == 0
     tree = repo.parent / "wt-git"

@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import socket
+import subprocess
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -340,3 +342,109 @@ def test_a_bare_url_is_a_runtime_of_its_own(
             target.runtime.delete(target.session, target.engine, keep_data=False)
     with pytest.raises(NotRunningError, match=f"nothing answers at 127.0.0.1:{port}"):
         target.require_running()
+
+
+# -- a .env that is not its session's own (found by trying it as an attacker) ----------------
+
+
+def _git(cwd: Path, *args: str) -> None:
+    subprocess.run(["git", "-C", str(cwd), *args], check=True, capture_output=True,
+                   env={**os.environ, "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@t",
+                        "GIT_COMMITTER_NAME": "t", "GIT_COMMITTER_EMAIL": "t@t"})
+
+
+def test_a_worktree_nested_in_the_checkout_is_a_checkout_of_its_own(
+    cli: Cli, tmp_path: Path
+) -> None:
+    """Claude Code makes worktrees in .claude/worktrees/, inside the main checkout: from
+    one, nothing may reach the main checkout's session (delete took it, data and all)."""
+    main = tmp_path / "repo"
+    main.mkdir()
+    _git(main, "init", "-q")
+    _git(main, "commit", "-q", "--allow-empty", "-m", "init")
+    assert cli("claude-session", "start", "nest-main", cwd=main).code == 0
+    try:
+        assert cli("claude-db", "query", "create table precious (x int)", cwd=main).code == 0
+        _git(main, "worktree", "add", "-q", ".claude/worktrees/feat")
+        nested = main / ".claude" / "worktrees" / "feat"
+        for command in (("claude-session", "delete", "--yes"), ("claude-session", "stop"),
+                        ("claude-db", "reset", "--yes"), ("claude-db", "query", "select 1")):
+            assert_one_line_error(cli(*command, cwd=nested), ExitCode.NO_SESSION)
+        checkpoint = cli("claude-db", "checkpoint", cwd=nested)  # nothing to checkpoint: 0
+        assert checkpoint.stdout.startswith("no checkpoint taken: no session here"), checkpoint
+        stop = cli("claude-session", "hooks", "run", "stop", cwd=nested,
+                   input=json.dumps({"hook_event_name": "Stop", "cwd": str(nested)}))
+        assert stop.code == 0 and "no checkpoint taken" in stop.stdout, stop
+        listed = cli("claude-db", "undo", "--list", "--json", cwd=main)
+        assert json.loads(listed.stdout) == [], listed
+        assert _tables(cli, "nest-main") == ["precious"]
+    finally:
+        assert cli("claude-session", "delete", "nest-main", "--yes").code == 0
+
+
+def test_a_copied_directorys_env_destroys_nothing_of_the_original(
+    cli: Cli, tmp_path: Path
+) -> None:
+    original, copy = tmp_path / "proj", tmp_path / "proj-copy"
+    original.mkdir()
+    assert cli("claude-session", "start", "copied", cwd=original).code == 0
+    try:
+        assert cli("claude-db", "query", "create table mine (x int)", cwd=original).code == 0
+        shutil.copytree(original, copy, symlinks=True)
+        for command in (("claude-session", "delete", "--yes"), ("claude-db", "reset", "--yes")):
+            refused = cli(*command, cwd=copy)
+            assert_one_line_error(refused, USAGE)
+            assert f"the session of {original}" in refused.stderr, refused
+        status = cli("claude-db", "status", cwd=copy)  # its address is the session's: it reads
+        assert status.code == 0 and "(session copied)" in status.stdout, status
+        assert _tables(cli, "copied") == ["mine"]
+        assert read_env(original)["CLAUDE_SESSION"] == "copied"
+    finally:
+        assert cli("claude-session", "delete", "copied", "--yes").code == 0
+
+
+def test_a_moved_directorys_env_never_reaches_the_new_session_of_its_name(
+    cli: Cli, tmp_path: Path
+) -> None:
+    a, b = tmp_path / "a", tmp_path / "b"
+    a.mkdir()
+    b.mkdir()
+    assert cli("claude-session", "start", "reused", cwd=a).code == 0
+    a.rename(tmp_path / "a-moved")
+    moved = cli("claude-db", "reset", "--yes", cwd=tmp_path / "a-moved")  # moved: still its own
+    assert moved.code == 0 and "session reused" in moved.stderr, moved
+    assert cli("claude-session", "delete", "reused", "--yes").code == 0
+    assert cli("claude-session", "start", "reused", cwd=b).code == 0
+    try:
+        assert cli("claude-db", "query", "create table b_data (x int)", cwd=b).code == 0
+        for command in (("claude-db", "reset", "--yes"), ("claude-db", "query", "select 1"),
+                        ("claude-session", "stop")):
+            refused = cli(*command, cwd=tmp_path / "a-moved")
+            assert_one_line_error(refused, USAGE)
+            assert "at another address" in refused.stderr, refused
+        assert _tables(cli, "reused") == ["b_data"]
+    finally:
+        assert cli("claude-session", "delete", "reused", "--yes").code == 0
+
+
+def test_an_env_another_state_directory_wrote_never_leads_to_this_ones_session(
+    cli: Cli, tmp_path: Path, state_root: Path
+) -> None:
+    one, two = tmp_path / "one", tmp_path / "two"
+    one.mkdir()
+    two.mkdir()
+    other = {"CLAUDE_DB_STATE_DIR": str(fresh_state(tmp_path / "s2", state_root))}
+    assert cli("claude-session", "start", "twice", cwd=one).code == 0
+    assert cli("claude-session", "start", "twice", cwd=two, env=other).code == 0
+    try:
+        assert cli("claude-db", "query", "create table first (x int)", cwd=one).code == 0
+        for command in (("claude-db", "reset", "--yes"), ("claude-db", "query", "select 1"),
+                        ("claude-session", "delete", "--yes")):
+            refused = cli(*command, cwd=two)  # this state directory's `twice` is one's
+            assert_one_line_error(refused, USAGE)
+            assert "was written by the state directory" in refused.stderr, refused
+        assert _tables(cli, "twice") == ["first"]
+        assert cli("claude-db", "status", cwd=two, env=other).code == 0  # its own: fine
+    finally:
+        assert cli("claude-session", "delete", "twice", "--yes").code == 0
+        assert cli("claude-session", "delete", "twice", "--yes", env=other).code == 0

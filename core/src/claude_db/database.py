@@ -47,19 +47,19 @@ GZIP_LEVEL = 6  # gzip(1)'s default: Python's 9 is several times slower for litt
 
 def resolve(app: App, session_name: str | None) -> Target:
     """The database a command works on, by one rule: ``--session NAME``; else the ``.env``
-    naming a session in the current directory or the nearest one above it; else
-    ``$CLAUDE_SESSION``; else ``$DATABASE_URL``. An inherited variable that names another
-    database than that ``.env`` is recorded in :attr:`Target.conflict`."""
+    naming a session in the current directory or the nearest one above it (up to the top
+    of its git checkout); else ``$CLAUDE_SESSION``; else ``$DATABASE_URL``. What puts the
+    session named in doubt is recorded in :attr:`Target.conflict` (see :func:`locate`)."""
     if session_name:
         return _session_target(app, validate_name(session_name))
-    found = locate()
+    found = locate(app)
     if found is None:
         raise SessionNotFoundError(
             "no session here: pass --session NAME, run in (or below) a directory where "
             "claude-session start wrote .env, or set CLAUDE_SESSION or DATABASE_URL"
         )
     target: Target | None = None
-    if found.name and app.store.exists(found.name):
+    if found.name and found.ours:
         target = _session_target(app, found.name)
     elif found.url:  # a session this state directory does not know, or a session container
         target = _target_from_url(app, found.url, found.name or "DATABASE_URL")
@@ -81,31 +81,72 @@ class Located:
     name: str | None
     url: str | None  # the DATABASE_URL that goes with it
     source: str  # a .env's path, CLAUDE_SESSION or DATABASE_URL
-    conflict: str | None = None  # an inherited variable naming something else
+    conflict: str | None = None  # what puts it in doubt: an inherited variable, a copied .env
+    ours: bool = False  # a session of this state directory
 
 
-def locate() -> Located | None:
-    """The session named here, without ``--session`` (see :func:`resolve`)."""
+def locate(app: App) -> Located | None:
+    """The session named here, without ``--session`` (see :func:`resolve`).
+
+    A ``.env`` is the session's own where the session says it lives (or moved from): one
+    copied with its directory, or left behind by a moved one whose name a new session took
+    since, or written by another state directory, must not lead to this state directory's
+    session of that name. Where the ``.env`` still holds that session's address, it is in
+    doubt (:attr:`Located.conflict`: destructive commands refuse); where it holds another,
+    or another state directory wrote it, every command refuses (exit 2)."""
     env_name = os.environ.get(MARKER) or None
     env_url = os.environ.get("DATABASE_URL") or None
     found = find_env(Path.cwd())
     if found is not None:
-        path, values = found
+        path, values, writer = found
         name, url = values[MARKER], values.get("DATABASE_URL")
         _valid_name(name, str(path))
+        ours = app.store.exists(name)
         conflict = None
+        if ours:
+            conflict = _not_its_home(app, path, name, url, writer)
         if env_name and env_name != name:
             conflict = f"CLAUDE_SESSION={env_name} is set, but {path} names session {name}"
         elif env_url and url and env_url != url:
             conflict = (f"DATABASE_URL is set to {describe_url(env_url)}, but {path} "
                         f"(session {name}) says {describe_url(url)}")
-        return Located(name, url, str(path), conflict)
+        return Located(name, url, str(path), conflict, ours)
     if env_name:
         _valid_name(env_name, MARKER)
-        return Located(env_name, env_url, MARKER)
+        return Located(env_name, env_url, MARKER, ours=app.store.exists(env_name))
     if env_url:
         return Located(None, env_url, "DATABASE_URL")
     return None
+
+
+def _not_its_home(
+    app: App, path: Path, name: str, url: str | None, writer: str | None
+) -> str | None:
+    """Why ``path`` is not session ``name``'s own ``.env`` though it names it (None: it is);
+    raises where it leads to another database than the one it names."""
+    ours = str(app.settings.state_dir)
+    if writer is not None and writer != ours:
+        raise UsageError(
+            f"{path} was written by the state directory {writer}, not this one ({ours}): "
+            f"set CLAUDE_DB_STATE_DIR={writer}, or pass --session {name} for this one's"
+        )
+    session = app.store.load(name)
+    home = Path(session.workdir)
+    if home.exists() and home.samefile(path.parent):
+        return None
+    now = None
+    if session.has_database:
+        engine, runtime = parts(app, session)
+        now = engine.url(runtime.session_endpoint(session, engine))
+    if url != now:
+        raise UsageError(
+            f"{path} names session {name}, but that is the session of {home}, at another "
+            f"address (this .env is older than it): pass --session {name} if you mean it, "
+            "or run claude-session start here for a session of this directory"
+        )
+    if not home.exists():  # moved here with its directory: no other one claims it
+        return None
+    return f"{path} names session {name}, which is the session of {home} (a copy?)"
 
 
 def check_destructive(app: App, target: Target, what: str) -> None:

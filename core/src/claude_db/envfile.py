@@ -163,20 +163,24 @@ def read_env(workdir: Path) -> dict[str, str]:
     return _values(workdir / ".env")
 
 
-def find_env(start: Path) -> tuple[Path, dict[str, str]] | None:
+def find_env(start: Path) -> tuple[Path, dict[str, str], str | None] | None:
     """The first ``.env`` naming a session in ``start`` or above it, as git finds its
-    repository: a ``.env`` of the user's own further down (without ``CLAUDE_SESSION``) is
-    passed by."""
+    repository: up to the top of the checkout ``start`` is in (a worktree nested in
+    another checkout is a checkout of its own), and a ``.env`` of the user's own
+    further down (without ``CLAUDE_SESSION``) is passed by. With it, its values and the
+    state directory that wrote its block (None: a claude-db from before blocks)."""
     for directory in (start, *start.parents):
         path = directory / ".env"
-        if not _trusted(path):
-            continue
-        try:
-            values = _values(path)
-        except (OSError, ValueError):  # unreadable, or not text: not one of ours
-            continue
-        if values.get(MARKER):
-            return path, values
+        if _trusted(path):
+            with contextlib.suppress(OSError, ValueError):  # unreadable, or not text
+                text = _read_text(path, follow=True) or ""
+                values = {key: value for key, value in dotenv_values(
+                    stream=io.StringIO(text), interpolate=False).items() if value is not None}
+                if values.get(MARKER):
+                    writer = _Parsed(text).owner
+                    return path, values, writer.state_dir if writer else None
+        if os.path.lexists(directory / ".git"):
+            return None
     return None
 
 
@@ -300,6 +304,10 @@ def _read_text(path: Path, *, follow: bool = False) -> str | None:
         if exc.errno == errno.ELOOP:
             raise _symlink(path) from None
         raise
+    if not stat.S_ISREG(os.fstat(fd).st_mode):  # a directory opens too, then fails to read
+        os.close(fd)
+        raise UsageError(f"{os.path.abspath(path)} is not a file: move it away for claude-db "
+                         "to write .env there")
     with os.fdopen(fd, encoding="utf-8", errors="surrogateescape") as handle:
         return handle.read()
 

@@ -265,11 +265,14 @@ def _is_our_git_hook(hook: Path) -> bool:
 # -- the hooks themselves ----------------------------------------------------------------------
 
 
-def run_hook(action: str, payload: dict[str, Any]) -> str:
-    """Do ``action`` for a hook (``payload``: what Claude Code sent on stdin) and return the
-    one line to print. Raises nothing but usage errors: a failure is that line."""
+def run_hook(action: str, payload: dict[str, Any] | None) -> str:
+    """Do ``action`` for a hook (``payload``: what Claude Code sent on stdin; None: input
+    that is no JSON object) and return the one line to print. Raises nothing but usage
+    errors: a failure is that line."""
     if action not in ACTIONS:
         raise UsageError(f"unknown hook action {action!r} (one of {', '.join(ACTIONS)})")
+    if payload is None:  # not what an agent sends: nothing is done on a guess
+        return f"claude-db: {action} hook failed: its input is not a JSON object"
     try:
         return {"session-start": _session_start, "stop": _stop,
                 "worktree-remove": _worktree_remove,
@@ -279,13 +282,14 @@ def run_hook(action: str, payload: dict[str, Any]) -> str:
         return f"claude-db: {action} hook failed: {message}"
 
 
-def read_payload(stream: Any) -> dict[str, Any]:
-    """The hook's JSON input; anything else (none, not JSON) counts as none."""
+def read_payload(stream: Any) -> dict[str, Any] | None:
+    """The hook's JSON input (none at all counts as ``{}``); None if it is not a JSON
+    object."""
     with contextlib.suppress(ValueError, OSError):
-        data = json.loads(stream.read() or "{}")
+        data = json.loads(stream.read().strip() or "{}")
         if isinstance(data, dict):
             return data
-    return {}
+    return None
 
 
 def _workdir(payload: dict[str, Any]) -> Path:

@@ -380,7 +380,7 @@ def _name(name: str | None, destructive: str | None = None) -> str:
     ``destructive`` command refuses when an inherited CLAUDE_SESSION names another."""
     if name:
         return validate_name(name)  # also keeps names from reaching outside the state dir
-    found = locate()
+    found = locate(get_app())
     if found is None or not found.name:
         raise SessionNotFoundError("which session? pass its name (see claude-session list)")
     if found.conflict:
