@@ -10,6 +10,7 @@ import json
 import os
 import shutil
 import signal
+import subprocess
 import uuid
 from pathlib import Path
 
@@ -20,6 +21,7 @@ from claude_db.locks import hold, lock_for
 from claude_db.snapshots import MOVED
 from claude_db.testing import Cli, assert_one_line_error
 from claude_db.testing.docker import (
+    DB_IMAGE,
     NOTHING_IN_DOCKER,
     docker_cli_env,
     docker_daemon,  # noqa: F401 - a fixture
@@ -316,3 +318,38 @@ def test_gc_removes_docker_leftovers_and_only_ours(
         cleanup(other)
         for name in (killed, lost, theirs):
             remove_everything(name)
+
+
+@pytest.mark.docker
+@pytest.mark.usefixtures("docker_daemon")
+def test_gc_removes_a_live_sessions_tools_container_that_never_started(
+    cli: Cli, state: Path, workdir: Path
+) -> None:
+    """An import or psql interrupted between `docker run`'s create and start leaves its
+    tools container created, with the session's labels (first-time user: six of them, and
+    gc found none). Once it is too old to be about to start, gc takes it; the live session
+    keeps everything else."""
+    name = f"gct{uuid.uuid4().hex[:8]}"
+    try:
+        assert cli("claude-session", "start", name, env=docker_cli_env(state)).code == 0
+        labels = json.loads(subprocess.run(
+            ["docker", "inspect", "--format", "{{json .Config.Labels}}", f"{name}-db"],
+            capture_output=True, text=True, check=True).stdout)
+        labels["claude-db.role"] = "tools"
+        left = subprocess.run(
+            ["docker", "create", *(f"--label={k}={v}" for k, v in labels.items()),
+             "--entrypoint", "psql", DB_IMAGE],
+            capture_output=True, text=True, check=True).stdout.strip()
+
+        def listed() -> bool:
+            dry = json.loads(cli("claude-session", "gc", "--dry-run", "--json").stdout)
+            return [o["detail"] for o in dry] == [f"tools container of session {name}, "
+                                                  "never started"]
+        wait_for("the created container to be old enough", listed, timeout=180)
+        swept = cli("claude-session", "gc", "--json")
+        assert [o["removed"] for o in json.loads(swept.stdout)] == [True], swept
+        gone = subprocess.run(["docker", "inspect", left], capture_output=True)
+        assert gone.returncode != 0
+        assert cli("claude-db", "status", "--session", name).code == 0
+    finally:
+        remove_everything(name)

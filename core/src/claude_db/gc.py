@@ -152,6 +152,11 @@ class _Sweeper:
             return
         held = self.held.pop(name, [])  # a live session's, unless its start never finished
         unfinished = (directory / STARTING_MARKER).exists()  # its start was killed
+        if not unfinished:  # live: only what none of its commands can be using
+            for orphan in held:
+                if orphan.unused:
+                    self._take(orphan)
+            held = [orphan for orphan in held if not orphan.unused]
         if self.cheap and not unfinished:
             self._snapshots_cut_short(name, directory / "snapshots")
             return

@@ -20,7 +20,8 @@ Status = Literal["running", "stopped", "missing"]
 
 @dataclass
 class Orphan:
-    """Something left behind by a gone session (``claude-session gc`` lists and removes it)."""
+    """Something left behind by a gone session, or unused by a live one (``claude-session
+    gc`` lists and removes it)."""
 
     kind: str  # session, process, directory, lock, container, network, volume...
     what: str  # a pid, a path or a runtime's name for it
@@ -28,6 +29,9 @@ class Orphan:
     removed: bool = False
     error: str | None = None
     remove: Callable[[], None] = field(default=lambda: None, repr=False, compare=False)
+    #: also taken while its session lives: nothing a command of it can still be using (a
+    #: tools container an interrupted command created and never started)
+    unused: bool = False
 
     def to_json(self) -> dict[str, Any]:
         return {"kind": self.kind, "what": self.what, "detail": self.detail,

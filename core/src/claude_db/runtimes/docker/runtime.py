@@ -71,6 +71,9 @@ WORKSPACE = "/workspace"  # where the session container sees the work directory
 LOG_TAIL_LINES = 5
 FAILURE_CHECK_INTERVAL = 0.5  # seconds; each look is an inspect competing with the start
 STOP_TIMEOUT = 30  # seconds a database gets to shut down cleanly
+#: seconds after which a tools container still only created was left by an interrupted
+#: command (`docker run` starts it at once): gc removes it, even while its session lives
+NEVER_STARTED = 30
 PORT_ATTEMPTS = 5  # free loopback ports tried when the one chosen is taken meanwhile
 # bash when the image has it, else sh; not a login shell: /etc/profile would reset PATH
 #: how Docker says its address pools have no subnet left for a new network (before 23.0;
@@ -312,9 +315,14 @@ class DockerRuntime(Runtime):
             name = labels.get(LABEL_SESSION, "")
             if NAME_PATTERN.fullmatch(name):  # a name, never a path
                 shown = attrs.get("Name") or (attrs.get("Names") or [resource.id])[0]
+                unused = (kind == "container" and labels.get(LABEL_ROLE) == "tools"
+                          and attrs.get("State") == "created"
+                          and time.time() - attrs.get("Created", time.time()) > NEVER_STARTED)
                 found.setdefault(name, []).append(Orphan(
-                    kind, shown.lstrip("/"), f"Docker {kind} of gone session {name}",
-                    remove=partial(_remove_resource, kind, resource)))
+                    kind, shown.lstrip("/"),
+                    f"tools container of session {name}, never started" if unused else
+                    f"Docker {kind} of gone session {name}",
+                    remove=partial(_remove_resource, kind, resource), unused=unused))
         return found
 
     # -- access ---------------------------------------------------------------------------
