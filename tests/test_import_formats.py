@@ -387,6 +387,26 @@ def test_create_roles_makes_the_roles_a_dump_names(
     assert _count(cli) == "1" and len(_roles(cli)) == 4
 
 
+def test_create_roles_again_after_a_reset(cli: Cli, session: dict[str, str], workdir: Path) -> None:
+    """The roles outlive a reset (they are the server's), the new database's schema public
+    grants them nothing: the second import failed with "permission denied for schema
+    public" (first-time user)."""
+    (workdir / "roles.sql").write_text(ROLES_DUMP)
+    assert cli("claude-db", "import", "--create-roles", "roles.sql").code == 0
+    assert cli("claude-db", "reset", "--yes").code == 0
+    again = cli("claude-db", "import", "--create-roles", "roles.sql")
+    assert again.code == 0 and "created roles" not in again.stderr, again
+    assert _count(cli) == "1"
+    # a failed import takes back the grant it gave (nothing of it stays applied)
+    assert cli("claude-db", "reset", "--yes").code == 0
+    (workdir / "fails.sql").write_text(ROLES_DUMP + "SELECT 1/0;\n")
+    assert_one_line_error(cli("claude-db", "import", "--create-roles", "fails.sql"),
+                          ExitCode.FAILED)
+    may = cli("claude-db", "query", "select has_schema_privilege('app', 'public', 'CREATE')",
+              "--csv")
+    assert may.stdout.splitlines()[1] == "f", may
+
+
 def test_export_format_custom_round_trips(
     cli: Cli, session: dict[str, str], workdir: Path
 ) -> None:

@@ -718,6 +718,7 @@ class MissingRoles(SqlLines):
         super().__init__()
         self.admin, self.user = admin, user
         self.created: list[str] = []
+        self.granted: list[str] = []  # roles it had, given CREATE on schema public
         self._seen: set[str] = set()
         self._wanted: list[str] = []
         self._conn: Any = None
@@ -770,11 +771,12 @@ class MissingRoles(SqlLines):
                 self._conn = _connect(self.admin, timeout=10)
                 self._conn.autocommit = True
             for name in names:
+                role = sql.Identifier(name)
                 if self._conn.execute(
                     "SELECT 1 FROM pg_roles WHERE rolname = %s", (name,)
                 ).fetchone():
+                    self._may_create_in_public(name)
                     continue
-                role = sql.Identifier(name)
                 self._conn.execute(sql.SQL("CREATE ROLE {} NOLOGIN").format(role))
                 if self.user != self.admin.user:
                     # a user who is no superuser gives an object only to its own roles, and
@@ -794,10 +796,30 @@ class MissingRoles(SqlLines):
                 f"names: {_pg_message(exc)}"
             ) from None
 
+    def _may_create_in_public(self, name: str) -> None:
+        """A role the server has, one of the user's own (an earlier ``--create-roles`` made
+        it): a database made since (``reset``) grants it nothing on schema public yet."""
+        from psycopg import sql
+
+        if self.user == self.admin.user or not self._public_schema():
+            return
+        lacks = self._conn.execute(
+            "SELECT pg_has_role(%s, %s, 'MEMBER') "
+            "AND NOT has_schema_privilege(%s, 'public', 'CREATE')", (self.user, name, name),
+        ).fetchone()[0]
+        if lacks:
+            self._conn.execute(sql.SQL("GRANT CREATE ON SCHEMA public TO {}").format(
+                sql.Identifier(name)))
+            self.granted.append(name)
+
     def _drop(self) -> None:
         import psycopg
         from psycopg import sql
 
+        for name in self.granted:
+            with contextlib.suppress(psycopg.Error):
+                self._conn.execute(sql.SQL("REVOKE CREATE ON SCHEMA public FROM {}").format(
+                    sql.Identifier(name)))
         for name in reversed(self.created):
             role = sql.Identifier(name)
             try:
