@@ -1,7 +1,9 @@
-"""A signal while ``claude-session start`` is still loading, as README "Exit codes" tells it:
-before its handlers are set and before it has made anything, Ctrl-C (SIGINT) and SIGTERM end
-it as the signal does, with no traceback. (Once the command runs, an interrupt is exit 130:
-tests/test_faults.py::test_interrupt_during_start_while_waiting_for_the_session_lock.)"""
+"""A signal at the edges of ``claude-session start``, as README "Exit codes" tells it: while
+it is still loading, before its handlers are set and before it has made anything, Ctrl-C
+(SIGINT) and SIGTERM end it as the signal does, with no traceback; once it is done and has
+said so, a signal comes too late to change its outcome. (While the command runs, an
+interrupt is exit 130: tests/test_faults.py::test_interrupt_during_start_while_waiting_for_
+the_session_lock.)"""
 
 from __future__ import annotations
 
@@ -14,6 +16,7 @@ from pathlib import Path
 
 import pytest
 
+from claude_db.testing import Cli
 from claude_db.testing.safety import cli_env, wait_for
 
 #: ``claude-session start early`` as its console script runs it (the entry point from the
@@ -68,3 +71,36 @@ def test_a_signal_while_loading_ends_start_as_the_signal_does_having_made_nothin
     assert (out, err) == (b"", b"")  # Python's KeyboardInterrupt traceback was here
     assert not (workdir / ".env").exists()
     assert not (state / "sessions" / "early").exists()
+
+
+#: ``claude-session start late``, which gets a Ctrl-C as it exits (from its sys.exit)
+INTERRUPTED_AS_IT_EXITS = """
+import os, signal, sys, time
+from claude_db.cli import claude_session
+
+exit_now = sys.exit
+
+def exit_interrupted(code=0):
+    os.kill(os.getpid(), signal.SIGINT)
+    time.sleep(0.2)  # Python runs a handler between these lines
+    exit_now(code)
+
+sys.exit = exit_interrupted
+sys.argv = ["claude-session", "start", "late"]
+claude_session()
+"""
+
+
+def test_a_signal_once_start_is_done_does_not_undo_its_success(
+    state: Path, workdir: Path, cli: Cli
+) -> None:
+    """First-time user: "session started", then exit 130 (interrupted), the session kept."""
+    done = subprocess.run([sys.executable, "-c", INTERRUPTED_AS_IT_EXITS], cwd=workdir,
+                          env=cli_env(state), stdin=subprocess.DEVNULL, capture_output=True,
+                          text=True, timeout=300)
+    try:
+        assert done.returncode == 0, done
+        assert done.stdout.startswith("session late started"), done
+        assert "error" not in done.stderr, done
+    finally:
+        assert cli("claude-session", "delete", "late", "--yes").code == 0

@@ -47,8 +47,10 @@ def run(build: Callable[[], typer.Typer], prog: str) -> NoReturn:
         code = command.main(args=args, prog_name=prog, standalone_mode=False)
         if interrupted and code == ExitCode.INTERRUPTED:  # typer turned it into Exit(130)
             fail("interrupted", ExitCode.INTERRUPTED)
+        _too_late_to_interrupt()
         sys.exit(code if isinstance(code, int) else 0)
     except typer.Exit as exc:
+        _too_late_to_interrupt()
         sys.exit(exc.exit_code)
     except NoArgsIsHelpError as exc:  # a bare command group: its help is the answer
         exc.show()
@@ -104,6 +106,13 @@ def _interruptible() -> list[int]:
         if signal.getsignal(sig) is not signal.SIG_IGN:
             signal.signal(sig, interrupt)
     return received
+
+
+def _too_late_to_interrupt() -> None:
+    """The command is done and has said so: a signal from now on (while Python shuts down)
+    must not turn its success into "interrupted" (exit 130) with its work kept."""
+    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, signal.SIG_IGN)
 
 
 #: typer releases the patch below was written for and tested with (its private modules
