@@ -66,6 +66,22 @@ def test_reset_killed_at_each_step_then_undo(cli: Cli, session: str, step: str) 
     assert pg_fingerprint(url) == before
 
 
+@pytest.mark.parametrize("step", ["moved", "created", "saved", "pruning"])
+def test_reset_interrupted_once_the_data_moved_finishes_and_says_so(
+    cli: Cli, session: str, step: str
+) -> None:
+    """A Ctrl-C once the data is out of the database (first-time user: "error: interrupted",
+    exit 130, the reset done and no word of undo): the reset ends, says so, exit 0."""
+    url = database_url(cli, session)
+    before = pg_fingerprint(url)
+    reset = cli("claude-db", "reset", "--yes", "--session", session,
+                env={"CLAUDE_DB_TEST_SIGNAL_AT": step})
+    assert reset.code == 0 and "claude-db undo brings it back" in reset.stderr, reset
+    assert pg_fingerprint(url) == {}
+    assert cli("claude-db", "undo", "--session", session).code == 0
+    assert pg_fingerprint(url) == before
+
+
 @pytest.mark.parametrize("step", ["moved", "created", "saved"])
 @pytest.mark.parametrize("command", ["restore", "undo"])
 def test_restore_and_undo_killed_at_each_step(

@@ -2,7 +2,8 @@
 
 With ``CLAUDE_DB_TEST_KILL_AT=<step>`` set, :func:`checkpoint` ``(step)`` kills the
 process with SIGKILL, as the OOM killer or a cancelled CI job would, so that the tests
-can check that every side effect of every command can be recovered from.
+can check that every side effect of every command can be recovered from. With
+``CLAUDE_DB_TEST_SIGNAL_AT=<step>``, it sends itself SIGINT there, as a Ctrl-C would.
 """
 
 from __future__ import annotations
@@ -11,9 +12,12 @@ import os
 import signal
 
 KILL_AT = "CLAUDE_DB_TEST_KILL_AT"
+SIGNAL_AT = "CLAUDE_DB_TEST_SIGNAL_AT"
 
 
 def checkpoint(step: str) -> None:
-    """Die here (SIGKILL) if the test hook names ``step``."""
+    """Die here (SIGKILL), or be interrupted here (SIGINT), if the test hook names ``step``."""
     if os.environ.get(KILL_AT) == step:
         os.kill(os.getpid(), signal.SIGKILL)
+    if os.environ.get(SIGNAL_AT) == step:
+        os.kill(os.getpid(), signal.SIGINT)

@@ -610,14 +610,15 @@ def _save(
     tools = target.tools(database)
     moved = False
     try:
-        # moving takes the data out of its database: no Ctrl-C until it is made again
+        # moving takes the data out of its database: no Ctrl-C until it is made again and
+        # the snapshot holding the data is listed (the command is then as good as done)
         with signals_held() if moves else contextlib.nullcontext():
             moved = moves and target.engine.snapshot_move(
                 endpoint, tools, partial, source.path if source else None)
             if not moved:
                 target.engine.snapshot_save(endpoint, tools, partial)
-        checkpoint("saved")
-        os.rename(partial, snapshot.path)  # atomic: a snapshot is listed whole or not at all
+            checkpoint("saved")
+            os.rename(partial, snapshot.path)  # atomic: a snapshot is listed whole or not at all
     except BaseException:
         # What the server recorded (a move's data) stays and is listed; the rest goes.
         with contextlib.suppress(Exception):
@@ -651,8 +652,10 @@ def _automatic(
             f"could not take the automatic snapshot before {reason}, nothing was changed: "
             f"{_message(exc)} (CLAUDE_DB_AUTO_SNAPSHOTS=0 skips it)"
         ) from None
-    if prune:
-        _prune(app, target, store, keep=snapshot)
+    if prune:  # after a move the command has changed the data: it goes on to its end
+        with signals_held() if snapshot.emptied else contextlib.nullcontext():
+            checkpoint("pruning")
+            _prune(app, target, store, keep=snapshot)
     return snapshot
 
 

@@ -15,7 +15,7 @@ from urllib.parse import quote
 
 import typer
 
-from claude_db import snapshots
+from claude_db import faults, snapshots
 from claude_db.app import get_app
 from claude_db.cli.common import (
     DatabaseOption,
@@ -44,6 +44,7 @@ from claude_db.errors import (
 )
 from claude_db.lifecycle import database_env, stale_dotenv
 from claude_db.plugins import add_commands
+from claude_db.processes import signals_held
 from claude_db.target import Target
 
 HELP = """Work with the current session's database.
@@ -517,7 +518,9 @@ def reset(
     confirm(f"Destroy all data in {endpoint.database} of session {target.name}?", yes)
     taken = snapshots.before_destroying(get_app(), target, database, snapshots.RESET, empty=True)
     if taken is None or not taken.emptied:  # PostgreSQL moves the data instead: no copy
-        target.engine.reset(endpoint)
+        with signals_held():  # begun, it ends: a Ctrl-C must not leave it dropped, not made
+            faults.checkpoint("resetting")
+            target.engine.reset(endpoint)
     kept = f" (snapshot {taken.name} taken first: claude-db undo brings it back)" if taken else ""
     note(f"reset {endpoint.database} of session {target.name}{kept}")
 
