@@ -251,6 +251,9 @@ def test_the_messages_name_the_cause(world: World, cli: Cli) -> None:
                       env={**env, "CLAUDE_DB_AUTO_SNAPSHOTS": auto})
         assert 'database "nosuchdb" does not exist' in missing.stderr, missing
         assert "CLAUDE_DB_AUTO_SNAPSHOTS" not in missing.stderr, missing
+    asked = cli("claude-db", "reset", cwd=world.home, env=env)  # no terminal: none to ask on
+    assert asked.stderr == ("error: destroy all data in appdb of session bad-main: no "
+                            "terminal to confirm; pass --yes\n"), asked
 
 
 def test_there_are_at_least_thirty_cases() -> None:

@@ -231,8 +231,8 @@ def confirm(question: str, yes: bool) -> None:
     if yes:
         return
     if not sys.stdin.isatty():
-        raise ConfirmationRequiredError(
-            f"{question.rstrip('?')}: no terminal to confirm; pass --yes"
-        )
+        asked = question.rstrip("?")
+        raise ConfirmationRequiredError(  # after "error: ", in lower case as every message
+            f"{asked[:1].lower()}{asked[1:]}: no terminal to confirm; pass --yes")
     if not typer.confirm(question, default=False):
         fail("cancelled", ExitCode.CONFIRMATION_NEEDED)
