@@ -13,6 +13,7 @@ import shutil
 import subprocess
 import uuid
 from collections import Counter
+from collections.abc import Iterator
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -22,6 +23,7 @@ import pytest
 from claude_db.testing import BIN, Cli, CliResult
 from claude_db.testing.docker import docker_cli_env
 from claude_db.testing.safety import cli_env, session_json
+from claude_db.worktrees import mount_point
 
 PARALLEL = 20
 
@@ -348,3 +350,53 @@ def test_a_port_is_handed_out_once(state: Path) -> None:
 
     ports = [claim_port(state) for _ in range(1000)]
     assert len(set(ports)) == len(ports)
+
+
+@pytest.fixture
+def bind_mount(tmp_path: Path) -> Iterator[tuple[Path, Path]]:
+    """``(source, mount point)``: a real bind mount (same device on both sides), unmounted
+    at the end if the test did not."""
+    source, mount = tmp_path / "bind-source", tmp_path / "bind-mount"
+    source.mkdir()
+    mount.mkdir()
+    subprocess.run(["mount", "--bind", str(source), str(mount)], check=True)
+    yield source, mount
+    if mount_point(mount) == str(mount):  # os.path.ismount misses a bind mount: same device
+        subprocess.run(["umount", "--lazy", str(mount)], check=True)
+
+
+def test_a_worktree_under_an_unmounted_bind_mount_is_not_reclaimed(
+    cli: Cli, state: Path, repo: Path, bind_mount: tuple[Path, Path]
+) -> None:
+    """Adversarial finding 3: unmount a bind mount and its worktrees vanish while the
+    directory below it, on the same device, shows; the sweep took them for removed ones and
+    stopped their live sessions. A worktree of a repository beside the mount (git calls it
+    prunable then) and one of a repository inside it."""
+    source, mount = bind_mount
+    inner_repo = mount / "inner"
+    inner_repo.mkdir()
+    git(inner_repo, "init", "-q", "-b", "main")
+    git(inner_repo, "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-q",
+        "--allow-empty", "-m", "first")
+    trees = {repo: mount / "outer-wt", inner_repo: mount / "inner-wt"}
+    for owner_repo, tree in trees.items():
+        git(owner_repo, "worktree", "add", "-q", "-b", tree.name, str(tree))
+        assert cli("claude-session", "start", cwd=tree).code == 0
+        assert cli("claude-db", "query", "create table work(x int)", cwd=tree).code == 0
+    names = [f"{repo.name}-outer-wt", "inner-inner-wt"]
+    subprocess.run(["umount", str(mount)], check=True)
+    assert not any(tree.exists() for tree in trees.values())
+
+    dry = cli("claude-session", "gc", "--dry-run", "--json", cwd=repo)
+    assert [o for o in json.loads(dry.stdout) if o["kind"] == "session"] == [], dry
+    elsewhere = add_worktree(repo, "sweeper")
+    started = cli("claude-session", "start", cwd=elsewhere)
+    assert started.code == 0, started
+    assert "removed session" not in started.stdout + started.stderr, started
+    for name in names:
+        assert (state / "sessions" / name / "session.json").exists()
+
+    # mounted again, the sessions are there as they were, data and all
+    subprocess.run(["mount", "--bind", str(source), str(mount)], check=True)
+    for tree in trees.values():
+        assert cli("claude-db", "query", "select count(*) from work", cwd=tree).code == 0
