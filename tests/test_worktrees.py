@@ -400,3 +400,62 @@ def test_a_worktree_under_an_unmounted_bind_mount_is_not_reclaimed(
     subprocess.run(["mount", "--bind", str(source), str(mount)], check=True)
     for tree in trees.values():
         assert cli("claude-db", "query", "select count(*) from work", cwd=tree).code == 0
+
+
+@pytest.mark.parametrize("named", [True, False], ids=["named", "hashed-worktree"])
+def test_start_after_env_is_lost_takes_the_directorys_session(
+    cli: Cli, state: Path, repo: Path, named: bool
+) -> None:
+    """Adversarial finding 9: ``git clean -fdx`` takes ``.env`` with it, and a ``start``
+    without a name made a second, empty session for the same directory (README: "Run
+    again, start finds the session"). Named: a session started by a name of the user's.
+    Hashed: a worktree whose session got the hashed name (another directory had its
+    readable name then) since that other session is gone: its readable name is free."""
+    first, tree = add_worktree(repo, "api"), repo.parent / "elsewhere" / "api"
+    git(repo, "worktree", "add", "-q", "-b", "api2", str(tree))
+    if named:
+        assert cli("claude-session", "start", "my-own", cwd=tree).code == 0
+        name = "my-own"
+    else:
+        assert cli("claude-session", "start", cwd=first).code == 0
+        started = cli("claude-session", "start", cwd=tree)
+        assert started.code == 0, started
+        name = started.stdout.split()[1]
+        assert name != f"{repo.name}-api", started
+        assert cli("claude-session", "delete", f"{repo.name}-api", "--yes", cwd=repo).code == 0
+    assert cli("claude-db", "query", "create table mine(x int)", cwd=tree).code == 0
+    git(tree, "clean", "-fdxq")
+    assert not (tree / ".env").exists()
+
+    again = cli("claude-session", "start", cwd=tree)
+    assert again.code == 0, again
+    assert f"session {name} runs" in again.stdout, again
+    assert f"session {name} has this work directory" in again.stderr, again
+    assert dict(dotenv_lines(tree))["CLAUDE_SESSION"] == name
+    assert cli("claude-db", "query", "select count(*) from mine", cwd=tree).code == 0
+    listed = json.loads(cli("claude-session", "list", "--json", cwd=repo).stdout)
+    assert [s["name"] for s in listed if Path(s["workdir"]) == tree.resolve()] == [name]
+    # Claude Code's SessionStart hook starts the same way
+    git(tree, "clean", "-fdxq")
+    hook = cli("claude-session", "hooks", "run", "session-start", cwd=tree,
+               input=json.dumps({"cwd": str(tree)}))
+    assert hook.code == 0 and f"session {name} (" in hook.stdout, hook
+    assert dict(dotenv_lines(tree))["CLAUDE_SESSION"] == name
+
+
+def test_start_refuses_to_guess_between_sessions_of_one_directory(
+    cli: Cli, state: Path, repo: Path
+) -> None:
+    """Two sessions with one work directory (the second started by name after ``.env``
+    was lost) and no ``.env``: a start without a name asks for one, and makes nothing."""
+    tree = add_worktree(repo, "two")
+    assert cli("claude-session", "start", "one-a", cwd=tree).code == 0
+    (tree / ".env").unlink()
+    assert cli("claude-session", "start", "one-b", cwd=tree).code == 0
+    (tree / ".env").unlink()
+    refused = cli("claude-session", "start", cwd=tree)
+    assert refused.code == 1, refused
+    assert refused.stderr.startswith("error: sessions one-a, one-b all have"), refused
+    assert len(refused.stderr.splitlines()) == 1 and not (tree / ".env").exists()
+    assert sorted(p.name for p in (state / "sessions").iterdir()
+                  if not p.name.startswith(".")) == ["one-a", "one-b"]

@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Any
 import psutil
 
 from claude_db.envfile import Owner, owner, remove_env
-from claude_db.errors import ClaudeDbError, UsageError
+from claude_db.errors import ClaudeDbError, SessionExistsError, UsageError
 from claude_db.faults import checkpoint
 from claude_db.locks import try_hold
 from claude_db.runtime import Orphan
@@ -121,21 +121,37 @@ def disambiguated(name: str, workdir: Path) -> str:
 
 
 def session_name(app: App, workdir: Path, worktree: Worktree | None) -> str:
-    """The session name of ``workdir`` when none is given: the session its ``.env`` names
-    (ours, of this directory), else its readable name, made unique where another
-    directory's session has that name (only in a git work tree: elsewhere that stays an
-    error, as before)."""
+    """The session name of ``workdir`` when none is given (see :func:`name_here`)."""
+    return name_here(app, workdir, worktree)[0]
+
+
+def name_here(app: App, workdir: Path, worktree: Worktree | None) -> tuple[str, list[str]]:
+    """The session name of ``workdir`` when none is given, and notes: the session of this
+    directory (the one its ``.env`` names, else the one whose record has it as work
+    directory: ``.env`` was lost, e.g. to ``git clean -fdx``), else its readable name,
+    made unique where another directory's session has that name (only in a git work
+    tree: elsewhere that stays an error, as before)."""
     workdir = workdir.resolve()
     found = owner(workdir)
     if (found is not None and found.state_dir == str(app.settings.state_dir)
             and NAME_PATTERN.fullmatch(found.name) and _workdir_of(app, found.name) == workdir):
-        return found.name
+        return found.name, []
+    mine = [session.name for session in app.store.all()
+            if isinstance(session, Session) and Path(session.workdir) == workdir]
+    if len(mine) > 1:
+        raise SessionExistsError(
+            f"sessions {', '.join(mine)} all have {workdir} as their work directory and its "
+            ".env names none of them: name one, claude-session start NAME")
+    if mine:
+        return mine[0], [f"note: {workdir / '.env'} was gone or named another session; "
+                         f"session {mine[0]} has this work directory: it is started, and its "
+                         ".env written again"]
     name = readable_name(workdir, worktree)
     if worktree is None:
-        return name
+        return name, []
     if _workdir_of(app, name) not in (None, workdir):
-        return disambiguated(name, workdir)
-    return name
+        return disambiguated(name, workdir), []
+    return name, []
 
 
 def _workdir_of(app: App, name: str) -> Path | None:
