@@ -10,6 +10,7 @@ import json
 import os
 import shutil
 import signal
+import time
 import uuid
 from pathlib import Path
 
@@ -316,3 +317,36 @@ def test_gc_removes_docker_leftovers_and_only_ours(
         cleanup(other)
         for name in (killed, lost, theirs):
             remove_everything(name)
+
+
+def test_kept_data_of_one_name_kept_twice_in_one_second_stays_apart(
+    cli: Cli, state: Path
+) -> None:
+    """Adversarial finding 12: local kept data is ``kept/<name>-<Unix seconds>``; a second
+    ``delete --keep-data`` (or reclaim) of that name within the same second moved its data
+    into the first one's directory (``shutil.move`` into a directory that exists), and
+    removing the first kept data later took both. The second delete is made to meet a taken
+    name for certain: every name it could take within the next hour is taken first (as the
+    first delete's directory takes its own second)."""
+    assert cli("claude-session", "start", "twice").code == 0
+    assert cli("claude-session", "delete", "twice", "--yes", "--keep-data").code == 0
+    kept = state / "kept"
+    [first] = list(kept.iterdir())
+    first_entries = sorted(p.name for p in first.iterdir())
+    assert "PG_VERSION" in first_entries
+    now = int(time.time())
+    taken = [kept / f"twice-{second}" for second in range(now, now + 3600)]
+    for path in taken:
+        path.mkdir(exist_ok=True)
+
+    assert cli("claude-session", "start", "twice").code == 0
+    deleted = cli("claude-session", "delete", "twice", "--yes", "--keep-data")
+    assert deleted.code == 0, deleted
+    made = [p for p in kept.iterdir() if p != first and p not in taken]
+    assert len(made) == 1, f"the second kept data went into a directory there: {deleted}"
+    [second] = made
+    assert f"kept the data of 'twice' in {second}" in deleted.stdout + deleted.stderr, deleted
+    assert (second / "PG_VERSION").is_file()
+    # nothing went into a directory that was there
+    assert sorted(p.name for p in first.iterdir()) == first_entries
+    assert [p for p in taken if p != first and any(p.iterdir())] == []
