@@ -12,8 +12,10 @@ import shutil
 import signal
 import time
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 
+import docker as sdk
 import psycopg
 import pytest
 
@@ -24,7 +26,10 @@ from claude_db.testing.docker import (
     NOTHING_IN_DOCKER,
     docker_cli_env,
     docker_daemon,  # noqa: F401 - a fixture
+    docker_env,  # noqa: F401 - a fixture
+    docker_ids,
     docker_leftovers,
+    new_name,  # noqa: F401 - a fixture
     remove_everything,
     start_docker_with_frozen_database,
     unpause,
@@ -350,3 +355,36 @@ def test_kept_data_of_one_name_kept_twice_in_one_second_stays_apart(
     # nothing went into a directory that was there
     assert sorted(p.name for p in first.iterdir()) == first_entries
     assert [p for p in taken if p != first and any(p.iterdir())] == []
+
+
+@pytest.mark.docker
+def test_docker_kept_data_of_one_name_kept_twice_in_one_second_stays_apart(
+    cli: Cli, state: Path, new_name: Callable[[], str]  # noqa: F811 - the fixture
+) -> None:
+    """Finding 12 on Docker: the kept volume was ``<name>-data-kept-<YYYYmmdd-HHMMSS>``; a
+    second keep of that name within the same second met the first's volume, and the delete
+    failed, then failed on every retry (that name was on record). Made certain as above:
+    every such name of the next five minutes is a volume already (of nobody's)."""
+    name = new_name()
+    client = sdk.DockerClient(base_url="unix:///var/run/docker.sock")
+    taken: list[str] = []
+    try:
+        assert cli("claude-session", "start", name).code == 0
+        assert cli("claude-session", "delete", name, "--yes", "--keep-data").code == 0
+        there = {volume.name for volume in client.volumes.list()}
+        now = time.time()
+        for second in range(300):
+            stamp = time.strftime("%Y%m%d-%H%M%S", time.localtime(now + second))
+            if (volume := f"{name}-data-kept-{stamp}") not in there:
+                client.volumes.create(volume)
+                taken.append(volume)
+
+        assert cli("claude-session", "start", name).code == 0
+        deleted = cli("claude-session", "delete", name, "--yes", "--keep-data")
+        assert deleted.code == 0, deleted
+        kept = docker_ids("volume", f"label=claude-db.kept-from={name}")
+        assert len(kept) == 2, kept
+        assert all(not client.volumes.get(v).attrs.get("Labels") for v in taken)
+    finally:
+        for volume in taken:
+            client.volumes.get(volume).remove()
