@@ -459,3 +459,26 @@ def test_start_refuses_to_guess_between_sessions_of_one_directory(
     assert len(refused.stderr.splitlines()) == 1 and not (tree / ".env").exists()
     assert sorted(p.name for p in (state / "sessions").iterdir()
                   if not p.name.startswith(".")) == ["one-a", "one-b"]
+
+
+def test_a_worktree_moved_by_hand_is_kept_once_git_repairs_it(
+    cli: Cli, state: Path, repo: Path
+) -> None:
+    """README: a worktree moved with ``mv`` is, to git, a removed one (``prunable``), and
+    would be reclaimed as one; ``git worktree repair`` in its new place makes git know it
+    there again, and its session stays."""
+    tree = add_worktree(repo, "by-hand")
+    assert cli("claude-session", "start", cwd=tree).code == 0
+    name = f"{repo.name}-by-hand"
+    moved = tree.with_name("by-hand-moved")
+    tree.rename(moved)
+    assert "prunable" in git(repo, "worktree", "list", "--porcelain")
+    dry = cli("claude-session", "gc", "--dry-run", "--json", cwd=repo)
+    assert [o["what"] for o in json.loads(dry.stdout) if o["kind"] == "session"] == [name], dry
+
+    git(moved, "worktree", "repair")
+    dry = cli("claude-session", "gc", "--dry-run", "--json", cwd=repo)
+    assert [o for o in json.loads(dry.stdout) if o["kind"] == "session"] == [], dry
+    swept = cli("claude-session", "gc", cwd=repo)
+    assert swept.code == 0 and name not in swept.stdout + swept.stderr, swept
+    assert (state / "sessions" / name / "session.json").exists()
