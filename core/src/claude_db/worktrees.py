@@ -76,7 +76,9 @@ def find_worktree(workdir: Path) -> Worktree | None:
         return None
     toplevel, common, git_dir = (os.path.realpath(line) for line in lines)
     linked = git_dir != common
-    return Worktree(common, toplevel, linked, os.stat(workdir).st_dev, git_dir if linked else "",
+    if not linked:  # a main checkout is never reclaimed: nothing more to record
+        return Worktree(common, toplevel, linked, os.stat(workdir).st_dev)
+    return Worktree(common, toplevel, linked, os.stat(workdir).st_dev, git_dir,
                     mount_point(workdir.resolve()))
 
 
