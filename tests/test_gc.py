@@ -11,9 +11,12 @@ import os
 import shutil
 import signal
 import subprocess
+import time
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 
+import docker as sdk
 import psycopg
 import pytest
 
@@ -25,7 +28,10 @@ from claude_db.testing.docker import (
     NOTHING_IN_DOCKER,
     docker_cli_env,
     docker_daemon,  # noqa: F401 - a fixture
+    docker_env,  # noqa: F401 - a fixture
+    docker_ids,
     docker_leftovers,
+    new_name,  # noqa: F401 - a fixture
     remove_everything,
     start_docker_with_frozen_database,
     unpause,
@@ -353,3 +359,69 @@ def test_gc_removes_a_live_sessions_tools_container_that_never_started(
         assert cli("claude-db", "status", "--session", name).code == 0
     finally:
         remove_everything(name)
+
+
+def test_kept_data_of_one_name_kept_twice_in_one_second_stays_apart(
+    cli: Cli, state: Path
+) -> None:
+    """Adversarial finding 12: local kept data is ``kept/<name>-<Unix seconds>``; a second
+    ``delete --keep-data`` (or reclaim) of that name within the same second moved its data
+    into the first one's directory (``shutil.move`` into a directory that exists), and
+    removing the first kept data later took both. The second delete is made to meet a taken
+    name for certain: every name it could take within the next hour is taken first (as the
+    first delete's directory takes its own second)."""
+    assert cli("claude-session", "start", "twice").code == 0
+    assert cli("claude-session", "delete", "twice", "--yes", "--keep-data").code == 0
+    kept = state / "kept"
+    [first] = list(kept.iterdir())
+    first_entries = sorted(p.name for p in first.iterdir())
+    assert "PG_VERSION" in first_entries
+    now = int(time.time())
+    taken = [kept / f"twice-{second}" for second in range(now, now + 3600)]
+    for path in taken:
+        path.mkdir(exist_ok=True)
+
+    assert cli("claude-session", "start", "twice").code == 0
+    deleted = cli("claude-session", "delete", "twice", "--yes", "--keep-data")
+    assert deleted.code == 0, deleted
+    made = [p for p in kept.iterdir() if p != first and p not in taken]
+    assert len(made) == 1, f"the second kept data went into a directory there: {deleted}"
+    [second] = made
+    assert f"kept the data of 'twice' in {second}" in deleted.stdout + deleted.stderr, deleted
+    assert (second / "PG_VERSION").is_file()
+    # nothing went into a directory that was there
+    assert sorted(p.name for p in first.iterdir()) == first_entries
+    assert [p for p in taken if p != first and any(p.iterdir())] == []
+
+
+@pytest.mark.docker
+def test_docker_kept_data_of_one_name_kept_twice_in_one_second_stays_apart(
+    cli: Cli, state: Path, new_name: Callable[[], str]  # noqa: F811 - the fixture
+) -> None:
+    """Finding 12 on Docker: the kept volume was ``<name>-data-kept-<YYYYmmdd-HHMMSS>``; a
+    second keep of that name within the same second met the first's volume, and the delete
+    failed, then failed on every retry (that name was on record). Made certain as above:
+    every such name of the next five minutes is a volume already (of nobody's)."""
+    name = new_name()
+    client = sdk.DockerClient(base_url="unix:///var/run/docker.sock")
+    taken: list[str] = []
+    try:
+        assert cli("claude-session", "start", name).code == 0
+        assert cli("claude-session", "delete", name, "--yes", "--keep-data").code == 0
+        there = {volume.name for volume in client.volumes.list()}
+        now = time.time()
+        for second in range(300):
+            stamp = time.strftime("%Y%m%d-%H%M%S", time.localtime(now + second))
+            if (volume := f"{name}-data-kept-{stamp}") not in there:
+                client.volumes.create(volume)
+                taken.append(volume)
+
+        assert cli("claude-session", "start", name).code == 0
+        deleted = cli("claude-session", "delete", name, "--yes", "--keep-data")
+        assert deleted.code == 0, deleted
+        kept = docker_ids("volume", f"label=claude-db.kept-from={name}")
+        assert len(kept) == 2, kept
+        assert all(not client.volumes.get(v).attrs.get("Labels") for v in taken)
+    finally:
+        for volume in taken:
+            client.volumes.get(volume).remove()

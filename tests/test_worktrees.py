@@ -13,6 +13,7 @@ import shutil
 import subprocess
 import uuid
 from collections import Counter
+from collections.abc import Iterator
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -22,6 +23,7 @@ import pytest
 from claude_db.testing import BIN, Cli, CliResult
 from claude_db.testing.docker import docker_cli_env
 from claude_db.testing.safety import cli_env, session_json
+from claude_db.worktrees import mount_point
 
 PARALLEL = 20
 
@@ -348,3 +350,135 @@ def test_a_port_is_handed_out_once(state: Path) -> None:
 
     ports = [claim_port(state) for _ in range(1000)]
     assert len(set(ports)) == len(ports)
+
+
+@pytest.fixture
+def bind_mount(tmp_path: Path) -> Iterator[tuple[Path, Path]]:
+    """``(source, mount point)``: a real bind mount (same device on both sides), unmounted
+    at the end if the test did not."""
+    source, mount = tmp_path / "bind-source", tmp_path / "bind-mount"
+    source.mkdir()
+    mount.mkdir()
+    subprocess.run(["mount", "--bind", str(source), str(mount)], check=True)
+    yield source, mount
+    if mount_point(mount) == str(mount):  # os.path.ismount misses a bind mount: same device
+        subprocess.run(["umount", "--lazy", str(mount)], check=True)
+
+
+def test_a_worktree_under_an_unmounted_bind_mount_is_not_reclaimed(
+    cli: Cli, state: Path, repo: Path, bind_mount: tuple[Path, Path]
+) -> None:
+    """Adversarial finding 3: unmount a bind mount and its worktrees vanish while the
+    directory below it, on the same device, shows; the sweep took them for removed ones and
+    stopped their live sessions. A worktree of a repository beside the mount (git calls it
+    prunable then) and one of a repository inside it."""
+    source, mount = bind_mount
+    inner_repo = mount / "inner"
+    inner_repo.mkdir()
+    git(inner_repo, "init", "-q", "-b", "main")
+    git(inner_repo, "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-q",
+        "--allow-empty", "-m", "first")
+    trees = {repo: mount / "outer-wt", inner_repo: mount / "inner-wt"}
+    for owner_repo, tree in trees.items():
+        git(owner_repo, "worktree", "add", "-q", "-b", tree.name, str(tree))
+        assert cli("claude-session", "start", cwd=tree).code == 0
+        assert cli("claude-db", "query", "create table work(x int)", cwd=tree).code == 0
+    names = [f"{repo.name}-outer-wt", "inner-inner-wt"]
+    subprocess.run(["umount", str(mount)], check=True)
+    assert not any(tree.exists() for tree in trees.values())
+
+    dry = cli("claude-session", "gc", "--dry-run", "--json", cwd=repo)
+    assert [o for o in json.loads(dry.stdout) if o["kind"] == "session"] == [], dry
+    elsewhere = add_worktree(repo, "sweeper")
+    started = cli("claude-session", "start", cwd=elsewhere)
+    assert started.code == 0, started
+    assert "removed session" not in started.stdout + started.stderr, started
+    for name in names:
+        assert (state / "sessions" / name / "session.json").exists()
+
+    # mounted again, the sessions are there as they were, data and all
+    subprocess.run(["mount", "--bind", str(source), str(mount)], check=True)
+    for tree in trees.values():
+        assert cli("claude-db", "query", "select count(*) from work", cwd=tree).code == 0
+
+
+@pytest.mark.parametrize("named", [True, False], ids=["named", "hashed-worktree"])
+def test_start_after_env_is_lost_takes_the_directorys_session(
+    cli: Cli, state: Path, repo: Path, named: bool
+) -> None:
+    """Adversarial finding 9: ``git clean -fdx`` takes ``.env`` with it, and a ``start``
+    without a name made a second, empty session for the same directory (README: "Run
+    again, start finds the session"). Named: a session started by a name of the user's.
+    Hashed: a worktree whose session got the hashed name (another directory had its
+    readable name then) since that other session is gone: its readable name is free."""
+    first, tree = add_worktree(repo, "api"), repo.parent / "elsewhere" / "api"
+    git(repo, "worktree", "add", "-q", "-b", "api2", str(tree))
+    if named:
+        assert cli("claude-session", "start", "my-own", cwd=tree).code == 0
+        name = "my-own"
+    else:
+        assert cli("claude-session", "start", cwd=first).code == 0
+        started = cli("claude-session", "start", cwd=tree)
+        assert started.code == 0, started
+        name = started.stdout.split()[1]
+        assert name != f"{repo.name}-api", started
+        assert cli("claude-session", "delete", f"{repo.name}-api", "--yes", cwd=repo).code == 0
+    assert cli("claude-db", "query", "create table mine(x int)", cwd=tree).code == 0
+    git(tree, "clean", "-fdxq")
+    assert not (tree / ".env").exists()
+
+    again = cli("claude-session", "start", cwd=tree)
+    assert again.code == 0, again
+    assert f"session {name} runs" in again.stdout, again
+    assert f"session {name} has this work directory" in again.stderr, again
+    assert dict(dotenv_lines(tree))["CLAUDE_SESSION"] == name
+    assert cli("claude-db", "query", "select count(*) from mine", cwd=tree).code == 0
+    listed = json.loads(cli("claude-session", "list", "--json", cwd=repo).stdout)
+    assert [s["name"] for s in listed if Path(s["workdir"]) == tree.resolve()] == [name]
+    # Claude Code's SessionStart hook starts the same way
+    git(tree, "clean", "-fdxq")
+    hook = cli("claude-session", "hooks", "run", "session-start", cwd=tree,
+               input=json.dumps({"cwd": str(tree)}))
+    assert hook.code == 0 and f"session {name} (" in hook.stdout, hook
+    assert dict(dotenv_lines(tree))["CLAUDE_SESSION"] == name
+
+
+def test_start_refuses_to_guess_between_sessions_of_one_directory(
+    cli: Cli, state: Path, repo: Path
+) -> None:
+    """Two sessions with one work directory (the second started by name after ``.env``
+    was lost) and no ``.env``: a start without a name asks for one, and makes nothing."""
+    tree = add_worktree(repo, "two")
+    assert cli("claude-session", "start", "one-a", cwd=tree).code == 0
+    (tree / ".env").unlink()
+    assert cli("claude-session", "start", "one-b", cwd=tree).code == 0
+    (tree / ".env").unlink()
+    refused = cli("claude-session", "start", cwd=tree)
+    assert refused.code == 1, refused
+    assert refused.stderr.startswith("error: sessions one-a, one-b all have"), refused
+    assert len(refused.stderr.splitlines()) == 1 and not (tree / ".env").exists()
+    assert sorted(p.name for p in (state / "sessions").iterdir()
+                  if not p.name.startswith(".")) == ["one-a", "one-b"]
+
+
+def test_a_worktree_moved_by_hand_is_kept_once_git_repairs_it(
+    cli: Cli, state: Path, repo: Path
+) -> None:
+    """README: a worktree moved with ``mv`` is, to git, a removed one (``prunable``), and
+    would be reclaimed as one; ``git worktree repair`` in its new place makes git know it
+    there again, and its session stays."""
+    tree = add_worktree(repo, "by-hand")
+    assert cli("claude-session", "start", cwd=tree).code == 0
+    name = f"{repo.name}-by-hand"
+    moved = tree.with_name("by-hand-moved")
+    tree.rename(moved)
+    assert "prunable" in git(repo, "worktree", "list", "--porcelain")
+    dry = cli("claude-session", "gc", "--dry-run", "--json", cwd=repo)
+    assert [o["what"] for o in json.loads(dry.stdout) if o["kind"] == "session"] == [name], dry
+
+    git(moved, "worktree", "repair")
+    dry = cli("claude-session", "gc", "--dry-run", "--json", cwd=repo)
+    assert [o for o in json.loads(dry.stdout) if o["kind"] == "session"] == [], dry
+    swept = cli("claude-session", "gc", cwd=repo)
+    assert swept.code == 0 and name not in swept.stdout + swept.stderr, swept
+    assert (state / "sessions" / name / "session.json").exists()

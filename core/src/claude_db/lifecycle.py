@@ -422,9 +422,11 @@ def start_here(app: App, workdir: Path, **options: Any) -> tuple[Session, list[s
     readable names are alike race for the name: the loser takes its disambiguated one."""
     worktree = worktrees.find_worktree(workdir)
     recorded = worktree.to_json() if worktree is not None and worktree.linked else None
-    name = worktrees.session_name(app, workdir, worktree)
+    name, notes = worktrees.name_here(app, workdir, worktree)
     try:
-        return start_session(app, name, workdir=workdir, worktree=recorded, **options)
+        session, started = start_session(app, name, workdir=workdir, worktree=recorded,
+                                         **options)
+        return session, notes + started
     except SessionExistsError:
         again = worktrees.session_name(app, workdir, worktree)
         if again == name:

@@ -3,12 +3,14 @@
 A session started in a linked worktree of a repository is named ``<repo>-<worktree>``
 (directory names, sanitised to :data:`~claude_db.session.NAME_PATTERN`); where that name
 is another directory's session, a short hash of the path is added, so the name is the same
-on every start. A session records its worktree (:class:`Worktree`): when its directory is
-gone (``git worktree remove``, ``rm -rf``) while the filesystem that held it is still
-mounted, ``gc`` and the cheap sweep of every ``start`` reclaim it: stopped and removed,
-its data kept (as ``delete --keep-data``) for :func:`grace_seconds`, then removed too.
-A directory that merely cannot be seen (its filesystem unmounted, a permission) is
-never taken for a removed one.
+on every start. A session records its worktree (:class:`Worktree`): when git itself
+would call it gone (``git worktree remove``, ``rm -rf``: its repository is there, and its
+own git directory is gone or names a checkout that is missing) while the filesystem that
+held it is still mounted where it was, ``gc`` and the cheap sweep of every ``start``
+reclaim it: stopped and removed, its data kept (as ``delete --keep-data``) for
+:func:`grace_seconds`, then removed too. A directory that merely cannot be seen (its
+filesystem or a bind mount above it unmounted, a permission) is never taken for a
+removed one: in doubt, a session stays.
 """
 
 from __future__ import annotations
@@ -23,8 +25,10 @@ from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import psutil
+
 from claude_db.envfile import Owner, owner, remove_env
-from claude_db.errors import ClaudeDbError, UsageError
+from claude_db.errors import ClaudeDbError, SessionExistsError, UsageError
 from claude_db.faults import checkpoint
 from claude_db.locks import try_hold
 from claude_db.runtime import Orphan
@@ -43,13 +47,15 @@ HASH_LENGTH = 6
 @dataclass(frozen=True)
 class Worktree:
     """Where a session's work directory is: a git worktree (``repository``: the common
-    git directory), and the device its directory was on (to tell removed from unmounted)."""
+    git directory), and the device and mount point its directory was on (to tell removed
+    from unmounted)."""
 
     repository: str
     toplevel: str
     linked: bool
     device: int
     admin: str = ""  # a linked worktree's own git directory (.git/worktrees/<id>)
+    mount: str = ""  # the mount point it was under (a bind mount's own, not its source's)
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -70,7 +76,21 @@ def find_worktree(workdir: Path) -> Worktree | None:
         return None
     toplevel, common, git_dir = (os.path.realpath(line) for line in lines)
     linked = git_dir != common
-    return Worktree(common, toplevel, linked, os.stat(workdir).st_dev, git_dir if linked else "")
+    if not linked:  # a main checkout is never reclaimed: nothing more to record
+        return Worktree(common, toplevel, linked, os.stat(workdir).st_dev)
+    return Worktree(common, toplevel, linked, os.stat(workdir).st_dev, git_dir,
+                    mount_point(workdir.resolve()))
+
+
+def mount_point(path: Path) -> str:
+    """The mount point ``path`` is under, as this process sees the mounts now: the longest
+    one above it (bind mounts included; of one mounted over another, the later)."""
+    found = ""
+    for partition in psutil.disk_partitions(all=True):
+        point = partition.mountpoint
+        if path.is_relative_to(point) and len(point) >= len(found):
+            found = point
+    return found
 
 
 def plain_git_env() -> dict[str, str]:
@@ -103,21 +123,37 @@ def disambiguated(name: str, workdir: Path) -> str:
 
 
 def session_name(app: App, workdir: Path, worktree: Worktree | None) -> str:
-    """The session name of ``workdir`` when none is given: the session its ``.env`` names
-    (ours, of this directory), else its readable name, made unique where another
-    directory's session has that name (only in a git work tree: elsewhere that stays an
-    error, as before)."""
+    """The session name of ``workdir`` when none is given (see :func:`name_here`)."""
+    return name_here(app, workdir, worktree)[0]
+
+
+def name_here(app: App, workdir: Path, worktree: Worktree | None) -> tuple[str, list[str]]:
+    """The session name of ``workdir`` when none is given, and notes: the session of this
+    directory (the one its ``.env`` names, else the one whose record has it as work
+    directory: ``.env`` was lost, e.g. to ``git clean -fdx``), else its readable name,
+    made unique where another directory's session has that name (only in a git work
+    tree: elsewhere that stays an error, as before)."""
     workdir = workdir.resolve()
     found = owner(workdir)
     if (found is not None and found.state_dir == str(app.settings.state_dir)
             and NAME_PATTERN.fullmatch(found.name) and _workdir_of(app, found.name) == workdir):
-        return found.name
+        return found.name, []
+    mine = [session.name for session in app.store.all()
+            if isinstance(session, Session) and Path(session.workdir) == workdir]
+    if len(mine) > 1:
+        raise SessionExistsError(
+            f"sessions {', '.join(mine)} all have {workdir} as their work directory and its "
+            ".env names none of them: name one, claude-session start NAME")
+    if mine:
+        return mine[0], [f"note: {workdir / '.env'} was gone or named another session; "
+                         f"session {mine[0]} has this work directory: it is started, and its "
+                         ".env written again"]
     name = readable_name(workdir, worktree)
     if worktree is None:
-        return name
+        return name, []
     if _workdir_of(app, name) not in (None, workdir):
-        return disambiguated(name, workdir)
-    return name
+        return disambiguated(name, workdir), []
+    return name, []
 
 
 def _workdir_of(app: App, name: str) -> Path | None:
@@ -146,9 +182,12 @@ def grace_seconds() -> float:
 
 
 def removed(session: Session) -> bool:
-    """Whether ``session`` is of a worktree that was removed: its directory is missing and
-    the filesystem it was on is mounted (the nearest directory above it that exists is on
-    that device). Anything we cannot see for sure (a permission) counts as there."""
+    """Whether ``session`` is of a worktree that was removed: its directory is missing, the
+    filesystem it was on is still mounted where it was (the mount above the directory's
+    path is the recorded one, on the recorded device), and git would call it gone (its
+    repository is there; its own git directory is gone, or names a missing checkout).
+    Anything we cannot see for sure (a permission, a record without the mount) counts as
+    there."""
     recorded = session.worktree
     if not recorded or not isinstance(recorded.get("device"), int):
         return False
@@ -160,27 +199,41 @@ def removed(session: Session) -> bool:
         pass
     except OSError:
         return False
-    if _moved(recorded.get("admin")):
+    return _mounted_as_recorded(path, recorded) and _gone_to_git(recorded)
+
+
+def _mounted_as_recorded(path: Path, recorded: dict[str, Any]) -> bool:
+    """Whether ``path`` is looked for on the filesystem it was on: unmount a bind mount and
+    what shows there is the directory below it, on the same device, where the worktree is
+    not (so the device alone cannot tell)."""
+    mount = recorded.get("mount")
+    if not isinstance(mount, str) or not mount or mount_point(path) != mount:
         return False
-    for parent in path.parents:
-        try:
-            return bool(parent.stat().st_dev == recorded["device"])
-        except FileNotFoundError:
-            continue
-        except OSError:
-            return False
-    return False
+    try:
+        return bool(os.stat(mount).st_dev == recorded["device"])
+    except OSError:
+        return False
 
 
-def _moved(admin: object) -> bool:
-    """Whether git still knows the worktree elsewhere (``git worktree move``): its own git
-    directory is there and names a checkout that exists. ``git worktree remove`` takes
-    that directory away; after an ``rm -rf`` it names a checkout that is gone."""
-    if not isinstance(admin, str) or not admin:
+def _gone_to_git(recorded: dict[str, Any]) -> bool:
+    """Whether git would call the worktree gone (``git worktree list``: removed, or
+    "prunable"): its repository is there, and its own git directory is gone or names a
+    checkout that is missing. A worktree git knows elsewhere (``git worktree move``) is
+    not gone; without its repository, nothing says what happened to it."""
+    admin = recorded.get("admin")
+    if not (isinstance(admin, str) and admin and Path(str(recorded["repository"])).is_dir()):
         return False
     try:
         checkout = Path((Path(admin) / "gitdir").read_text().strip())
-        return checkout.exists()
+    except FileNotFoundError:
+        return True  # git worktree remove, or prune, took it
+    except OSError:
+        return False
+    try:
+        checkout.lstat()
+        return False
+    except FileNotFoundError:
+        return True
     except OSError:
         return False
 

@@ -485,8 +485,9 @@ class DockerRuntime(Runtime):
 
         assert session.image is not None
         state = session.runtime_state
+        # the instance in the name: two keeps of one name in one second are two volumes
         kept = (state.get("kept_volume")
-                or f"{state['volume']}-kept-{time.strftime('%Y%m%d-%H%M%S')}")
+                or f"{state['volume']}-kept-{time.strftime('%Y%m%d-%H%M%S')}-{state['instance']}")
         state["kept_volume"], state["kept_data"] = kept, f"the Docker volume {kept}"
         SessionStore(self.settings.state_dir).save(session)
         self._discard_kept_copy(docker, session)  # of a delete cut short, if any

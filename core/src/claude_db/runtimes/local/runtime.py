@@ -14,6 +14,7 @@ Linux only: it tells its servers apart by process identities (see ``claude_db.pr
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import pwd
 import shutil
@@ -199,11 +200,16 @@ class LocalRuntime(Runtime):
             moved = state.get("kept_data")
             if moved and Path(moved).is_dir() and not Path(state["datadir"]).exists():
                 return  # a delete cut short moved it already
-            kept = self.settings.state_dir / "kept" / f"{session.name}-{int(time.time())}"
+            kept = _unused(self.settings.state_dir / "kept" / f"{session.name}-{int(time.time())}")
             kept.parent.mkdir(parents=True, exist_ok=True)
             state["kept_data"] = str(kept)
             self.store.save(session)  # where the data goes is on record before it goes
-            shutil.move(state["datadir"], kept)
+            try:  # a rename never moves into a directory there (shutil.move would nest it)
+                os.rename(state["datadir"], kept)
+            except OSError as exc:
+                if exc.errno != errno.EXDEV:
+                    raise
+                shutil.move(state["datadir"], kept)  # another filesystem: copied
 
     def status(self, session: Session) -> Status:
         if not session.runtime_state.get("datadir"):
@@ -478,3 +484,13 @@ def log_tail(path: Path, lines: int = LOG_TAIL_LINES) -> str:
 def state_summary(session: Session) -> dict[str, Any]:
     keys = ("port", "datadir", "socket_dir", "log", "pid", "run_as", "version")
     return {key: session.runtime_state.get(key) for key in keys}
+
+
+def _unused(path: Path) -> Path:
+    """``path``, or ``path-2``, ``path-3``... where it is taken (two deletes of one name
+    in one second: each its own kept data)."""
+    candidate, number = path, 1
+    while os.path.lexists(candidate):
+        number += 1
+        candidate = path.with_name(f"{path.name}-{number}")
+    return candidate
