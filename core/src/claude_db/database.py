@@ -11,6 +11,7 @@ import itertools
 import lzma
 import os
 import shutil
+import stat
 import subprocess
 import sys
 import tempfile
@@ -33,6 +34,7 @@ from claude_db.envfile import MARKER, find_env
 from claude_db.errors import ClaudeDbError, SessionNotFoundError, UsageError
 from claude_db.runtimes.url import UrlRuntime
 from claude_db.session import validate_name
+from claude_db.statedir import user_name
 
 # Target and listening are imported from here too (they lived here)
 from claude_db.target import Target as Target
@@ -227,6 +229,7 @@ def export_to(
         raise UsageError(f"{destination} is a directory")
     if not path.parent.is_dir():
         raise UsageError(f"directory {path.parent} does not exist")
+    _refuse_planted(path)
     _sweep_partials(path)
     # a temporary file beside the target, renamed at the end: never a partial dump; the pid
     # in its name lets the next export remove it if this one is killed
@@ -244,8 +247,8 @@ def export_to(
             else:
                 written = _copy(chunks, raw)
             raw.flush()
+            os.fchmod(raw.fileno(), _mode_for(path))
             os.fsync(raw.fileno())
-        os.chmod(tmp_name, _mode_for(path))
         os.replace(tmp_name, path)
     except BaseException as exc:
         with contextlib.suppress(FileNotFoundError):
@@ -263,21 +266,44 @@ PARTIAL = ".partial"
 
 
 def _mode_for(path: Path) -> int:
-    """An existing file's mode (a 0600 dump stays private), else a new file's (umask)."""
+    """An existing file's mode if it is ours (a 0600 dump stays private), else a new file's:
+    the umask's, never writable by group or others (``import`` runs a dump's ``\\!`` lines).
+    Another user's mode is never copied: their 0666 would make our dump theirs to change."""
     with contextlib.suppress(OSError):
-        return path.stat().st_mode & 0o7777
+        found = path.lstat()
+        if stat.S_ISREG(found.st_mode) and found.st_uid == os.geteuid():
+            return found.st_mode & 0o777
     umask = os.umask(0)
     os.umask(umask)
-    return 0o666 & ~umask  # not mkstemp's 0600: a dump like any file
+    return 0o644 & ~umask  # not mkstemp's 0600: a dump like any file
+
+
+def _refuse_planted(path: Path) -> None:
+    """Refuse to replace another user's file in a sticky directory others may write (such
+    as /tmp), as the kernel's fs.protected_regular refuses root's opening it: a rename
+    would get around that, and the user would import what that user wrote there."""
+    try:
+        found, folder = path.lstat(), path.parent.stat()
+    except FileNotFoundError:
+        return
+    shared = folder.st_mode & stat.S_ISVTX and folder.st_mode & (stat.S_IWGRP | stat.S_IWOTH)
+    if shared and found.st_uid not in (os.geteuid(), folder.st_uid):
+        raise UsageError(
+            f"{path} belongs to {user_name(found.st_uid)}, in {path.parent} where others may "
+            "create files: claude-db does not replace it; export to another name, or remove it "
+            "first"
+        )
 
 
 def _sweep_partials(path: Path) -> None:
-    """Remove ``.NAME.PID.*.partial`` files that exports killed before their end left."""
+    """Remove ``.NAME.PID.*.partial`` files that our exports killed before their end left
+    (another user's are theirs: left alone)."""
     for partial in path.parent.glob(f".{glob.escape(path.name)}.*{PARTIAL}"):
         pid = partial.name[len(path.name) + 2:].split(".", 1)[0]
         if pid.isdigit() and not _alive(int(pid)):
             with contextlib.suppress(OSError):
-                partial.unlink()
+                if partial.lstat().st_uid == os.geteuid():
+                    partial.unlink()
 
 
 def _alive(pid: int) -> bool:

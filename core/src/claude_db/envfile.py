@@ -27,7 +27,7 @@ import re
 import stat
 import subprocess
 import tempfile
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -36,6 +36,7 @@ from dotenv.parser import parse_stream
 
 from claude_db.errors import UsageError
 from claude_db.locks import hold_file
+from claude_db.statedir import user_name
 
 MARKER = "CLAUDE_SESSION"  # names the session a directory belongs to
 SAVED = "#[claude-db saved] "
@@ -364,25 +365,117 @@ def _keep_out_of_git(workdir: Path) -> str | None:
                     "git rm --cached .env")
         if git("check-ignore", "-q", ".env").returncode == 0:
             return None
-        exclude = Path(git("rev-parse", "--git-path", "info/exclude").stdout.strip())
-        if not exclude.is_absolute():
-            exclude = workdir / exclude
-        exclude.parent.mkdir(parents=True, exist_ok=True)
-        relative = os.path.relpath(workdir / ".env", _toplevel(workdir))
+        exclude = Path(os.path.abspath(
+            workdir / git("rev-parse", "--git-path", "info/exclude").stdout.strip()))
+        dotenv = os.path.abspath(workdir / ".env")
+        relative = os.path.relpath(dotenv, _toplevel(workdir))
         pattern = f"/{_ignore_pattern(relative)}"
-        # worktrees share this file: starts in several at once add the line once
-        with open(exclude, "a+") as out, hold_file(out):
-            out.seek(0)
-            text = out.read()
-            if pattern not in text.splitlines():
-                prefix = "" if not text or text.endswith("\n") else "\n"
-                out.write(f"{prefix}{pattern}\n")
+        refused = _add_line(exclude, pattern)
+        if refused:
+            return (f"warning: git does not ignore {dotenv}, and claude-db adds "
+                    f"nothing to info/exclude: {refused}; do not commit .env (it holds a "
+                    "password)")
         if git("check-ignore", "-q", ".env").returncode != 0:
-            return (f"warning: git does not ignore {workdir / '.env'} even after adding it to "
-                    f"{os.path.normpath(exclude)}: do not commit it (it holds a password)")
+            return (f"warning: git does not ignore {dotenv} even after adding it to "
+                    f"{exclude}: do not commit it (it holds a password)")
     except FileNotFoundError:  # no git on this machine: nothing to protect from
         return None
-    return f"added .env to {os.path.normpath(exclude)} so git ignores it"
+    return f"added .env to {exclude} so git ignores it"
+
+
+def _add_line(exclude: Path, line: str) -> str | None:
+    """Add ``line`` to the repository's ``info/exclude`` once; returns why nothing was
+    written instead (``_open_exclude`` says what is written)."""
+    try:
+        fd = _open_exclude(exclude)
+    except _NotWritten as why:
+        return str(why)
+    # worktrees share this file: starts in several at once add the line once
+    with os.fdopen(fd, "a+") as out, hold_file(out):
+        out.seek(0)
+        text = out.read()
+        if line not in text.splitlines():
+            prefix = "" if not text or text.endswith("\n") else "\n"
+            out.write(f"{prefix}{line}\n")
+    return None
+
+
+class _NotWritten(Exception):
+    """Why ``info/exclude`` is left alone."""
+
+
+def _open_exclude(exclude: Path) -> int:
+    """``info/exclude`` of the git directory (made if missing), open for appending: only a
+    regular file with no other link, reached from the git directory through no symlink,
+    owned by us, root or the git directory's owner. Root in another user's repository would
+    otherwise append to wherever that user's link leads (to root's .bashrc: a line there
+    is a command). What root makes in a user's repository is given to that user."""
+    info_path = exclude.parent
+    nofollow = os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK  # a FIFO: opened, then refused
+    try:  # the git directory as git names it: .git may be a link, or a gitfile's target
+        git_dir = os.open(info_path.parent, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    except OSError as exc:
+        raise _NotWritten(_why(info_path.parent, exc)) from None
+    try:
+        repo = os.fstat(git_dir)
+        made = _made(info_path, lambda: os.mkdir("info", 0o755, dir_fd=git_dir))
+        info = _opened(info_path, os.O_RDONLY | os.O_DIRECTORY | nofollow, git_dir)
+    finally:
+        os.close(git_dir)
+    try:
+        _trust(info_path, info, repo, made)
+        flags = os.O_RDWR | os.O_APPEND | nofollow
+        made = _made(exclude, lambda: os.close(
+            os.open("exclude", flags | os.O_CREAT | os.O_EXCL, 0o644, dir_fd=info)))
+        fd = _opened(exclude, flags, info)
+    finally:
+        os.close(info)
+    try:
+        _trust(exclude, fd, repo, made)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def _made(path: Path, make: Callable[[], None]) -> bool:
+    """Whether ``make`` made ``path`` (``False``: it was there)."""
+    try:
+        make()
+    except FileExistsError:
+        return False
+    except OSError as exc:
+        raise _NotWritten(_why(path, exc)) from None
+    return True
+
+
+def _opened(path: Path, flags: int, dir_fd: int) -> int:
+    try:
+        return os.open(path.name, flags, dir_fd=dir_fd)
+    except OSError as exc:
+        with contextlib.suppress(OSError):
+            if stat.S_ISLNK(os.stat(path.name, dir_fd=dir_fd, follow_symlinks=False).st_mode):
+                raise _NotWritten(f"{path} is a symlink") from None
+        raise _NotWritten(_why(path, exc)) from None
+
+
+def _why(path: Path, exc: OSError) -> str:
+    return f"{path}: {exc.strerror}"
+
+
+def _trust(path: Path, fd: int, repo: os.stat_result, made: bool) -> None:
+    """Refuse what ``_open_exclude`` does not write; give what root made to the repository's
+    owner."""
+    found = os.fstat(fd)
+    directory = path.name == "info"
+    if not (stat.S_ISDIR(found.st_mode) if directory else stat.S_ISREG(found.st_mode)):
+        raise _NotWritten(f"{path} is not a {'directory' if directory else 'regular file'}")
+    if found.st_uid not in (os.geteuid(), 0, repo.st_uid):
+        raise _NotWritten(f"{path} belongs to {user_name(found.st_uid)}")
+    if not directory and found.st_nlink != 1:  # a hard link to a file elsewhere
+        raise _NotWritten(f"{path} has other hard links")
+    if made and os.geteuid() == 0 and repo.st_uid != 0:
+        os.fchown(fd, repo.st_uid, repo.st_gid)
 
 
 def _ignore_pattern(relative: str) -> str:

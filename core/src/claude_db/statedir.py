@@ -61,7 +61,7 @@ def unsafe(path: Path, *, follow: bool = False) -> str | None:
     if stat.S_ISLNK(info.st_mode):
         return "is a symbolic link: claude-db follows none inside its state directory"
     if info.st_uid != os.geteuid():
-        return f"belongs to {_user(info.st_uid)}, not to you ({_user(os.geteuid())})"
+        return f"belongs to {user_name(info.st_uid)}, not to you ({user_name(os.geteuid())})"
     if _writable_by_others(info):
         return f"may be changed by other users (mode {stat.S_IMODE(info.st_mode):04o})"
     return None
@@ -127,7 +127,7 @@ def make_private_dir(path: Path) -> None:
 def _unsafe_parent(path: Path) -> str | None:
     info = path.stat()
     if info.st_uid not in (0, os.geteuid()):
-        return f"belongs to {_user(info.st_uid)}"
+        return f"belongs to {user_name(info.st_uid)}"
     if _writable_by_others(info) and not info.st_mode & stat.S_ISVTX:  # /tmp is sticky: fine
         return f"other users may change (mode {stat.S_IMODE(info.st_mode):04o})"
     return None
@@ -150,7 +150,7 @@ def _private_group(gid: int, uid: int) -> bool:
     return group.gr_name == user.pw_name and set(group.gr_mem) <= {user.pw_name}
 
 
-def _user(uid: int) -> str:
+def user_name(uid: int) -> str:
     try:
         return pwd.getpwuid(uid).pw_name
     except KeyError:
