@@ -325,6 +325,11 @@ class Engine(ABC):
     def restore(self, tools: Tools, chunks: Iterable[bytes]) -> None:
         """Apply a dump: stop at the first error and leave nothing of it applied."""
 
+    #: False: a killed :meth:`restore` may leave part of an import applied (MySQL commits
+    #: DDL at once), so ``import`` takes the automatic snapshot first (``undo`` goes back)
+    #: and passes ``ImportOptions(transaction=False)`` to :meth:`restore_with`
+    imports_survive_kills: ClassVar[bool] = True
+
     #: export formats :meth:`dump_as` writes besides ``plain`` (e.g. PostgreSQL's ``custom``)
     export_formats: ClassVar[tuple[str, ...]] = ()
 

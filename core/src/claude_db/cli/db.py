@@ -101,6 +101,17 @@ def _answering(target: Target, endpoint: Endpoint) -> str:
         raise ClaudeDbError(f"{where} answers but refused: {reason}") from None
 
 
+def _exists(target: Target, endpoint: Endpoint) -> bool:
+    """Whether ``endpoint``'s database answers (a stopped server is the caller's error)."""
+    try:
+        _answering(target, endpoint)
+    except NotRunningError:
+        raise
+    except ClaudeDbError:
+        return False
+    return True
+
+
 def status(
     session: str | None = SessionOption,
     database: str | None = DatabaseOption,
@@ -455,13 +466,19 @@ def import_(
         # once the snapshot is put back
         raise UsageError("--create-roles takes no --no-transaction")
     target = resolve_target(session, destructive=destructive)
-    if no_transaction:
+    # an engine whose killed import may stay part-applied takes a snapshot first too (of
+    # a database there is: a file may make the one it is imported into)
+    snapshot_first = (not replace and options == ImportOptions()
+                      and not target.engine.imports_survive_kills
+                      and get_app().settings.auto_snapshots > 0
+                      and _exists(target, target.endpoint(database)))
+    if no_transaction or snapshot_first:
         before = snapshots.import_outside_a_transaction(
             get_app(), target, source, database, options
         )
+        how = "outside one transaction; " if no_transaction else ""
         note(f"imported {source if source != '-' else 'stdin'} into {target.name} "
-             f"(outside one transaction; the previous data is in snapshot {before.name}: "
-             "claude-db undo)")
+             f"({how}the previous data is in snapshot {before.name}: claude-db undo)")
         return
     if replace:
         check_source(source)

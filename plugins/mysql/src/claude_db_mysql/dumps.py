@@ -1,11 +1,13 @@
 """Dumps and imports with the native clients (``mysqldump``/``mysql`` or MariaDB's names).
 
 MySQL commits DDL implicitly, so one transaction cannot make an import all-or-nothing.
-Instead an import first dumps every user database (the *snapshot*), then applies the
-file with the ``mysql`` client, which stops at the first error; on any failure every
-database the import created is dropped and the snapshot is replayed, which drops and
-recreates each database as it was. Server-wide objects (users, grants, global
-variables) are not part of the snapshot.
+Instead an import first dumps every user database (the *snapshot*; when the caller took
+a snapshot of the database imported into, core's, only the others) into a file without a
+name (a killed command leaves none), then applies the file with the ``mysql`` client, which
+stops at the first error; on any failure every database the import created is dropped and
+the snapshot is replayed, which drops and recreates each database as it was. Server-wide
+objects (users, grants, global variables) are not part of the snapshot. A kill leaves the
+import as far as it got: the engine marks it first (``MySQLEngine.restore_with``).
 """
 
 from __future__ import annotations
@@ -14,13 +16,15 @@ import functools
 import itertools
 import os
 import re
+import shutil
 import subprocess
 import tempfile
 from collections.abc import Iterable, Iterator
-from pathlib import Path
+from typing import IO
 
 from claude_db import Tools
 from claude_db.errors import ClaudeDbError, NotRunningError
+from claude_db.faults import checkpoint
 from claude_db_mysql.history import SCHEMA as HISTORY_SCHEMA
 from claude_db_mysql.sql import quote_ident, quote_literal
 from claude_db_mysql.switches import (
@@ -151,7 +155,10 @@ class Clients:
 
     # -- all-or-nothing imports -----------------------------------------------------------
 
-    def restore(self, chunks: Iterable[bytes]) -> None:
+    def restore(self, chunks: Iterable[bytes], *, snapshot_taken: bool = False) -> None:
+        """Apply ``chunks`` all or nothing (see the module). ``snapshot_taken``: the caller
+        took a snapshot of the database imported into, and puts it back if this fails;
+        only the other user databases (usually none) are dumped here then."""
         guard = SwitchGuard(self.database)
         iterator = iter(chunks)
         head = next(iterator, b"")
@@ -161,48 +168,57 @@ class Clients:
         connect_to: str | None = self.database
         if self.database not in before and self.database in created_databases(head):
             connect_to = None
-        fd, name = tempfile.mkstemp(prefix="claude-db-mysql-snapshot-", suffix=".sql")
-        snapshot = Path(name)
-        safe = True  # False while the databases may hold part of the import
-        try:
-            with os.fdopen(fd, "wb") as out:
-                if before:
-                    for chunk in self.dump(before):
-                        out.write(chunk)
+        saved = [name for name in before if not (snapshot_taken and name == self.database)]
+        # a file without a name: a command killed at any point leaves none behind
+        with tempfile.TemporaryFile(prefix="claude-db-mysql-") as snapshot:
+            if saved:
+                for chunk in self.dump(saved):
+                    snapshot.write(chunk)
             try:
                 error = self.apply(itertools.chain([head], guard.checked(iterator)),
                                    database=connect_to)
+                checkpoint("mysql-applied")  # (the tests' kill: the file applied up to its end)
             except BaseException as exc:  # refused on a later line, or interrupted
-                safe = False
                 refused = isinstance(exc, ImportRefusedError)
-                self._roll_back(snapshot, before, reason=str(exc) if refused else "interrupted")
-                safe = True
+                self._roll_back(snapshot, before, saved,
+                                reason=str(exc) if refused else "interrupted")
                 raise
             if error is not None:
-                safe = False
-                self._roll_back(snapshot, before, reason=error)
-                safe = True
+                self._roll_back(snapshot, before, saved, reason=error)
                 raise ClaudeDbError(f"import failed, nothing was applied: {error}")
-        finally:
-            if safe or not before:  # else the snapshot is the user's way back: keep it
-                snapshot.unlink(missing_ok=True)
 
-    def _roll_back(self, snapshot: Path, before: list[str], *, reason: str) -> None:
-        """Put every user database back as the snapshot has it (raise if that fails)."""
+    def _roll_back(
+        self, snapshot: IO[bytes], before: list[str], saved: list[str], *, reason: str
+    ) -> None:
+        """Drop the databases made since ``before``, put ``saved`` back as ``snapshot`` has
+        them (raise if that fails)."""
         try:
             created = [db for db in self.user_databases() if db not in before]
             if created:
                 self.execute("".join(f"DROP DATABASE {quote_ident(db)};" for db in created))
-            if before:
-                with open(snapshot, "rb") as dump:
-                    failure = self.apply(iter(lambda: dump.read(CHUNK), b""), database=None)
+            if saved:
+                snapshot.seek(0)
+                failure = self.apply(iter(lambda: snapshot.read(CHUNK), b""), database=None)
                 if failure is not None:
                     raise ClaudeDbError(failure)
         except (ClaudeDbError, OSError) as exc:
+            kept = ""
+            if saved:
+                name = _kept(snapshot)
+                kept = f"; they were saved before the import in {name} (mysql < {name} applies it)"
             raise ClaudeDbError(
-                f"import failed ({reason}) and putting the databases back failed too ({exc}); "
-                f"they were saved before the import in {snapshot} (mysql < {snapshot} applies it)"
+                f"import failed ({reason}) and putting the databases back failed too "
+                f"({exc}){kept}"
             ) from None
+
+
+def _kept(snapshot: IO[bytes]) -> str:
+    """A named copy of ``snapshot``: the user's way back when it could not be applied."""
+    fd, name = tempfile.mkstemp(prefix="claude-db-mysql-snapshot-", suffix=".sql")
+    with os.fdopen(fd, "wb") as out:
+        snapshot.seek(0)
+        shutil.copyfileobj(snapshot, out)
+    return name
 
 
 def without_sandbox_line(chunks: Iterable[bytes]) -> Iterator[bytes]:

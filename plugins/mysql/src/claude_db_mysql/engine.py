@@ -4,22 +4,29 @@ clients for dumps and imports (claude_db_mysql.dumps)."""
 from __future__ import annotations
 
 import contextlib
+import gzip
 import json
 import re
 from collections.abc import Iterable, Iterator
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 from claude_db import Credentials, Endpoint, Engine, LocalServer, QueryResult, Tools
+from claude_db.engine import SNAPSHOT_DUMP, ImportOptions
 from claude_db.errors import ClaudeDbError, NotRunningError
+from claude_db.faults import checkpoint
 from claude_db_mysql import history, tablespaces
-from claude_db_mysql.dumps import Clients
+from claude_db_mysql.dumps import CHUNK, Clients
 from claude_db_mysql.local import MariaDBLocalServer
 from claude_db_mysql.sql import quote_ident
 
 #: client errors that mean "no server answers there" (2002 socket, 2003 TCP, 2013 lost
 #: during the handshake)
 CANNOT_CONNECT = (2002, 2003, 2013)
+#: the server's "Unknown database": waiting does not make it (a killed reset may have left
+#: it missing: attach then finishes that, ``MySQLEngine.snapshot_recover``)
+UNKNOWN_DATABASE = 1049
 #: the server's "error in your SQL syntax" (also what several statements get without
 #: CLIENT.MULTI_STATEMENTS, before any of them ran)
 PARSE_ERROR = 1064
@@ -48,6 +55,7 @@ class MySQLEngine(Engine):
     container_data_dir = "/var/lib/mysql"
     shell_name = "mysql"
     internal_databases = (history.SCHEMA,)
+    imports_survive_kills = False  # DDL commits at once: see restore_with
 
     def native_env(self, endpoint: Endpoint) -> dict[str, str]:
         # mysql/mysqldump read MYSQL_HOST, MYSQL_TCP_PORT and MYSQL_PWD; they take the user
@@ -80,6 +88,9 @@ class MySQLEngine(Engine):
             cur.execute("SELECT VERSION()")
             row = cur.fetchone()
             return str(row[0]) if row else ""
+
+    def never_ready(self, error: Exception) -> bool:
+        return bool(error.args) and error.args[0] == UNKNOWN_DATABASE
 
     def local_server(self) -> LocalServer:
         return MariaDBLocalServer()
@@ -128,34 +139,54 @@ class MySQLEngine(Engine):
     def restore(self, tools: Tools, chunks: Iterable[bytes]) -> None:
         Clients(tools).restore(chunks)
 
-    def reset(self, endpoint: Endpoint) -> None:
-        import pymysql
+    def restore_with(
+        self, tools: Tools, chunks: Iterable[bytes], options: ImportOptions
+    ) -> None:
+        # ``transaction=False``: core took the automatic snapshot of the session's database
+        # first and puts it back if the import fails (a killed one: undo), see README
+        if replace(options, transaction=True) != ImportOptions():
+            super().restore_with(tools, chunks, options)
+            return
+        endpoint = tools.client_endpoint or tools.endpoint
+        with _under_way(endpoint, {"command": "import", "snapshot": not options.transaction}):
+            Clients(tools).restore(chunks, snapshot_taken=not options.transaction)
 
+    def reset(self, endpoint: Endpoint) -> None:
+        with _under_way(endpoint, {"command": "reset"}):
+            _make_again(endpoint)
+
+    def snapshot_recover(self, endpoint: Endpoint) -> list[str]:
+        """Finish what a killed reset, restore or import left (``_under_way``): the database
+        made again if it is missing, and a line saying what it holds now and how to get
+        back what it had."""
         name = endpoint.database
-        try:
-            with connect(endpoint, timeout=10, database=None) as conn, conn.cursor() as cur:
-                cur.execute(
-                    "SELECT DEFAULT_CHARACTER_SET_NAME, DEFAULT_COLLATION_NAME "
-                    "FROM information_schema.SCHEMATA WHERE SCHEMA_NAME = %s", (name,)
-                )
-                found = cur.fetchone()
-                options = f" CHARACTER SET {found[0]} COLLATE {found[1]}" if found else ""
-                comment = _database_comment(cur, name)  # kept, as its character set is
-                # like PostgreSQL's DROP DATABASE ... WITH (FORCE): end the sessions using it,
-                # or DROP waits for their metadata locks
-                cur.execute(
-                    "SELECT ID FROM information_schema.PROCESSLIST "
-                    "WHERE DB = %s AND ID <> CONNECTION_ID()", (name,)
-                )
-                for (thread,) in cur.fetchall():
-                    with contextlib.suppress(pymysql.MySQLError):  # gone, or not ours to end
-                        cur.execute(f"KILL CONNECTION {int(thread)}")
-                cur.execute(f"DROP DATABASE IF EXISTS {quote_ident(name)}")
-                cur.execute(f"CREATE DATABASE {quote_ident(name)}{options}")
-                if comment:
-                    cur.execute(f"ALTER DATABASE {quote_ident(name)} COMMENT %s", (comment,))
-        except pymysql.MySQLError as exc:
-            raise _error("reset failed", endpoint, exc) from None
+        with _maintenance(endpoint, "finishing an interrupted command failed",
+                          database=None) as conn:
+            pending = history.marked(conn, name)
+            if pending is not None and pending.get("under_way"):
+                return []  # another command's, running: not ours to finish
+            missing = _options(conn, name) is None
+            if missing:  # its options as the command found them
+                _create_database(conn, name, (pending or {}).get("options"),
+                                 (pending or {}).get("comment"))
+            if pending is not None:
+                history.unmark(conn, name)
+        command = (pending or {}).get("command")
+        snapshot = (pending or {}).get("snapshot")
+        if command == "restore" and isinstance(snapshot, str):
+            return [f"{name} was left part-restored by an interrupted restore of snapshot "
+                    f"{snapshot}{' (made again, empty)' if missing else ''}: claude-db snapshot "
+                    f"restore {snapshot} finishes it (the data it had before is in the snapshot "
+                    "taken before that restore)"]
+        if command == "import":
+            back = ("claude-db undo goes back to before it" if snapshot is True else
+                    "it took no snapshot: CLAUDE_DB_AUTO_SNAPSHOTS=0")
+            return [f"an import into {name} was interrupted and may be part-applied ({back})"]
+        if missing:
+            return [f"{name} was missing after an interrupted {command or 'command'}: made "
+                    "again, empty (claude-db undo brings back what the last reset or restore "
+                    "replaced)"]
+        return []
 
     # -- snapshots: table files where the data directory is ours (claude_db_mysql.tablespaces),
     # else core's dumps; kept with the server where the user may (claude_db_mysql.history)
@@ -207,7 +238,12 @@ class MySQLEngine(Engine):
     def snapshot_restore(self, endpoint: Endpoint, tools: Tools, directory: Path) -> None:
         self._fetch(endpoint, directory)
         if not tablespaces.saved(directory):
-            super().snapshot_restore(endpoint, tools, directory)
+            # opened first: a snapshot without its dump changes nothing
+            with gzip.open(directory / SNAPSHOT_DUMP, "rb") as dump, \
+                    _under_way(endpoint, {"command": "restore", "snapshot": directory.name}):
+                _make_again(endpoint)
+                # the data replaced is in core's snapshot taken before the restore
+                Clients(tools).restore(iter(lambda: dump.read(CHUNK), b""), snapshot_taken=True)
             return
         tables = json.loads((directory / tablespaces.RECORD).read_text())["tables"]
         missing = [name for name in (tablespaces.SCHEMA, *(
@@ -217,9 +253,10 @@ class MySQLEngine(Engine):
             gone = ", ".join(missing[:3]) + (", ..." if len(missing) > 3 else "")
             raise ClaudeDbError(f"the snapshot's table files are gone ({gone}): "
                                 "it cannot be restored, the database is unchanged")
-        self.reset(endpoint)
-        with _maintenance(endpoint, "restoring the snapshot failed") as conn:
-            tablespaces.restore(conn, Clients(tools), directory)
+        with _under_way(endpoint, {"command": "restore", "snapshot": directory.name}):
+            _make_again(endpoint)
+            with _maintenance(endpoint, "restoring the snapshot failed") as conn:
+                tablespaces.restore(conn, Clients(tools), directory)
 
     def _fetch(self, endpoint: Endpoint, directory: Path) -> None:
         with _maintenance(endpoint, "reading the snapshot failed", database=None) as conn:
@@ -233,6 +270,72 @@ class MySQLEngine(Engine):
 
 
 _SAME_DATABASE = object()
+
+
+@contextlib.contextmanager
+def _under_way(endpoint: Endpoint, what: dict[str, Any]) -> Iterator[None]:
+    """Mark ``endpoint``'s database with ``what`` a command does to it, on the server (where
+    the user may keep snapshots there), until it is done. Killed meanwhile, the mark stays
+    and the next snapshot command or attach finishes (``snapshot_recover``). Failing, a
+    reset or restore leaves it too (the database may be half-made); an import does not
+    (what it applied is undone: its own rollback, or core's snapshot)."""
+    with _maintenance(endpoint, f"{what['command']} failed", database=None) as conn:
+        found = _options(conn, endpoint.database)
+        if found is not None:  # what the database is made again with, if need be
+            what = {**what, "options": found[0], "comment": found[1]}
+        marked = history.mark(conn, endpoint.database, what)
+        done = False
+        try:
+            yield
+            done = True
+        finally:
+            if marked and (done or what["command"] == "import"):
+                history.unmark(conn, endpoint.database)
+
+
+def _make_again(endpoint: Endpoint) -> None:
+    """Drop the database and create it again with the same options (reset)."""
+    import pymysql
+
+    name = endpoint.database
+    with _maintenance(endpoint, "reset failed", database=None) as conn, conn.cursor() as cur:
+        found = _options(conn, name)
+        # like PostgreSQL's DROP DATABASE ... WITH (FORCE): end the sessions using it,
+        # or DROP waits for their metadata locks
+        cur.execute(
+            "SELECT ID FROM information_schema.PROCESSLIST "
+            "WHERE DB = %s AND ID <> CONNECTION_ID()", (name,)
+        )
+        for (thread,) in cur.fetchall():
+            with contextlib.suppress(pymysql.MySQLError):  # gone, or not ours to end
+                cur.execute(f"KILL CONNECTION {int(thread)}")
+        cur.execute(f"DROP DATABASE IF EXISTS {quote_ident(name)}")
+        checkpoint("mysql-dropped")
+        _create_database(conn, name, *(found or (None, None)))
+
+
+def _options(conn: Any, name: str) -> tuple[str, str | None] | None:
+    """The database's character set and collation as CREATE DATABASE takes them, and its
+    comment (kept by a reset, as its character set is); None if there is no such database."""
+    with conn.cursor() as cur:
+        cur.execute(
+            "SELECT DEFAULT_CHARACTER_SET_NAME, DEFAULT_COLLATION_NAME "
+            "FROM information_schema.SCHEMATA WHERE SCHEMA_NAME = %s", (name,)
+        )
+        found = cur.fetchone()
+        if found is None:
+            return None
+        return f" CHARACTER SET {found[0]} COLLATE {found[1]}", _database_comment(cur, name)
+
+
+def _create_database(conn: Any, name: str, options: Any, comment: Any) -> None:
+    """CREATE DATABASE ``name`` with ``options`` (what :func:`_options` gave, else the
+    server's defaults) and ``comment``."""
+    charset = re.fullmatch(r" CHARACTER SET \w+ COLLATE \w+", options or "")  # (a mark's)
+    with conn.cursor() as cur:
+        cur.execute(f"CREATE DATABASE {quote_ident(name)}{charset.group() if charset else ''}")
+        if isinstance(comment, str) and comment:
+            cur.execute(f"ALTER DATABASE {quote_ident(name)} COMMENT %s", (comment,))
 
 
 def connect(

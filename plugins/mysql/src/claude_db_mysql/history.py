@@ -54,6 +54,10 @@ DDL = (
     # the ids of deleted snapshots: only these may go from other state directories (a
     # history lost with its database is kept again from theirs, :func:`keep`)
     f"CREATE TABLE IF NOT EXISTS {SCHEMA}.deleted (id CHAR(24) PRIMARY KEY) ENGINE=InnoDB",
+    # a command under way that drops or rewrites a database (:func:`mark`)
+    f"CREATE TABLE IF NOT EXISTS {SCHEMA}.pending (owner VARCHAR(255) NOT NULL, "
+    "name VARCHAR(64) COLLATE utf8mb4_bin NOT NULL, value LONGTEXT NOT NULL, "
+    "PRIMARY KEY (owner, name)) ENGINE=InnoDB",
 )
 #: who keeps a snapshot: the user part of 'user@host' (after the last '@')
 OWNER = ("LEFT(CURRENT_USER(), CHAR_LENGTH(CURRENT_USER()) "
@@ -244,6 +248,55 @@ def noted(conn: Any) -> dict[str, str] | None:
     if isinstance(value, dict) and all(isinstance(value.get(k), str) for k in ("reason", "at")):
         return {"reason": value["reason"], "at": value["at"]}
     return None
+
+
+def mark(conn: Any, database: str, value: dict[str, Any]) -> bool:
+    """Note with the server that ``conn`` is about to drop or rewrite ``database``
+    (``value`` says how): a command killed before :func:`unmark` leaves it for the next
+    one to finish (``MySQLEngine.snapshot_recover``). The server itself tells a command
+    under way from a killed one: ``conn`` ends with its process. False where the user may
+    not keep it there."""
+    if not _create(conn):
+        return False
+    with conn.cursor() as cur:
+        cur.execute("SELECT CONNECTION_ID()")
+        value = {**value, "connection": int(cur.fetchone()[0])}
+        cur.execute(f"REPLACE INTO {SCHEMA}.pending (owner, name, value) "
+                    f"VALUES ({OWNER}, %s, %s)", (database, json.dumps(value)))
+    return True
+
+
+def unmark(conn: Any, database: str) -> None:
+    with conn.cursor() as cur:
+        cur.execute(f"DELETE FROM {SCHEMA}.pending WHERE owner = {OWNER} AND name = %s",
+                    (database,))
+
+
+def marked(conn: Any, database: str) -> dict[str, Any] | None:
+    """What a command marked on ``database`` (an empty dict: an unreadable mark), with
+    ``under_way``: its connection still runs; None if nothing is marked."""
+    import pymysql
+
+    try:
+        with conn.cursor() as cur:
+            cur.execute(f"SELECT value FROM {SCHEMA}.pending WHERE owner = {OWNER} AND name = %s",
+                        (database,))
+            found = cur.fetchone()
+            if found is None:
+                return None
+            try:
+                value = json.loads(found[0])
+            except ValueError:
+                value = None
+            if not isinstance(value, dict):
+                return {}
+            cur.execute("SELECT COUNT(*) FROM information_schema.PROCESSLIST WHERE ID = %s",
+                        (value.get("connection"),))
+            return {**value, "under_way": bool(cur.fetchone()[0])}
+    except pymysql.MySQLError as exc:
+        if exc.args and exc.args[0] in (*MISSING, *NOT_ALLOWED):
+            return None
+        raise
 
 
 def _create(conn: Any) -> bool:
