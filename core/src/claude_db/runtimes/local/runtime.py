@@ -126,7 +126,7 @@ class LocalRuntime(Runtime):
         _chown_tree(datadir, run_as)
         socket_dir = _socket_dir(server_dir, run_as)
         session.runtime_state = {
-            "port": claim_port(self.settings.state_dir),
+            "port": claim_port(self.settings.state_dir, session.name),
             "bindir": str(server.bindir()),
             "version": server.version(),
             "datadir": str(datadir),
@@ -169,7 +169,7 @@ class LocalRuntime(Runtime):
         if not port_is_free(state["port"]):
             # our server is not running, so another program listens there: maybe one waiting
             # for our clients' passwords. Move away; ensure_running rewrites .env.
-            state["port"] = claim_port(self.settings.state_dir)
+            state["port"] = claim_port(self.settings.state_dir, session.name)
         if state.get("pid"):
             # a killed server stays a zombie until init reaps it, and the server refuses to
             # start while the pid in its lock file exists: give init a moment
