@@ -48,14 +48,6 @@ def claim_port(state_dir: Path, session: str | None = None) -> int:
         return port
 
 
-def free_port() -> int:
-    """A loopback port nothing listens on right now."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
 def _free_port_except(taken: set[int]) -> int:
     """A free loopback port not in ``taken``. Each taken one the kernel names stays bound
     until we return, so it names another next (it prefers some ports: asked again, it may
