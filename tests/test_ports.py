@@ -6,19 +6,23 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import pwd
 import secrets
 import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
+from urllib.parse import unquote, urlsplit
 
+import psycopg
 import pytest
 
 from claude_db.envfile import read_env
 from claude_db.errors import ExitCode
 from claude_db.testing import Cli, CliResult, assert_one_line_error
 
-pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="needs root: network namespaces")
+pytestmark = pytest.mark.skipif(os.geteuid() != 0,
+                                reason="needs root: network namespaces, a second user")
 
 BIN = Path(sys.executable).parent
 
@@ -90,3 +94,100 @@ def test_a_stopped_sessions_port_goes_to_no_new_session(
         finally:
             for name, workdir in (("ports-a", a), ("ports-b", b)):
                 run("claude-session", "delete", name, "--yes", workdir=workdir)
+
+
+SECOND_USER = "claudedb-attacker"  # the user tests/test_state_security.py makes too
+
+#: a fake PostgreSQL server: asks its first client for a cleartext password, prints it,
+#: and keeps the port
+FAKE_SERVER = r"""
+import signal, socket, struct, sys
+
+def message(conn, typed):
+    def exactly(n):
+        data = b""
+        while len(data) < n:
+            data += conn.recv(n - len(data)) or sys.exit("client left")
+        return data
+    kind = exactly(1) if typed else b""
+    return kind, exactly(struct.unpack("!I", exactly(4))[0] - 4)
+
+server = socket.socket()
+server.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+server.bind(("127.0.0.1", int(sys.argv[1])))
+server.listen()
+print("listening", flush=True)
+conn, _ = server.accept()
+while True:
+    _, body = message(conn, typed=False)
+    if struct.unpack("!I", body[:4])[0] not in (80877103, 80877104):  # SSL, GSS: no
+        break
+    conn.sendall(b"N")
+conn.sendall(b"R" + struct.pack("!II", 8, 3))  # AuthenticationCleartextPassword
+print(message(conn, typed=True)[1].rstrip(b"\0").decode(), flush=True)
+conn.close()
+signal.pause()
+"""
+
+
+@pytest.fixture(scope="module")
+def second_user() -> str:
+    try:
+        pwd.getpwnam(SECOND_USER)
+    except KeyError:
+        subprocess.run(["useradd", "-m", SECOND_USER])  # another run may make it meanwhile
+        pwd.getpwnam(SECOND_USER)
+    return SECOND_USER
+
+
+def _psql_as(user: str, url: str, password: str) -> subprocess.CompletedProcess[str]:
+    parts = urlsplit(url)
+    return subprocess.run(
+        ["runuser", "-u", user, "--", "env", f"PGPASSWORD={password}", "psql", "-h",
+         "127.0.0.1", "-p", str(parts.port), "-U", str(parts.username),
+         "-d", parts.path.lstrip("/"), "-w", "-Atc", "SELECT 1"],
+        capture_output=True, text=True, stdin=subprocess.DEVNULL, timeout=300)
+
+
+def test_a_password_stolen_on_a_stopped_sessions_port_is_no_use_after_attach(
+    cli: Cli, state: Path, tmp_path: Path, second_user: str
+) -> None:
+    """Before, attach moved the session away from the fake server but kept its password:
+    the second user logged in with what the session's app had sent the fake."""
+    workdir = tmp_path / "w"
+    workdir.mkdir()
+    try:
+        assert cli("claude-session", "start", "ports-stolen", cwd=workdir).code == 0
+        old_url = read_env(workdir)["DATABASE_URL"]
+        old_port = _port(state, "ports-stolen")
+        assert cli("claude-session", "stop", "ports-stolen", cwd=workdir).code == 0
+        fake = subprocess.Popen(
+            # setpriv execs (runuser would fork): killing the pid ends the fake
+            ["setpriv", f"--reuid={second_user}", f"--regid={second_user}", "--init-groups",
+             "/usr/bin/python3", "-c", FAKE_SERVER, str(old_port)],
+            stdout=subprocess.PIPE, text=True, stdin=subprocess.DEVNULL)
+        try:
+            assert fake.stdout is not None and fake.stdout.readline() == "listening\n"
+            # the session's app, reading .env, connects while the session is stopped
+            with pytest.raises(psycopg.OperationalError):
+                psycopg.connect(old_url, connect_timeout=120)
+            stolen = fake.stdout.readline().strip()
+            assert stolen == unquote(str(urlsplit(old_url).password))
+
+            attach = cli("claude-session", "attach", "ports-stolen", "--no-shell", cwd=workdir)
+            assert attach.code == 0, attach
+        finally:
+            fake.kill()
+            fake.wait()
+        new_url = read_env(workdir)["DATABASE_URL"]
+        assert _port(state, "ports-stolen") != old_port
+        refused = _psql_as(second_user, new_url, stolen)
+        assert refused.returncode != 0 and "password authentication failed" in refused.stderr
+        # what the second user lacks is the password only: with .env's, it gets in
+        new_password = unquote(str(urlsplit(new_url).password))
+        assert _psql_as(second_user, new_url, new_password).stdout == "1\n"
+        assert "new password" in attach.stderr, attach  # and says so
+        query = cli("claude-db", "query", "SELECT 1 AS x", "--csv", cwd=workdir)
+        assert query.stdout == "x\n1\n", query
+    finally:
+        cli("claude-session", "delete", "ports-stolen", "--yes", cwd=workdir)
