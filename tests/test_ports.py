@@ -8,6 +8,8 @@ import json
 import os
 import pwd
 import secrets
+import shutil
+import socket
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -191,3 +193,42 @@ def test_a_password_stolen_on_a_stopped_sessions_port_is_no_use_after_attach(
         assert query.stdout == "x\n1\n", query
     finally:
         cli("claude-session", "delete", "ports-stolen", "--yes", cwd=workdir)
+
+
+def test_a_mariadb_session_that_moves_gets_a_new_password(
+    cli: Cli, state: Path, tmp_path: Path
+) -> None:
+    """MariaDB's equivalent: its accounts file (run at every server start) follows, so a
+    restart does not bring the old password back."""
+    if shutil.which("mariadbd") is None:
+        pytest.skip("needs Debian's mariadbd (apt-get install mariadb-server)")
+    import pymysql
+
+    workdir = tmp_path / "w"
+    workdir.mkdir()
+    try:
+        assert cli("claude-session", "start", "ports-maria", "--db", "mysql",
+                   cwd=workdir).code == 0
+        old = urlsplit(read_env(workdir)["DATABASE_URL"])
+        assert cli("claude-session", "stop", "ports-maria", cwd=workdir).code == 0
+        with socket.socket() as squatter:
+            squatter.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # past TIME_WAIT
+            squatter.bind(("127.0.0.1", int(str(old.port))))
+            squatter.listen()
+            attach = cli("claude-session", "attach", "ports-maria", "--no-shell", cwd=workdir)
+        assert attach.code == 0 and "new password" in attach.stderr, attach
+        new = urlsplit(read_env(workdir)["DATABASE_URL"])
+        assert new.port != old.port and new.password != old.password
+        with pytest.raises(pymysql.err.OperationalError) as refused:
+            pymysql.connect(host="127.0.0.1", port=new.port, user=str(old.username),
+                            password=unquote(str(old.password)), connect_timeout=120)
+        assert refused.value.args[0] == 1045  # access denied
+        # a restart on the same port keeps the new password
+        assert cli("claude-session", "stop", "ports-maria", cwd=workdir).code == 0
+        attach = cli("claude-session", "attach", "ports-maria", "--no-shell", cwd=workdir)
+        assert attach.code == 0 and "new password" not in attach.stderr, attach
+        assert read_env(workdir)["DATABASE_URL"] == new.geturl()
+        query = cli("claude-db", "query", "SELECT 1 AS x", "--csv", cwd=workdir)
+        assert query.stdout == "x\n1\n", query
+    finally:
+        cli("claude-session", "delete", "ports-maria", "--yes", cwd=workdir)
