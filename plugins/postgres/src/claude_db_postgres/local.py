@@ -148,7 +148,6 @@ class PostgresLocalServer(LocalServer):
                 )
             )
 
-
     changes_password = True
 
     def change_password(
