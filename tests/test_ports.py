@@ -21,6 +21,7 @@ import pytest
 
 from claude_db.envfile import read_env
 from claude_db.errors import ExitCode
+from claude_db.faults import KILL_AT
 from claude_db.testing import Cli, CliResult, assert_one_line_error
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0,
@@ -232,3 +233,34 @@ def test_a_mariadb_session_that_moves_gets_a_new_password(
         assert query.stdout == "x\n1\n", query
     finally:
         cli("claude-session", "delete", "ports-maria", "--yes", cwd=workdir)
+
+
+def test_a_password_change_cut_short_is_finished_by_the_next_start(
+    cli: Cli, state: Path, tmp_path: Path
+) -> None:
+    """attach killed after the server came back on a new port, before its new password was
+    set: the record has the new password, the server the old; the next attach sets it."""
+    workdir = tmp_path / "w"
+    workdir.mkdir()
+    try:
+        assert cli("claude-session", "start", "ports-cut", cwd=workdir).code == 0
+        old = urlsplit(read_env(workdir)["DATABASE_URL"])
+        assert cli("claude-session", "stop", "ports-cut", cwd=workdir).code == 0
+        with socket.socket() as squatter:
+            squatter.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # past TIME_WAIT
+            squatter.bind(("127.0.0.1", int(str(old.port))))
+            squatter.listen()
+            killed = cli("claude-session", "attach", "ports-cut", "--no-shell", cwd=workdir,
+                         env={KILL_AT: "local-started"})
+            assert killed.code == -9, killed
+            attach = cli("claude-session", "attach", "ports-cut", "--no-shell", cwd=workdir)
+        assert attach.code == 0, attach
+        new = urlsplit(read_env(workdir)["DATABASE_URL"])
+        assert new.port != old.port and new.password != old.password
+        with psycopg.connect(new.geturl()) as conn:
+            assert conn.execute("SELECT 1").fetchone() == (1,)
+        with pytest.raises(psycopg.OperationalError, match="password authentication failed"):
+            psycopg.connect(new._replace(netloc=new.netloc.replace(
+                f":{new.password}@", f":{old.password}@")).geturl())
+    finally:
+        cli("claude-session", "delete", "ports-cut", "--yes", cwd=workdir)

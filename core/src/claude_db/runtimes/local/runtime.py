@@ -29,6 +29,7 @@ from typing import Any
 
 from claude_db.engine import Credentials, Endpoint, Engine, LocalServer, RunAs, Tools
 from claude_db.errors import ClaudeDbError, NotRunningError, UsageError
+from claude_db.faults import checkpoint
 from claude_db.locks import hold, lock_for, try_hold_for_child
 from claude_db.ports import claim_port
 from claude_db.processes import (
@@ -164,6 +165,7 @@ class LocalRuntime(Runtime):
     def start(self, session: Session, engine: Engine) -> None:
         if self.status(session) != "running":
             self._start_stopped(session, engine)
+            checkpoint("local-started")
         if previous := session.runtime_state.get("previous_password"):
             self._change_password(session, engine, previous)
 
