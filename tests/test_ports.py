@@ -12,7 +12,7 @@ import shutil
 import socket
 import subprocess
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
@@ -53,11 +53,17 @@ def _two_port_namespace() -> Iterator[tuple[str, set[int]]]:
         subprocess.run(["ip", "netns", "del", name], check=True)
 
 
-def test_a_stopped_sessions_port_goes_to_no_new_session(
-    cli: Cli, state: Path, tmp_path: Path
-) -> None:
-    """Before, a port was held for 5 minutes only: then a new session got the stopped one's
-    port, and the stopped one's .env (with a shared CLAUDE_DB_PASSWORD) read its database."""
+def _age_claims(state: Path) -> None:
+    """As if the 5 minutes a claim is held had passed."""
+    registry = state / "ports.json"
+    claims = json.loads(registry.read_text())
+    registry.write_text(json.dumps({port: {**claim, "at": 0} if isinstance(claim, dict) else 0
+                                    for port, claim in claims.items()}))
+
+
+@contextlib.contextmanager
+def _cli_in_two_port_namespace(cli: Cli) -> Iterator[tuple[Callable[..., CliResult], set[int]]]:
+    """Yields a ``cli`` that runs in :func:`_two_port_namespace`, and its two ports."""
     with _two_port_namespace() as (namespace, ports):
 
         def run(*argv: str, workdir: Path) -> CliResult:
@@ -66,17 +72,22 @@ def test_a_stopped_sessions_port_goes_to_no_new_session(
                        cwd=workdir, env={"CLAUDE_DB_RUNTIME": "local",
                                          "CLAUDE_DB_PASSWORD": "shared"})
 
+        yield run, ports
+
+
+def test_a_stopped_sessions_port_goes_to_no_new_session(
+    cli: Cli, state: Path, tmp_path: Path
+) -> None:
+    """Before, a port was held for 5 minutes only: then a new session got the stopped one's
+    port, and the stopped one's .env (with a shared CLAUDE_DB_PASSWORD) read its database."""
+    with _cli_in_two_port_namespace(cli) as (run, ports):
         a, b, c = tmp_path / "a", tmp_path / "b", tmp_path / "c"
         try:
             assert run("claude-session", "start", "ports-a", workdir=a).code == 0
             assert run("claude-db", "query", "CREATE TABLE mine (x int); INSERT INTO mine "
                        "VALUES (1)", workdir=a).code == 0
             assert run("claude-session", "stop", "ports-a", workdir=a).code == 0
-            # as if the 5 minutes a claim is held had passed
-            registry = state / "ports.json"
-            claims = json.loads(registry.read_text())
-            registry.write_text(json.dumps({port: {**claim, "at": 0} if isinstance(claim, dict)
-                                            else 0 for port, claim in claims.items()}))
+            _age_claims(state)
 
             assert run("claude-session", "start", "ports-b", workdir=b).code == 0
             assert {_port(state, "ports-a"), _port(state, "ports-b")} == ports
@@ -96,6 +107,30 @@ def test_a_stopped_sessions_port_goes_to_no_new_session(
             assert not (c / ".env").exists()
         finally:
             for name, workdir in (("ports-a", a), ("ports-b", b)):
+                run("claude-session", "delete", name, "--yes", workdir=workdir)
+
+
+def test_a_port_recorded_by_an_older_claude_db_is_the_sessions_from_its_next_start(
+    cli: Cli, state: Path, tmp_path: Path
+) -> None:
+    """An older claude-db recorded when a port was handed out, not for which session: the
+    session's next start records it as the session's."""
+    with _cli_in_two_port_namespace(cli) as (run, ports):
+        a, b = tmp_path / "a", tmp_path / "b"
+        try:
+            assert run("claude-session", "start", "ports-old", workdir=a).code == 0
+            assert run("claude-session", "stop", "ports-old", workdir=a).code == 0
+            registry = state / "ports.json"
+            registry.write_text(json.dumps({port: 0 for port in json.loads(
+                registry.read_text())}))  # as an older claude-db left it, 5 minutes later
+            assert run("claude-session", "attach", "ports-old", "--no-shell",
+                       workdir=a).code == 0
+            assert run("claude-session", "stop", "ports-old", workdir=a).code == 0
+            _age_claims(state)
+            assert run("claude-session", "start", "ports-new", workdir=b).code == 0
+            assert {_port(state, "ports-old"), _port(state, "ports-new")} == ports
+        finally:
+            for name, workdir in (("ports-old", a), ("ports-new", b)):
                 run("claude-session", "delete", name, "--yes", workdir=workdir)
 
 

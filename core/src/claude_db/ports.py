@@ -38,14 +38,32 @@ def claim_port(state_dir: Path, session: str | None = None) -> int:
     start got lately; recorded as ``session``'s while it exists."""
     registry = state_dir / REGISTRY
     with hold(lock_for(registry), "the port registry"):
-        now, store = time.time(), SessionStore(state_dir)
-        claimed = {port: claim for port, claim in _read(registry).items()
-                   if 0 <= now - claim.at < HOLD_SECONDS
-                   or (claim.session and store.directory(claim.session).is_dir())}
+        claimed = _held(state_dir)
         port = _free_port_except(set(claimed))
-        claimed[port] = Claim(session, now)
+        claimed[port] = Claim(session, time.time())
         _write(registry, claimed)
         return port
+
+
+def keep_port(state_dir: Path, port: int, session: str) -> bool:
+    """Record ``port``, where ``session`` is about to start again, as the session's (an
+    older claude-db recorded no session with it); False if another start or session has it."""
+    registry = state_dir / REGISTRY
+    with hold(lock_for(registry), "the port registry"):
+        claimed = _held(state_dir)
+        if port in claimed and claimed[port].session != session:
+            return False
+        claimed[port] = Claim(session, time.time())
+        _write(registry, claimed)
+        return True
+
+
+def _held(state_dir: Path) -> dict[int, Claim]:
+    """The claims that still hold their ports (the caller holds the registry's lock)."""
+    now, store = time.time(), SessionStore(state_dir)
+    return {port: claim for port, claim in _read(state_dir / REGISTRY).items()
+            if 0 <= now - claim.at < HOLD_SECONDS
+            or (claim.session and store.directory(claim.session).is_dir())}
 
 
 def _free_port_except(taken: set[int]) -> int:

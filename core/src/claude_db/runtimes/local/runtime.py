@@ -31,7 +31,7 @@ from claude_db.engine import Credentials, Endpoint, Engine, LocalServer, RunAs, 
 from claude_db.errors import ClaudeDbError, NotRunningError, UsageError
 from claude_db.faults import checkpoint
 from claude_db.locks import hold, lock_for, try_hold_for_child
-from claude_db.ports import claim_port
+from claude_db.ports import claim_port, keep_port
 from claude_db.processes import (
     HostTools,
     is_running,
@@ -174,10 +174,12 @@ class LocalRuntime(Runtime):
         if not Path(state["datadir"]).is_dir():
             raise NotRunningError(f"the data directory of session {session.name!r} is gone")
         server = _recorded_server(session, engine)
-        if not port_is_free(state["port"]):
-            # our server is not running, so another program listens there: maybe one that
-            # waited for our clients' passwords, and got one. Move away with a new password
-            # (saved with the port by _spawn, set by start); ensure_running rewrites .env.
+        if not (port_is_free(state["port"])
+                and keep_port(self.settings.state_dir, state["port"], session.name)):
+            # our server is not running, so another program listens there (maybe one that
+            # waited for our clients' passwords, and got one), or another start claimed it.
+            # Move away with a new password (saved with the port by _spawn, set by start);
+            # ensure_running rewrites .env.
             state["port"] = claim_port(self.settings.state_dir, session.name)
             if server.changes_password and session.credentials is not None:
                 state.setdefault("previous_password", session.credentials.password)
