@@ -299,3 +299,31 @@ def test_a_password_change_cut_short_is_finished_by_the_next_start(
                 f":{new.password}@", f":{old.password}@")).geturl())
     finally:
         cli("claude-session", "delete", "ports-cut", "--yes", cwd=workdir)
+
+
+def test_a_wait_for_the_port_registry_held_by_another_program_says_so(
+    cli: Cli, state: Path, workdir: Path
+) -> None:
+    """Before, the notice read the holder's pid from the lock file; another program leaves
+    none there (a claude-db command neither, for a moment): a traceback instead of a line."""
+    lock = state / ".locks" / "ports.json.lock"
+    lock.parent.mkdir(mode=0o700, exist_ok=True)
+    holder = subprocess.Popen(["flock", str(lock), "sh", "-c", "echo held; read x"],
+                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    assert holder.stdout is not None and holder.stdin is not None
+    try:
+        assert holder.stdout.readline() == "held\n"
+        start = subprocess.Popen(
+            [str(BIN / "claude-session"), "start", "ports-wait"], cwd=workdir,
+            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        assert start.stderr is not None
+        line = start.stderr.readline()  # its first: nothing else comes while it waits
+        assert line == "waiting for the port registry: another process holds it\n"
+    finally:
+        holder.stdin.close()
+        holder.wait()
+    try:
+        _, rest = start.communicate(timeout=600)
+        assert start.returncode == 0 and "Traceback" not in rest, rest
+    finally:
+        cli("claude-session", "delete", "ports-wait", "--yes")
