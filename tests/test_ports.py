@@ -243,8 +243,8 @@ def test_a_mariadb_session_that_moves_gets_a_new_password(
     workdir = tmp_path / "w"
     workdir.mkdir()
     try:
-        assert cli("claude-session", "start", "ports-maria", "--db", "mysql",
-                   cwd=workdir).code == 0
+        started = cli("claude-session", "start", "ports-maria", "--db", "mysql", cwd=workdir)
+        assert started.code == 0, started
         old = urlsplit(read_env(workdir)["DATABASE_URL"])
         assert cli("claude-session", "stop", "ports-maria", cwd=workdir).code == 0
         with socket.socket() as squatter:
