@@ -226,6 +226,19 @@ class LocalServer(ABC):
     def set_password(self, socket_dir: Path, port: int, credentials: Credentials) -> None:
         """Set the session's password through the unix socket (called once, after first start)."""
 
+    #: whether :meth:`change_password` works (else a session that comes back on another port
+    #: keeps its password)
+    changes_password: ClassVar[bool] = False
+
+    def change_password(
+        self, socket_dir: Path, port: int, credentials: Credentials, previous: str
+    ) -> None:
+        """Give the session's user ``credentials``' password instead of ``previous`` on its
+        running server, through the unix socket; a retry after it was done is no error.
+        For a session that comes back on another port: whatever took its old one may have
+        been handed the password by the session's clients."""
+        raise NotImplementedError
+
     #: whether :meth:`copy_running` can fork a running server (else core dumps and restores)
     copies_running: ClassVar[bool] = False
 

@@ -33,6 +33,7 @@ from claude_db.runtime import Runtime
 from claude_db.session import STARTING_MARKER, Session, validate_name
 from claude_db.settings import Settings
 from claude_db.target import parts
+from claude_db.urls import new_password
 
 
 def start_session(
@@ -86,10 +87,9 @@ def start_session(
                                                _database_image(settings, engine, image))
             notes += [note] if note else []
         session.engine, session.runtime = engine.name, runtime.name
-        import secrets  # late: secrets loads hashlib (OpenSSL), a cost every command would pay
         session.credentials = Credentials(
             user=settings.user or engine.default_user,
-            password=settings.password or secrets.token_urlsafe(18),
+            password=settings.password or new_password(),
             database=settings.database or engine.default_database,
         )
         session.image = _database_image(settings, engine, image)
@@ -319,6 +319,7 @@ def ensure_running(app: App, session: Session) -> list[str]:
     if not session.has_database:
         return []
     engine, runtime = parts(app, session)
+    credentials = session.credentials
     with app.store.lock(session.name):
         runtime.start(session, engine)
         app.store.save(session)
@@ -349,6 +350,9 @@ def ensure_running(app: App, session: Session) -> list[str]:
         app.store.save(session)
     values = session_env(app, session, for_dotenv=True)
     notes += refresh_env(Path(session.workdir), values, _owner(app, session))
+    if session.credentials != credentials:
+        notes.append(f"gave session {session.name!r} a new password: it came back on another "
+                     "port, and what listened on its old one may have got the old one")
     # a start killed late left the session unfinished (a sweep would take it for garbage,
     # data and all): running, ready and in its .env, it is whole now
     with app.store.lock(session.name):

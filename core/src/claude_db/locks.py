@@ -147,7 +147,8 @@ def _wait(fd: int, what: str) -> None:
 
 
 def _announce(fd: int, what: str) -> None:
-    with contextlib.suppress(OSError, ValueError):
+    # empty: another program's lock, or one a command takes or releases right now
+    with contextlib.suppress(OSError, ValueError, IndexError):
         pid = int(os.pread(fd, 32, 0).split()[0])
         print(f"waiting for {what}: another claude-db command (pid {pid}) holds it",
               file=sys.stderr, flush=True)

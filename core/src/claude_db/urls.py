@@ -16,6 +16,13 @@ class Credentials:
     database: str
 
 
+def new_password() -> str:
+    """A random password for a session (the user may set one: ``CLAUDE_DB_PASSWORD``)."""
+    import secrets  # late: secrets loads hashlib (OpenSSL), a cost every command would pay
+
+    return secrets.token_urlsafe(18)
+
+
 @dataclass(frozen=True)
 class Endpoint:
     """Where a client connects: address plus credentials and the database to use."""

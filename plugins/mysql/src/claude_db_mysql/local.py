@@ -119,6 +119,36 @@ class MariaDBLocalServer(LocalServer):
                 )
         write_private(socket_dir / ACCOUNTS_FILE, accounts_sql(credentials), owner=socket_dir)
 
+    changes_password = True
+
+    def change_password(
+        self, socket_dir: Path, port: int, credentials: Credentials, previous: str
+    ) -> None:
+        import pymysql
+
+        # the server (re)started with the accounts file, so with ``previous``; the new
+        # password already if an earlier try got as far as ALTER USER
+        for password in (previous, credentials.password):
+            try:
+                conn = pymysql.connect(
+                    unix_socket=str(socket_dir / SOCKET_NAME), user=credentials.user,
+                    password=password.encode(), connect_timeout=2, autocommit=True,
+                )
+            except pymysql.err.OperationalError as exc:
+                if exc.args and exc.args[0] == 1045:  # access denied: try the other
+                    continue
+                raise
+            with conn, conn.cursor() as cur:
+                cur.execute(
+                    "ALTER USER %s@'localhost' IDENTIFIED BY %s, %s@'%%' IDENTIFIED BY %s",
+                    (credentials.user, credentials.password) * 2,
+                )
+            # the next start's accounts file: else it would bring the old password back
+            write_private(socket_dir / ACCOUNTS_FILE, accounts_sql(credentials), owner=socket_dir)
+            return
+        raise ClaudeDbError(f"neither the old nor the new password of {credentials.user!r} "
+                            "logs in through the socket")
+
 
 def init_sql(credentials: Credentials) -> str:
     """What the template's bootstrap runs after the system tables are made."""

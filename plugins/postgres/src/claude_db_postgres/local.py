@@ -148,6 +148,13 @@ class PostgresLocalServer(LocalServer):
                 )
             )
 
+    changes_password = True
+
+    def change_password(
+        self, socket_dir: Path, port: int, credentials: Credentials, previous: str
+    ) -> None:
+        self.set_password(socket_dir, port, credentials)  # as the admin: needs no password
+
 
 def _quote(identifier: str) -> str:
     return '"' + identifier.replace('"', '""') + '"'

@@ -655,7 +655,8 @@ class DockerRuntime(Runtime):
         if session.publish and not engine_is_remote():
             # 127.0.0.1 only, on an explicit port: Docker would pick a new one on every start
             # of a container made with none (a `docker restart`, the daemon's restart)
-            state["host_port"] = state.get("host_port") or claim_port(self.settings.state_dir)
+            if not state.get("host_port"):
+                state["host_port"] = claim_port(self.settings.state_dir, session.name)
             ports = [(str(state["container_port"]), "tcp")]
             bindings = {f"{state['container_port']}/tcp": ("127.0.0.1", state["host_port"])}
         api = docker.api  # low-level calls: the SDK's models would inspect after each one

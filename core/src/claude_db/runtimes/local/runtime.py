@@ -24,13 +24,15 @@ import stat
 import tempfile
 import time
 from collections.abc import Callable, Mapping
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 from claude_db.engine import Credentials, Endpoint, Engine, LocalServer, RunAs, Tools
 from claude_db.errors import ClaudeDbError, NotRunningError, UsageError
+from claude_db.faults import checkpoint
 from claude_db.locks import hold, lock_for, try_hold_for_child
-from claude_db.ports import claim_port
+from claude_db.ports import claim_port, keep_port
 from claude_db.processes import (
     HostTools,
     is_running,
@@ -49,6 +51,7 @@ from claude_db.runtimes.local.leftovers import (
     session_leftovers,
 )
 from claude_db.session import Session, SessionStore
+from claude_db.urls import new_password
 
 SOCKET_PATH_MAX = 100  # sun_path is 108 bytes; leave room for the socket's own file name
 LOG_TAIL_LINES = 5
@@ -127,7 +130,7 @@ class LocalRuntime(Runtime):
         _chown_tree(datadir, run_as)
         socket_dir = _socket_dir(server_dir, run_as)
         session.runtime_state = {
-            "port": claim_port(self.settings.state_dir),
+            "port": claim_port(self.settings.state_dir, session.name),
             "bindir": str(server.bindir()),
             "version": server.version(),
             "datadir": str(datadir),
@@ -161,16 +164,27 @@ class LocalRuntime(Runtime):
         shutil.rmtree(path, ignore_errors=True)
 
     def start(self, session: Session, engine: Engine) -> None:
-        if self.status(session) == "running":
-            return
+        if self.status(session) != "running":
+            self._start_stopped(session, engine)
+            checkpoint("local-started")
+        if previous := session.runtime_state.get("previous_password"):
+            self._change_password(session, engine, previous)
+
+    def _start_stopped(self, session: Session, engine: Engine) -> None:
         state = session.runtime_state
         if not Path(state["datadir"]).is_dir():
             raise NotRunningError(f"the data directory of session {session.name!r} is gone")
         server = _recorded_server(session, engine)
-        if not port_is_free(state["port"]):
-            # our server is not running, so another program listens there: maybe one waiting
-            # for our clients' passwords. Move away; ensure_running rewrites .env.
-            state["port"] = claim_port(self.settings.state_dir)
+        if not (port_is_free(state["port"])
+                and keep_port(self.settings.state_dir, state["port"], session.name)):
+            # our server is not running, so another program listens there (maybe one that
+            # waited for our clients' passwords, and got one), or another start claimed it.
+            # Move away with a new password (saved with the port by _spawn, set by start);
+            # ensure_running rewrites .env.
+            state["port"] = claim_port(self.settings.state_dir, session.name)
+            if server.changes_password and session.credentials is not None:
+                state.setdefault("previous_password", session.credentials.password)
+                session.credentials = replace(session.credentials, password=new_password())
         if state.get("pid"):
             # a killed server stays a zombie until init reaps it, and the server refuses to
             # start while the pid in its lock file exists: give init a moment
@@ -179,6 +193,20 @@ class LocalRuntime(Runtime):
         if not _private_dir(Path(state["socket_dir"]), run_as):  # e.g. /tmp was emptied
             state["socket_dir"] = str(_socket_dir(Path(state["datadir"]).parent, run_as))
         self._spawn(session, server, run_as)
+
+    def _change_password(self, session: Session, engine: Engine, previous: str) -> None:
+        state, credentials = session.runtime_state, session.credentials
+        assert credentials is not None
+        server = _recorded_server(session, engine)
+        poll_until(
+            lambda: server.change_password(Path(state["socket_dir"]), state["port"],
+                                           credentials, previous),
+            timeout=self.settings.ready_timeout,
+            failure=lambda: self.failure_details(session),
+            what=f"{engine.name} server",
+        )
+        del state["previous_password"]
+        self.store.save(session)
 
     def stop(self, session: Session, engine: Engine) -> None:
         pid = session.runtime_state.get("pid")
