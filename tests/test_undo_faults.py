@@ -66,7 +66,8 @@ def test_reset_killed_at_each_step_then_undo(cli: Cli, session: str, step: str) 
     assert pg_fingerprint(url) == before
 
 
-@pytest.mark.parametrize("step", ["moved", "created", "saved", "pruning"])
+@pytest.mark.parametrize("step", ["moved", "created", "saved", "pruning", "saved:SIGHUP",
+                                  "saved:SIGTERM"])
 def test_reset_interrupted_once_the_data_moved_finishes_and_says_so(
     cli: Cli, session: str, step: str
 ) -> None:

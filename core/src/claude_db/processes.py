@@ -261,12 +261,14 @@ def process_started_at(pid: int) -> float | None:
 
 @contextlib.contextmanager
 def signals_held() -> Iterator[None]:
-    """Ignore SIGINT/SIGTERM in the block (a second Ctrl-C must not cut a cleanup short)."""
+    """Ignore SIGINT/SIGTERM/SIGHUP in the block (a second Ctrl-C, or the terminal closing,
+    must not cut a cleanup short)."""
     if threading.current_thread() is not threading.main_thread():
         yield  # only the main thread may set handlers (and receives the signals)
         return
     # a handler, not SIG_IGN: programs started meanwhile must not inherit deafness
-    previous = {sig: signal.signal(sig, lambda *_: None) for sig in (signal.SIGINT, signal.SIGTERM)}
+    previous = {sig: signal.signal(sig, lambda *_: None)
+                for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)}
     try:
         yield
     finally:
