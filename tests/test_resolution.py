@@ -377,9 +377,45 @@ def test_a_worktree_nested_in_the_checkout_is_a_checkout_of_its_own(
         assert stop.code == 0 and "no checkpoint taken" in stop.stdout, stop
         listed = cli("claude-db", "undo", "--list", "--json", cwd=main)
         assert json.loads(listed.stdout) == [], listed
+        # the main checkout's agent exported its CLAUDE_SESSION: not this worktree's
+        inherited = {"CLAUDE_SESSION": "nest-main"}
+        for command in (("claude-session", "delete", "--yes"), ("claude-db", "reset", "--yes")):
+            refused = cli(*command, cwd=nested, env=inherited)
+            assert_one_line_error(refused, USAGE)
+            assert "is a git worktree whose session that is not" in refused.stderr, refused
         assert _tables(cli, "nest-main") == ["precious"]
     finally:
         assert cli("claude-session", "delete", "nest-main", "--yes").code == 0
+
+
+def test_a_clone_inside_a_session_directory_finds_its_session(cli: Cli, tmp_path: Path) -> None:
+    """A parent folder of several repositories, or a submodule: git stops at their .git,
+    the .env above them is still theirs (review: a worktree's boundary, not any .git)."""
+    workspace = tmp_path / "ws"
+    workspace.mkdir()
+    assert cli("claude-session", "start", "parent", cwd=workspace).code == 0
+    try:
+        _git(workspace, "init", "-q", "repo")
+        status = cli("claude-db", "status", cwd=workspace / "repo")
+        assert status.code == 0 and "(session parent)" in status.stdout, status
+    finally:
+        assert cli("claude-session", "delete", "parent", "--yes").code == 0
+
+
+def test_the_state_directory_however_spelt_is_the_same(
+    cli: Cli, state: Path, tmp_path: Path
+) -> None:
+    """Through a symlink (a symlinked home): the .env's writer is this state directory."""
+    alias = tmp_path / "state-link"
+    alias.symlink_to(state)
+    work = tmp_path / "spelt"
+    work.mkdir()
+    assert cli("claude-session", "start", "spelt", cwd=work).code == 0
+    try:
+        status = cli("claude-db", "status", cwd=work, env={"CLAUDE_DB_STATE_DIR": str(alias)})
+        assert status.code == 0 and "(session spelt)" in status.stdout, status
+    finally:
+        assert cli("claude-session", "delete", "spelt", "--yes").code == 0
 
 
 def test_a_copied_directorys_env_destroys_nothing_of_the_original(

@@ -30,7 +30,7 @@ from claude_db.engine import (
     Endpoint,
     ImportOptions,
 )
-from claude_db.envfile import MARKER, find_env
+from claude_db.envfile import MARKER, find_env, worktree_top
 from claude_db.errors import ClaudeDbError, SessionNotFoundError, UsageError
 from claude_db.runtimes.url import UrlRuntime
 from claude_db.session import validate_name
@@ -115,7 +115,14 @@ def locate(app: App) -> Located | None:
         return Located(name, url, str(path), conflict, ours)
     if env_name:
         _valid_name(env_name, MARKER)
-        return Located(env_name, env_url, MARKER, ours=app.store.exists(env_name))
+        ours = app.store.exists(env_name)
+        top = worktree_top(Path.cwd())  # inherited from another checkout's agent?
+        doubt = None
+        if top is not None and not (ours and _same_path(app.store.load(env_name).workdir,
+                                                        str(top))):
+            doubt = (f"CLAUDE_SESSION={env_name} is set, but {top} is a git worktree whose "
+                     f"session that is not")
+        return Located(env_name, env_url, MARKER, doubt, ours=ours)
     if env_url:
         return Located(None, env_url, "DATABASE_URL")
     return None
@@ -127,7 +134,7 @@ def _not_its_home(
     """Why ``path`` is not session ``name``'s own ``.env`` though it names it (None: it is);
     raises where it leads to another database than the one it names."""
     ours = str(app.settings.state_dir)
-    if writer is not None and writer != ours:
+    if writer is not None and not _same_path(writer, ours):
         raise UsageError(
             f"{path} was written by the state directory {writer}, not this one ({ours}): "
             f"set CLAUDE_DB_STATE_DIR={writer}, or pass --session {name} for this one's"
@@ -149,6 +156,14 @@ def _not_its_home(
     if not home.exists():  # moved here with its directory: no other one claims it
         return None
     return f"{path} names session {name}, which is the session of {home} (a copy?)"
+
+
+def _same_path(a: str, b: str) -> bool:
+    """The same directory, however spelt (a symlinked home, a trailing slash)."""
+    try:
+        return os.path.samefile(a, b)
+    except OSError:  # one is gone, or not ours to see
+        return os.path.realpath(a) == os.path.realpath(b)
 
 
 def check_destructive(app: App, target: Target, what: str) -> None:

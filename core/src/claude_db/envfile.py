@@ -166,10 +166,11 @@ def read_env(workdir: Path) -> dict[str, str]:
 
 def find_env(start: Path) -> tuple[Path, dict[str, str], str | None] | None:
     """The first ``.env`` naming a session in ``start`` or above it, as git finds its
-    repository: up to the top of the checkout ``start`` is in (a worktree nested in
-    another checkout is a checkout of its own), and a ``.env`` of the user's own
-    further down (without ``CLAUDE_SESSION``) is passed by. With it, its values and the
-    state directory that wrote its block (None: a claude-db from before blocks)."""
+    repository (a ``.env`` of the user's own further down, without ``CLAUDE_SESSION``, is
+    passed by), but never above the top of a linked git worktree: one nested in another
+    checkout (Claude Code's ``.claude/worktrees/NAME``) is a checkout of its own. With it,
+    its values and the state directory that wrote its block (None: a claude-db from
+    before blocks)."""
     for directory in (start, *start.parents):
         path = directory / ".env"
         if _trusted(path):
@@ -180,9 +181,26 @@ def find_env(start: Path) -> tuple[Path, dict[str, str], str | None] | None:
                 if values.get(MARKER):
                     writer = _Parsed(text).owner
                     return path, values, writer.state_dir if writer else None
-        if os.path.lexists(directory / ".git"):
+        if _linked_worktree_top(directory):
             return None
     return None
+
+
+def worktree_top(start: Path) -> Path | None:
+    """The top of the linked git worktree ``start`` is in, if it is in one."""
+    return next((d for d in (start, *start.parents) if _linked_worktree_top(d)), None)
+
+
+def _linked_worktree_top(directory: Path) -> bool:
+    """Whether ``directory`` is a linked worktree's top: its ``.git`` is a file naming
+    ``<repository>/worktrees/<id>`` (a submodule's names ``.../modules/...``; a clone's
+    ``.git`` is a directory)."""
+    try:
+        with open(directory / ".git", encoding="utf-8", errors="replace") as git:
+            first = git.readline()
+    except OSError:  # none, or a directory
+        return False
+    return first.startswith("gitdir:") and Path(first[7:].strip()).parent.name == "worktrees"
 
 
 def _trusted(path: Path) -> bool:
