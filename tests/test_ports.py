@@ -327,3 +327,23 @@ def test_a_wait_for_the_port_registry_held_by_another_program_says_so(
         assert start.returncode == 0 and "Traceback" not in rest, rest
     finally:
         cli("claude-session", "delete", "ports-wait", "--yes")
+
+
+def test_a_fixed_password_stays_when_the_session_moves(
+    cli: Cli, state: Path, workdir: Path
+) -> None:
+    """CLAUDE_DB_PASSWORD=... is everyone's already: a move keeps it as set (review: it was
+    replaced by a random one, unlike what README says of the setting)."""
+    fixed = {"CLAUDE_DB_PASSWORD": "fixedpw"}
+    assert cli("claude-session", "start", "fixed-move", env=fixed).code == 0
+    try:
+        assert cli("claude-session", "stop", "fixed-move").code == 0
+        old = int(read_env(workdir)["DB_PORT"])
+        with socket.create_server(("127.0.0.1", old)):  # another program took the port
+            attached = cli("claude-session", "attach", "fixed-move", "--no-shell", env=fixed)
+            assert attached.code == 0, attached
+        values = read_env(workdir)
+        assert int(values["DB_PORT"]) != old and values["DB_PASSWORD"] == "fixedpw", values
+        assert cli("claude-db", "query", "select 1").code == 0
+    finally:
+        assert cli("claude-session", "delete", "fixed-move", "--yes").code == 0

@@ -484,3 +484,43 @@ def test_an_env_another_state_directory_wrote_never_leads_to_this_ones_session(
     finally:
         assert cli("claude-session", "delete", "twice", "--yes").code == 0
         assert cli("claude-session", "delete", "twice", "--yes", env=other).code == 0
+
+
+def test_start_in_a_moved_directory_takes_its_session_along(cli: Cli, tmp_path: Path) -> None:
+    """mv (or git worktree move) and the session's address changed since: every command
+    there refused, and start said the directory was another session's (review)."""
+    (tmp_path / "before").mkdir()
+    assert cli("claude-session", "start", "mover", cwd=tmp_path / "before").code == 0
+    try:
+        assert cli("claude-db", "query", "create table kept (x int)", cwd=tmp_path / "before"
+                   ).code == 0
+        moved = tmp_path / "after"
+        (tmp_path / "before").rename(moved)
+        started = cli("claude-session", "start", cwd=moved)
+        assert started.code == 0 and "session mover runs" in started.stdout, started
+        assert f"moved here from {tmp_path / 'before'}" in started.stderr, started
+        listed = json.loads(cli("claude-session", "list", "--json").stdout)
+        assert [s["workdir"] for s in listed if s["name"] == "mover"] == [str(moved)]
+        assert _tables(cli, "mover") == ["kept"]
+        assert cli("claude-db", "reset", "--yes", cwd=moved).code == 0  # its own again
+    finally:
+        assert cli("claude-session", "delete", "mover", "--yes").code == 0
+
+
+def test_start_in_a_copied_directory_makes_the_copy_a_session_of_its_own(
+    cli: Cli, tmp_path: Path
+) -> None:
+    original, copy = tmp_path / "orig", tmp_path / "copy"
+    original.mkdir()
+    assert cli("claude-session", "start", "first", cwd=original).code == 0
+    try:
+        shutil.copytree(original, copy, symlinks=True)
+        started = cli("claude-session", "start", "second", cwd=copy)
+        assert started.code == 0, started
+        assert f"the session of {original} (a copy?); replacing" in started.stderr, started
+        assert read_env(copy)["CLAUDE_SESSION"] == "second"
+        assert read_env(original)["CLAUDE_SESSION"] == "first"
+        assert cli("claude-db", "reset", "--yes", cwd=copy).code == 0  # its own now
+    finally:
+        cli("claude-session", "delete", "second", "--yes")
+        assert cli("claude-session", "delete", "first", "--yes").code == 0

@@ -176,18 +176,45 @@ def _start_existing(
 ) -> tuple[Session, list[str]]:
     """``start`` of a session that exists: in its own work directory, make it run. The
     cheap sweep runs as on every start (``swept``: this start ran it already)."""
-    if Path(session.workdir) != workdir.resolve():
-        raise SessionExistsError(
-            f"session {session.name!r} already exists, for {session.workdir}; give this "
-            "directory's session another name: claude-session start NAME"
-        )
     notes = [f"session {session.name} {ALREADY_HERE}"]
+    if Path(session.workdir) != workdir.resolve():
+        if not _moved_here(app, session, workdir):
+            raise SessionExistsError(
+                f"session {session.name!r} already exists, for {session.workdir}; give this "
+                "directory's session another name: claude-session start NAME"
+            )
+        session, moved = _rehome(app, session, workdir)
+        notes.append(moved)
     if not swept:
         with app.store.lock(session.name):  # busy to the sweep: never taken (a killed start's)
             notes += _sweep_orphans(app, [session.runtime] if session.runtime else [])
     notes += kept_settings(app, session, engine_name, runtime_name, image)
     notes += ensure_running(app, session)
     return session, notes
+
+
+def _moved_here(app: App, session: Session, workdir: Path) -> bool:
+    """Whether ``session``'s work directory moved to ``workdir`` (``mv``, ``git worktree
+    move``): the one it records is gone, and the ``.env`` here is its own."""
+    try:
+        found = owner(workdir)
+    except UsageError:  # a symlinked .env names nothing
+        return False
+    return (not Path(session.workdir).exists() and found is not None
+            and found in (_owner(app, session), Owner(session.name, None)))
+
+
+def _rehome(app: App, session: Session, workdir: Path) -> tuple[Session, str]:
+    """Record ``workdir`` as ``session``'s work directory (and where git now has it)."""
+    with app.store.lock(session.name):
+        session = app.store.load(session.name)
+        before = session.workdir
+        session.workdir = str(workdir.resolve())
+        if session.worktree:
+            found = worktrees.find_worktree(workdir)
+            session.worktree = found.to_json() if found is not None and found.linked else None
+        app.store.save(session)
+    return session, f"note: session {session.name} moved here from {before}: recorded"
 
 
 def kept_settings(
@@ -228,6 +255,12 @@ def _claim(app: App, name: str, workdir: Path) -> list[str]:
         alive = (state / "sessions" / found.name / "session.json").exists()
     except OSError:  # another user's state directory: it may well live
         alive = True
+    if alive and found.state_dir in (None, str(app.settings.state_dir)):
+        with contextlib.suppress(ClaudeDbError):  # a copy's .env: that session lives elsewhere
+            home = Path(app.store.load(found.name).workdir)
+            if home.is_dir() and not home.samefile(workdir):
+                return [f"note: .env named session {found.name}, which is the session of "
+                        f"{home} (a copy?); replacing its variables"]
     if alive:
         raise SessionExistsError(
             f"{workdir.resolve()} belongs to {found.describe()}: use it with claude-session "

@@ -129,15 +129,18 @@ def session_name(app: App, workdir: Path, worktree: Worktree | None) -> str:
 
 def name_here(app: App, workdir: Path, worktree: Worktree | None) -> tuple[str, list[str]]:
     """The session name of ``workdir`` when none is given, and notes: the session of this
-    directory (the one its ``.env`` names, else the one whose record has it as work
+    directory (the one its ``.env`` names, of this directory or of one that is gone: it
+    moved here; else the one whose record has it as work
     directory: ``.env`` was lost, e.g. to ``git clean -fdx``), else its readable name,
     made unique where another directory's session has that name (only in a git work
     tree: elsewhere that stays an error, as before)."""
     workdir = workdir.resolve()
     found = owner(workdir)
     if (found is not None and found.state_dir == str(app.settings.state_dir)
-            and NAME_PATTERN.fullmatch(found.name) and _workdir_of(app, found.name) == workdir):
-        return found.name, []
+            and NAME_PATTERN.fullmatch(found.name)):
+        home = _workdir_of(app, found.name)
+        if home == workdir or (home is not None and not home.exists()):  # or moved here
+            return found.name, []
     mine = [session.name for session in app.store.all()
             if isinstance(session, Session) and Path(session.workdir) == workdir]
     if len(mine) > 1:

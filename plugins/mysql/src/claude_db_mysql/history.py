@@ -290,8 +290,9 @@ def marked(conn: Any, database: str) -> dict[str, Any] | None:
                 value = None
             if not isinstance(value, dict):
                 return {}
-            cur.execute("SELECT COUNT(*) FROM information_schema.PROCESSLIST WHERE ID = %s",
-                        (value.get("connection"),))
+            # never this connection: ids start again after a server restart
+            cur.execute("SELECT COUNT(*) FROM information_schema.PROCESSLIST WHERE ID = %s "
+                        "AND ID <> CONNECTION_ID()", (value.get("connection"),))
             return {**value, "under_way": bool(cur.fetchone()[0])}
     except pymysql.MySQLError as exc:
         if exc.args and exc.args[0] in (*MISSING, *NOT_ALLOWED):

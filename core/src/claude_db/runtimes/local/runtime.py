@@ -182,7 +182,9 @@ class LocalRuntime(Runtime):
             # Move away with a new password (saved with the port by _spawn, set by start);
             # ensure_running rewrites .env.
             state["port"] = claim_port(self.settings.state_dir, session.name)
-            if server.changes_password and session.credentials is not None:
+            # (a fixed CLAUDE_DB_PASSWORD is everyone's already, and stays as set)
+            if (server.changes_password and session.credentials is not None
+                    and session.credentials.password != self.settings.password):
                 state.setdefault("previous_password", session.credentials.password)
                 session.credentials = replace(session.credentials, password=new_password())
         if state.get("pid"):
